@@ -1,0 +1,134 @@
+"""The agent's local copy of its job definitions, in SQLite (aiosqlite, WAL).
+
+Values are stored as the raw msgpack bytes from KV and decoded when used, so a cold
+sync of 100k definitions does not pay for 100k full validations, and an agent keeps
+running its mirror jobs from here while the master or NATS is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from natsched import codec
+from natsched.models import JobSpec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    key      TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    mode     TEXT NOT NULL,
+    value    BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedJob:
+    key: str
+    revision: int
+    mode: str
+    value: bytes
+
+    def spec(self) -> JobSpec:
+        """Decode and validate (raises CodecError on a bad value)."""
+        return codec.decode_job(self.value, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPosition:
+    """Where the cache is in the bucket's stream: resume from here, or resync if it no longer fits."""
+
+    stream_created: str
+    last_seq: int
+
+
+class JobCache:
+    """``async with JobCache(path) as cache``; every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("cache is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.executescript(_SCHEMA)
+        await self._db.commit()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> JobCache:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def count(self) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM jobs") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def keys(self) -> set[str]:
+        async with self.db.execute("SELECT key FROM jobs") as cursor:
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def get(self, key: str) -> CachedJob | None:
+        async with self.db.execute("SELECT key, revision, mode, value FROM jobs WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return CachedJob(row[0], row[1], row[2], row[3]) if row else None
+
+    async def all(self, mode: str | None = None) -> list[CachedJob]:
+        query = "SELECT key, revision, mode, value FROM jobs"
+        args: tuple[str, ...] = ()
+        if mode is not None:
+            query += " WHERE mode = ?"
+            args = (mode,)
+        async with self.db.execute(query + " ORDER BY key", args) as cursor:
+            return [CachedJob(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
+
+    async def position(self) -> SyncPosition | None:
+        async with self.db.execute("SELECT name, value FROM meta WHERE name IN ('stream_created', 'last_seq')") as c:
+            meta = dict(await c.fetchall())
+        if "stream_created" not in meta:
+            return None
+        return SyncPosition(meta["stream_created"], int(meta["last_seq"]))
+
+    async def apply(self, upserts: Iterable[CachedJob], deletes: Iterable[str], position: SyncPosition) -> None:
+        """One transaction: upsert, delete, and move the sync position with them."""
+        db = self.db
+        try:
+            await db.executemany(
+                "INSERT INTO jobs (key, revision, mode, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET revision=excluded.revision, mode=excluded.mode, "
+                "value=excluded.value",
+                [(j.key, j.revision, j.mode, j.value) for j in upserts],
+            )
+            await db.executemany("DELETE FROM jobs WHERE key = ?", [(k,) for k in deletes])
+            await db.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [("stream_created", position.stream_created), ("last_seq", str(position.last_seq))],
+            )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise

@@ -1,0 +1,122 @@
+"""Agent settings: from flags, the environment (NATSCHED_AGENT_*) and a TOML file.
+
+Precedence: flag > environment > file > default. Example file::
+
+    name = "db1"
+    tags = ["db", "linux"]
+    pools = ["backup"]
+    groups = []                      # empty: every group
+    state_dir = "/var/lib/natsched"
+    heartbeat_interval = 3
+    max_concurrency = 64
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from natsched.errors import ConfigError, SpecError
+from natsched.models import AgentIdentity
+
+ENV_PREFIX = "NATSCHED_AGENT_"
+_FIELDS = ("name", "tags", "pools", "groups", "state_dir", "heartbeat_interval", "max_concurrency")
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/natsched")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "natsched"
+
+
+def _hostname() -> str:
+    # Host names may hold dots; subjects and keys may not.
+    return socket.gethostname().split(".")[0] or "agent"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentConfig:
+    name: str = field(default_factory=_hostname)
+    tags: frozenset[str] = frozenset()
+    pools: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    state_dir: Path = field(default_factory=default_state_dir)
+    heartbeat_interval: float = 3.0
+    max_concurrency: int = 64
+
+    def __post_init__(self) -> None:
+        try:
+            self.identity()
+        except SpecError as exc:
+            raise ConfigError(f"agent config: {exc}") from None
+        if not 0.2 <= self.heartbeat_interval <= 60:
+            raise ConfigError("agent config: heartbeat_interval must be between 0.2 and 60 seconds")
+        if self.max_concurrency < 1:
+            raise ConfigError("agent config: max_concurrency must be at least 1")
+
+    def identity(self) -> AgentIdentity:
+        return AgentIdentity(name=self.name, tags=self.tags, pools=self.pools, groups=self.groups)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.state_dir / f"agent-{self.name}.sqlite"
+
+    @classmethod
+    def load(cls, *, file: Path | None = None, env: Mapping[str, str] | None = None,
+             **flags: Any) -> AgentConfig:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if file is not None:
+            values.update(_read_file(file))
+        for name in _FIELDS:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                values[name] = raw
+        values.update({k: v for k, v in flags.items() if v is not None and v != () and v != []})
+        return cls(**_coerce(values))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read agent config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"agent config {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"agent config {path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def _as_set(value: Any, name: str) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list | tuple | set | frozenset) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    raise ConfigError(f"agent config: {name} must be a list of names or a comma-separated string")
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for name in ("tags", "pools", "groups"):
+        if name in out:
+            out[name] = _as_set(out[name], name)
+    if "state_dir" in out:
+        out["state_dir"] = Path(out["state_dir"])
+    try:
+        if "heartbeat_interval" in out:
+            out["heartbeat_interval"] = float(out["heartbeat_interval"])
+        if "max_concurrency" in out:
+            out["max_concurrency"] = int(out["max_concurrency"])
+    except ValueError as exc:
+        raise ConfigError(f"agent config: {exc}") from None
+    if "name" in out and not isinstance(out["name"], str):
+        raise ConfigError("agent config: name must be a string")
+    return out

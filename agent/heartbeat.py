@@ -1,0 +1,70 @@
+"""The agent's heartbeat: load and identity, put to the agents TTL bucket every few seconds.
+
+A heartbeat that stops arriving expires from the bucket (TTL), which is how the
+master and ``natsched agents`` tell a live agent from a dead one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import psutil
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+
+from natsched import PROTOCOL_VERSION, __version__, codec, subjects
+from natsched.models import Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatPublisher:
+    def __init__(self, js: JetStreamContext, *, build: Callable[[], Awaitable[Heartbeat]], interval: float) -> None:
+        self._js = js
+        self._build = build
+        self._interval = interval
+        self.sent = 0
+
+    async def run(self) -> None:
+        kv = None
+        while True:
+            started = time.monotonic()
+            try:
+                if kv is None:
+                    kv = await self._js.key_value(subjects.AGENTS_BUCKET)
+                heartbeat = await self._build()
+                await kv.put(heartbeat.agent, codec.encode_heartbeat(heartbeat))
+                self.sent += 1
+            except BucketNotFoundError:
+                log.info("bucket %s does not exist yet; heartbeat waits for a master", subjects.AGENTS_BUCKET)
+            except Exception as exc:  # noqa: BLE001 - NATS hiccups must not stop the heartbeat
+                log.debug("heartbeat not sent: %r", exc)
+            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+
+def sample_load(*, agent: str, started_at: float, running: int, max_concurrency: int, tags: frozenset[str],
+                pools: frozenset[str], groups: frozenset[str], jobs_cached: int, synced_revision: int,
+                connected_since: float) -> Heartbeat:
+    """Build a heartbeat from psutil's view of this host (non-blocking calls only)."""
+    return Heartbeat(
+        agent=agent,
+        version=__version__,
+        protocol=PROTOCOL_VERSION,
+        sent_at=time.time(),
+        started_at=started_at,
+        load1=os.getloadavg()[0],
+        cpu_percent=psutil.cpu_percent(interval=None),
+        memory_percent=psutil.virtual_memory().percent,
+        running=running,
+        max_concurrency=max_concurrency,
+        tags=tuple(sorted(tags)),
+        pools=tuple(sorted(pools)),
+        groups=tuple(sorted(groups)),
+        jobs_cached=jobs_cached,
+        synced_revision=synced_revision,
+        connected_since=connected_since,
+    )

@@ -1,0 +1,227 @@
+"""Keeping the agent's cache equal to the jobs bucket (for the jobs that target it).
+
+We read the bucket's stream ourselves instead of ``kv.watch()``: an ordered consumer
+resumes at ``last_seq + 1`` after a restart (no full re-read), and a full resync uses
+``LAST_PER_SUBJECT``. A *gap* means the cache's position no longer fits the stream:
+the stream was recreated (other created time), purged (last_seq went backwards), or
+compacted past us (first_seq beyond our position); then we resync fully and delete
+what is gone. A periodic cheap check (stream info) catches what a live watcher does
+not notice, such as a bucket deleted and recreated under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from agent.cache import CachedJob, JobCache, SyncPosition
+from natsched import codec, subjects
+from natsched.buckets import is_delete
+from natsched.errors import CodecError, SpecError
+from natsched.models import AgentIdentity, Targets
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 5.0
+RETRY_DELAY = 1.0
+BATCH_MAX = 5000
+_STREAM = subjects.kv_stream(subjects.JOBS_BUCKET)
+_PREFIX = subjects.kv_subject_prefix(subjects.JOBS_BUCKET)
+_MALFORMED = object()
+
+
+class _Restart(Exception):
+    """The current sync session no longer fits the stream; start a new one."""
+
+
+def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
+    """Does the job stored under ``key`` target this agent? Raises SpecError on bad targets."""
+    group = key.partition(".")[0]
+    if identity.groups and group not in identity.groups:
+        return False
+    raw = value.get("targets")
+    if not isinstance(raw, dict):
+        raise SpecError("targets missing or not a map", field="targets")
+    targets = Targets(agents=tuple(raw.get("agents", ())), tags=tuple(raw.get("tags", ())),
+                      pools=tuple(raw.get("pools", ())))
+    return targets.matches(identity)
+
+
+class JobSync:
+    """Runs while connected; ``synced`` is set once the cache has caught up with the bucket."""
+
+    def __init__(self, js: JetStreamContext, cache: JobCache, identity: AgentIdentity) -> None:
+        self._js = js
+        self._cache = cache
+        self._identity = identity
+        self.synced = asyncio.Event()
+        self.position: SyncPosition | None = None
+        self.listeners: list[Callable[[set[str]], None]] = []
+        self.full_resyncs = 0
+        self.last_sync_seconds = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except _Restart as why:
+                log.info("job sync restarts: %s", why)
+            except (TimeoutError, OSError) as exc:
+                log.warning("job sync interrupted (%s); retrying", exc or type(exc).__name__)
+                await asyncio.sleep(RETRY_DELAY)
+            except Exception as exc:  # noqa: BLE001 - nats-py raises many kinds while reconnecting
+                log.warning("job sync failed (%r); retrying", exc)
+                await asyncio.sleep(RETRY_DELAY)
+
+    def _classify(self, msg: Msg) -> tuple[str, CachedJob | None | object]:
+        """(key, job to keep | None to drop | _MALFORMED to leave the cache as it is)."""
+        key = msg.subject[len(_PREFIX):]
+        if is_delete(msg.headers):
+            return key, None
+        try:
+            value = codec.unpack(msg.data, f"job {key}")
+            if not wanted(key, value, self._identity):
+                return key, None
+            mode = value.get("mode", "mirror")
+            return key, CachedJob(key, msg.metadata.sequence.stream, str(mode), msg.data)
+        except (CodecError, SpecError, TypeError) as exc:
+            log.warning("skipping malformed job definition %s (revision %d): %s", key,
+                        msg.metadata.sequence.stream, exc)
+            return key, _MALFORMED
+
+    async def _stream_info(self) -> api.StreamInfo:
+        try:
+            return await self._js.stream_info(_STREAM)
+        except NotFoundError:
+            log.info("bucket %s does not exist yet; waiting for a master to create it", subjects.JOBS_BUCKET)
+            await asyncio.sleep(RETRY_DELAY)
+            raise _Restart("bucket missing") from None
+
+    async def _session(self) -> None:
+        info = await self._stream_info()
+        created = info.created.isoformat() if info.created else ""
+        state = info.state
+        position = self.position = await self._cache.position()
+        full = (position is None or position.stream_created != created or position.last_seq > state.last_seq
+                or position.last_seq + 1 < state.first_seq)
+        start = time.perf_counter()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def enqueue(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        if full:
+            log.info("job sync: full resync from %s (%d messages)", subjects.JOBS_BUCKET, state.messages)
+            sub = await self._js.subscribe(_PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True,
+                                           deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        else:
+            assert position is not None
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                        opt_start_seq=position.last_seq + 1)
+            sub = await self._js.subscribe(_PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True,
+                                           config=config)
+        try:
+            target = state.last_seq if state.messages else 0
+            if full:
+                await self._full_resync(queue, created, target)
+                self.full_resyncs += 1
+            else:
+                assert position is not None
+                if position.last_seq < target:
+                    await self._apply_batches(queue, created, until=target)
+            self.last_sync_seconds = time.perf_counter() - start
+            if not self.synced.is_set():
+                log.info("job sync: %d jobs cached, in sync at revision %d (%.3f s)",
+                         await self._cache.count(), self.position.last_seq if self.position else 0,
+                         self.last_sync_seconds)
+            self.synced.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._apply_batches(queue, created, until=None))
+                tg.create_task(self._check_stream(created))
+        except* _Restart as group:
+            raise group.exceptions[0] from None
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                log.debug("unsubscribe failed", exc_info=True)
+
+    async def _full_resync(self, queue: asyncio.Queue[Msg], created: str, target: int) -> None:
+        keep: dict[str, CachedJob] = {}
+        malformed: set[str] = set()
+        last_seq = 0
+        while last_seq < target:
+            msg = await queue.get()
+            key, job = self._classify(msg)
+            last_seq = msg.metadata.sequence.stream
+            if isinstance(job, CachedJob):
+                keep[key] = job
+                malformed.discard(key)
+            elif job is _MALFORMED:
+                malformed.add(key)
+            else:
+                keep.pop(key, None)
+            if msg.metadata.num_pending == 0:
+                break
+        gone = await self._cache.keys() - keep.keys() - malformed
+        self.position = SyncPosition(created, max(last_seq, target))
+        await self._cache.apply(keep.values(), gone, self.position)
+        self._notify(set(keep) | gone)
+
+    async def _apply_batches(self, queue: asyncio.Queue[Msg], created: str, until: int | None) -> None:
+        """Apply live messages in batches (one transaction each); return once ``until`` is reached."""
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < BATCH_MAX and not queue.empty():
+                batch.append(queue.get_nowait())
+            upserts: dict[str, CachedJob] = {}
+            deletes: set[str] = set()
+            for msg in batch:
+                key, job = self._classify(msg)
+                if isinstance(job, CachedJob):
+                    upserts[key] = job
+                    deletes.discard(key)
+                elif job is None:
+                    deletes.add(key)
+                    upserts.pop(key, None)
+            self.position = SyncPosition(created, batch[-1].metadata.sequence.stream)
+            await self._cache.apply(upserts.values(), deletes, self.position)
+            self._notify(set(upserts) | deletes)
+            if until is not None and self.position.last_seq >= until:
+                return
+
+    async def _check_stream(self, created: str) -> None:
+        stalled_at: int | None = None
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            try:
+                info = await self._js.stream_info(_STREAM)
+            except NotFoundError:
+                raise _Restart("bucket deleted") from None
+            ours = self.position.last_seq if self.position else 0
+            now_created = info.created.isoformat() if info.created else ""
+            if now_created != created or info.state.last_seq < ours:
+                raise _Restart("bucket recreated or purged")
+            if info.state.last_seq > ours:
+                # Behind twice in a row without progress: the consumer lost its way; resume afresh.
+                if stalled_at == ours:
+                    raise _Restart(f"no progress at revision {ours} while the bucket is at {info.state.last_seq}")
+                stalled_at = ours
+            else:
+                stalled_at = None
+
+    def _notify(self, keys: set[str]) -> None:
+        if not keys:
+            return
+        for listener in self.listeners:
+            try:
+                listener(keys)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop syncing
+                log.exception("job change listener failed")

@@ -1,0 +1,85 @@
+"""Creating and opening natsched's KV buckets and streams (idempotently)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from natsched import subjects
+
+log = logging.getLogger(__name__)
+
+# Heartbeats expire from the agents bucket after this long without a put.
+AGENT_TTL = 15.0
+KV_DELETE = "DEL"
+KV_PURGE = "PURGE"
+KV_OPERATION_HEADER = "KV-Operation"
+MARKER_REASON_HEADER = "Nats-Marker-Reason"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StorageSettings:
+    """Replication and retention of what natsched keeps in JetStream."""
+
+    replicas: int = 1
+    events_max_age: float = 30 * 86400.0
+    events_max_bytes: int = 1024**3
+    logs_max_age: float = 7 * 86400.0
+    logs_max_bytes: int = 1024**3
+
+
+async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        log.info("creating KV bucket %s", config.bucket)
+        return await js.create_key_value(config=config)
+    except BadRequestError:
+        # Another master created it in between: use theirs.
+        return await js.key_value(config.bucket)
+
+
+async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+        return
+    except NotFoundError:
+        pass
+    try:
+        log.info("creating stream %s", config.name)
+        await js.add_stream(config=config)
+    except BadRequestError:
+        await js.stream_info(config.name or "")
+
+
+async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = None) -> None:
+    """Create every bucket and stream natsched needs, if missing (the master does this)."""
+    storage = storage or StorageSettings()
+    r = storage.replicas
+    await _kv(js, api.KeyValueConfig(bucket=subjects.JOBS_BUCKET, history=1, replicas=r,
+                                     description="natsched job definitions"))
+    await _kv(js, api.KeyValueConfig(bucket=subjects.SETTINGS_BUCKET, history=5, replicas=r))
+    await _kv(js, api.KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, replicas=r, ttl=AGENT_TTL))
+    await _kv(js, api.KeyValueConfig(bucket=subjects.STATE_BUCKET, history=1, replicas=r))
+    await _stream(js, api.StreamConfig(
+        name=subjects.EVENTS_STREAM, subjects=[subjects.EVENTS_SUBJECTS], num_replicas=r,
+        max_age=storage.events_max_age, max_bytes=storage.events_max_bytes,
+        duplicate_window=120.0, storage=api.StorageType.FILE))
+    await _stream(js, api.StreamConfig(
+        name=subjects.LOGS_STREAM, subjects=[subjects.LOGS_SUBJECTS], num_replicas=r,
+        max_age=storage.logs_max_age, max_bytes=storage.logs_max_bytes, storage=api.StorageType.FILE))
+
+
+def is_delete(headers: dict[str, str] | None) -> bool:
+    """True if a KV stream message marks its key deleted (DEL/PURGE or a server marker)."""
+    if not headers:
+        return False
+    if headers.get(KV_OPERATION_HEADER) in (KV_DELETE, KV_PURGE):
+        return True
+    return headers.get(MARKER_REASON_HEADER) in ("MaxAge", "Purge", "Remove")

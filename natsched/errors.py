@@ -1,0 +1,111 @@
+"""The one exception tree of natsched.
+
+Every error natsched raises on purpose derives from :class:`NatschedError`, so a caller
+(and the CLI, which turns it into one readable line and exit code 1) can catch them all.
+Each subclass also inherits the builtin it resembles, so generic code keeps working::
+
+    NatschedError
+    ├── ConfigError(ValueError)          bad settings, flags or environment
+    ├── SpecError(ValueError)            a job definition is invalid (names file, job, field)
+    │   └── JobFileError                 a job file cannot be read or parsed at all
+    ├── CodecError(ValueError)           a payload is not what the wire format promises
+    │   └── VersionError                 a payload of a protocol version we do not speak
+    ├── NotConnectedError(ConnectionError)  NATS is unreachable, or no master answered
+    │   └── NoMasterError                 nobody serves natsched.api.*
+    ├── ApiError(RuntimeError)           the master answered a request with an error
+    ├── NotFoundError(LookupError)       a job, agent or run that does not exist
+    ├── ConflictError(RuntimeError)      someone else changed the thing in between (CAS)
+    ├── ServerError(RuntimeError)        the embedded nats-server could not start
+    └── RunError(RuntimeError)           a process could not be started
+"""
+
+from __future__ import annotations
+
+
+class NatschedError(Exception):
+    """Root of every error natsched raises on purpose."""
+
+
+class ConfigError(NatschedError, ValueError):
+    """Settings, flags or environment variables that cannot work."""
+
+
+class SpecError(NatschedError, ValueError):
+    """A job definition that fails validation.
+
+    ``source`` is the file (or subject) it came from, ``job`` the job's name and
+    ``field`` the offending field, so an operator can find the line at once.
+    """
+
+    def __init__(self, message: str, *, source: str = "", job: str = "", field: str = "") -> None:
+        self.message = message
+        self.source = source
+        self.job = job
+        self.field = field
+        super().__init__(self.__str__())
+
+    def located(self, *, source: str | None = None, job: str | None = None) -> SpecError:
+        """Return a copy that also names where the definition came from."""
+        return type(self)(
+            self.message,
+            source=self.source or (source or ""),
+            job=self.job or (job or ""),
+            field=self.field,
+        )
+
+    def __str__(self) -> str:
+        where = []
+        if self.source:
+            where.append(self.source)
+        if self.job:
+            where.append(f"job {self.job!r}")
+        if self.field:
+            where.append(f"field {self.field!r}")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class JobFileError(SpecError):
+    """A job file that cannot be read or parsed, or holds invalid jobs (all listed in ``errors``)."""
+
+    errors: list[str]
+
+    def __init__(self, message: str, *, source: str = "", job: str = "", field: str = "") -> None:
+        super().__init__(message, source=source, job=job, field=field)
+        self.errors = [str(self)]
+
+
+class CodecError(NatschedError, ValueError):
+    """A payload that is not what the wire format promises."""
+
+
+class VersionError(CodecError):
+    """A payload written by a newer (or unknown) protocol version."""
+
+
+class NotConnectedError(NatschedError, ConnectionError):
+    """NATS is unreachable within the allowed time."""
+
+
+class NoMasterError(NotConnectedError):
+    """No master answers on natsched.api.*."""
+
+
+class ApiError(NatschedError, RuntimeError):
+    """The master answered an API request with an error."""
+
+
+class NotFoundError(NatschedError, LookupError):
+    """A job, agent or run that does not exist."""
+
+
+class ConflictError(NatschedError, RuntimeError):
+    """A compare-and-set failed: someone else changed the value in between."""
+
+
+class ServerError(NatschedError, RuntimeError):
+    """The embedded nats-server could not be started."""
+
+
+class RunError(NatschedError, RuntimeError):
+    """A job's process could not be started."""

@@ -1,0 +1,210 @@
+"""The admin API the master serves on ``natsched.api.>``: JSON in, JSON out.
+
+Every reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line",
+"errors": [...]}``; a handler never lets an exception escape, so garbage on any API
+subject gets an error reply and the master stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import __version__, codec, subjects
+from natsched.errors import ApiError, CodecError, JobFileError, NatschedError, NotFoundError, SpecError
+from natsched.jobfile import parse_job_document
+from natsched.jobspec import job_to_dict, parse_job
+from natsched.kvscan import KvValue, scan
+from natsched.master.apply import execute_plan, plan_apply, raise_conflicts
+from natsched.models import AgentIdentity, JobSpec
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+LIST_LIMIT = 5000
+
+
+def _as_str(body: dict[str, Any], name: str, default: str | None = None) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or not value:
+        raise ApiError(f"request field {name!r} must be a non-empty string")
+    return value
+
+
+def _as_keys(body: dict[str, Any]) -> list[str]:
+    keys = body.get("jobs")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise ApiError("request field 'jobs' must be a non-empty list of job names")
+    return keys
+
+
+class AdminApi:
+    """Handlers for every ``natsched.api.*`` subject, bound to one master."""
+
+    def __init__(self, *, js: JetStreamContext, jobs: KeyValue, agents: KeyValue, master_id: str) -> None:
+        self._js = js
+        self._jobs = jobs
+        self._agents = agents
+        self._master_id = master_id
+        self.handlers: dict[str, Handler] = {
+            subjects.API_PING: self.ping,
+            subjects.API_APPLY: self.apply,
+            subjects.API_JOBS_LIST: self.list_jobs,
+            subjects.API_JOBS_GET: self.get_job,
+            subjects.API_JOBS_DELETE: self.delete_jobs,
+            subjects.API_JOBS_ENABLE: self.enable_jobs,
+            subjects.API_JOBS_DISABLE: self.disable_jobs,
+        }
+
+    async def handle(self, msg: Msg) -> None:
+        """Answer one request; every failure becomes an error reply, never a crash."""
+        reply = await self._answer(msg)
+        if msg.reply:
+            await msg.respond(codec.to_json(reply))
+
+    async def _answer(self, msg: Msg) -> dict[str, Any]:
+        handler = self.handlers.get(msg.subject)
+        if handler is None:
+            return {"ok": False, "error": f"unknown API subject {msg.subject!r}"}
+        try:
+            body = codec.from_json(msg.data, msg.subject)
+            return {"ok": True, **await handler(body)}
+        except JobFileError as exc:
+            return {"ok": False, "error": str(exc).splitlines()[0], "errors": exc.errors}
+        except NatschedError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug must not take the API down; log it with its traceback
+            log.exception("API %s failed", msg.subject)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    async def ping(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"master": self._master_id, "version": __version__}
+
+    async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        source = _as_str(body, "source", "request")
+        content = _as_str(body, "content")
+        fmt = body.get("format")
+        if fmt not in (None, "toml", "json"):
+            raise ApiError("request field 'format' must be 'toml' or 'json'")
+        job_file = parse_job_document(content, source=source, fmt=fmt)
+        current: dict[str, KvValue] = {}
+        for group in sorted(job_file.groups):
+            current.update(await scan(self._js, subjects.JOBS_BUCKET, f"{group}.>"))
+        plan = plan_apply(job_file, current, prune=bool(body.get("prune", False)))
+        dry_run = bool(body.get("dry_run", False))
+        if not dry_run:
+            raise_conflicts(await execute_plan(self._jobs, plan))
+            log.info("applied %s: %s", source, {k: len(v) for k, v in plan.summary().items()})
+        return {"dry_run": dry_run, **plan.summary()}
+
+    async def _all_jobs(self) -> dict[str, KvValue]:
+        return await scan(self._js, subjects.JOBS_BUCKET)
+
+    async def _resolve(self, name: str, jobs: dict[str, KvValue] | None = None) -> str:
+        """A full key from ``<group>.<job>`` or a bare job name that is unique across groups."""
+        jobs = await self._all_jobs() if jobs is None else jobs
+        if name in jobs:
+            return name
+        matches = sorted(k for k in jobs if k.partition(".")[2] == name)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ApiError(f"job name {name!r} is ambiguous: {', '.join(matches)}; give <group>.<job>")
+        raise NotFoundError(f"no job {name!r}")
+
+    async def _agent_identity(self, name: str) -> tuple[AgentIdentity, bool]:
+        try:
+            entry = await self._agents.get(name)
+            if entry.value:
+                hb = codec.decode_heartbeat(entry.value, name)
+                return AgentIdentity(name=hb.agent, tags=frozenset(hb.tags), pools=frozenset(hb.pools),
+                                     groups=frozenset(hb.groups)), True
+        except Exception:  # noqa: BLE001 - no live heartbeat: match by name only
+            log.debug("no heartbeat for agent %s", name)
+        try:
+            return AgentIdentity(name=name), False
+        except SpecError as exc:
+            raise ApiError(f"bad agent name: {exc}") from None
+
+    async def list_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        group = body.get("group")
+        agent_name = body.get("agent")
+        identity, agent_known = (await self._agent_identity(str(agent_name))) if agent_name else (None, True)
+        rows: list[dict[str, Any]] = []
+        invalid: list[str] = []
+        for key, stored in sorted((await self._all_jobs()).items()):
+            if group and key.partition(".")[0] != group:
+                continue
+            try:
+                spec = codec.decode_job(stored.value, key)
+            except CodecError as exc:
+                invalid.append(f"{key}: {exc}")
+                continue
+            if identity is not None and not _targets_agent(spec, identity):
+                continue
+            rows.append(_summary(spec, stored.revision))
+        return {"jobs": rows[:LIST_LIMIT], "truncated": len(rows) > LIST_LIMIT, "invalid": invalid,
+                "agent_known": agent_known}
+
+    async def get_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        key = await self._resolve(_as_str(body, "job"))
+        entry = await self._jobs.get(key)
+        spec = codec.decode_job(entry.value or b"", key)
+        return {"key": key, "revision": entry.revision, "spec": job_to_dict(spec)}
+
+    async def delete_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        jobs = await self._all_jobs()
+        keys = [await self._resolve(name, jobs) for name in _as_keys(body)]
+        for key in keys:
+            await self._jobs.delete(key)
+        log.info("deleted jobs %s", keys)
+        return {"deleted": keys}
+
+    async def _set_enabled(self, body: dict[str, Any], enabled: bool) -> dict[str, Any]:
+        jobs = await self._all_jobs()
+        keys = [await self._resolve(name, jobs) for name in _as_keys(body)]
+        changed: list[str] = []
+        for key in keys:
+            stored = jobs[key]
+            spec = codec.decode_job(stored.value, key)
+            if spec.enabled == enabled:
+                continue
+            data = job_to_dict(spec)
+            data["enabled"] = enabled
+            try:
+                await self._jobs.update(key, codec.encode_job(parse_job(data)), last=stored.revision)
+            except KeyWrongLastSequenceError:
+                raise ApiError(f"job {key} changed while updating it; try again") from None
+            changed.append(key)
+        return {"changed": changed, "unchanged": [k for k in keys if k not in changed]}
+
+    async def enable_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._set_enabled(body, True)
+
+    async def disable_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._set_enabled(body, False)
+
+
+def _targets_agent(spec: JobSpec, agent: AgentIdentity) -> bool:
+    return spec.targets.matches(agent) and (not agent.groups or spec.group in agent.groups)
+
+
+def _summary(spec: JobSpec, revision: int) -> dict[str, Any]:
+    data = job_to_dict(spec)
+    return {
+        "key": spec.key,
+        "group": spec.group,
+        "name": spec.name,
+        "mode": spec.mode.value,
+        "enabled": spec.enabled,
+        "targets": data["targets"],
+        "triggers": data.get("triggers", []),
+        "command": data["command"],
+        "revision": revision,
+    }

@@ -1,0 +1,54 @@
+"""The master service: owns the buckets, serves the admin API.
+
+Later parts (scheduler, dispatch, chains, leader lease) hang off this service; for now
+it makes sure every bucket and stream exists and answers ``natsched.api.>`` in the
+``natsched-master`` queue group, so several masters can serve the API side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+
+from nats.aio.client import Client
+
+from natsched import subjects
+from natsched.buckets import StorageSettings, ensure_all
+from natsched.connection import connect
+from natsched.master.api import AdminApi
+from natsched.service import Service
+from natsched.settings import ConnectionSettings
+
+log = logging.getLogger(__name__)
+
+
+def new_master_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class MasterService(Service):
+    """``async with MasterService(settings) as master: await master.run_forever()``."""
+
+    def __init__(self, settings: ConnectionSettings, *, storage: StorageSettings | None = None,
+                 master_id: str | None = None) -> None:
+        super().__init__()
+        self.settings = settings.with_name("natsched-master")
+        self.storage = storage or StorageSettings()
+        self.master_id = master_id or new_master_id()
+        self.nc: Client | None = None
+
+    async def start(self) -> None:
+        log.info("master %s connecting to %s", self.master_id, self.settings.describe())
+        self.nc = await connect(self.settings, forever=True)
+        js = self.nc.jetstream()
+        await ensure_all(js, self.storage)
+        api = AdminApi(js=js, jobs=await js.key_value(subjects.JOBS_BUCKET),
+                       agents=await js.key_value(subjects.AGENTS_BUCKET), master_id=self.master_id)
+        await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
+        log.info("master %s serving %s", self.master_id, subjects.API_ALL)
+
+    async def stop(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()

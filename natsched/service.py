@@ -1,0 +1,76 @@
+"""A base for long-running services: an async context manager that owns its tasks.
+
+Nothing is fire-and-forget: every background task is started through
+:meth:`Service.spawn`, and leaving the context cancels and awaits them all. A task
+that crashes is logged and, unless it is marked ``critical``, does not take the
+service down: a scheduler must keep scheduling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Owns background tasks; subclasses start them in ``start`` and clean up in ``stop``."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.failed: asyncio.Future[BaseException] | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str, critical: bool = False) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(t, critical))
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any], critical: bool) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.error("task %s crashed: %r", task.get_name(), exc, exc_info=exc)
+        if critical and self.failed is not None and not self.failed.done():
+            self.failed.set_result(exc)
+
+    async def start(self) -> None:
+        """Override: connect and spawn tasks."""
+
+    async def stop(self) -> None:
+        """Override: release resources after the tasks were cancelled."""
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        self.failed = asyncio.get_running_loop().create_future()
+        try:
+            await self.start()
+        except BaseException:
+            await self.cancel_tasks()
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.cancel_tasks()
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        """Block until cancelled or a critical task fails (then raise its error)."""
+        assert self.failed is not None, "enter the service first"
+        error = await self.failed
+        raise error

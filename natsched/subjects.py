@@ -1,0 +1,98 @@
+"""Every NATS subject, KV bucket, stream and queue-group name natsched uses.
+
+Nothing else spells these strings: a subject typed in two files is a bug waiting to
+happen. Functions build the parameterised ones and validate their tokens.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- KV buckets -------------------------------------------------------------------
+JOBS_BUCKET = "natsched_jobs"  # key "<group>.<job>", value: msgpack job spec
+SETTINGS_BUCKET = "natsched_settings"  # replicated settings per group
+AGENTS_BUCKET = "natsched_agents"  # key "<agent>", value: msgpack heartbeat, TTL bucket
+STATE_BUCKET = "natsched_state"  # leader lease, schedule cursors, overlap locks
+
+# --- Streams ----------------------------------------------------------------------
+EVENTS_STREAM = "NATSCHED_EVENTS"
+EVENTS_SUBJECTS = "natsched.event.>"
+LOGS_STREAM = "NATSCHED_LOGS"
+LOGS_SUBJECTS = "natsched.log.>"
+
+# --- Admin API (served by the master in a queue group) -----------------------------
+API_PREFIX = "natsched.api"
+API_ALL = f"{API_PREFIX}.>"
+API_QUEUE = "natsched-master"
+API_APPLY = f"{API_PREFIX}.apply"
+API_JOBS_LIST = f"{API_PREFIX}.jobs.list"
+API_JOBS_GET = f"{API_PREFIX}.jobs.get"
+API_JOBS_DELETE = f"{API_PREFIX}.jobs.delete"
+API_JOBS_ENABLE = f"{API_PREFIX}.jobs.enable"
+API_JOBS_DISABLE = f"{API_PREFIX}.jobs.disable"
+API_PING = f"{API_PREFIX}.ping"
+
+# --- Triggers and dispatch ---------------------------------------------------------
+TRIGGER_PREFIX = "natsched.trigger"
+
+# Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def is_token(value: str) -> bool:
+    """True if ``value`` can be one token of a subject or KV key."""
+    return bool(_TOKEN.match(value))
+
+
+def _token(value: str, what: str) -> str:
+    if not is_token(value):
+        raise ValueError(f"{what} {value!r} may only contain letters, digits, '_' and '-'")
+    return value
+
+
+def job_key(group: str, name: str) -> str:
+    """KV key of a job in JOBS_BUCKET: groups are key prefixes."""
+    return f"{_token(group, 'group')}.{_token(name, 'job name')}"
+
+
+def split_job_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`job_key`."""
+    group, sep, name = key.partition(".")
+    if not sep or not is_token(group) or not is_token(name):
+        raise ValueError(f"{key!r} is not a job key of the form <group>.<job>")
+    return group, name
+
+
+def trigger_subject(job: str) -> str:
+    """Anyone may publish here to start ``job`` (``<group>.<job>`` or a bare name)."""
+    return f"{TRIGGER_PREFIX}.{job}"
+
+
+def agent_run_subject(agent: str) -> str:
+    """Slave dispatch to one agent, request/reply."""
+    return f"natsched.agent.{_token(agent, 'agent name')}.run"
+
+
+def pool_run_subject(pool: str) -> str:
+    """Load-balance fallback dispatch, served in a queue group by the pool's agents."""
+    return f"natsched.pool.{_token(pool, 'pool name')}.run"
+
+
+def event_subject(agent: str, job: str, state: str) -> str:
+    """A run's state change, captured by EVENTS_STREAM."""
+    return f"natsched.event.{_token(agent, 'agent name')}.{job}.{state}"
+
+
+def log_subject(run_id: str) -> str:
+    """Output chunks of one run, captured by LOGS_STREAM."""
+    return f"natsched.log.{_token(run_id, 'run id')}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The JetStream stream behind a KV bucket."""
+    return f"KV_{bucket}"
+
+
+def kv_subject_prefix(bucket: str) -> str:
+    """Subject prefix of a KV bucket's keys in its stream."""
+    return f"$KV.{bucket}."
