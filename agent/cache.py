@@ -7,7 +7,7 @@ running its mirror jobs from here while the master or NATS is down.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     revision INTEGER NOT NULL,
     mode     TEXT NOT NULL,
     value    BLOB NOT NULL
+);
+-- Every key of the bucket we have seen (targeted or not, tombstones too) with its last
+-- revision: with history 1 the stream keeps exactly one message per key, so this
+-- table's size must equal the stream's message count, a cheap check for lost deletes.
+CREATE TABLE IF NOT EXISTS seen (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -113,10 +120,19 @@ class JobCache:
             return None
         return SyncPosition(meta["stream_created"], int(meta["last_seq"]))
 
-    async def apply(self, upserts: Iterable[CachedJob], deletes: Iterable[str], position: SyncPosition) -> None:
-        """One transaction: upsert, delete, and move the sync position with them."""
+    async def seen_count(self) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM seen") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def apply(self, upserts: Iterable[CachedJob], deletes: Iterable[str], position: SyncPosition,
+                    *, seen: Mapping[str, int], replace_seen: bool = False) -> None:
+        """One transaction: upsert, delete, record the keys seen, move the sync position."""
         db = self.db
         try:
+            if replace_seen:
+                await db.execute("DELETE FROM seen")
+            await db.executemany("INSERT OR REPLACE INTO seen (key, seq) VALUES (?, ?)", seen.items())
             await db.executemany(
                 "INSERT INTO jobs (key, revision, mode, value) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET revision=excluded.revision, mode=excluded.mode, "

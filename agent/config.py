@@ -25,7 +25,8 @@ from natsched.errors import ConfigError, SpecError
 from natsched.models import AgentIdentity
 
 ENV_PREFIX = "NATSCHED_AGENT_"
-_FIELDS = ("name", "tags", "pools", "groups", "state_dir", "heartbeat_interval", "max_concurrency")
+_FIELDS = ("name", "tags", "pools", "groups", "state_dir", "heartbeat_interval", "max_concurrency",
+           "sync_check_interval")
 
 
 def default_state_dir() -> Path:
@@ -49,6 +50,9 @@ class AgentConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     heartbeat_interval: float = 3.0
     max_concurrency: int = 64
+    # How often the cache's position is checked against the bucket's stream (catches a
+    # bucket deleted and recreated under a live watcher).
+    sync_check_interval: float = 5.0
 
     def __post_init__(self) -> None:
         try:
@@ -113,6 +117,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     try:
         if "heartbeat_interval" in out:
             out["heartbeat_interval"] = float(out["heartbeat_interval"])
+        if "sync_check_interval" in out:
+            out["sync_check_interval"] = float(out["sync_check_interval"])
         if "max_concurrency" in out:
             out["max_concurrency"] = int(out["max_concurrency"])
     except ValueError as exc:

@@ -51,7 +51,8 @@ class AgentService(Service):
             try:
                 await asyncio.wait_for(self.nc.drain(), 5.0)
             except Exception:  # noqa: BLE001 - shutting down: a failed drain changes nothing
-                log.debug("drain failed", exc_info=True)
+                log.debug("drain failed; closing", exc_info=True)
+                await self.nc.close()
         await self.cache.close()
 
     async def synced(self, timeout: float) -> None:
@@ -74,7 +75,8 @@ class AgentService(Service):
                                 on_disconnect=self._on_disconnect)
         self.connected_since = time.time()
         js = self.nc.jetstream()
-        self.sync = JobSync(js, self.cache, self.config.identity())
+        self.sync = JobSync(js, self.cache, self.config.identity(),
+                             check_interval=self.config.sync_check_interval)
         self.connected.set()
         log.info("agent %s connected", self.config.name)
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)

@@ -57,14 +57,17 @@ def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
 class JobSync:
     """Runs while connected; ``synced`` is set once the cache has caught up with the bucket."""
 
-    def __init__(self, js: JetStreamContext, cache: JobCache, identity: AgentIdentity) -> None:
+    def __init__(self, js: JetStreamContext, cache: JobCache, identity: AgentIdentity, *,
+                 check_interval: float = CHECK_INTERVAL) -> None:
         self._js = js
+        self._check_interval = check_interval
         self._cache = cache
         self._identity = identity
         self.synced = asyncio.Event()
         self.position: SyncPosition | None = None
         self.listeners: list[Callable[[set[str]], None]] = []
         self.full_resyncs = 0
+        self._force_full = False
         self.last_sync_seconds = 0.0
 
     async def run(self) -> None:
@@ -109,8 +112,12 @@ class JobSync:
         created = info.created.isoformat() if info.created else ""
         state = info.state
         position = self.position = await self._cache.position()
-        full = (position is None or position.stream_created != created or position.last_seq > state.last_seq
-                or position.last_seq + 1 < state.first_seq)
+        # A compacted first_seq is no gap: with history 1, every key changed after our
+        # position still has its newest message in the stream. Lost deletes are caught
+        # by the key-count check in _check_stream.
+        full = (self._force_full or position is None or position.stream_created != created
+                or position.last_seq > state.last_seq)
+        self._force_full = False
         start = time.perf_counter()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -156,11 +163,12 @@ class JobSync:
     async def _full_resync(self, queue: asyncio.Queue[Msg], created: str, target: int) -> None:
         keep: dict[str, CachedJob] = {}
         malformed: set[str] = set()
+        seen: dict[str, int] = {}
         last_seq = 0
         while last_seq < target:
             msg = await queue.get()
             key, job = self._classify(msg)
-            last_seq = msg.metadata.sequence.stream
+            last_seq = seen[key] = msg.metadata.sequence.stream
             if isinstance(job, CachedJob):
                 keep[key] = job
                 malformed.discard(key)
@@ -172,7 +180,7 @@ class JobSync:
                 break
         gone = await self._cache.keys() - keep.keys() - malformed
         self.position = SyncPosition(created, max(last_seq, target))
-        await self._cache.apply(keep.values(), gone, self.position)
+        await self._cache.apply(keep.values(), gone, self.position, seen=seen, replace_seen=True)
         self._notify(set(keep) | gone)
 
     async def _apply_batches(self, queue: asyncio.Queue[Msg], created: str, until: int | None) -> None:
@@ -183,8 +191,10 @@ class JobSync:
                 batch.append(queue.get_nowait())
             upserts: dict[str, CachedJob] = {}
             deletes: set[str] = set()
+            seen: dict[str, int] = {}
             for msg in batch:
                 key, job = self._classify(msg)
+                seen[key] = msg.metadata.sequence.stream
                 if isinstance(job, CachedJob):
                     upserts[key] = job
                     deletes.discard(key)
@@ -192,7 +202,7 @@ class JobSync:
                     deletes.add(key)
                     upserts.pop(key, None)
             self.position = SyncPosition(created, batch[-1].metadata.sequence.stream)
-            await self._cache.apply(upserts.values(), deletes, self.position)
+            await self._cache.apply(upserts.values(), deletes, self.position, seen=seen)
             self._notify(set(upserts) | deletes)
             if until is not None and self.position.last_seq >= until:
                 return
@@ -200,7 +210,7 @@ class JobSync:
     async def _check_stream(self, created: str) -> None:
         stalled_at: int | None = None
         while True:
-            await asyncio.sleep(CHECK_INTERVAL)
+            await asyncio.sleep(self._check_interval)
             try:
                 info = await self._js.stream_info(_STREAM)
             except NotFoundError:
@@ -209,6 +219,12 @@ class JobSync:
             now_created = info.created.isoformat() if info.created else ""
             if now_created != created or info.state.last_seq < ours:
                 raise _Restart("bucket recreated or purged")
+            if info.state.last_seq == ours and info.config.max_msgs_per_subject == 1:
+                seen = await self._cache.seen_count()
+                if seen != info.state.messages:
+                    self._force_full = True
+                    raise _Restart(f"bucket holds {info.state.messages} keys, the cache saw {seen}: "
+                                   "history was purged")
             if info.state.last_seq > ours:
                 # Behind twice in a row without progress: the consumer lost its way; resume afresh.
                 if stalled_at == ours:

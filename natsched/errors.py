@@ -92,7 +92,11 @@ class NoMasterError(NotConnectedError):
 
 
 class ApiError(NatschedError, RuntimeError):
-    """The master answered an API request with an error."""
+    """The master answered an API request with an error; ``details`` lists every problem."""
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
 class NotFoundError(NatschedError, LookupError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -74,3 +75,29 @@ class Service:
         assert self.failed is not None, "enter the service first"
         error = await self.failed
         raise error
+
+
+async def serve(service: Service) -> None:
+    """Run a service until SIGINT/SIGTERM, then leave its context cleanly (exit code 0)."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = asyncio.Event()
+
+    def on_signal() -> None:
+        if not stopping.is_set():
+            log.info("stopping (signal received)")
+            stopping.set()
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with service:
+            await service.run_forever()
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,2 +1,62 @@
-"""placeholder replaced below"""
-def main() -> None: ...
+"""The ``natsched`` command: one typer app, command groups added with add_typer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from natsched import __version__
+from natsched.cli import common
+from natsched.cli.agents import agents
+from natsched.cli.apply import apply
+from natsched.cli.jobs import app as jobs_app
+from natsched.cli.services import agent, master_app
+from natsched.cli.up import up
+
+app = typer.Typer(
+    name="natsched",
+    help="A distributed, event-driven job scheduler built on NATS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        common.console.print(f"natsched {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    server: common.ServerOption = None,
+    creds: common.CredsOption = None,
+    user: common.UserOption = None,
+    password: common.PasswordOption = None,
+    token: common.TokenOption = None,
+    nkey: common.NkeyOption = None,
+    tls_ca: common.CaOption = None,
+    tls_cert: common.CertOption = None,
+    tls_key: common.KeyOption = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Connection options here apply to every command (flags win over NATS_* variables)."""
+    common.GlobalOptions.overrides = {
+        "url": server, "creds": creds, "user": user, "password": password, "token": token,
+        "nkey_seed": nkey, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+    }
+
+
+app.command()(up)
+app.command()(apply)
+app.command()(agents)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(master_app, name="master")
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+            add_help_option=False)(agent)
+
+
+def main() -> None:
+    app()

@@ -7,6 +7,7 @@ it makes sure every bucket and stream exists and answers ``natsched.api.>`` in t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
+DRAIN_TIMEOUT = 5.0
 
 
 def new_master_id() -> str:
@@ -50,5 +52,10 @@ class MasterService(Service):
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
 
     async def stop(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+        if self.nc is None or self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), DRAIN_TIMEOUT)
+        except Exception:  # noqa: BLE001 - e.g. reconnecting: nothing left to flush, just close
+            log.debug("drain failed; closing", exc_info=True)
+            await self.nc.close()

@@ -1,0 +1,3 @@
+from natsched.cli.app import main
+
+main()

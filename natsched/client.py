@@ -1,0 +1,60 @@
+"""Talking to the master's admin API from commands (and from tests)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from natsched import codec
+from natsched.connection import connect
+from natsched.errors import ApiError, CodecError, NoMasterError
+from natsched.settings import ConnectionSettings
+
+API_TIMEOUT = 15.0
+
+
+class AdminClient:
+    """``async with AdminClient(settings) as api: await api.call(subjects.API_APPLY, {...})``."""
+
+    def __init__(self, settings: ConnectionSettings, *, timeout: float = API_TIMEOUT) -> None:
+        self.settings = settings.with_name("natsched-cli")
+        self.timeout = timeout
+        self._nc: Client | None = None
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("AdminClient is not connected")
+        return self._nc
+
+    async def __aenter__(self) -> Self:
+        self._nc = await connect(self.settings)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def call(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request; NoMasterError if nobody serves it, ApiError with the master's message if it fails."""
+        try:
+            msg = await self.nc.request(subject, codec.to_json(body or {}), timeout=self.timeout)
+        except NoRespondersError:
+            raise NoMasterError(
+                f"no master answers on {subject} at {self.settings.url}; start one with 'natsched master'"
+            ) from None
+        except NatsTimeoutError:
+            raise NoMasterError(f"no master answered {subject} within {self.timeout:g}s") from None
+        try:
+            reply = codec.from_json(msg.data, f"reply to {subject}")
+        except CodecError as exc:
+            raise ApiError(str(exc)) from None
+        if not reply.get("ok"):
+            raise ApiError(str(reply.get("error", "the master answered without a reason")),
+                           [str(e) for e in reply.get("errors", [])])
+        return reply

@@ -1,0 +1,50 @@
+"""Small helpers shared by tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nats.aio.client import Client
+
+from natsched import subjects
+
+
+def job(name: str, **fields: Any) -> dict[str, Any]:
+    """A job mapping; its group comes from the file's top-level ``group`` unless given."""
+    data: dict[str, Any] = {"name": name, "command": ["true"], "targets": {"agents": ["*"]}}
+    data.update(fields)
+    return data
+
+
+def toml_jobs(*jobs: dict[str, Any], group: str | None = None) -> str:
+    """A job file in TOML from job mappings (JSON-compatible TOML inline tables)."""
+    lines = [f'group = "{group}"'] if group else []
+    for entry in jobs:
+        lines.append("[[jobs]]")
+        for key, value in entry.items():
+            lines.append(f"{key} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+async def api(nc: Client, subject: str, body: dict[str, Any] | bytes, timeout: float = 10) -> dict[str, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    msg = await nc.request(subject, data, timeout=timeout)
+    reply: dict[str, Any] = json.loads(msg.data)
+    return reply
+
+
+async def apply(nc: Client, content: str, *, prune: bool = False, dry_run: bool = False,
+                source: str = "test.toml") -> dict[str, Any]:
+    return await api(nc, subjects.API_APPLY, {"source": source, "content": content, "prune": prune,
+                                              "dry_run": dry_run})
