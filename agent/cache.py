@@ -100,7 +100,9 @@ class JobCache:
             return {row[0] for row in await cursor.fetchall()}
 
     async def get(self, key: str) -> CachedJob | None:
-        async with self.db.execute("SELECT key, revision, mode, value FROM jobs WHERE key = ?", (key,)) as cur:
+        async with self.db.execute(
+            "SELECT key, revision, mode, value FROM jobs WHERE key = ?", (key,)
+        ) as cur:
             row = await cur.fetchone()
         return CachedJob(row[0], row[1], row[2], row[3]) if row else None
 
@@ -114,8 +116,10 @@ class JobCache:
             return [CachedJob(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
 
     async def position(self) -> SyncPosition | None:
-        async with self.db.execute("SELECT name, value FROM meta WHERE name IN ('stream_created', 'last_seq')") as c:
-            meta = dict(await c.fetchall())
+        async with self.db.execute(
+            "SELECT name, value FROM meta WHERE name IN ('stream_created', 'last_seq')"
+        ) as c:
+            meta: dict[str, str] = {str(row[0]): str(row[1]) for row in await c.fetchall()}
         if "stream_created" not in meta:
             return None
         return SyncPosition(meta["stream_created"], int(meta["last_seq"]))
@@ -125,8 +129,15 @@ class JobCache:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def apply(self, upserts: Iterable[CachedJob], deletes: Iterable[str], position: SyncPosition,
-                    *, seen: Mapping[str, int], replace_seen: bool = False) -> None:
+    async def apply(
+        self,
+        upserts: Iterable[CachedJob],
+        deletes: Iterable[str],
+        position: SyncPosition,
+        *,
+        seen: Mapping[str, int],
+        replace_seen: bool = False,
+    ) -> None:
         """One transaction: upsert, delete, record the keys seen, move the sync position."""
         db = self.db
         try:

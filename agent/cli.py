@@ -26,14 +26,17 @@ def _list(values: list[str] | None) -> list[str] | None:
 
 @app.command()
 def run_agent(
-    name: Annotated[str | None, typer.Option(help="agent name [default: host name; env NATSCHED_AGENT_NAME]")]
-    = None,
+    name: Annotated[
+        str | None, typer.Option(help="agent name [default: host name; env NATSCHED_AGENT_NAME]")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="tag (repeat, or comma-separated)")] = None,
     pool: Annotated[list[str] | None, typer.Option("--pool", help="pool to serve (repeatable)")] = None,
     group: Annotated[list[str] | None, typer.Option("--group", help="only these job groups")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="where the SQLite cache lives")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", envvar="NATSCHED_AGENT_CONFIG",
-                                                help="agent config file (TOML)")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="NATSCHED_AGENT_CONFIG", help="agent config file (TOML)"),
+    ] = None,
     server: ServerOption = None,
     creds: Annotated[str | None, typer.Option("--creds", envvar="NATS_CREDS")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -41,8 +44,14 @@ def run_agent(
     """Run a natsched agent: cache the jobs that target it, heartbeat, run jobs."""
     setup_logging(verbose)
     try:
-        agent_config = AgentConfig.load(file=config, name=name, tags=_list(tag), pools=_list(pool),
-                                        groups=_list(group), state_dir=state_dir)
+        agent_config = AgentConfig.load(
+            file=config,
+            name=name,
+            tags=_list(tag),
+            pools=_list(pool),
+            groups=_list(group),
+            state_dir=state_dir,
+        )
         settings = ConnectionSettings.from_env(url=server, creds=creds)
         asyncio.run(serve(AgentService(agent_config, settings)))
     except NatschedError as exc:

@@ -25,8 +25,16 @@ from natsched.errors import ConfigError, SpecError
 from natsched.models import AgentIdentity
 
 ENV_PREFIX = "NATSCHED_AGENT_"
-_FIELDS = ("name", "tags", "pools", "groups", "state_dir", "heartbeat_interval", "max_concurrency",
-           "sync_check_interval")
+_FIELDS = (
+    "name",
+    "tags",
+    "pools",
+    "groups",
+    "state_dir",
+    "heartbeat_interval",
+    "max_concurrency",
+    "sync_check_interval",
+)
 
 
 def default_state_dir() -> Path:
@@ -72,8 +80,9 @@ class AgentConfig:
         return self.state_dir / f"agent-{self.name}.sqlite"
 
     @classmethod
-    def load(cls, *, file: Path | None = None, env: Mapping[str, str] | None = None,
-             **flags: Any) -> AgentConfig:
+    def load(
+        cls, *, file: Path | None = None, env: Mapping[str, str] | None = None, **flags: Any
+    ) -> AgentConfig:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if file is not None:

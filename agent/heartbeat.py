@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class HeartbeatPublisher:
-    def __init__(self, js: JetStreamContext, *, build: Callable[[], Awaitable[Heartbeat]], interval: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, build: Callable[[], Awaitable[Heartbeat]], interval: float
+    ) -> None:
         self._js = js
         self._build = build
         self._interval = interval
@@ -46,9 +48,19 @@ class HeartbeatPublisher:
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
 
-def sample_load(*, agent: str, started_at: float, running: int, max_concurrency: int, tags: frozenset[str],
-                pools: frozenset[str], groups: frozenset[str], jobs_cached: int, synced_revision: int,
-                connected_since: float) -> Heartbeat:
+def sample_load(
+    *,
+    agent: str,
+    started_at: float,
+    running: int,
+    max_concurrency: int,
+    tags: frozenset[str],
+    pools: frozenset[str],
+    groups: frozenset[str],
+    jobs_cached: int,
+    synced_revision: int,
+    connected_since: float,
+) -> Heartbeat:
     """Build a heartbeat from psutil's view of this host (non-blocking calls only)."""
     return Heartbeat(
         agent=agent,

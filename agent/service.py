@@ -39,14 +39,20 @@ class AgentService(Service):
         self.started_at = time.time()
         self.connected_since = 0.0
         self.running = 0
+        self._stopping = False
 
     async def start(self) -> None:
         await self.cache.open()
-        log.info("agent %s: %d jobs in cache %s", self.config.name, await self.cache.count(),
-                 self.config.cache_path)
+        log.info(
+            "agent %s: %d jobs in cache %s",
+            self.config.name,
+            await self.cache.count(),
+            self.config.cache_path,
+        )
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), 5.0)
@@ -67,16 +73,20 @@ class AgentService(Service):
         self.connected_since = time.time()
 
     async def _on_disconnect(self) -> None:
+        if self._stopping:
+            return
         log.warning("agent %s lost NATS; running from cache", self.config.name)
 
     async def _connect_and_serve(self) -> None:
         log.info("agent %s connecting to %s", self.config.name, self.settings.describe())
-        self.nc = await connect(self.settings, forever=True, on_reconnect=self._on_reconnect,
-                                on_disconnect=self._on_disconnect)
+        self.nc = await connect(
+            self.settings, forever=True, on_reconnect=self._on_reconnect, on_disconnect=self._on_disconnect
+        )
         self.connected_since = time.time()
         js = self.nc.jetstream()
-        self.sync = JobSync(js, self.cache, self.config.identity(),
-                             check_interval=self.config.sync_check_interval)
+        self.sync = JobSync(
+            js, self.cache, self.config.identity(), check_interval=self.config.sync_check_interval
+        )
         self.connected.set()
         log.info("agent %s connected", self.config.name)
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
@@ -86,8 +96,14 @@ class AgentService(Service):
     async def _heartbeat(self) -> Heartbeat:
         position = self.sync.position if self.sync else None
         return sample_load(
-            agent=self.config.name, started_at=self.started_at, running=self.running,
-            max_concurrency=self.config.max_concurrency, tags=self.config.tags, pools=self.config.pools,
-            groups=self.config.groups, jobs_cached=await self.cache.count(),
-            synced_revision=position.last_seq if position else 0, connected_since=self.connected_since,
+            agent=self.config.name,
+            started_at=self.started_at,
+            running=self.running,
+            max_concurrency=self.config.max_concurrency,
+            tags=self.config.tags,
+            pools=self.config.pools,
+            groups=self.config.groups,
+            jobs_cached=await self.cache.count(),
+            synced_revision=position.last_seq if position else 0,
+            connected_since=self.connected_since,
         )

@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -31,14 +32,40 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 5.0
 RETRY_DELAY = 1.0
-BATCH_MAX = 5000
 _STREAM = subjects.kv_stream(subjects.JOBS_BUCKET)
 _PREFIX = subjects.kv_subject_prefix(subjects.JOBS_BUCKET)
 _MALFORMED = object()
 
 
+class _Inbox:
+    """Changes classified in the subscription callback, taken in batches by one consumer."""
+
+    def __init__(self) -> None:
+        self._changes: list[_Change] = []
+        self._arrived = asyncio.Event()
+
+    def add(self, change: _Change) -> None:
+        self._changes.append(change)
+        self._arrived.set()
+
+    async def take(self) -> list[_Change]:
+        """Everything that arrived since the last call (waits for at least one change)."""
+        await self._arrived.wait()
+        self._arrived.clear()
+        batch, self._changes = self._changes, []
+        return batch
+
+
 class _Restart(Exception):
     """The current sync session no longer fits the stream; start a new one."""
+
+
+@lru_cache(maxsize=4096)
+def _targets_match(
+    agents: tuple[str, ...], tags: tuple[str, ...], pools: tuple[str, ...], identity: AgentIdentity
+) -> bool:
+    # Most jobs share a handful of target sets: validate and match each set once.
+    return Targets(agents=agents, tags=tags, pools=pools).matches(identity)
 
 
 def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
@@ -49,16 +76,31 @@ def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
     raw = value.get("targets")
     if not isinstance(raw, dict):
         raise SpecError("targets missing or not a map", field="targets")
-    targets = Targets(agents=tuple(raw.get("agents", ())), tags=tuple(raw.get("tags", ())),
-                      pools=tuple(raw.get("pools", ())))
-    return targets.matches(identity)
+    return _targets_match(
+        tuple(raw.get("agents", ())), tuple(raw.get("tags", ())), tuple(raw.get("pools", ())), identity
+    )
+
+
+class _Change(NamedTuple):
+    """One message of the bucket's stream, classified for this agent."""
+
+    key: str
+    seq: int
+    pending: int
+    job: CachedJob | None | object  # a job to keep, None to drop, _MALFORMED to leave as it is
 
 
 class JobSync:
     """Runs while connected; ``synced`` is set once the cache has caught up with the bucket."""
 
-    def __init__(self, js: JetStreamContext, cache: JobCache, identity: AgentIdentity, *,
-                 check_interval: float = CHECK_INTERVAL) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        cache: JobCache,
+        identity: AgentIdentity,
+        *,
+        check_interval: float = CHECK_INTERVAL,
+    ) -> None:
         self._js = js
         self._check_interval = check_interval
         self._cache = cache
@@ -83,21 +125,20 @@ class JobSync:
                 log.warning("job sync failed (%r); retrying", exc)
                 await asyncio.sleep(RETRY_DELAY)
 
-    def _classify(self, msg: Msg) -> tuple[str, CachedJob | None | object]:
-        """(key, job to keep | None to drop | _MALFORMED to leave the cache as it is)."""
-        key = msg.subject[len(_PREFIX):]
+    def _classify(self, msg: Msg) -> _Change:
+        key = msg.subject[len(_PREFIX) :]
+        meta = msg.metadata  # parsed from the reply subject on every access: once only
+        seq, pending = meta.sequence.stream, meta.num_pending
         if is_delete(msg.headers):
-            return key, None
+            return _Change(key, seq, pending, None)
         try:
             value = codec.unpack(msg.data, f"job {key}")
             if not wanted(key, value, self._identity):
-                return key, None
-            mode = value.get("mode", "mirror")
-            return key, CachedJob(key, msg.metadata.sequence.stream, str(mode), msg.data)
+                return _Change(key, seq, pending, None)
+            return _Change(key, seq, pending, CachedJob(key, seq, str(value.get("mode", "mirror")), msg.data))
         except (CodecError, SpecError, TypeError) as exc:
-            log.warning("skipping malformed job definition %s (revision %d): %s", key,
-                        msg.metadata.sequence.stream, exc)
-            return key, _MALFORMED
+            log.warning("skipping malformed job definition %s (revision %d): %s", key, seq, exc)
+            return _Change(key, seq, pending, _MALFORMED)
 
     async def _stream_info(self) -> api.StreamInfo:
         try:
@@ -115,42 +156,56 @@ class JobSync:
         # A compacted first_seq is no gap: with history 1, every key changed after our
         # position still has its newest message in the stream. Lost deletes are caught
         # by the key-count check in _check_stream.
-        full = (self._force_full or position is None or position.stream_created != created
-                or position.last_seq > state.last_seq)
+        full = (
+            self._force_full
+            or position is None
+            or position.stream_created != created
+            or position.last_seq > state.last_seq
+        )
         self._force_full = False
         start = time.perf_counter()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        inbox = _Inbox()
 
         async def enqueue(msg: Msg) -> None:
-            queue.put_nowait(msg)
+            inbox.add(self._classify(msg))
 
         if full:
             log.info("job sync: full resync from %s (%d messages)", subjects.JOBS_BUCKET, state.messages)
-            sub = await self._js.subscribe(_PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True,
-                                           deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+            sub = await self._js.subscribe(
+                _PREFIX + ">",
+                stream=_STREAM,
+                cb=enqueue,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            )
         else:
             assert position is not None
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                                        opt_start_seq=position.last_seq + 1)
-            sub = await self._js.subscribe(_PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True,
-                                           config=config)
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position.last_seq + 1
+            )
+            sub = await self._js.subscribe(
+                _PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True, config=config
+            )
         try:
             target = state.last_seq if state.messages else 0
             if full:
-                await self._full_resync(queue, created, target)
+                await self._full_resync(inbox, created, target)
                 self.full_resyncs += 1
             else:
                 assert position is not None
                 if position.last_seq < target:
-                    await self._apply_batches(queue, created, until=target)
+                    await self._apply_batches(inbox, created, until=target)
             self.last_sync_seconds = time.perf_counter() - start
             if not self.synced.is_set():
-                log.info("job sync: %d jobs cached, in sync at revision %d (%.3f s)",
-                         await self._cache.count(), self.position.last_seq if self.position else 0,
-                         self.last_sync_seconds)
+                log.info(
+                    "job sync: %d jobs cached, in sync at revision %d (%.3f s)",
+                    await self._cache.count(),
+                    self.position.last_seq if self.position else 0,
+                    self.last_sync_seconds,
+                )
             self.synced.set()
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._apply_batches(queue, created, until=None))
+                tg.create_task(self._apply_batches(inbox, created, until=None))
                 tg.create_task(self._check_stream(created))
         except* _Restart as group:
             raise group.exceptions[0] from None
@@ -160,51 +215,49 @@ class JobSync:
             except Exception:  # noqa: BLE001 - the connection may be gone already
                 log.debug("unsubscribe failed", exc_info=True)
 
-    async def _full_resync(self, queue: asyncio.Queue[Msg], created: str, target: int) -> None:
+    async def _full_resync(self, inbox: _Inbox, created: str, target: int) -> None:
         keep: dict[str, CachedJob] = {}
         malformed: set[str] = set()
         seen: dict[str, int] = {}
         last_seq = 0
-        while last_seq < target:
-            msg = await queue.get()
-            key, job = self._classify(msg)
-            last_seq = seen[key] = msg.metadata.sequence.stream
-            if isinstance(job, CachedJob):
-                keep[key] = job
-                malformed.discard(key)
-            elif job is _MALFORMED:
-                malformed.add(key)
-            else:
-                keep.pop(key, None)
-            if msg.metadata.num_pending == 0:
-                break
+        caught_up = target == 0
+        while not caught_up:
+            for change in await inbox.take():
+                last_seq = seen[change.key] = change.seq
+                if isinstance(change.job, CachedJob):
+                    keep[change.key] = change.job
+                    malformed.discard(change.key)
+                elif change.job is _MALFORMED:
+                    malformed.add(change.key)
+                else:
+                    keep.pop(change.key, None)
+                caught_up = caught_up or change.pending == 0 or change.seq >= target
         gone = await self._cache.keys() - keep.keys() - malformed
-        self.position = SyncPosition(created, max(last_seq, target))
-        await self._cache.apply(keep.values(), gone, self.position, seen=seen, replace_seen=True)
+        position = SyncPosition(created, max(last_seq, target))
+        await self._cache.apply(keep.values(), gone, position, seen=seen, replace_seen=True)
+        self.position = position  # only once committed: tests and heartbeats read it
         self._notify(set(keep) | gone)
 
-    async def _apply_batches(self, queue: asyncio.Queue[Msg], created: str, until: int | None) -> None:
-        """Apply live messages in batches (one transaction each); return once ``until`` is reached."""
+    async def _apply_batches(self, inbox: _Inbox, created: str, until: int | None) -> None:
+        """Apply live changes in batches (one transaction each); return once ``until`` is reached."""
         while True:
-            batch = [await queue.get()]
-            while len(batch) < BATCH_MAX and not queue.empty():
-                batch.append(queue.get_nowait())
             upserts: dict[str, CachedJob] = {}
             deletes: set[str] = set()
             seen: dict[str, int] = {}
-            for msg in batch:
-                key, job = self._classify(msg)
-                seen[key] = msg.metadata.sequence.stream
-                if isinstance(job, CachedJob):
-                    upserts[key] = job
-                    deletes.discard(key)
-                elif job is None:
-                    deletes.add(key)
-                    upserts.pop(key, None)
-            self.position = SyncPosition(created, batch[-1].metadata.sequence.stream)
-            await self._cache.apply(upserts.values(), deletes, self.position, seen=seen)
+            batch = await inbox.take()
+            for change in batch:
+                seen[change.key] = change.seq
+                if isinstance(change.job, CachedJob):
+                    upserts[change.key] = change.job
+                    deletes.discard(change.key)
+                elif change.job is None:
+                    deletes.add(change.key)
+                    upserts.pop(change.key, None)
+            position = SyncPosition(created, batch[-1].seq)
+            await self._cache.apply(upserts.values(), deletes, position, seen=seen)
+            self.position = position
             self._notify(set(upserts) | deletes)
-            if until is not None and self.position.last_seq >= until:
+            if until is not None and position.last_seq >= until:
                 return
 
     async def _check_stream(self, created: str) -> None:
@@ -223,12 +276,15 @@ class JobSync:
                 seen = await self._cache.seen_count()
                 if seen != info.state.messages:
                     self._force_full = True
-                    raise _Restart(f"bucket holds {info.state.messages} keys, the cache saw {seen}: "
-                                   "history was purged")
+                    raise _Restart(
+                        f"bucket holds {info.state.messages} keys, the cache saw {seen}: history was purged"
+                    )
             if info.state.last_seq > ours:
                 # Behind twice in a row without progress: the consumer lost its way; resume afresh.
                 if stalled_at == ours:
-                    raise _Restart(f"no progress at revision {ours} while the bucket is at {info.state.last_seq}")
+                    raise _Restart(
+                        f"no progress at revision {ours} while the bucket is at {info.state.last_seq}"
+                    )
                 stalled_at = ours
             else:
                 stalled_at = None

@@ -62,18 +62,38 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
     """Create every bucket and stream natsched needs, if missing (the master does this)."""
     storage = storage or StorageSettings()
     r = storage.replicas
-    await _kv(js, api.KeyValueConfig(bucket=subjects.JOBS_BUCKET, history=1, replicas=r,
-                                     description="natsched job definitions"))
+    await _kv(
+        js,
+        api.KeyValueConfig(
+            bucket=subjects.JOBS_BUCKET, history=1, replicas=r, description="natsched job definitions"
+        ),
+    )
     await _kv(js, api.KeyValueConfig(bucket=subjects.SETTINGS_BUCKET, history=5, replicas=r))
     await _kv(js, api.KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, replicas=r, ttl=AGENT_TTL))
     await _kv(js, api.KeyValueConfig(bucket=subjects.STATE_BUCKET, history=1, replicas=r))
-    await _stream(js, api.StreamConfig(
-        name=subjects.EVENTS_STREAM, subjects=[subjects.EVENTS_SUBJECTS], num_replicas=r,
-        max_age=storage.events_max_age, max_bytes=storage.events_max_bytes,
-        duplicate_window=120.0, storage=api.StorageType.FILE))
-    await _stream(js, api.StreamConfig(
-        name=subjects.LOGS_STREAM, subjects=[subjects.LOGS_SUBJECTS], num_replicas=r,
-        max_age=storage.logs_max_age, max_bytes=storage.logs_max_bytes, storage=api.StorageType.FILE))
+    await _stream(
+        js,
+        api.StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.EVENTS_SUBJECTS],
+            num_replicas=r,
+            max_age=storage.events_max_age,
+            max_bytes=storage.events_max_bytes,
+            duplicate_window=120.0,
+            storage=api.StorageType.FILE,
+        ),
+    )
+    await _stream(
+        js,
+        api.StreamConfig(
+            name=subjects.LOGS_STREAM,
+            subjects=[subjects.LOGS_SUBJECTS],
+            num_replicas=r,
+            max_age=storage.logs_max_age,
+            max_bytes=storage.logs_max_bytes,
+            storage=api.StorageType.FILE,
+        ),
+    )
 
 
 def is_delete(headers: dict[str, str] | None) -> bool:

@@ -35,8 +35,9 @@ class AdminClient:
         self._nc = await connect(self.settings)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._nc is not None:
             await self._nc.close()
 
@@ -55,6 +56,8 @@ class AdminClient:
         except CodecError as exc:
             raise ApiError(str(exc)) from None
         if not reply.get("ok"):
-            raise ApiError(str(reply.get("error", "the master answered without a reason")),
-                           [str(e) for e in reply.get("errors", [])])
+            raise ApiError(
+                str(reply.get("error", "the master answered without a reason")),
+                [str(e) for e in reply.get("errors", [])],
+            )
         return reply

@@ -8,6 +8,7 @@ retry forever too, which is what a service started before its server wants).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 10
 MAX_OUTSTANDING_PINGS = 2
 RECONNECT_WAIT = 0.5
+# A command's first connect gives up after this many connect timeouts.
+FIRST_CONNECT_BOUND = 3
 
 
 def _tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:
@@ -89,11 +92,17 @@ async def connect(
         options["max_reconnect_attempts"] = -1
         options["allow_reconnect"] = True
     else:
-        options["max_reconnect_attempts"] = 0
+        # nats-py treats 0 as "no limit"; 1 means each server is tried twice, then given up.
+        options["max_reconnect_attempts"] = 1
         options["allow_reconnect"] = False
     try:
-        return await nats.connect(**options)
+        if forever:
+            return await nats.connect(**options)
+        async with asyncio.timeout(FIRST_CONNECT_BOUND * settings.connect_timeout + 1):
+            return await nats.connect(**options)
     except (NoServersError, OSError, TimeoutError) as exc:
-        raise NotConnectedError(f"cannot reach NATS at {settings.describe()}: {exc or type(exc).__name__}") from None
+        raise NotConnectedError(
+            f"cannot reach NATS at {settings.describe()}: {exc or type(exc).__name__}"
+        ) from None
     except nats.errors.Error as exc:
         raise NotConnectedError(f"NATS at {settings.describe()} refused the connection: {exc}") from None

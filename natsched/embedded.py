@@ -62,8 +62,15 @@ def _accepts(host: str, port: int) -> bool:
 class EmbeddedServer:
     """One nats-server process with JetStream in ``data_dir``."""
 
-    def __init__(self, *, data_dir: Path, port: int = 4222, host: str = "127.0.0.1",
-                 log_file: Path | None = None, sync_always: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        port: int = 4222,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        sync_always: bool = False,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.host = host
@@ -85,9 +92,9 @@ class EmbeddedServer:
         sync = "\n  sync_interval: always" if self.sync_always else ""
         config.write_text(
             f"# written by natsched; edits are overwritten on the next start\n"
-            f"listen: \"{self.host}:{self.port}\"\n"
+            f'listen: "{self.host}:{self.port}"\n'
             f"max_payload: {MAX_PAYLOAD}\n"
-            f"jetstream {{\n  store_dir: \"{self.data_dir / 'jetstream'}\"{sync}\n}}\n"
+            f'jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n'
         )
         return config
 
@@ -101,21 +108,26 @@ class EmbeddedServer:
         config = self._write_config()
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self._process = subprocess.Popen([find_binary(), "-c", str(config)], stdout=out, stderr=out,
-                                             stdin=subprocess.DEVNULL)
+            self._process = subprocess.Popen(
+                [find_binary(), "-c", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL
+            )
         finally:
             if self.log_file:
                 out.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise ServerError(f"nats-server exited with code {self._process.returncode} at start-up"
-                                  + (f"; see {self.log_file}" if self.log_file else ""))
+                raise ServerError(
+                    f"nats-server exited with code {self._process.returncode} at start-up"
+                    + (f"; see {self.log_file}" if self.log_file else "")
+                )
             if _accepts(self.host, self.port):
                 return
             time.sleep(0.02)
         self.kill()
-        raise ServerError(f"nats-server did not accept connections on port {self.port} within {START_TIMEOUT}s")
+        raise ServerError(
+            f"nats-server did not accept connections on port {self.port} within {START_TIMEOUT}s"
+        )
 
     def stop(self) -> None:
         """SIGTERM (clean JetStream shutdown), then SIGKILL if it does not exit in time."""

@@ -61,8 +61,9 @@ def parse_job_document(content: str, *, source: str, fmt: str | None = None) -> 
     doc = _decode(content, fmt or detect_format(source, content), source)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     if unknown:
-        raise JobFileError(f"unknown top-level key(s) {', '.join(unknown)}; expected 'group' and [[jobs]]",
-                           source=source)
+        raise JobFileError(
+            f"unknown top-level key(s) {', '.join(unknown)}; expected 'group' and [[jobs]]", source=source
+        )
     default_group = doc.get("group")
     if default_group is not None and not isinstance(default_group, str):
         raise JobFileError("top-level 'group' must be a string", source=source, field="group")
@@ -82,14 +83,16 @@ def parse_job_document(content: str, *, source: str, fmt: str | None = None) -> 
             errors.append(str(exc))
             continue
         if spec.key in seen:
-            errors.append(str(SpecError(f"defined twice (also job #{seen[spec.key]})", source=source,
-                                        job=spec.key)))
+            errors.append(
+                str(SpecError(f"defined twice (also job #{seen[spec.key]})", source=source, job=spec.key))
+            )
             continue
         seen[spec.key] = index
         jobs.append(spec)
     if errors:
-        error = JobFileError(f"{len(errors)} invalid job definition(s):\n  " + "\n  ".join(errors),
-                             source=source)
+        error = JobFileError(
+            f"{len(errors)} invalid job definition(s):\n  " + "\n  ".join(errors), source=source
+        )
         error.errors = errors
         raise error
     groups = {spec.group for spec in jobs}

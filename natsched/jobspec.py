@@ -31,11 +31,31 @@ from natsched.models import (
     Trigger,
 )
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?"
-                       r"\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?"
+    r"\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$"
+)
 _JOB_FIELDS = frozenset(
-    {"name", "group", "command", "shell", "mode", "targets", "triggers", "timeout", "retries",
-     "overlap", "misfire", "misfire_cap", "balance", "env", "cwd", "user", "enabled", "description"}
+    {
+        "name",
+        "group",
+        "command",
+        "shell",
+        "mode",
+        "targets",
+        "triggers",
+        "timeout",
+        "retries",
+        "overlap",
+        "misfire",
+        "misfire_cap",
+        "balance",
+        "env",
+        "cwd",
+        "user",
+        "enabled",
+        "description",
+    }
 )
 _E = TypeVar("_E")
 
@@ -110,8 +130,9 @@ def _table(value: object, field: str, allowed: frozenset[str]) -> Mapping[str, A
         raise SpecError("must be a table", field=field)
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise SpecError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
-                        field=field)
+        raise SpecError(
+            f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}", field=field
+        )
     return value
 
 
@@ -126,8 +147,25 @@ def _targets(value: object) -> Targets:
 
 _TRIGGER_KINDS = ("cron", "every", "at", "watch", "after", "subject")
 _TRIGGER_FIELDS = frozenset(
-    {"cron", "timezone", "every", "start", "jitter", "at", "watch", "patterns", "events", "settle",
-     "recursive", "after", "on", "exit_codes", "agents", "wait", "subject"}
+    {
+        "cron",
+        "timezone",
+        "every",
+        "start",
+        "jitter",
+        "at",
+        "watch",
+        "patterns",
+        "events",
+        "settle",
+        "recursive",
+        "after",
+        "on",
+        "exit_codes",
+        "agents",
+        "wait",
+        "subject",
+    }
 )
 
 
@@ -138,8 +176,10 @@ def _trigger(value: object) -> Trigger:  # noqa: C901 - one branch per trigger k
         raise SpecError(f"each trigger needs exactly one of {', '.join(_TRIGGER_KINDS)}", field="triggers")
     kind = kinds[0]
     if kind == "cron":
-        return CronTrigger(cron=_str(data["cron"], "triggers.cron"),
-                           timezone=_str(data.get("timezone", "UTC"), "triggers.timezone"))
+        return CronTrigger(
+            cron=_str(data["cron"], "triggers.cron"),
+            timezone=_str(data.get("timezone", "UTC"), "triggers.timezone"),
+        )
     if kind == "every":
         start = data.get("start")
         return IntervalTrigger(
@@ -188,15 +228,17 @@ def _retries(value: object) -> RetryPolicy:
 def _command(value: object, shell: bool) -> tuple[str, ...]:
     if isinstance(value, str):
         if not shell:
-            raise SpecError("is a string; give an argv list, or set shell = true to run it with /bin/sh -c",
-                            field="command")
+            raise SpecError(
+                "is a string; give an argv list, or set shell = true to run it with /bin/sh -c",
+                field="command",
+            )
         return (value,)
     return _str_list(value, "command")
 
 
 def _env(value: object) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise SpecError("must be a table of NAME = \"value\"", field="env")
+        raise SpecError('must be a table of NAME = "value"', field="env")
     env: dict[str, str] = {}
     for name, val in value.items():
         if not isinstance(val, str | int | float) or isinstance(val, bool):
@@ -268,11 +310,21 @@ def _trigger_to_dict(trigger: Trigger) -> dict[str, Any]:
     if isinstance(trigger, OnceTrigger):
         return {"at": trigger.at.isoformat()}
     if isinstance(trigger, FileTrigger):
-        return {"watch": trigger.watch, "patterns": list(trigger.patterns), "events": list(trigger.events),
-                "settle": trigger.settle, "recursive": trigger.recursive}
+        return {
+            "watch": trigger.watch,
+            "patterns": list(trigger.patterns),
+            "events": list(trigger.events),
+            "settle": trigger.settle,
+            "recursive": trigger.recursive,
+        }
     if isinstance(trigger, EventTrigger):
-        return {"after": list(trigger.after), "on": trigger.on, "exit_codes": list(trigger.exit_codes),
-                "agents": list(trigger.agents), "wait": trigger.wait}
+        return {
+            "after": list(trigger.after),
+            "on": trigger.on,
+            "exit_codes": list(trigger.exit_codes),
+            "agents": list(trigger.agents),
+            "wait": trigger.wait,
+        }
     return {"subject": trigger.subject}
 
 
@@ -285,8 +337,15 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
         "name": spec.name,
         "group": spec.group,
         "command": list(spec.command) if not spec.shell else spec.command[0],
-        "targets": {k: list(v) for k, v in (("agents", spec.targets.agents), ("tags", spec.targets.tags),
-                                            ("pools", spec.targets.pools)) if v},
+        "targets": {
+            k: list(v)
+            for k, v in (
+                ("agents", spec.targets.agents),
+                ("tags", spec.targets.tags),
+                ("pools", spec.targets.pools),
+            )
+            if v
+        },
     }
     defaults = _DEFAULT_SPEC
     if spec.shell:
@@ -295,10 +354,24 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
         out["triggers"] = [_trigger_to_dict(t) for t in spec.triggers]
     if spec.retries != defaults.retries:
         r = spec.retries
-        out["retries"] = {"attempts": r.attempts, "backoff": r.backoff, "max_backoff": r.max_backoff,
-                          "jitter": r.jitter}
-    for name in ("mode", "timeout", "overlap", "misfire", "misfire_cap", "balance", "cwd", "user",
-                 "enabled", "description"):
+        out["retries"] = {
+            "attempts": r.attempts,
+            "backoff": r.backoff,
+            "max_backoff": r.max_backoff,
+            "jitter": r.jitter,
+        }
+    for name in (
+        "mode",
+        "timeout",
+        "overlap",
+        "misfire",
+        "misfire_cap",
+        "balance",
+        "cwd",
+        "user",
+        "enabled",
+        "description",
+    ):
         value = getattr(spec, name)
         if value != getattr(defaults, name):
             out[name] = value.value if hasattr(value, "value") else value

@@ -25,8 +25,9 @@ class KvValue:
     value: bytes
 
 
-async def scan(js: JetStreamContext, bucket: str, key_filter: str = ">",
-               timeout: float = SCAN_TIMEOUT) -> dict[str, KvValue]:
+async def scan(
+    js: JetStreamContext, bucket: str, key_filter: str = ">", timeout: float = SCAN_TIMEOUT
+) -> dict[str, KvValue]:
     """Every live key under ``key_filter`` (e.g. ``"backup.>"``) with its value and revision."""
     stream = subjects.kv_stream(bucket)
     prefix = subjects.kv_subject_prefix(bucket)
@@ -39,7 +40,7 @@ async def scan(js: JetStreamContext, bucket: str, key_filter: str = ">",
 
     async def on_message(msg: Msg) -> None:
         meta = msg.metadata
-        key = msg.subject[len(prefix):]
+        key = msg.subject[len(prefix) :]
         if is_delete(msg.headers):
             result.pop(key, None)
         else:
@@ -47,8 +48,13 @@ async def scan(js: JetStreamContext, bucket: str, key_filter: str = ">",
         if meta.num_pending == 0 or meta.sequence.stream >= last_seq:
             done.set()
 
-    sub = await js.subscribe(prefix + key_filter, stream=stream, cb=on_message, ordered_consumer=True,
-                             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+    sub = await js.subscribe(
+        prefix + key_filter,
+        stream=stream,
+        cb=on_message,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+    )
     try:
         # A filter that matches nothing delivers nothing: ask the consumer how much is pending.
         consumer = await sub.consumer_info()

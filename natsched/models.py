@@ -96,7 +96,7 @@ class Targets:
 
     def __post_init__(self) -> None:
         if not (self.agents or self.tags or self.pools):
-            raise _fail("targets", "names no agent, tag or pool; use agents = [\"*\"] for every agent")
+            raise _fail("targets", 'names no agent, tag or pool; use agents = ["*"] for every agent')
         _check_tokens("targets.agents", self.agents, allow_all=True)
         _check_tokens("targets.tags", self.tags)
         _check_tokens("targets.pools", self.pools)
@@ -285,7 +285,7 @@ class JobSpec:
         if self.mode is not Mode.MIRROR:
             for trigger in self.triggers:
                 if isinstance(trigger, FileTrigger):
-                    raise _fail("triggers.watch", "file triggers are watched by agents: use mode = \"mirror\"")
+                    raise _fail("triggers.watch", 'file triggers are watched by agents: use mode = "mirror"')
 
     @property
     def key(self) -> str:

@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any, Self
 
 log = logging.getLogger(__name__)
+CANCEL_ROUNDS = 20
+CANCEL_WAIT = 0.25
 
 
 class Service:
@@ -25,7 +27,9 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: asyncio.Future[BaseException] | None = None
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str, critical: bool = False) -> asyncio.Task[Any]:
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, name: str, critical: bool = False
+    ) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(t, critical))
@@ -49,11 +53,17 @@ class Service:
         """Override: release resources after the tasks were cancelled."""
 
     async def cancel_tasks(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # Cancel again while tasks linger: asyncio.wait_for (used inside nats-py's connect)
+        # can swallow a cancellation that races with its own completion.
+        pending = set(self._tasks)
+        for _ in range(CANCEL_ROUNDS):
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT)
+        for task in pending:
+            log.error("task %s did not stop after %d cancellations", task.get_name(), CANCEL_ROUNDS)
 
     async def __aenter__(self) -> Self:
         self.failed = asyncio.get_running_loop().create_future()
@@ -65,8 +75,9 @@ class Service:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.cancel_tasks()
         await self.stop()
 

@@ -69,7 +69,16 @@ class ConnectionSettings:
 
     def describe(self) -> str:
         """The server and the kind of credentials, never the secrets themselves."""
-        auth = ("creds" if self.creds else "nkey" if self.nkey_seed else "user/password" if self.user
-                else "token" if self.token else "no auth")
+        auth = (
+            "creds"
+            if self.creds
+            else "nkey"
+            if self.nkey_seed
+            else "user/password"
+            if self.user
+            else "token"
+            if self.token
+            else "no auth"
+        )
         tls = ", TLS" if self.tls_ca or self.url.startswith("tls://") else ""
         return f"{self.url} ({auth}{tls})"

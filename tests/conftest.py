@@ -83,7 +83,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
     """Poll ``check`` until it is true, failing after ``timeout`` seconds."""
     try:
         async with asyncio.timeout(timeout):
-            while not await check():
+            while not await check():  # noqa: ASYNC110 - polling an outcome is the point
                 await asyncio.sleep(0.02)
     except TimeoutError:
         pytest.fail(f"not true within {timeout}s: {what or check}")
@@ -95,8 +95,9 @@ class Process:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         with open(log, "ab") as out:
-            self.popen = subprocess.Popen(argv, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -44,7 +44,9 @@ async def api(nc: Client, subject: str, body: dict[str, Any] | bytes, timeout: f
     return reply
 
 
-async def apply(nc: Client, content: str, *, prune: bool = False, dry_run: bool = False,
-                source: str = "test.toml") -> dict[str, Any]:
-    return await api(nc, subjects.API_APPLY, {"source": source, "content": content, "prune": prune,
-                                              "dry_run": dry_run})
+async def apply(
+    nc: Client, content: str, *, prune: bool = False, dry_run: bool = False, source: str = "test.toml"
+) -> dict[str, Any]:
+    return await api(
+        nc, subjects.API_APPLY, {"source": source, "content": content, "prune": prune, "dry_run": dry_run}
+    )

@@ -24,8 +24,16 @@ from natsched.errors import CodecError
 from natsched.models import Heartbeat
 
 log = logging.getLogger(__name__)
-_STATE_COLOURS = {"started": "cyan", "succeeded": "green", "failed": "red", "timed_out": "red",
-                  "killed": "red", "lost": "red", "skipped": "yellow", "queued": "blue"}
+_STATE_COLOURS = {
+    "started": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "killed": "red",
+    "lost": "red",
+    "skipped": "yellow",
+    "queued": "blue",
+}
 
 
 def _stamp() -> str:
@@ -78,9 +86,13 @@ class ActivityFeed:
             tags = f" tags={','.join(hb.tags)}" if hb.tags else ""
             pools = f" pools={','.join(hb.pools)}" if hb.pools else ""
             self.say(f"[green]agent {hb.agent} joined[/] (v{hb.version}{tags}{pools}, load {hb.load1:.2f})")
-        if before is None or (before.jobs_cached, before.synced_revision) != (hb.jobs_cached,
-                                                                              hb.synced_revision):
-            self.say(f"agent {hb.agent} synced: {hb.jobs_cached} job(s) cached, at revision {hb.synced_revision}")
+        if before is None or (before.jobs_cached, before.synced_revision) != (
+            hb.jobs_cached,
+            hb.synced_revision,
+        ):
+            self.say(
+                f"agent {hb.agent} synced: {hb.jobs_cached} job(s) cached, at revision {hb.synced_revision}"
+            )
 
     def _on_job(self, entry: KeyValue.Entry) -> None:
         if entry.operation in ("DEL", "PURGE"):
@@ -108,5 +120,7 @@ class ActivityFeed:
             extra = f" exit {event['exit_code']}"
         if event.get("duration") is not None:
             extra += f" in {float(event['duration']):.3f}s"
-        self.say(f"run {event.get('run_id', '?')} [bold]{event.get('job', '?')}[/] on {event.get('agent', '?')}: "
-                 f"[{colour}]{state}[/]{extra}")
+        self.say(
+            f"run {event.get('run_id', '?')} [bold]{event.get('job', '?')}[/] on {event.get('agent', '?')}: "
+            f"[{colour}]{state}[/]{extra}"
+        )

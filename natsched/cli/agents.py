@@ -50,13 +50,36 @@ def agents(
         console.print_json(json.dumps([asdict(h) for h in heartbeats]))
         return
     now = time.time()
-    table = Table("agent", "seen", "load1", "cpu%", "mem%", "running", "jobs", "rev", "tags", "pools",
-                  "version", "up", box=None)
+    table = Table(
+        "agent",
+        "seen",
+        "load1",
+        "cpu%",
+        "mem%",
+        "running",
+        "jobs",
+        "rev",
+        "tags",
+        "pools",
+        "version",
+        "up",
+        box=None,
+    )
     for hb in heartbeats:
-        table.add_row(hb.agent, age(max(0.0, now - hb.sent_at)) + " ago", f"{hb.load1:.2f}",
-                      f"{hb.cpu_percent:.0f}", f"{hb.memory_percent:.0f}", f"{hb.running}/{hb.max_concurrency}",
-                      str(hb.jobs_cached), str(hb.synced_revision), ",".join(hb.tags) or "-",
-                      ",".join(hb.pools) or "-", hb.version, age(max(0.0, now - hb.started_at)))
+        table.add_row(
+            hb.agent,
+            age(max(0.0, now - hb.sent_at)) + " ago",
+            f"{hb.load1:.2f}",
+            f"{hb.cpu_percent:.0f}",
+            f"{hb.memory_percent:.0f}",
+            f"{hb.running}/{hb.max_concurrency}",
+            str(hb.jobs_cached),
+            str(hb.synced_revision),
+            ",".join(hb.tags) or "-",
+            ",".join(hb.pools) or "-",
+            hb.version,
+            age(max(0.0, now - hb.started_at)),
+        )
     console.print(table)
     for problem in bad:
         err_console.print(f"[yellow]unreadable heartbeat:[/] {problem}", highlight=False)

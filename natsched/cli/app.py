@@ -44,8 +44,15 @@ def main_options(
 ) -> None:
     """Connection options here apply to every command (flags win over NATS_* variables)."""
     common.GlobalOptions.overrides = {
-        "url": server, "creds": creds, "user": user, "password": password, "token": token,
-        "nkey_seed": nkey, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+        "url": server,
+        "creds": creds,
+        "user": user,
+        "password": password,
+        "token": token,
+        "nkey_seed": nkey,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
     }
 
 
@@ -54,8 +61,9 @@ app.command()(apply)
 app.command()(agents)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(master_app, name="master")
-app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-            add_help_option=False)(agent)
+app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)(agent)
 
 
 def main() -> None:

@@ -20,16 +20,25 @@ from natsched.settings import ConnectionSettings
 
 T = TypeVar("T")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ServerOption = Annotated[
     str | None,
-    typer.Option("--server", "-s", envvar="NATS_URL", show_envvar=True,
-                 help="NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]"),
+    typer.Option(
+        "--server",
+        "-s",
+        envvar="NATS_URL",
+        show_envvar=True,
+        help="NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]",
+    ),
 ]
-CredsOption = Annotated[str | None, typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file")]
+CredsOption = Annotated[
+    str | None, typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file")
+]
 UserOption = Annotated[str | None, typer.Option("--user", envvar="NATS_USER", help="NATS user")]
-PasswordOption = Annotated[str | None, typer.Option("--password", envvar="NATS_PASSWORD", help="NATS password")]
+PasswordOption = Annotated[
+    str | None, typer.Option("--password", envvar="NATS_PASSWORD", help="NATS password")
+]
 TokenOption = Annotated[str | None, typer.Option("--token", envvar="NATS_TOKEN", help="NATS token")]
 NkeyOption = Annotated[str | None, typer.Option("--nkey", envvar="NATS_NKEY", help="NATS nkey seed file")]
 CaOption = Annotated[str | None, typer.Option("--tls-ca", envvar="NATS_CA", help="CA certificate (PEM)")]
@@ -45,8 +54,9 @@ class GlobalOptions:
 
 def settings(server: str | None = None) -> ConnectionSettings:
     """Connection settings: command flag > global flag > environment > default."""
-    return ConnectionSettings.from_env(**{**GlobalOptions.overrides, "url": server or
-                                          GlobalOptions.overrides.get("url")})
+    return ConnectionSettings.from_env(
+        **{**GlobalOptions.overrides, "url": server or GlobalOptions.overrides.get("url")}
+    )
 
 
 def setup_logging(verbose: bool) -> None:
@@ -65,29 +75,19 @@ def fail(message: str) -> typer.Exit:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's async core; NatschedError -> one line + exit 1, Ctrl-C -> exit 130."""
+    """Run a command's async core; NatschedError -> one line (+ details) and exit 1, Ctrl-C -> 130."""
     try:
         return asyncio.run(coro)
-    except ApiError as exc:
-        error = fail(_one_line(exc))
-        for detail in exc.details:
-            if detail != str(exc):
-                err_console.print(f"  {detail}", highlight=False, markup=False)
-        raise error from None
     except NatschedError as exc:
-        raise fail(_one_line(exc)) from None
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        details = exc.details if isinstance(exc, ApiError) else lines[1:]
+        error = fail(lines[0])
+        for detail in details:
+            if detail != lines[0]:
+                err_console.print(f"  {detail.strip()}", highlight=False, markup=False)
+        raise error from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    lines = text.splitlines()
-    if len(lines) > 1:
-        # The first line says what; the rest are the details, one per line.
-        for line in lines[1:]:
-            err_console.print(line, highlight=False, markup=False)
-    return lines[0] if lines else type(exc).__name__
 
 
 def age(seconds: float) -> str:

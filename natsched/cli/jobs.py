@@ -38,8 +38,9 @@ def _trigger_text(trigger: dict[str, Any]) -> str:
 @app.command("list")
 def list_jobs(
     group: Annotated[str | None, typer.Option("--group", "-g", help="only this group")] = None,
-    agent: Annotated[str | None, typer.Option("--agent", "-a", help="only jobs that target this agent")]
-    = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="only jobs that target this agent")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     server: ServerOption = None,
 ) -> None:
@@ -55,8 +56,14 @@ def list_jobs(
     for job in result["jobs"]:
         targets = " ".join(f"{k}={','.join(v)}" for k, v in job["targets"].items())
         command = job["command"] if isinstance(job["command"], str) else " ".join(job["command"])
-        table.add_row(job["key"], job["mode"], "yes" if job["enabled"] else "[red]no[/]", targets,
-                      "; ".join(_trigger_text(t) for t in job["triggers"]) or "-", command)
+        table.add_row(
+            job["key"],
+            job["mode"],
+            "yes" if job["enabled"] else "[red]no[/]",
+            targets,
+            "; ".join(_trigger_text(t) for t in job["triggers"]) or "-",
+            command,
+        )
     console.print(table)
     for problem in result.get("invalid", []):
         err_console.print(f"[yellow]invalid definition in bucket:[/] {problem}", highlight=False)
@@ -66,8 +73,10 @@ def list_jobs(
 
 
 @app.command()
-def show(job: Annotated[str, typer.Argument(help="<group>.<job> or a unique bare name")],
-         server: ServerOption = None) -> None:
+def show(
+    job: Annotated[str, typer.Argument(help="<group>.<job> or a unique bare name")],
+    server: ServerOption = None,
+) -> None:
     """Show one job's full definition (JSON)."""
     result = run(_call(server, subjects.API_JOBS_GET, {"job": job}))
     console.print(f"# {result['key']} (revision {result['revision']})", highlight=False)

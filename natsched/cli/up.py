@@ -22,7 +22,7 @@ import typer
 
 from natsched import subjects
 from natsched.cli.activity import ActivityFeed
-from natsched.cli.apply import apply_file, print_result
+from natsched.cli.apply import print_result, read_job_file, send_apply
 from natsched.cli.common import ServerOption, console, fail, run, settings
 from natsched.cli.services import agent_executable
 from natsched.client import AdminClient
@@ -41,8 +41,10 @@ def default_data_dir() -> Path:
 
 
 def default_jobs_file() -> Path | None:
-    for candidate in (Path.cwd() / "examples" / "jobs.toml",
-                      Path(__file__).resolve().parents[2] / "examples" / "jobs.toml"):
+    for candidate in (
+        Path.cwd() / "examples" / "jobs.toml",
+        Path(__file__).resolve().parents[2] / "examples" / "jobs.toml",
+    ):
         if candidate.is_file():
             return candidate
     return None
@@ -55,8 +57,9 @@ class Child:
         self.name = name
         self.log_file = log_file
         with open(log_file, "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=env)
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            )
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -75,31 +78,37 @@ async def wait_for_master(conn: ConnectionSettings, children: list[Child]) -> No
     while True:
         for child in children:
             if child.process.poll() is not None:
-                raise NoMasterError(f"{child.name} exited with code {child.process.returncode}; "
-                                    f"see {child.log_file}")
+                raise NoMasterError(
+                    f"{child.name} exited with code {child.process.returncode}; see {child.log_file}"
+                )
         try:
             async with AdminClient(conn, timeout=2.0) as api:
                 await api.call(subjects.API_PING)
                 return
         except NoMasterError:
             if asyncio.get_running_loop().time() > deadline:
-                raise NoMasterError(f"the master did not answer within {MASTER_READY_TIMEOUT:g}s; "
-                                    f"see {children[0].log_file}") from None
+                raise NoMasterError(
+                    f"the master did not answer within {MASTER_READY_TIMEOUT:g}s; see {children[0].log_file}"
+                ) from None
             await asyncio.sleep(0.2)
 
 
-async def show_activity(conn: ConnectionSettings, jobs_file: Path | None, children: list[Child]) -> None:
+async def show_activity(
+    conn: ConnectionSettings, jobs: tuple[str, str] | None, children: list[Child]
+) -> None:
+    """Apply the example jobs (source, content), then show the feed until a child dies."""
     await wait_for_master(conn, children)
     nc = await connect(conn.with_name("natsched-up"), forever=True)
     try:
         feed = ActivityFeed(nc, console)
         feed_task = asyncio.create_task(feed.run())
-        if jobs_file is not None:
-            feed.say(f"applying {jobs_file}")
-            print_result(await apply_file(conn, jobs_file, prune=False, dry_run=False))
+        if jobs is not None:
+            feed.say(f"applying {jobs[0]}")
+            print_result(await send_apply(conn, jobs[0], jobs[1], prune=False, dry_run=False))
         else:
             feed.say("no examples/jobs.toml found; apply your own with 'natsched apply -f FILE'")
-        while all(child.process.poll() is None for child in children):
+        # Popen has nothing to await: poll, slowly.
+        while all(child.process.poll() is None for child in children):  # noqa: ASYNC110
             await asyncio.sleep(0.5)
         dead = next(c for c in children if c.process.poll() is not None)
         feed_task.cancel()
@@ -111,38 +120,54 @@ async def show_activity(conn: ConnectionSettings, jobs_file: Path | None, childr
 def up(
     server: ServerOption = None,
     port: Annotated[int, typer.Option(help="port for the embedded nats-server")] = 4222,
-    data_dir: Annotated[Path, typer.Option(help="where nats-server, master and agent keep their data")]
-    = default_data_dir(),  # noqa: B008 - evaluated once, shown in --help
+    data_dir: Annotated[
+        Path, typer.Option(help="where nats-server, master and agent keep their data")
+    ] = default_data_dir(),  # noqa: B008 - evaluated once, shown in --help
     jobs: Annotated[Path | None, typer.Option("--jobs", "-f", help="job file to apply at start")] = None,
-    agent_name: Annotated[str, typer.Option(help="name of the local agent")]
-    = socket.gethostname().split(".")[0],
+    agent_name: Annotated[str, typer.Option(help="name of the local agent")] = socket.gethostname().split(
+        "."
+    )[0],
 ) -> None:
     """Start nats-server, a master and a local agent with example jobs; show runs until Ctrl-C."""
     data_dir.mkdir(parents=True, exist_ok=True)
     jobs_file = jobs or default_jobs_file()
+    try:
+        example = (str(jobs_file), read_job_file(jobs_file)) if jobs_file else None
+    except NatschedError as exc:
+        raise fail(str(exc)) from None
     with ExitStack() as stack:
         if server:
             conn = settings(server)
             console.print(f"using the NATS server at {conn.describe()}")
         else:
-            embedded = EmbeddedServer(data_dir=data_dir / "nats", port=port, log_file=data_dir / "nats-server.log")
+            embedded = EmbeddedServer(
+                data_dir=data_dir / "nats", port=port, log_file=data_dir / "nats-server.log"
+            )
             try:
                 embedded.start()
             except NatschedError as exc:
                 raise fail(str(exc)) from None
             stack.callback(embedded.stop)
             conn = settings(embedded.url)
-            console.print(f"nats-server {embedded.url} (JetStream in {data_dir / 'nats'}, "
-                          f"log {data_dir / 'nats-server.log'})")
+            console.print(
+                f"nats-server {embedded.url} (JetStream in {data_dir / 'nats'}, "
+                f"log {data_dir / 'nats-server.log'})"
+            )
         env = {**os.environ, "NATS_URL": conn.url}
         master = Child("master", [sys.executable, "-m", "natsched", "master"], data_dir / "master.log", env)
         stack.callback(master.stop)
-        agent = Child("agent", agent_executable() + ["--name", agent_name, "--state-dir",
-                                                     str(data_dir / "agent")], data_dir / "agent.log", env)
+        agent = Child(
+            "agent",
+            agent_executable() + ["--name", agent_name, "--state-dir", str(data_dir / "agent")],
+            data_dir / "agent.log",
+            env,
+        )
         stack.callback(agent.stop)  # stopped first: ExitStack unwinds in reverse
-        console.print(f"master and agent {agent_name!r} started (logs in {data_dir}); Ctrl-C stops everything")
+        console.print(
+            f"master and agent {agent_name!r} started (logs in {data_dir}); Ctrl-C stops everything"
+        )
         try:
-            run(show_activity(conn, jobs_file, [master, agent]))
+            run(show_activity(conn, example, [master, agent]))
         except typer.Exit as exit_:
             if exit_.exit_code != 130:
                 raise

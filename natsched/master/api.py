@@ -123,8 +123,12 @@ class AdminApi:
             entry = await self._agents.get(name)
             if entry.value:
                 hb = codec.decode_heartbeat(entry.value, name)
-                return AgentIdentity(name=hb.agent, tags=frozenset(hb.tags), pools=frozenset(hb.pools),
-                                     groups=frozenset(hb.groups)), True
+                return AgentIdentity(
+                    name=hb.agent,
+                    tags=frozenset(hb.tags),
+                    pools=frozenset(hb.pools),
+                    groups=frozenset(hb.groups),
+                ), True
         except Exception:  # noqa: BLE001 - no live heartbeat: match by name only
             log.debug("no heartbeat for agent %s", name)
         try:
@@ -149,8 +153,12 @@ class AdminApi:
             if identity is not None and not _targets_agent(spec, identity):
                 continue
             rows.append(_summary(spec, stored.revision))
-        return {"jobs": rows[:LIST_LIMIT], "truncated": len(rows) > LIST_LIMIT, "invalid": invalid,
-                "agent_known": agent_known}
+        return {
+            "jobs": rows[:LIST_LIMIT],
+            "truncated": len(rows) > LIST_LIMIT,
+            "invalid": invalid,
+            "agent_known": agent_known,
+        }
 
     async def get_job(self, body: dict[str, Any]) -> dict[str, Any]:
         key = await self._resolve(_as_str(body, "job"))

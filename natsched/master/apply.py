@@ -21,7 +21,6 @@ from natsched.jobspec import job_to_dict
 from natsched.kvscan import KvValue
 from natsched.models import JobSpec
 
-
 # JetStream's error codes for "expected last subject sequence" mismatches.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
@@ -102,5 +101,7 @@ def raise_conflicts(conflicts: list[str]) -> None:
     if conflicts:
         raise ConflictError(
             f"{len(conflicts)} job(s) changed by someone else during apply, not overwritten: "
-            + ", ".join(conflicts[:10]) + ("…" if len(conflicts) > 10 else "") + "; apply again"
+            + ", ".join(conflicts[:10])
+            + ("…" if len(conflicts) > 10 else "")
+            + "; apply again"
         )

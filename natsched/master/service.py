@@ -33,8 +33,13 @@ def new_master_id() -> str:
 class MasterService(Service):
     """``async with MasterService(settings) as master: await master.run_forever()``."""
 
-    def __init__(self, settings: ConnectionSettings, *, storage: StorageSettings | None = None,
-                 master_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        storage: StorageSettings | None = None,
+        master_id: str | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings.with_name("natsched-master")
         self.storage = storage or StorageSettings()
@@ -46,8 +51,12 @@ class MasterService(Service):
         self.nc = await connect(self.settings, forever=True)
         js = self.nc.jetstream()
         await ensure_all(js, self.storage)
-        api = AdminApi(js=js, jobs=await js.key_value(subjects.JOBS_BUCKET),
-                       agents=await js.key_value(subjects.AGENTS_BUCKET), master_id=self.master_id)
+        api = AdminApi(
+            js=js,
+            jobs=await js.key_value(subjects.JOBS_BUCKET),
+            agents=await js.key_value(subjects.AGENTS_BUCKET),
+            master_id=self.master_id,
+        )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
 

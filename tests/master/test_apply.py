@@ -21,7 +21,9 @@ async def test_apply_creates_then_leaves_unchanged_jobs_alone(master: MasterServ
     revisions = await _bucket(nc)
 
     second = await apply(nc, content)
-    assert second["created"] == [] and second["updated"] == [] and sorted(second["unchanged"]) == ["g.a", "g.b"]
+    assert (
+        second["created"] == [] and second["updated"] == [] and sorted(second["unchanged"]) == ["g.a", "g.b"]
+    )
     assert await _bucket(nc) == revisions, "an unchanged apply must not write (no revision churn)"
 
 
@@ -43,14 +45,17 @@ async def test_prune_deletes_only_in_the_files_groups(master: MasterService, nc:
 async def test_dry_run_reports_the_diff_and_writes_nothing(master: MasterService, nc: Client) -> None:
     await apply(nc, toml_jobs(job("a"), job("b"), group="g"))
     before = await _bucket(nc)
-    result = await apply(nc, toml_jobs(job("a", command=["x"]), job("c"), group="g"), prune=True, dry_run=True)
+    result = await apply(
+        nc, toml_jobs(job("a", command=["x"]), job("c"), group="g"), prune=True, dry_run=True
+    )
     assert result["dry_run"] is True
     assert (result["created"], result["updated"], result["deleted"]) == (["g.c"], ["g.a"], ["g.b"])
     assert await _bucket(nc) == before
 
 
-async def test_one_invalid_job_writes_nothing_and_every_error_is_named(master: MasterService,
-                                                                       nc: Client) -> None:
+async def test_one_invalid_job_writes_nothing_and_every_error_is_named(
+    master: MasterService, nc: Client
+) -> None:
     content = toml_jobs(
         job("good"),
         job("badcron", triggers=[{"cron": "61 * * * *"}]),
@@ -75,8 +80,9 @@ async def test_malformed_documents_get_one_clear_error(master: MasterService, nc
     assert await _bucket(nc) == {}
 
 
-async def test_garbage_on_api_subjects_gets_errors_and_master_stays_up(master: MasterService,
-                                                                       nc: Client) -> None:
+async def test_garbage_on_api_subjects_gets_errors_and_master_stays_up(
+    master: MasterService, nc: Client
+) -> None:
     for subject, payload in [
         (subjects.API_APPLY, b"\xff\x00garbage"),
         (subjects.API_APPLY, b"[1, 2]"),

@@ -1,0 +1,125 @@
+"""Shared benchmark plumbing: a private nats-server, raw nats-py floors, a result table.
+
+Every natsched figure is printed next to a raw nats-py floor measured in the same run,
+so the ratio holds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from natsched.embedded import EmbeddedServer, free_port
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    floor_name: str
+    floor: float
+    target: str
+    met: bool | None
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.floor if self.floor else float("nan")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+@contextmanager
+def server() -> Iterator[EmbeddedServer]:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(data_dir=Path(tmp), port=free_port()) as srv:
+        yield srv
+
+
+async def request_reply_floor(nc: Client, count: int = 2000) -> tuple[float, float]:
+    """Raw nats-py request/reply round trip, p50 and p99 in ms."""
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    sub = await nc.subscribe("bench.echo", cb=echo)
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await nc.request("bench.echo", b"x", timeout=5)
+        samples.append((time.perf_counter() - start) * 1000)
+    await sub.unsubscribe()
+    return statistics.median(samples), percentile(samples, 99)
+
+
+async def kv_put_watch_floor(nc: Client, count: int = 500) -> tuple[float, float]:
+    """Raw KV put -> seen by one kv.watch() watcher, p50 and p99 in ms."""
+    js = nc.jetstream()
+    kv = await js.create_key_value(bucket="bench_floor")
+    watcher = await kv.watch("k")
+    seen: asyncio.Queue[float] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for entry in watcher:
+            if entry is not None:
+                seen.put_nowait(time.perf_counter())
+
+    task = asyncio.create_task(pump())
+    samples = []
+    for i in range(count):
+        start = time.perf_counter()
+        await kv.put("k", str(i).encode())
+        samples.append((await asyncio.wait_for(seen.get(), 5) - start) * 1000)
+    task.cancel()
+    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    await js.delete_key_value("bench_floor")
+    return statistics.median(samples), percentile(samples, 99)
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpus": psutil.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def report(title: str, figures: list[Figure], name: str) -> None:
+    print(f"\n{title}  ({machine()})")
+    print(f"{'figure':44} {'natsched':>12} {'raw floor':>28} {'ratio':>8}  target")
+    for f in figures:
+        met = "" if f.met is None else ("  MET" if f.met else "  NOT MET")
+        print(
+            f"{f.name:44} {f.value:>9.3f} {f.unit:2} {f.floor_name:>16} {f.floor:>8.3f} {f.ratio:>8.2f}  "
+            f"{f.target}{met}"
+        )
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"{name}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "time": time.time(),
+                "figures": [asdict(f) | {"ratio": f.ratio} for f in figures],
+            },
+            indent=2,
+        )
+    )
+    print(f"written to {out}")
