@@ -61,6 +61,10 @@ class AgentConfig:
     # How often the cache's position is checked against the bucket's stream (catches a
     # bucket deleted and recreated under a live watcher).
     sync_check_interval: float = 5.0
+    # On shutdown, running jobs get this long to finish before they are killed.
+    shutdown_grace: float = 10.0
+    # After SIGTERM, a process tree gets this long before SIGKILL.
+    kill_grace: float = 5.0
 
     def __post_init__(self) -> None:
         try:
@@ -126,8 +130,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     try:
         if "heartbeat_interval" in out:
             out["heartbeat_interval"] = float(out["heartbeat_interval"])
-        if "sync_check_interval" in out:
-            out["sync_check_interval"] = float(out["sync_check_interval"])
+        for name in ("sync_check_interval", "shutdown_grace", "kill_grace"):
+            if name in out:
+                out[name] = float(out[name])
         if "max_concurrency" in out:
             out["max_concurrency"] = int(out["max_concurrency"])
     except ValueError as exc:

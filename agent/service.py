@@ -1,8 +1,9 @@
 """The agent service: cache first, then NATS.
 
-Start-up never waits for NATS: the cache is opened and loaded, then a background task
-connects (retrying forever) and, once connected, syncs definitions and publishes the
-heartbeat. So an agent started while NATS is down still has (and will run) its jobs.
+Start-up never waits for NATS: the cache is opened, the mirror scheduler starts firing
+from it, and a background task connects (retrying forever). Once connected, the agent
+syncs definitions, publishes its heartbeat and drains its event outbox. So an agent
+started while NATS is down still has, and runs, its jobs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from nats.aio.client import Client
 
 from agent.cache import JobCache
 from agent.config import AgentConfig
+from agent.executor import JobExecutor, LogStreamer
 from agent.heartbeat import HeartbeatPublisher, sample_load
+from agent.mirror import MirrorScheduler
+from agent.outbox import EventOutbox
+from agent.runner import ProcessRunner
 from agent.sync import JobSync
 from natsched.connection import connect
 from natsched.models import Heartbeat
@@ -38,8 +43,15 @@ class AgentService(Service):
         self.connected = asyncio.Event()
         self.started_at = time.time()
         self.connected_since = 0.0
-        self.running = 0
         self._stopping = False
+        self.outbox: EventOutbox | None = None
+        self.logs = LogStreamer()
+        self.executor: JobExecutor | None = None
+        self.mirror: MirrorScheduler | None = None
+
+    @property
+    def running(self) -> int:
+        return self.executor.running if self.executor else 0
 
     async def start(self) -> None:
         await self.cache.open()
@@ -49,10 +61,25 @@ class AgentService(Service):
             await self.cache.count(),
             self.config.cache_path,
         )
+        self.outbox = EventOutbox(self.cache.db)
+        await self.outbox.open()
+        self.executor = JobExecutor(
+            agent=self.config.name,
+            runner=ProcessRunner(),
+            outbox=self.outbox,
+            logs=self.logs,
+            kill_grace=self.config.kill_grace,
+        )
+        self.mirror = MirrorScheduler(self.cache, self.executor)
+        self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)
+        self.spawn(self.outbox.run(), name="event-outbox", critical=True)
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.executor is not None:
+            # Runs get the grace period to finish; their final events still go out (or to the outbox).
+            await self.executor.shutdown(self.config.shutdown_grace)
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), 5.0)
@@ -71,6 +98,8 @@ class AgentService(Service):
     async def _on_reconnect(self) -> None:
         log.info("agent %s reconnected to NATS", self.config.name)
         self.connected_since = time.time()
+        if self.outbox is not None and self.nc is not None:
+            self.outbox.attach(self.nc)
 
     async def _on_disconnect(self) -> None:
         if self._stopping:
@@ -84,9 +113,13 @@ class AgentService(Service):
         )
         self.connected_since = time.time()
         js = self.nc.jetstream()
+        self.logs.nc = self.nc
+        assert self.outbox is not None and self.mirror is not None
+        self.outbox.attach(self.nc)
         self.sync = JobSync(
             js, self.cache, self.config.identity(), check_interval=self.config.sync_check_interval
         )
+        self.sync.listeners.append(self.mirror.on_change)
         self.connected.set()
         log.info("agent %s connected", self.config.name)
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)

@@ -1,5 +1,6 @@
-"""Pure trigger functions: given a trigger and an instant, when does it fire next?
+"""Pure trigger functions (no I/O, no clock): ``fire.next_fire``, ``fire.previous_fires``,
+``misfire.due_slots``, and the cron and interval arithmetic behind them.
 
-No I/O, no sleeping, no global clock: callers pass ``after`` explicitly, so DST,
-misfire and catch-up are plain unit tests.
+This package's ``__init__`` imports nothing, so ``models`` can use ``triggers.cron`` for
+validation while ``triggers.fire`` uses ``models``.
 """

@@ -1,0 +1,210 @@
+"""Starting runs on this agent: overlap policy, environment, process, logs and events.
+
+``launch`` returns once the process has started (or the run was skipped or failed to
+start); a waiter task owned by the executor publishes the final event when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+
+from agent.environment import build_env
+from agent.outbox import EventOutbox
+from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
+from natsched import subjects
+from natsched.events import RunEvent, RunState, new_run_id, tail_text
+from natsched.models import JobSpec, Overlap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    event: RunEvent
+    process: RunningProcess
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LogStreamer:
+    """Output chunks to ``natsched.log.<run_id>`` (stream NATSCHED_LOGS), best effort.
+
+    A core publish, not an acknowledged one: output must never slow a run down. While
+    NATS is away chunks are dropped; the run's event still carries the output tail.
+    """
+
+    def __init__(self) -> None:
+        self.nc: Client | None = None
+
+    async def publish(self, run_id: str, chunk: bytes) -> None:
+        nc = self.nc
+        if nc is not None and nc.is_connected:
+            try:
+                await nc.publish(subjects.log_subject(run_id), chunk)
+            except Exception:  # noqa: BLE001 - logs are best effort
+                log.debug("log chunk of %s dropped", run_id)
+
+
+class JobExecutor:
+    def __init__(
+        self,
+        *,
+        agent: str,
+        runner: ProcessRunner,
+        outbox: EventOutbox,
+        logs: LogStreamer,
+        kill_grace: float = 5.0,
+    ) -> None:
+        self.agent = agent
+        self.runner = runner
+        self.outbox = outbox
+        self.logs = logs
+        self.kill_grace = kill_grace
+        self.active: dict[str, dict[str, ActiveRun]] = {}  # job key -> run id -> run
+        self._queues: dict[str, asyncio.Lock] = {}
+        self._waiters: set[asyncio.Task[None]] = set()
+        self.base_env: Mapping[str, str] = os.environ
+
+    @property
+    def running(self) -> int:
+        return sum(len(runs) for runs in self.active.values())
+
+    async def launch(
+        self,
+        spec: JobSpec,
+        *,
+        trigger: str,
+        scheduled_at: float | None = None,
+        detail: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+        attempt: int = 1,
+    ) -> RunEvent:
+        """Start a run of ``spec`` per its overlap policy; return its first event."""
+        event = RunEvent(
+            run_id=run_id or new_run_id(),
+            job=spec.key,
+            agent=self.agent,
+            state=RunState.QUEUED,
+            trigger=trigger,
+            scheduled_at=scheduled_at,
+            detail=dict(detail or {}),
+            attempt=attempt,
+        )
+        current = self.active.get(spec.key)
+        if current and spec.overlap is Overlap.FORBID:
+            skipped = event.moved_to(
+                RunState.SKIPPED, reason=f"overlap forbid: {next(iter(current))} still running"
+            )
+            await self.outbox.publish(skipped)
+            return skipped
+        if current and spec.overlap is Overlap.REPLACE:
+            for run in list(current.values()):
+                await run.process.kill(self.kill_grace)
+                await run.done.wait()
+        if spec.overlap is Overlap.QUEUE:
+            lock = self._queues.setdefault(spec.key, asyncio.Lock())
+            if lock.locked():
+                await self.outbox.publish(event)  # queued: visible while it waits
+            await lock.acquire()
+            try:
+                return await self._start(spec, event)
+            except BaseException:
+                lock.release()
+                raise
+        return await self._start(spec, event)
+
+    async def _start(self, spec: JobSpec, event: RunEvent) -> RunEvent:
+        extra = {"NATSCHED_RUN_ID": event.run_id, "NATSCHED_JOB": spec.key, "NATSCHED_AGENT": self.agent}
+        extra.update({f"NATSCHED_{k.upper()}": v for k, v in event.detail.items()})
+        env, unknown = build_env(spec.env, self.base_env, extra)
+        if unknown:
+            log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
+        process_spec = ProcessSpec(
+            argv=spec.command,
+            shell=spec.shell,
+            env=env,
+            cwd=spec.cwd,
+            user=spec.user,
+            timeout=spec.timeout,
+            kill_grace=self.kill_grace,
+        )
+
+        async def on_output(chunk: bytes) -> None:
+            await self.logs.publish(event.run_id, chunk)
+
+        try:
+            process = await self.runner.start(process_spec, on_output=on_output)
+        except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash
+            failed = event.moved_to(RunState.FAILED, reason=str(exc) or type(exc).__name__)
+            self._release_queue(spec)
+            await self.outbox.publish(failed)
+            return failed
+        started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
+        run = ActiveRun(event=started, process=process)
+        self.active.setdefault(spec.key, {})[event.run_id] = run
+        await self.outbox.publish(started)
+        task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+        return started
+
+    async def _finish(self, spec: JobSpec, run: ActiveRun) -> None:
+        try:
+            result = await run.process.wait()
+        finally:
+            runs = self.active.get(spec.key, {})
+            runs.pop(run.event.run_id, None)
+            if not runs:
+                self.active.pop(spec.key, None)
+            self._release_queue(spec)
+            run.done.set()
+        await self.outbox.publish(final_event(run.event, result))
+
+    def _release_queue(self, spec: JobSpec) -> None:
+        lock = self._queues.get(spec.key)
+        if lock is not None and lock.locked():
+            lock.release()
+
+    async def cancel(self, run_id: str) -> bool:
+        for runs in self.active.values():
+            run = runs.get(run_id)
+            if run is not None:
+                await run.process.kill(self.kill_grace)
+                return True
+        return False
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let runs finish within ``grace``, kill the rest; final events go out."""
+        await self.runner.shutdown(grace)
+        if self._waiters:
+            await asyncio.wait(set(self._waiters), timeout=grace + self.kill_grace + 5)
+
+
+def final_event(started: RunEvent, result: ProcessResult) -> RunEvent:
+    if result.error:
+        state, reason = RunState.FAILED, result.error
+    elif result.timed_out:
+        state, reason = RunState.TIMED_OUT, f"timed out after {result.duration:.1f}s; process tree killed"
+    elif result.killed:
+        state, reason = RunState.KILLED, "killed (cancelled or agent shutdown)"
+    elif result.exit_code == 0:
+        state, reason = RunState.SUCCEEDED, ""
+    else:
+        state = RunState.FAILED
+        reason = (
+            f"exit code {result.exit_code}" if result.signal is None else f"killed by signal {result.signal}"
+        )
+    return started.moved_to(
+        state,
+        ended_at=result.ended_at,
+        exit_code=result.exit_code,
+        signal=result.signal,
+        reason=reason,
+        output_tail=tail_text(result.output_tail),
+        output_bytes=result.output_bytes,
+    )

@@ -1,0 +1,179 @@
+"""Mirror scheduling: the agent fires its mirror jobs itself, from the local cache.
+
+No master, no NATS needed. Fire times come from the pure trigger functions on the
+wall-clock grid (never ``sleep(interval)`` accumulations, so no drift). The last fired
+slot of each job is written to SQLite *before* the run starts, so a restart never runs
+a slot twice and applies the job's misfire policy to the slots it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import aiosqlite
+
+from agent.cache import JobCache
+from agent.executor import JobExecutor
+from natsched.errors import CodecError
+from natsched.models import CronTrigger, IntervalTrigger, JobSpec, Mode, OnceTrigger
+from natsched.triggers.fire import next_fire
+from natsched.triggers.misfire import due_slots
+
+log = logging.getLogger(__name__)
+
+TimeTrigger = CronTrigger | IntervalTrigger | OnceTrigger
+_SCHEMA = "CREATE TABLE IF NOT EXISTS mirror_cursor (key TEXT PRIMARY KEY, last_fired REAL NOT NULL);"
+_TRIGGER_NAMES = {CronTrigger: "cron", IntervalTrigger: "interval", OnceTrigger: "once"}
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def time_triggers(spec: JobSpec) -> list[TimeTrigger]:
+    return [t for t in spec.triggers if isinstance(t, CronTrigger | IntervalTrigger | OnceTrigger)]
+
+
+class MirrorScheduler:
+    """Owns the schedule of every enabled mirror job in the cache."""
+
+    def __init__(
+        self, cache: JobCache, executor: JobExecutor, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._cache = cache
+        self._executor = executor
+        self._clock = clock
+        self._jobs: dict[str, JobSpec] = {}
+        self._cursors: dict[str, float] = {}
+        self._heap: list[tuple[float, int, str, str]] = []  # (fire at, generation, key, trigger name)
+        self._generation: dict[str, int] = {}
+        self._changed: set[str] = set()
+        self._wake = asyncio.Event()
+        self.fired = 0
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        return self._cache.db
+
+    def on_change(self, keys: set[str]) -> None:
+        """Called by the sync after definitions changed in the cache."""
+        self._changed |= keys
+        self._wake.set()
+
+    async def _load_cursors(self) -> None:
+        await self.db.executescript(_SCHEMA)
+        await self.db.commit()
+        async with self.db.execute("SELECT key, last_fired FROM mirror_cursor") as cursor:
+            self._cursors = {row[0]: float(row[1]) for row in await cursor.fetchall()}
+
+    async def _save_cursor(self, key: str, slot: float) -> None:
+        self._cursors[key] = slot
+        await self.db.execute(
+            "INSERT OR REPLACE INTO mirror_cursor (key, last_fired) VALUES (?, ?)", (key, slot)
+        )
+        await self.db.commit()
+
+    async def _forget_cursor(self, key: str) -> None:
+        if self._cursors.pop(key, None) is not None:
+            await self.db.execute("DELETE FROM mirror_cursor WHERE key = ?", (key,))
+            await self.db.commit()
+
+    async def _reload(self, key: str) -> JobSpec | None:
+        """Read one job from the cache; None if it is gone, not mirror, disabled or invalid."""
+        cached = await self._cache.get(key)
+        if cached is None or cached.mode != Mode.MIRROR.value:
+            return None
+        try:
+            spec = cached.spec()
+        except CodecError as exc:
+            log.warning("mirror job %s is invalid in the cache, not scheduled: %s", key, exc)
+            return None
+        return spec if spec.enabled and time_triggers(spec) else None
+
+    def _push_next(self, spec: JobSpec, after: float) -> None:
+        generation = self._generation.get(spec.key, 0) + 1
+        self._generation[spec.key] = generation
+        best: tuple[float, str] | None = None
+        for trigger in time_triggers(spec):
+            at = next_fire(trigger, _utc(after))
+            if at is not None and (best is None or at.timestamp() < best[0]):
+                best = (at.timestamp(), _TRIGGER_NAMES[type(trigger)])
+        if best is not None:
+            heapq.heappush(self._heap, (best[0], generation, spec.key, best[1]))
+
+    async def _catch_up(self, spec: JobSpec, now: float) -> None:
+        """Apply the misfire policy to slots missed since the job's last fired slot."""
+        last = self._cursors.get(spec.key)
+        slots: list[tuple[float, str]] = []
+        for trigger in time_triggers(spec):
+            due = due_slots(
+                trigger, None if last is None else _utc(last), _utc(now), spec.misfire, spec.misfire_cap
+            )
+            slots.extend((slot.timestamp(), _TRIGGER_NAMES[type(trigger)]) for slot in due)
+        slots.sort()
+        for slot, trigger_name in slots[-spec.misfire_cap :]:
+            await self._fire(spec, slot, trigger_name, late=now - slot)
+
+    async def _fire(self, spec: JobSpec, slot: float, trigger_name: str, late: float) -> None:
+        await self._save_cursor(spec.key, slot)  # before the run: a crash now skips, never doubles
+        self.fired += 1
+        detail = {"late_ms": f"{late * 1000:.1f}"} if late > 1 else {}
+        try:
+            await self._executor.launch(spec, trigger=trigger_name, scheduled_at=slot, detail=detail)
+        except Exception:  # a launch bug must not stop every other schedule
+            log.exception("mirror job %s could not be launched", spec.key)
+
+    async def _apply_changes(self, now: float) -> None:
+        changed, self._changed = self._changed, set()
+        for key in changed:
+            spec = await self._reload(key)
+            if spec is None:
+                if self._jobs.pop(key, None) is not None:
+                    log.info("mirror job %s unscheduled", key)
+                self._generation[key] = self._generation.get(key, 0) + 1  # invalidates heap entries
+                await self._forget_cursor(key)  # re-enabled later means: start afresh, no catch-up
+                continue
+            fresh = key not in self._jobs
+            self._jobs[key] = spec
+            if fresh:
+                log.info("mirror job %s scheduled", key)
+            self._push_next(spec, max(now, self._cursors.get(key, 0.0)))
+
+    async def run(self) -> None:
+        await self._load_cursors()
+        now = self._clock()
+        for cached in await self._cache.all(mode=Mode.MIRROR.value):
+            spec = await self._reload(cached.key)
+            if spec is None:
+                continue
+            self._jobs[spec.key] = spec
+            await self._catch_up(spec, now)
+            self._push_next(spec, max(now, self._cursors.get(spec.key, 0.0)))
+        log.info("mirror scheduler: %d job(s) scheduled", len(self._jobs))
+        while True:
+            if self._changed:
+                await self._apply_changes(self._clock())
+            await self._sleep_until_due()
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                at, generation, key, trigger_name = heapq.heappop(self._heap)
+                spec = self._jobs.get(key)
+                if spec is None or generation != self._generation.get(key):
+                    continue  # superseded by a change
+                if at > self._cursors.get(key, 0.0):
+                    await self._fire(spec, at, trigger_name, late=now - at)
+                self._push_next(spec, at)
+
+    async def _sleep_until_due(self) -> None:
+        self._wake.clear()
+        delay = (self._heap[0][0] - self._clock()) if self._heap else 3600.0
+        if delay <= 0 or self._changed:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)

@@ -1,0 +1,104 @@
+"""Run events: every state change of a run, as JSON on ``natsched.event.<agent>.<job>.<state>``.
+
+Events go into the ``NATSCHED_EVENTS`` stream with ``Nats-Msg-Id = <run_id>.<state>``,
+so a retried publish (after a reconnect, or from the agent's outbox) is stored once.
+The payload is JSON because people and other languages read it (``nats sub
+'natsched.event.>'``); its schema is in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from natsched import codec, subjects
+from natsched.errors import CodecError
+
+OUTPUT_TAIL_BYTES = 4096
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    KILLED = "killed"
+    SKIPPED = "skipped"
+    LOST = "lost"
+
+    @property
+    def final(self) -> bool:
+        return self not in (RunState.QUEUED, RunState.STARTED)
+
+
+def new_run_id() -> str:
+    """Sortable by start time (ms prefix), unique across hosts; one subject token."""
+    return f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunEvent:
+    run_id: str
+    job: str  # <group>.<job>
+    agent: str
+    state: RunState
+    trigger: str  # "cron", "interval", "once", "file", "manual", "event", "subject", "retry"
+    scheduled_at: float | None = None  # the slot this run is for (epoch seconds)
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    reason: str = ""
+    output_tail: str = ""
+    output_bytes: int = 0
+    attempt: int = 1
+    detail: dict[str, str] = field(default_factory=dict)  # e.g. {"file": "/in/a.csv"}
+    at: float = field(default_factory=time.time)
+    host: str = field(default_factory=lambda: os.uname().nodename)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    @property
+    def subject(self) -> str:
+        return subjects.event_subject(self.agent, self.job, self.state.value)
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.run_id}.{self.state.value}"
+
+    def moved_to(self, state: RunState, **changes: Any) -> RunEvent:
+        return replace(self, state=state, at=time.time(), **changes)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["duration"] = self.duration
+        return codec.to_json(data)
+
+
+def tail_text(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of output as text (a cut multi-byte character is replaced)."""
+    return data[-limit:].decode("utf-8", errors="replace")
+
+
+def parse_event(data: bytes) -> RunEvent:
+    """A RunEvent from its JSON; CodecError if it is not one."""
+    obj = codec.from_json(data, "run event", require_version=True)
+    obj.pop("duration", None)
+    try:
+        obj["state"] = RunState(obj["state"])
+        obj["detail"] = {str(k): str(v) for k, v in (obj.get("detail") or {}).items()}
+        return RunEvent(**obj)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError(f"run event: {exc}") from None
