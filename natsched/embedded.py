@@ -108,8 +108,10 @@ class EmbeddedServer:
         config = self._write_config()
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
+            # Own session: Ctrl-C in a terminal reaches `natsched up`, which stops the server last.
             self._process = subprocess.Popen(
-                [find_binary(), "-c", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL
+                [find_binary(), "-c", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             if self.log_file:

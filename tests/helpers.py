@@ -50,3 +50,36 @@ async def apply(
     return await api(
         nc, subjects.API_APPLY, {"source": source, "content": content, "prune": prune, "dry_run": dry_run}
     )
+
+
+async def stream_events(nc: Client, timeout: float = 10) -> list[dict[str, Any]]:
+    """Every message now in NATSCHED_EVENTS, decoded, in stream order."""
+    import asyncio
+
+    from nats.js import api as js_api
+
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    if not info.state.messages:
+        return []
+    events: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: Any) -> None:
+        events.append(json.loads(msg.data))
+        if msg.metadata.num_pending == 0:
+            done.set()
+
+    sub = await js.subscribe(
+        subjects.EVENTS_SUBJECTS,
+        stream=subjects.EVENTS_STREAM,
+        cb=on_msg,
+        ordered_consumer=True,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await done.wait()
+    finally:
+        await sub.unsubscribe()
+    return events
