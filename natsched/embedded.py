@@ -110,7 +110,10 @@ class EmbeddedServer:
         try:
             # Own session: Ctrl-C in a terminal reaches `natsched up`, which stops the server last.
             self._process = subprocess.Popen(
-                [find_binary(), "-c", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                [find_binary(), "-c", str(config)],
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         finally:

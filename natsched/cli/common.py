@@ -19,7 +19,8 @@ from natsched.errors import ApiError, NatschedError
 from natsched.settings import ConnectionSettings
 
 T = TypeVar("T")
-console = Console()
+# Piped output (scripts, grep) is never cut to a terminal's width.
+console = Console() if sys.stdout.isatty() else Console(width=250)
 err_console = Console(stderr=True, soft_wrap=True)
 
 ServerOption = Annotated[

@@ -1,0 +1,197 @@
+"""``natsched runs``, ``natsched runs show RUN`` and ``natsched logs RUN [--follow]``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from nats.aio.msg import Msg
+from rich.table import Table
+
+from natsched import subjects
+from natsched.cli.common import ServerOption, age, console, run, settings
+from natsched.connection import connect
+from natsched.errors import CodecError, ConfigError
+from natsched.events import parse_event
+from natsched.jobspec import parse_duration
+from natsched.runs import get_run, list_runs, read_stream, run_started_at
+
+app = typer.Typer(help="Runs, newest first, from the events stream.", invoke_without_command=True)
+_COLOURS = {
+    "succeeded": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "killed": "red",
+    "lost": "red",
+    "skipped": "yellow",
+    "started": "cyan",
+    "queued": "blue",
+}
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return time.time() - parse_duration(value, "since")
+    except Exception:  # noqa: BLE001 - any parse failure is the same user error
+        raise ConfigError(f"--since {value!r}: give a duration like 30m, 6h, 2d") from None
+
+
+@app.callback()
+def runs(
+    ctx: typer.Context,
+    job: Annotated[str | None, typer.Option("--job", "-j", help="<group>.<job>")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", "-a")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="latest state, e.g. failed")] = None,
+    since: Annotated[str | None, typer.Option(help="only runs of the last 30m / 6h / 2d")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many runs")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List runs (newest first) with their latest state."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def core() -> list[Any]:
+        nc = await connect(settings(server))
+        try:
+            return await list_runs(
+                nc.jetstream(), job=job, agent=agent, state=state, since=_since(since), limit=limit
+            )
+        finally:
+            await nc.close()
+
+    found = run(core())
+    if as_json:
+        console.print_json(json.dumps([asdict(r.latest) | {"states": r.states} for r in found]))
+        return
+    table = Table("run", "job", "agent", "state", "trigger", "started", "took", "exit", "reason", box=None)
+    for summary in found:
+        e = summary.latest
+        colour = _COLOURS.get(e.state.value, "white")
+        took = (
+            f"{e.duration:.3f}s"
+            if e.duration is not None
+            else (age(time.time() - e.started_at) + "…" if e.started_at else "-")
+        )
+        table.add_row(
+            e.run_id,
+            e.job,
+            e.agent,
+            f"[{colour}]{e.state.value}[/]",
+            e.trigger,
+            _when(e.started_at),
+            took,
+            "-" if e.exit_code is None else str(e.exit_code),
+            e.reason[:60],
+        )
+    console.print(table)
+    console.print(f"{len(found)} run(s)", highlight=False)
+
+
+@app.command()
+def show(run_id: Annotated[str, typer.Argument(help="run id")], server: ServerOption = None) -> None:
+    """One run: every state it went through, times, exit code, output tail."""
+
+    async def core() -> Any:
+        nc = await connect(settings(server))
+        try:
+            return await get_run(nc.jetstream(), run_id)
+        finally:
+            await nc.close()
+
+    summary = run(core())
+    e = summary.latest
+    console.print(f"run {e.run_id}: [bold]{e.job}[/] on {e.agent} — {e.state.value}", highlight=False)
+    console.print(f"states: {' → '.join(summary.states)}", highlight=False)
+    console.print(
+        f"trigger: {e.trigger}  scheduled: {_when(e.scheduled_at)}  started: {_when(e.started_at)}  "
+        f"ended: {_when(e.ended_at)}  exit: {e.exit_code}  pid: {e.pid}",
+        highlight=False,
+    )
+    if e.reason:
+        console.print(f"reason: {e.reason}", highlight=False)
+    if e.output_tail:
+        console.print(
+            f"output ({e.output_bytes} bytes, last {len(e.output_tail.encode())}):", highlight=False
+        )
+        sys.stdout.write(e.output_tail)
+
+
+async def _print_log(server: str | None, run_id: str, follow: bool) -> None:
+    nc = await connect(settings(server))
+    js = nc.jetstream()
+    since = run_started_at(run_id) - 2.0
+    done = asyncio.Event()
+    try:
+        if follow:
+
+            async def on_event(msg: Msg) -> None:
+                try:
+                    if (event := parse_event(msg.data)).run_id == run_id and event.state.final:
+                        done.set()
+                except CodecError:
+                    pass
+
+            await nc.subscribe(subjects.EVENTS_SUBJECTS, cb=on_event)
+            # It may have ended before we subscribed.
+            try:
+                if (await get_run(js, run_id)).latest.state.final:
+                    done.set()
+            except Exception:  # noqa: BLE001 - not started yet: keep following
+                pass
+        printed = 0
+        async for msg in read_stream(js, subjects.LOGS_STREAM, subjects.log_subject(run_id), since=since):
+            sys.stdout.buffer.write(msg.data)
+            printed = msg.metadata.sequence.stream
+        sys.stdout.flush()
+        if not follow:
+            return
+        live: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_chunk(msg: Msg) -> None:
+            live.put_nowait(msg)
+
+        sub = await js.subscribe(
+            subjects.log_subject(run_id),
+            stream=subjects.LOGS_STREAM,
+            cb=on_chunk,
+            ordered_consumer=True,
+            config=_from_seq(printed + 1),
+        )
+        while not (done.is_set() and live.empty()):
+            try:
+                msg = await asyncio.wait_for(live.get(), 0.2)
+            except TimeoutError:
+                continue
+            sys.stdout.buffer.write(msg.data)
+            sys.stdout.flush()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def _from_seq(seq: int) -> Any:
+    from nats.js import api
+
+    return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq)
+
+
+def logs(
+    run_id: Annotated[str, typer.Argument(help="run id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
+    server: ServerOption = None,
+) -> None:
+    """Print a run's output from the log stream (live with --follow)."""
+    run(_print_log(server, run_id, follow))

@@ -1,0 +1,129 @@
+"""Reading runs back from the event and log streams (for ``natsched runs`` and ``logs``).
+
+Run ids start with their start time in hex milliseconds, so finding one run means
+reading the events stream from that moment on, not from its beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from natsched import subjects
+from natsched.errors import CodecError, NotFoundError
+from natsched.events import RunEvent, parse_event
+
+READ_TIMEOUT = 30.0
+
+
+@dataclass(kw_only=True, slots=True)
+class RunSummary:
+    """A run as its latest event describes it, with every state it went through."""
+
+    latest: RunEvent
+    states: list[str] = field(default_factory=list)
+
+    def add(self, event: RunEvent) -> None:
+        self.states.append(event.state.value)
+        if event.state.final or not self.latest.state.final:
+            keep_start = self.latest.started_at
+            self.latest = event
+            if event.started_at is None and keep_start is not None:
+                self.latest = replace(event, started_at=keep_start)
+
+
+def run_started_at(run_id: str) -> float:
+    """The start time encoded in a run id; NotFoundError for a malformed id."""
+    try:
+        return int(run_id.split("-", 1)[0], 16) / 1000
+    except ValueError:
+        raise NotFoundError(f"{run_id!r} is not a natsched run id") from None
+
+
+def event_filter(job: str | None = None, agent: str | None = None, state: str | None = None) -> str:
+    if job is not None and "." not in job:
+        raise NotFoundError(f"give the job as <group>.<job>, not {job!r}")
+    return f"natsched.event.{agent or '*'}.{job or '*.*'}.{state or '*'}"
+
+
+async def read_stream(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    since: float | None = None,
+    timeout: float = READ_TIMEOUT,
+) -> AsyncIterator[Msg]:
+    """Every message of ``stream`` on ``subject`` (from ``since``), then stop."""
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
+        opt_start_time=datetime.fromtimestamp(since, UTC) if since else None,
+    )
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def enqueue(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    sub = await js.subscribe(subject, stream=stream, cb=enqueue, ordered_consumer=True, config=config)
+    try:
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and sub.delivered == 0 and queue.empty():
+            return
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await queue.get()
+                yield msg
+                if msg.metadata.num_pending == 0:
+                    return
+    finally:
+        await sub.unsubscribe()
+
+
+async def list_runs(
+    js: JetStreamContext,
+    *,
+    job: str | None = None,
+    agent: str | None = None,
+    state: str | None = None,
+    since: float | None = None,
+    limit: int = 50,
+) -> list[RunSummary]:
+    """Runs newest first; ``state`` filters on the run's latest state."""
+    runs: dict[str, RunSummary] = {}
+    async for msg in read_stream(js, subjects.EVENTS_STREAM, event_filter(job, agent), since=since):
+        try:
+            event = parse_event(msg.data)
+        except CodecError:
+            continue  # garbage in the stream is not a run
+        summary = runs.get(event.run_id)
+        if summary is None:
+            runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
+        else:
+            summary.add(event)
+    result = [r for r in runs.values() if state is None or r.latest.state.value == state]
+    result.sort(key=lambda r: r.latest.run_id, reverse=True)
+    return result[:limit]
+
+
+async def get_run(js: JetStreamContext, run_id: str) -> RunSummary:
+    since = run_started_at(run_id) - 2.0
+    summary: RunSummary | None = None
+    async for msg in read_stream(js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS, since=since):
+        try:
+            event = parse_event(msg.data)
+        except CodecError:
+            continue
+        if event.run_id != run_id:
+            continue
+        if summary is None:
+            summary = RunSummary(latest=event, states=[event.state.value])
+        else:
+            summary.add(event)
+    if summary is None:
+        raise NotFoundError(f"no run {run_id} in {subjects.EVENTS_STREAM}")
+    return summary

@@ -1,0 +1,72 @@
+"""``natsched runs`` / ``runs show`` / ``logs`` against runs made by a real agent process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from natsched.embedded import EmbeddedServer
+from tests.cli.test_commands import natsched
+from tests.conftest import Process
+from tests.helpers import job, toml_jobs
+
+
+def _wait_runs(
+    url: str, predicate: Callable[[list[dict[str, object]]], bool], timeout: float = 20
+) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    found: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        code, out = natsched("runs", "--json", url=url)
+        if code == 0:
+            found = json.loads(out)
+            if predicate(found):
+                return found
+        time.sleep(0.3)
+    raise AssertionError(f"runs never matched; last: {found}")
+
+
+def test_runs_show_and_logs(
+    nats_server: EmbeddedServer, master_process: Process, spawn: Callable[..., Process], tmp_path: Path
+) -> None:
+    url = nats_server.url
+    agent = spawn("natsched-agent", "--name", "w1", "--state-dir", str(tmp_path / "w1"), url=url)
+    soon = datetime.fromtimestamp(time.time() + 2, UTC).isoformat()
+    jobs_file = tmp_path / "jobs.toml"
+    jobs_file.write_text(
+        toml_jobs(
+            job(
+                "hello",
+                command=["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done"],
+                triggers=[{"at": soon}],
+            ),
+            job("broken", command=["sh", "-c", "echo bad >&2; exit 3"], triggers=[{"at": soon}]),
+            group="demo",
+        )
+    )
+    assert natsched("apply", "-f", str(jobs_file), url=url)[0] == 0
+
+    runs = _wait_runs(url, lambda rs: {r["state"] for r in rs} >= {"succeeded", "failed"})
+    by_job = {r["job"]: r for r in runs}
+    assert by_job["demo.hello"]["states"] == ["started", "succeeded"]
+    assert by_job["demo.broken"]["exit_code"] == 3 and by_job["demo.broken"]["reason"] == "exit code 3"
+
+    code, out = natsched("runs", "--state", "failed", url=url)
+    assert code == 0 and "demo.broken" in out and "demo.hello" not in out
+    code, out = natsched("runs", "--job", "demo.hello", "--agent", "w1", url=url)
+    assert code == 0 and "demo.hello" in out and "1 run(s)" in out
+
+    run_id = str(by_job["demo.hello"]["run_id"])
+    code, out = natsched("runs", "show", run_id, url=url)
+    assert code == 0 and "started → succeeded" in out and "line 3" in out
+    code, out = natsched("logs", run_id, url=url)
+    assert code == 0 and out == "line 1\nline 2\nline 3\n"
+    code, out = natsched("logs", run_id, "--follow", url=url)
+    assert code == 0 and out.endswith("line 3\n")
+
+    code, out = natsched("runs", "show", "zzz", url=url)
+    assert code == 1 and "not a natsched run id" in out
+    agent.terminate()
