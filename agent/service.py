@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from agent.cache import JobCache
 from agent.config import AgentConfig
 from agent.executor import JobExecutor, LogStreamer
+from agent.files import FileWatcher
 from agent.heartbeat import HeartbeatPublisher, sample_load
 from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
@@ -48,6 +49,7 @@ class AgentService(Service):
         self.logs = LogStreamer()
         self.executor: JobExecutor | None = None
         self.mirror: MirrorScheduler | None = None
+        self.files: FileWatcher | None = None
 
     @property
     def running(self) -> int:
@@ -71,7 +73,9 @@ class AgentService(Service):
             kill_grace=self.config.kill_grace,
         )
         self.mirror = MirrorScheduler(self.cache, self.executor)
+        self.files = FileWatcher(self.cache, self.executor)
         self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)
+        self.spawn(self.files.run(), name="file-triggers", critical=True)
         self.spawn(self.outbox.run(), name="event-outbox", critical=True)
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
 
@@ -120,6 +124,8 @@ class AgentService(Service):
             js, self.cache, self.config.identity(), check_interval=self.config.sync_check_interval
         )
         self.sync.listeners.append(self.mirror.on_change)
+        if self.files is not None:
+            self.sync.listeners.append(self.files.on_change)
         self.connected.set()
         log.info("agent %s connected", self.config.name)
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)

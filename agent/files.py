@@ -1,0 +1,175 @@
+"""File triggers: mirror jobs that run once per file that appeared in a directory.
+
+watchdog reports file system events from its own thread; they are handed to the event
+loop and a file is fired on only once it is *stable*: its size and mtime did not change
+for the trigger's settle time (a file still being written is not picked up half-way).
+Each stable file version fires one run with ``NATSCHED_FILE`` set to its path; runs of a
+job are bounded (``FILE_CONCURRENCY``), the rest wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from agent.cache import JobCache
+from agent.executor import JobExecutor
+from natsched.errors import CodecError
+from natsched.models import FileTrigger, JobSpec, Mode
+
+log = logging.getLogger(__name__)
+
+FILE_CONCURRENCY = 4
+_EVENT_KINDS = {"created": "created", "modified": "modified", "moved": "moved"}
+
+
+@dataclass(slots=True)
+class _Candidate:
+    path: str
+    key: str
+    trigger: FileTrigger
+    signature: tuple[int, int] = (-1, -1)  # (size, mtime_ns)
+    stable_since: float = field(default_factory=time.monotonic)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FileWatcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in _EVENT_KINDS:
+            return
+        path = event.dest_path if event.event_type == "moved" else event.src_path
+        self._watcher.loop.call_soon_threadsafe(self._watcher.notice, str(path), event.event_type)
+
+
+class FileWatcher:
+    def __init__(self, cache: JobCache, executor: JobExecutor) -> None:
+        self._cache = cache
+        self._executor = executor
+        self.loop = asyncio.get_running_loop()
+        self._jobs: dict[str, JobSpec] = {}
+        self._candidates: dict[tuple[str, str], _Candidate] = {}
+        self._fired: dict[tuple[str, str], tuple[int, int]] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.fired = 0
+
+    def on_change(self, keys: set[str]) -> None:
+        self._changed.set()
+
+    def _triggers(self) -> list[tuple[str, FileTrigger]]:
+        return [
+            (key, t) for key, spec in self._jobs.items() for t in spec.triggers if isinstance(t, FileTrigger)
+        ]
+
+    async def _load(self) -> None:
+        jobs: dict[str, JobSpec] = {}
+        for cached in await self._cache.all(mode=Mode.MIRROR.value):
+            try:
+                spec = cached.spec()
+            except CodecError:
+                continue
+            if spec.enabled and any(isinstance(t, FileTrigger) for t in spec.triggers):
+                jobs[spec.key] = spec
+        self._jobs = jobs
+        self._restart_observer()
+
+    def _restart_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+        directories: dict[str, bool] = {}
+        for _, trigger in self._triggers():
+            directories[trigger.watch] = directories.get(trigger.watch, False) or trigger.recursive
+        if not directories:
+            return
+        observer = Observer()
+        handler = _Handler(self)
+        for directory, recursive in directories.items():
+            if not os.path.isdir(directory):
+                log.warning("file trigger directory %s does not exist; not watched", directory)
+                continue
+            observer.schedule(handler, directory, recursive=recursive)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        log.info(
+            "watching %d director(y/ies) for %d file-triggered job(s)", len(directories), len(self._jobs)
+        )
+
+    def notice(self, path: str, kind: str) -> None:
+        """A file system event arrived (on the loop thread): start or restart its settle clock."""
+        directory, name = os.path.split(path)
+        for key, trigger in self._triggers():
+            in_dir = directory == trigger.watch or (
+                trigger.recursive and directory.startswith(trigger.watch + "/")
+            )
+            if not in_dir or kind not in trigger.events:
+                continue
+            if any(fnmatch.fnmatch(name, pattern) for pattern in trigger.patterns):
+                self._candidates[(key, path)] = _Candidate(path=path, key=key, trigger=trigger)
+
+    async def run(self) -> None:
+        try:
+            await self._load()
+            while True:
+                if self._changed.is_set():
+                    self._changed.clear()
+                    await self._load()
+                await self._check_candidates()
+                await asyncio.sleep(self._tick())
+        finally:
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            for task in self._tasks:
+                task.cancel()
+
+    def _tick(self) -> float:
+        settles = [t.settle for _, t in self._triggers()]
+        return max(0.05, min(settles, default=1.0) / 4)
+
+    async def _check_candidates(self) -> None:
+        now = time.monotonic()
+        for ident, candidate in list(self._candidates.items()):
+            try:
+                stat = os.stat(candidate.path)
+            except FileNotFoundError:
+                del self._candidates[ident]  # gone before it settled
+                continue
+            signature = (stat.st_size, stat.st_mtime_ns)
+            if signature != candidate.signature:
+                candidate.signature = signature
+                candidate.stable_since = now
+                continue
+            if now - candidate.stable_since < candidate.trigger.settle:
+                continue
+            del self._candidates[ident]
+            if self._fired.get(ident) == signature:
+                continue  # this version of the file already had its run
+            self._fired[ident] = signature
+            spec = self._jobs.get(candidate.key)
+            if spec is not None:
+                task = asyncio.create_task(self._launch(spec, candidate.path))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _launch(self, spec: JobSpec, path: str) -> None:
+        limit = self._limits.setdefault(spec.key, asyncio.Semaphore(FILE_CONCURRENCY))
+        async with limit:
+            self.fired += 1
+            event = await self._executor.launch(spec, trigger="file", detail={"file": path})
+            run = self._executor.active.get(spec.key, {}).get(event.run_id)
+            if run is not None:
+                await run.done.wait()

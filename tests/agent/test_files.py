@@ -1,0 +1,65 @@
+"""File triggers: one run per stable file, never a half-written one."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from agent.service import AgentService
+from natsched.master.service import MasterService
+from tests.conftest import AgentFactory, eventually
+from tests.helpers import apply, job, stream_events, toml_jobs
+
+
+async def test_file_trigger_fires_once_per_stable_file(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    agent = await start_agent("a1")
+    await apply(
+        nc,
+        toml_jobs(
+            job(
+                "ingest",
+                command=["sh", "-c", 'wc -c < "$NATSCHED_FILE"; echo "$NATSCHED_FILE"'],
+                triggers=[{"watch": str(inbox), "patterns": ["*.csv"], "settle": 0.6}],
+            ),
+            group="f",
+        ),
+    )
+    await eventually(lambda: _watching(agent), 10, "file watcher picked up the job")
+
+    # Written slowly: pauses shorter than the settle time must not fire a half-written file.
+    with open(inbox / "slow.csv", "w") as f:  # noqa: ASYNC230 - slow writes are the point
+        for _ in range(4):
+            f.write("x" * 1000)
+            f.flush()
+            await asyncio.sleep(0.3)
+    for i in range(10):  # many at once: one run each
+        (inbox / f"batch{i}.csv").write_text(f"{i}\n")
+    (inbox / "ignored.txt").write_text("not a csv")
+
+    async def all_ran() -> bool:
+        return len(_succeeded(await stream_events(nc))) >= 11
+
+    await eventually(all_ran, 20, "11 runs")
+    await asyncio.sleep(1.5)  # would-be duplicates have had their chance
+    runs = _succeeded(await stream_events(nc))
+    per_file = collections.Counter(e["detail"]["file"] for e in runs)
+    assert set(per_file) == {str(inbox / "slow.csv")} | {str(inbox / f"batch{i}.csv") for i in range(10)}
+    assert max(per_file.values()) == 1
+    slow = next(e for e in runs if e["detail"]["file"].endswith("slow.csv"))
+    assert slow["output_tail"].splitlines()[0].strip() == "4000"  # saw the complete file
+
+
+async def _watching(agent: AgentService) -> bool:
+    return agent.files is not None and bool(agent.files._jobs)
+
+
+def _succeeded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["job"] == "f.ingest" and e["state"] == "succeeded"]
