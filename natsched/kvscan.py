@@ -1,13 +1,15 @@
-"""Read the current value of every key of a KV bucket (or a key prefix), fast.
+"""Reading a stream (or a KV bucket's current values) to its end, fast.
 
 ``kv.keys()`` + ``kv.get()`` costs a round trip per key; an ordered consumer with
-``LAST_PER_SUBJECT`` streams them all in one go (~0.14 s for 10k keys here).
+``LAST_PER_SUBJECT`` streams a whole bucket in one go (~0.14 s for 10k keys here).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -25,43 +27,58 @@ class KvValue:
     value: bytes
 
 
+async def read_stream(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    since: float | None = None,
+    last_per_subject: bool = False,
+    timeout: float = SCAN_TIMEOUT,
+) -> AsyncIterator[Msg]:
+    """Every message of ``stream`` on ``subject`` as it is now (from ``since``), then stop."""
+    if last_per_subject:
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+    elif since is not None:
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=datetime.fromtimestamp(since, UTC)
+        )
+    else:
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def enqueue(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    sub = await js.subscribe(subject, stream=stream, cb=enqueue, ordered_consumer=True, config=config)
+    try:
+        # Nothing matched: the server delivered nothing and has nothing pending. (The client's
+        # own count is no proof: messages may be on their way to the callback.)
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and (info.delivered is None or info.delivered.consumer_seq == 0):
+            return
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await queue.get()
+                yield msg
+                if msg.metadata.num_pending == 0:
+                    return
+    finally:
+        await sub.unsubscribe()
+
+
 async def scan(
     js: JetStreamContext, bucket: str, key_filter: str = ">", timeout: float = SCAN_TIMEOUT
 ) -> dict[str, KvValue]:
     """Every live key under ``key_filter`` (e.g. ``"backup.>"``) with its value and revision."""
-    stream = subjects.kv_stream(bucket)
     prefix = subjects.kv_subject_prefix(bucket)
-    info = await js.stream_info(stream)
-    if not info.state.messages:
-        return {}
     result: dict[str, KvValue] = {}
-    done = asyncio.Event()
-    last_seq = info.state.last_seq
-
-    async def on_message(msg: Msg) -> None:
-        meta = msg.metadata
+    async for msg in read_stream(
+        js, subjects.kv_stream(bucket), prefix + key_filter, last_per_subject=True, timeout=timeout
+    ):
         key = msg.subject[len(prefix) :]
         if is_delete(msg.headers):
             result.pop(key, None)
         else:
-            result[key] = KvValue(key, meta.sequence.stream, msg.data)
-        if meta.num_pending == 0 or meta.sequence.stream >= last_seq:
-            done.set()
-
-    sub = await js.subscribe(
-        prefix + key_filter,
-        stream=stream,
-        cb=on_message,
-        ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-    )
-    try:
-        # A filter that matches nothing delivers nothing: ask the consumer how much is pending.
-        consumer = await sub.consumer_info()
-        if consumer.num_pending == 0 and sub.delivered == 0:
-            return result
-        async with asyncio.timeout(timeout):
-            await done.wait()
-    finally:
-        await sub.unsubscribe()
+            result[key] = KvValue(key, msg.metadata.sequence.stream, msg.data)
     return result

@@ -6,17 +6,14 @@ reading the events stream from that moment on, not from its beginning.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
 from natsched import subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
+from natsched.kvscan import read_stream
 
 READ_TIMEOUT = 30.0
 
@@ -49,39 +46,6 @@ def event_filter(job: str | None = None, agent: str | None = None, state: str | 
     if job is not None and "." not in job:
         raise NotFoundError(f"give the job as <group>.<job>, not {job!r}")
     return f"natsched.event.{agent or '*'}.{job or '*.*'}.{state or '*'}"
-
-
-async def read_stream(
-    js: JetStreamContext,
-    stream: str,
-    subject: str,
-    *,
-    since: float | None = None,
-    timeout: float = READ_TIMEOUT,
-) -> AsyncIterator[Msg]:
-    """Every message of ``stream`` on ``subject`` (from ``since``), then stop."""
-    config = api.ConsumerConfig(
-        deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-        opt_start_time=datetime.fromtimestamp(since, UTC) if since else None,
-    )
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def enqueue(msg: Msg) -> None:
-        queue.put_nowait(msg)
-
-    sub = await js.subscribe(subject, stream=stream, cb=enqueue, ordered_consumer=True, config=config)
-    try:
-        info = await sub.consumer_info()
-        if info.num_pending == 0 and sub.delivered == 0 and queue.empty():
-            return
-        async with asyncio.timeout(timeout):
-            while True:
-                msg = await queue.get()
-                yield msg
-                if msg.metadata.num_pending == 0:
-                    return
-    finally:
-        await sub.unsubscribe()
 
 
 async def list_runs(

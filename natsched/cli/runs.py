@@ -20,7 +20,8 @@ from natsched.connection import connect
 from natsched.errors import CodecError, ConfigError
 from natsched.events import parse_event
 from natsched.jobspec import parse_duration
-from natsched.runs import get_run, list_runs, read_stream, run_started_at
+from natsched.kvscan import read_stream
+from natsched.runs import get_run, list_runs, run_started_at
 
 app = typer.Typer(help="Runs, newest first, from the events stream.", invoke_without_command=True)
 _COLOURS = {
