@@ -244,3 +244,31 @@ def test_events_are_json_for_any_client() -> None:
     data = json.loads(event.to_json())
     assert data["v"] == 1 and data["state"] == "succeeded" and data["duration"] == 2.5
     assert event.subject == "natsched.event.a1.g.j.succeeded" and event.msg_id == "r1.succeeded"
+
+
+async def test_agent_shutdown_lets_runs_finish_then_kills_and_records(
+    master: MasterService, nc: Client, conn: ConnectionSettings, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    config = AgentConfig(name="a1", state_dir=tmp_path / "a1", shutdown_grace=1.0, kill_grace=0.3)
+    soon = datetime.fromtimestamp(time.time() + 1.2, UTC).isoformat()
+    async with AgentService(config, conn) as agent:
+        await agent.synced(10)
+        await apply(
+            nc,
+            toml_jobs(
+                job("short", command=["sleep", "0.5"], triggers=[{"at": soon}]),
+                job("long", command=["sleep", "30"], triggers=[{"at": soon}]),
+                group="sd",
+            ),
+        )
+        await eventually(lambda: _running(agent, 2), 10, "both runs started")
+    events = {(e["job"], e["state"]): e for e in await stream_events(nc)}
+    assert ("sd.short", "succeeded") in events
+    killed = events[("sd.long", "killed")]
+    assert "shutdown" in killed["reason"]
+
+
+async def _running(agent: AgentService, n: int) -> bool:
+    return agent.running == n
