@@ -1,14 +1,18 @@
-"""Run events leave the agent through here: straight to JetStream when it answers, else
-into a SQLite outbox that is drained in order once NATS is back.
+"""Run events leave the agent through here, in order, without slowing runs down.
 
-Ordering holds because nothing bypasses a non-empty outbox. Duplicates cannot appear
-in the stream: every event carries ``Nats-Msg-Id = <run_id>.<state>``, so a publish
-whose ack was lost and is retried from the outbox is stored once.
+``publish`` only queues the event in memory; one publisher task sends queued events to
+JetStream in pipelined batches (many publishes in flight, acks awaited together). An
+event that does not get its ack, and every event after it, goes to a SQLite outbox
+table that is drained in order once NATS answers again; nothing bypasses a non-empty
+outbox. Duplicates cannot appear in the stream: every event carries
+``Nats-Msg-Id = <run_id>.<state>``, so a retry whose first ack was lost is stored once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import logging
 
 import aiosqlite
@@ -20,7 +24,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 2.0
 RETRY_DELAY = 0.5
-DRAIN_BATCH = 500
+BATCH = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -31,12 +35,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 
+_Row = tuple[str, str, bytes]  # subject, msg id, payload
+
 
 class EventOutbox:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._nc: Client | None = None
-        self._queued = 0
+        self._memory: collections.deque[_Row] = collections.deque()
+        self._stored = 0
         self._wake = asyncio.Event()
         self.published = 0
 
@@ -45,63 +52,98 @@ class EventOutbox:
         await self._db.commit()
         async with self._db.execute("SELECT COUNT(*) FROM outbox") as cursor:
             row = await cursor.fetchone()
-        self._queued = int(row[0]) if row else 0
-        if self._queued:
-            log.info("outbox holds %d event(s) from before; they go out once NATS answers", self._queued)
+        self._stored = int(row[0]) if row else 0
+        if self._stored:
+            log.info("outbox holds %d event(s) from before; they go out once NATS answers", self._stored)
+            self._wake.set()
 
     def attach(self, nc: Client) -> None:
-        """NATS is there (or will be again): start draining."""
+        """NATS is there (or is back): send what waits."""
         self._nc = nc
         self._wake.set()
 
     @property
     def depth(self) -> int:
-        return self._queued
+        """Events not yet acknowledged by JetStream (in memory or in the SQLite outbox)."""
+        return self._stored + len(self._memory)
 
     async def publish(self, event: RunEvent) -> None:
-        """Publish now if possible, else keep it for later. Never raises for NATS trouble."""
-        payload = event.to_json()
-        if self._queued == 0 and await self._send(event.subject, event.msg_id, payload):
-            return
-        await self._db.execute(
-            "INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
-            (event.subject, event.msg_id, payload),
-        )
-        await self._db.commit()
-        self._queued += 1
+        """Queue an event; it is sent (or stored) in order by the publisher task."""
+        self._memory.append((event.subject, event.msg_id, event.to_json()))
         self._wake.set()
 
-    async def _send(self, subject: str, msg_id: str, payload: bytes) -> bool:
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            return False
+    async def flush(self, timeout: float) -> None:
+        """Send (or store) everything queued; for shutdown, after the publisher task stopped."""
         try:
-            await nc.jetstream().publish(
-                subject, payload, headers={MSG_ID_HEADER: msg_id}, timeout=PUBLISH_TIMEOUT
-            )
-        except Exception as exc:  # noqa: BLE001 - any NATS failure means: keep it in the outbox
-            log.debug("event %s not published yet: %r", msg_id, exc)
-            return False
-        self.published += 1
+            async with asyncio.timeout(timeout):
+                await self._pump()
+        except TimeoutError:
+            await self._store(list(self._memory))
+            self._memory.clear()
+
+    def _connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def _send_batch(self, rows: list[_Row]) -> int:
+        """Publish rows pipelined; return how many, from the start, were acknowledged."""
+        if not self._connected():
+            return 0
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        results = await asyncio.gather(
+            *(js.publish(s, p, headers={MSG_ID_HEADER: m}, timeout=PUBLISH_TIMEOUT) for s, m, p in rows),
+            return_exceptions=True,
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                log.debug("event %s not published yet: %r", rows[index][1], result)
+                return index
+        return len(rows)
+
+    async def _store(self, rows: list[_Row]) -> None:
+        if not rows:
+            return
+        await self._db.executemany("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)", rows)
+        await self._db.commit()
+        self._stored += len(rows)
+
+    async def _drain_stored(self) -> bool:
+        """Send the SQLite outbox in order; True once it is empty."""
+        while self._stored:
+            async with self._db.execute(
+                "SELECT id, subject, msg_id, payload FROM outbox ORDER BY id LIMIT ?", (BATCH,)
+            ) as cursor:
+                rows = list(await cursor.fetchall())
+            sent = await self._send_batch([(r[1], r[2], r[3]) for r in rows])
+            if sent:
+                await self._db.execute("DELETE FROM outbox WHERE id <= ?", (rows[sent - 1][0],))
+                await self._db.commit()
+                self._stored -= sent
+                self.published += sent
+            if sent < len(rows):
+                return False
         return True
 
+    async def _pump(self) -> None:
+        drained = await self._drain_stored()
+        while self._memory:
+            # Peek, send, then drop: a cancellation in between loses nothing (a resend is deduplicated).
+            batch = list(itertools.islice(self._memory, BATCH))
+            sent = await self._send_batch(batch) if drained else 0
+            for _ in range(sent):
+                self._memory.popleft()
+            self.published += sent
+            if sent < len(batch):
+                # Keep order: the unsent rest and everything queued behind it go to SQLite.
+                await self._store(list(self._memory))
+                self._memory.clear()
+                drained = False
+
     async def run(self) -> None:
-        """Drain the outbox in order whenever there is something in it and NATS answers."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queued:
-                async with self._db.execute(
-                    "SELECT id, subject, msg_id, payload FROM outbox ORDER BY id LIMIT ?", (DRAIN_BATCH,)
-                ) as cursor:
-                    rows = list(await cursor.fetchall())
-                sent = 0
-                for row_id, subject, msg_id, payload in rows:
-                    if not await self._send(subject, msg_id, payload):
-                        break
-                    await self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                    sent += 1
-                await self._db.commit()
-                self._queued -= sent
-                if sent < len(rows):
-                    await asyncio.sleep(RETRY_DELAY)
+            await self._pump()
+            if self._stored:
+                await asyncio.sleep(RETRY_DELAY)
+                self._wake.set()

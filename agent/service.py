@@ -29,6 +29,7 @@ from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
+FLUSH_TIMEOUT = 5.0  # at shutdown: events not acknowledged by then stay in the SQLite outbox
 
 
 class AgentService(Service):
@@ -84,6 +85,8 @@ class AgentService(Service):
         if self.executor is not None:
             # Runs get the grace period to finish; their final events still go out (or to the outbox).
             await self.executor.shutdown(self.config.shutdown_grace)
+        if self.outbox is not None:
+            await self.outbox.flush(FLUSH_TIMEOUT)
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), 5.0)
