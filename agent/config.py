@@ -17,7 +17,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,6 @@ from natsched.errors import ConfigError, SpecError
 from natsched.models import AgentIdentity
 
 ENV_PREFIX = "NATSCHED_AGENT_"
-_FIELDS = (
-    "name",
-    "tags",
-    "pools",
-    "groups",
-    "state_dir",
-    "heartbeat_interval",
-    "max_concurrency",
-    "sync_check_interval",
-)
 
 
 def default_state_dir() -> Path:
@@ -58,6 +48,8 @@ class AgentConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     heartbeat_interval: float = 3.0
     max_concurrency: int = 64
+    # Load-balance order among a pool's agents (lower first), when a job balances by priority.
+    priority: int = 100
     # How often the cache's position is checked against the bucket's stream (catches a
     # bucket deleted and recreated under a live watcher).
     sync_check_interval: float = 5.0
@@ -91,12 +83,16 @@ class AgentConfig:
         values: dict[str, Any] = {}
         if file is not None:
             values.update(_read_file(file))
-        for name in _FIELDS:
+        for name in _field_names():
             raw = env.get(ENV_PREFIX + name.upper())
             if raw:
                 values[name] = raw
         values.update({k: v for k, v in flags.items() if v is not None and v != () and v != []})
         return cls(**_coerce(values))
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in fields(AgentConfig)]
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -106,7 +102,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read agent config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"agent config {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_FIELDS))
+    unknown = sorted(set(data) - set(_field_names()))
     if unknown:
         raise ConfigError(f"agent config {path}: unknown key(s) {', '.join(unknown)}")
     return data
@@ -133,8 +129,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for name in ("sync_check_interval", "shutdown_grace", "kill_grace"):
             if name in out:
                 out[name] = float(out[name])
-        if "max_concurrency" in out:
-            out["max_concurrency"] = int(out["max_concurrency"])
+        for name in ("max_concurrency", "priority"):
+            if name in out:
+                out[name] = int(out[name])
     except ValueError as exc:
         raise ConfigError(f"agent config: {exc}") from None
     if "name" in out and not isinstance(out["name"], str):

@@ -83,8 +83,13 @@ class JobExecutor:
         detail: Mapping[str, str] | None = None,
         run_id: str | None = None,
         attempt: int = 1,
+        args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> RunEvent:
-        """Start a run of ``spec`` per its overlap policy; return its first event."""
+        """Start a run of ``spec`` per its overlap policy; return its first event.
+
+        ``args`` are appended to the command; ``env`` (from a trigger) overrides the job's.
+        """
         event = RunEvent(
             run_id=run_id or new_run_id(),
             job=spec.key,
@@ -112,20 +117,22 @@ class JobExecutor:
                 await self.outbox.publish(event)  # queued: visible while it waits
             await lock.acquire()
             try:
-                return await self._start(spec, event)
+                return await self._start(spec, event, args, env or {})
             except BaseException:
                 lock.release()
                 raise
-        return await self._start(spec, event)
+        return await self._start(spec, event, args, env or {})
 
-    async def _start(self, spec: JobSpec, event: RunEvent) -> RunEvent:
+    async def _start(
+        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], trigger_env: Mapping[str, str]
+    ) -> RunEvent:
         extra = {"NATSCHED_RUN_ID": event.run_id, "NATSCHED_JOB": spec.key, "NATSCHED_AGENT": self.agent}
         extra.update({f"NATSCHED_{k.upper()}": v for k, v in event.detail.items()})
-        env, unknown = build_env(spec.env, self.base_env, extra)
+        env, unknown = build_env({**spec.env, **trigger_env}, self.base_env, extra)
         if unknown:
             log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
         process_spec = ProcessSpec(
-            argv=spec.command,
+            argv=spec.command + args,
             shell=spec.shell,
             env=env,
             cwd=spec.cwd,

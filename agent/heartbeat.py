@@ -60,6 +60,7 @@ def sample_load(
     jobs_cached: int,
     synced_revision: int,
     connected_since: float,
+    priority: int = 100,
 ) -> Heartbeat:
     """Build a heartbeat from psutil's view of this host (non-blocking calls only)."""
     return Heartbeat(
@@ -79,4 +80,5 @@ def sample_load(
         jobs_cached=jobs_cached,
         synced_revision=synced_revision,
         connected_since=connected_since,
+        priority=priority,
     )

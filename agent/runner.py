@@ -192,7 +192,8 @@ class ProcessRunner:
             raise RunError("the agent is shutting down and starts no new runs")
         env = dict(spec.env)
         credentials = _credentials(spec.user, env)
-        argv = ("/bin/sh", "-c", spec.argv[0]) if spec.shell else spec.argv
+        # Extra arguments of a shell job become its $1, $2, ... ($0 is "natsched").
+        argv = ("/bin/sh", "-c", spec.argv[0], "natsched", *spec.argv[1:]) if spec.shell else spec.argv
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,

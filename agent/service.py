@@ -21,6 +21,7 @@ from agent.files import FileWatcher
 from agent.heartbeat import HeartbeatPublisher, sample_load
 from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
+from agent.responder import Responder
 from agent.runner import ProcessRunner
 from agent.sync import JobSync
 from natsched.connection import connect
@@ -51,6 +52,7 @@ class AgentService(Service):
         self.executor: JobExecutor | None = None
         self.mirror: MirrorScheduler | None = None
         self.files: FileWatcher | None = None
+        self.responder: Responder | None = None
 
     @property
     def running(self) -> int:
@@ -82,6 +84,8 @@ class AgentService(Service):
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.responder is not None:
+            await self.responder.stop()  # stop accepting work first
         if self.executor is not None:
             # Runs get the grace period to finish; their final events still go out (or to the outbox).
             await self.executor.shutdown(self.config.shutdown_grace)
@@ -129,6 +133,15 @@ class AgentService(Service):
         self.sync.listeners.append(self.mirror.on_change)
         if self.files is not None:
             self.sync.listeners.append(self.files.on_change)
+        assert self.executor is not None
+        self.responder = Responder(
+            self.nc,
+            self.executor,
+            agent=self.config.name,
+            pools=self.config.pools,
+            max_concurrency=self.config.max_concurrency,
+        )
+        await self.responder.start()
         self.connected.set()
         log.info("agent %s connected", self.config.name)
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
@@ -147,5 +160,6 @@ class AgentService(Service):
             groups=self.config.groups,
             jobs_cached=await self.cache.count(),
             synced_revision=position.last_seq if position else 0,
+            priority=self.config.priority,
             connected_since=self.connected_since,
         )

@@ -313,3 +313,4 @@ class Heartbeat:
     jobs_cached: int = 0
     synced_revision: int = 0
     connected_since: float = 0.0
+    priority: int = 100  # load-balance order among a pool's agents: lower first

@@ -31,9 +31,12 @@ API_JOBS_DELETE = f"{API_PREFIX}.jobs.delete"
 API_JOBS_ENABLE = f"{API_PREFIX}.jobs.enable"
 API_JOBS_DISABLE = f"{API_PREFIX}.jobs.disable"
 API_PING = f"{API_PREFIX}.ping"
+API_RUNS_CANCEL = f"{API_PREFIX}.runs.cancel"
 
 # --- Triggers and dispatch ---------------------------------------------------------
 TRIGGER_PREFIX = "natsched.trigger"
+TRIGGER_ALL = f"{TRIGGER_PREFIX}.>"
+TRIGGER_QUEUE = "natsched-master"  # one master handles each trigger
 
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -73,9 +76,29 @@ def agent_run_subject(agent: str) -> str:
     return f"natsched.agent.{_token(agent, 'agent name')}.run"
 
 
+def agent_cancel_subject(agent: str) -> str:
+    """Cancel a run on one agent, request/reply."""
+    return f"natsched.agent.{_token(agent, 'agent name')}.cancel"
+
+
+def pool_queue(pool: str) -> str:
+    """Queue group of a pool's agents on its run subject: one of them takes each request."""
+    return f"natsched-pool-{_token(pool, 'pool name')}"
+
+
 def pool_run_subject(pool: str) -> str:
     """Load-balance fallback dispatch, served in a queue group by the pool's agents."""
     return f"natsched.pool.{_token(pool, 'pool name')}.run"
+
+
+def job_from_trigger_subject(subject: str) -> str:
+    """``natsched.trigger.<group>.<job>`` -> ``<group>.<job>`` (or a bare job name)."""
+    return subject[len(TRIGGER_PREFIX) + 1 :]
+
+
+def cursor_key(job_key: str) -> str:
+    """STATE_BUCKET key of a master-scheduled job's last fired slot."""
+    return f"cursor.{job_key}"
 
 
 def event_subject(agent: str, job: str, state: str) -> str:

@@ -11,6 +11,7 @@ from natsched.cli import common
 from natsched.cli.agents import agents
 from natsched.cli.apply import apply
 from natsched.cli.jobs import app as jobs_app
+from natsched.cli.run import cancel, run_job
 from natsched.cli.runs import app as runs_app
 from natsched.cli.runs import logs
 from natsched.cli.services import agent, master_app
@@ -64,6 +65,8 @@ app.command()(agents)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(runs_app, name="runs")
 app.command()(logs)
+app.command("run")(run_job)
+app.command()(cancel)
 app.add_typer(master_app, name="master")
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False

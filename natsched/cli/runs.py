@@ -11,13 +11,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from rich.table import Table
 
 from natsched import subjects
 from natsched.cli.common import ServerOption, age, console, run, settings
 from natsched.connection import connect
-from natsched.errors import CodecError, ConfigError
+from natsched.errors import CodecError, ConfigError, NatschedError
 from natsched.events import parse_event
 from natsched.jobspec import parse_duration
 from natsched.kvscan import read_stream
@@ -130,28 +132,32 @@ def show(run_id: Annotated[str, typer.Argument(help="run id")], server: ServerOp
         sys.stdout.write(e.output_tail)
 
 
-async def _print_log(server: str | None, run_id: str, follow: bool) -> None:
-    nc = await connect(settings(server))
+async def _watch_end(nc: Client, run_id: str, done: asyncio.Event) -> Subscription:
+    """Set ``done`` when the run's final event arrives (or already happened)."""
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            if (event := parse_event(msg.data)).run_id == run_id and event.state.final:
+                done.set()
+        except CodecError:
+            pass
+
+    sub = await nc.subscribe(subjects.EVENTS_SUBJECTS, cb=on_event)
+    try:  # it may have ended before we subscribed
+        if (await get_run(nc.jetstream(), run_id)).latest.state.final:
+            done.set()
+    except NatschedError:
+        pass  # not started yet: keep following
+    return sub
+
+
+async def print_log(nc: Client, run_id: str, follow: bool) -> None:
+    """Write a run's output to stdout; with ``follow``, keep going until the run ended."""
     js = nc.jetstream()
     since = run_started_at(run_id) - 2.0
     done = asyncio.Event()
+    end_watch = await _watch_end(nc, run_id, done) if follow else None
     try:
-        if follow:
-
-            async def on_event(msg: Msg) -> None:
-                try:
-                    if (event := parse_event(msg.data)).run_id == run_id and event.state.final:
-                        done.set()
-                except CodecError:
-                    pass
-
-            await nc.subscribe(subjects.EVENTS_SUBJECTS, cb=on_event)
-            # It may have ended before we subscribed.
-            try:
-                if (await get_run(js, run_id)).latest.state.final:
-                    done.set()
-            except Exception:  # noqa: BLE001 - not started yet: keep following
-                pass
         printed = 0
         async for msg in read_stream(js, subjects.LOGS_STREAM, subjects.log_subject(run_id), since=since):
             sys.stdout.buffer.write(msg.data)
@@ -180,7 +186,8 @@ async def _print_log(server: str | None, run_id: str, follow: bool) -> None:
             sys.stdout.flush()
         await sub.unsubscribe()
     finally:
-        await nc.close()
+        if end_watch is not None:
+            await end_watch.unsubscribe()
 
 
 def _from_seq(seq: int) -> Any:
@@ -195,4 +202,12 @@ def logs(
     server: ServerOption = None,
 ) -> None:
     """Print a run's output from the log stream (live with --follow)."""
-    run(_print_log(server, run_id, follow))
+
+    async def core() -> None:
+        nc = await connect(settings(server))
+        try:
+            await print_log(nc, run_id, follow)
+        finally:
+            await nc.close()
+
+    run(core())

@@ -11,7 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -23,6 +26,7 @@ from natsched.jobspec import job_to_dict, parse_job
 from natsched.kvscan import KvValue, scan
 from natsched.master.apply import execute_plan, plan_apply, raise_conflicts
 from natsched.models import AgentIdentity, JobSpec
+from natsched.runs import get_run
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,16 @@ def _as_keys(body: dict[str, Any]) -> list[str]:
 class AdminApi:
     """Handlers for every ``natsched.api.*`` subject, bound to one master."""
 
-    def __init__(self, *, js: JetStreamContext, jobs: KeyValue, agents: KeyValue, master_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        jobs: KeyValue,
+        agents: KeyValue,
+        master_id: str,
+        nc: Client | None = None,
+    ) -> None:
+        self._nc = nc
         self._js = js
         self._jobs = jobs
         self._agents = agents
@@ -60,6 +73,7 @@ class AdminApi:
             subjects.API_JOBS_DELETE: self.delete_jobs,
             subjects.API_JOBS_ENABLE: self.enable_jobs,
             subjects.API_JOBS_DISABLE: self.disable_jobs,
+            subjects.API_RUNS_CANCEL: self.cancel_run,
         }
 
     async def handle(self, msg: Msg) -> None:
@@ -197,6 +211,28 @@ class AdminApi:
 
     async def disable_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._set_enabled(body, False)
+
+    async def cancel_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Stop a running process on whichever agent runs it."""
+        run_id = _as_str(body, "run_id")
+        summary = await get_run(self._js, run_id)
+        if summary.latest.state.final:
+            raise ApiError(f"run {run_id} already ended: {summary.latest.state.value}")
+        assert self._nc is not None
+        try:
+            msg = await self._nc.request(
+                subjects.agent_cancel_subject(summary.latest.agent),
+                codec.pack({"run_id": run_id}),
+                timeout=10,
+            )
+        except (NoRespondersError, NatsTimeoutError):
+            raise ApiError(
+                f"agent {summary.latest.agent} is offline; run {run_id} cannot be cancelled now"
+            ) from None
+        reply = codec.unpack(msg.data, "cancel reply")
+        if not reply.get("ok"):
+            raise ApiError(str(reply.get("reason", "the agent refused")))
+        return {"run_id": run_id, "agent": summary.latest.agent, "cancelled": True}
 
 
 def _targets_agent(spec: JobSpec, agent: AgentIdentity) -> bool:

@@ -19,6 +19,9 @@ from natsched import subjects
 from natsched.buckets import StorageSettings, ensure_all
 from natsched.connection import connect
 from natsched.master.api import AdminApi
+from natsched.master.dispatch import Dispatcher
+from natsched.master.external import TriggerHandler
+from natsched.master.scheduler import Due, MasterScheduler
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
@@ -45,20 +48,40 @@ class MasterService(Service):
         self.storage = storage or StorageSettings()
         self.master_id = master_id or new_master_id()
         self.nc: Client | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.scheduler: MasterScheduler | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
         self.nc = await connect(self.settings, forever=True)
         js = self.nc.jetstream()
         await ensure_all(js, self.storage)
+        jobs = await js.key_value(subjects.JOBS_BUCKET)
+        self.dispatcher = Dispatcher(self.nc, master_id=self.master_id)
         api = AdminApi(
             js=js,
-            jobs=await js.key_value(subjects.JOBS_BUCKET),
+            jobs=jobs,
             agents=await js.key_value(subjects.AGENTS_BUCKET),
             master_id=self.master_id,
+            nc=self.nc,
         )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
+        triggers = TriggerHandler(self.nc, jobs, self.dispatcher)
+        await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=triggers.handle)
+        self.scheduler = MasterScheduler(jobs, await js.key_value(subjects.STATE_BUCKET), self._fire)
+        self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
+
+    def _fire(self, due: Due) -> None:
+        """A claimed slot: dispatch it in a task the service owns (the scheduler never waits on agents)."""
+        self.spawn(self._dispatch(due), name=f"dispatch-{due.spec.key}")
+
+    async def _dispatch(self, due: Due) -> None:
+        assert self.dispatcher is not None
+        replies = await self.dispatcher.dispatch(due.spec, trigger=due.trigger, scheduled_at=due.slot)
+        for reply in replies:
+            if not reply.ok:
+                log.warning("%s slot %s: %s on %s", due.spec.key, due.slot, reply.reason, reply.agent or "-")
 
     async def stop(self) -> None:
         if self.nc is None or self.nc.is_closed:

@@ -1,0 +1,148 @@
+"""``natsched run JOB [--wait] [--follow]`` and ``natsched cancel RUN``.
+
+``run`` goes through the public trigger subject, exactly as a nats CLI user or any other
+client would; with ``--wait`` it exits with the job's exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from natsched import codec, subjects
+from natsched.cli.common import ServerOption, console, fail, run, settings
+from natsched.cli.runs import print_log
+from natsched.client import AdminClient
+from natsched.connection import connect
+from natsched.errors import ApiError, CodecError, ConfigError, NoMasterError
+from natsched.events import RunEvent, parse_event
+
+TRIGGER_TIMEOUT = 30.0
+
+
+def _env_pairs(values: list[str] | None) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--env {item!r}: use NAME=value")
+        env[name] = value
+    return env
+
+
+async def _request_trigger(nc: Client, job: str, body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        msg = await nc.request(subjects.trigger_subject(job), codec.to_json(body), timeout=TRIGGER_TIMEOUT)
+    except NoRespondersError:
+        raise NoMasterError("no master serves natsched.trigger.*; start one with 'natsched master'") from None
+    except NatsTimeoutError:
+        raise NoMasterError(f"no answer to the trigger within {TRIGGER_TIMEOUT:g}s") from None
+    reply = codec.from_json(msg.data, "trigger reply")
+    _print_started(reply, job)
+    if not reply.get("ok"):
+        raise ApiError(str(reply.get("error", "the trigger was refused")))
+    return reply
+
+
+async def trigger_and_wait(
+    server: str | None, job: str, body: dict[str, Any], wait: bool, follow: bool
+) -> int:
+    nc = await connect(settings(server))
+    finals: dict[str, RunEvent] = {}
+    done = asyncio.Event()
+    wanted: set[str] = set()
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data)
+        except CodecError:
+            return
+        if event.state.final:
+            finals[event.run_id] = event
+            if wanted and wanted <= finals.keys():
+                done.set()
+
+    try:
+        if wait or follow:  # subscribe first: a short job may end before the reply arrives
+            await nc.subscribe(subjects.EVENTS_SUBJECTS, cb=on_event)
+        reply = await _request_trigger(nc, job, body)
+        if not (wait or follow):
+            return 0
+        wanted.update(r["run_id"] for r in reply["runs"] if r["ok"])
+        if follow and wanted:
+            await print_log(nc, sorted(wanted)[0], follow=True)
+        if wanted - finals.keys():
+            done.clear()
+            await done.wait()
+        return _exit_code([finals[run_id] for run_id in sorted(wanted)])
+    finally:
+        await nc.close()
+
+
+def _print_started(reply: dict[str, Any], job: str) -> None:
+    for started in reply.get("runs", []):
+        mark = "[green]started[/]" if started["ok"] else f"[red]{started['state']}[/]"
+        reason = f" ({started['reason']})" if started.get("reason") else ""
+        console.print(
+            f"{started['run_id'] or '-'} {reply.get('job', job)} on {started['agent'] or '-'}: "
+            f"{mark}{reason}",
+            highlight=False,
+        )
+
+
+def _exit_code(finals: list[RunEvent]) -> int:
+    """0 if every run succeeded, else the first failure's exit code (1 if it has none)."""
+    code = 0
+    for event in finals:
+        console.print(
+            f"{event.run_id} on {event.agent}: {event.state.value}"
+            + (f" (exit {event.exit_code})" if event.exit_code is not None else "")
+            + (f" — {event.reason}" if event.reason else ""),
+            highlight=False,
+        )
+        if event.state.value != "succeeded":
+            code = code or (event.exit_code if event.exit_code else 1)
+    return code
+
+
+def run_job(
+    job: Annotated[str, typer.Argument(help="<group>.<job> (or a unique bare name)")],
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="extra argument (repeatable)")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeatable)")] = None,
+    correlation_id: Annotated[str | None, typer.Option(help="carried into the run's events")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="wait for the end; exit with its exit code")
+    ] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="print the output live, then wait")] = False,
+    server: ServerOption = None,
+) -> None:
+    """Start a job now, on its agents, through natsched.trigger.<job>."""
+    body: dict[str, Any] = {}
+    if arg:
+        body["args"] = arg
+    if env:
+        try:
+            body["env"] = _env_pairs(env)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+    if correlation_id:
+        body["correlation_id"] = correlation_id
+    code = run(trigger_and_wait(server, job, body, wait, follow))
+    raise typer.Exit(code)
+
+
+def cancel(run_id: Annotated[str, typer.Argument(help="run id")], server: ServerOption = None) -> None:
+    """Stop a running run (SIGTERM to its process tree, then SIGKILL) on whichever agent runs it."""
+
+    async def core() -> dict[str, Any]:
+        async with AdminClient(settings(server)) as api:
+            return await api.call(subjects.API_RUNS_CANCEL, {"run_id": run_id})
+
+    result = run(core())
+    console.print(f"{run_id} on {result['agent']}: cancel sent", highlight=False)

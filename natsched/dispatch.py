@@ -1,0 +1,68 @@
+"""Dispatch messages between master and agents (msgpack, ``"v": 1``).
+
+A dispatch carries the job's whole canonical definition, so an agent runs exactly what
+the master decided on, even if its cache has not caught up with a change yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from natsched import codec
+from natsched.errors import CodecError, SpecError
+from natsched.jobspec import job_to_dict, parse_job
+from natsched.models import JobSpec
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRequest:
+    run_id: str
+    spec: JobSpec
+    trigger: str
+    scheduled_at: float | None = None
+    attempt: int = 1
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    correlation_id: str = ""
+    master: str = ""
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        data["spec"] = job_to_dict(self.spec)
+        data["args"] = list(self.args)
+        return codec.pack(data)
+
+
+def decode_run_request(data: bytes) -> RunRequest:
+    obj = codec.unpack(data, "run request")
+    obj.pop(codec.VERSION_KEY)
+    try:
+        spec = parse_job(obj.pop("spec"), source="run request")
+        return RunRequest(spec=spec, **{**obj, "args": tuple(obj.get("args", ()))})
+    except (KeyError, TypeError, SpecError) as exc:
+        raise CodecError(f"run request: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunReply:
+    """The agent's answer: started (with pid), or refused/failed with a reason."""
+
+    ok: bool
+    agent: str
+    run_id: str = ""
+    pid: int | None = None
+    state: str = ""
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        return codec.pack(asdict(self))
+
+
+def decode_run_reply(data: bytes) -> RunReply:
+    obj: dict[str, Any] = codec.unpack(data, "run reply")
+    obj.pop(codec.VERSION_KEY)
+    try:
+        return RunReply(**obj)
+    except TypeError as exc:
+        raise CodecError(f"run reply: {exc}") from None

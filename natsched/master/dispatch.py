@@ -1,0 +1,200 @@
+"""Sending runs to agents: slave (every target) and load-balance (one agent of a pool).
+
+Slave: one request per target on ``natsched.agent.<agent>.run``, all in parallel. An
+agent that does not answer (``NoRespondersError`` at once, or a timeout) gets a
+``failed`` event with reason ``agent offline``; the others run regardless.
+
+Load-balance, the selection rule: the candidates are the *live* agents (a heartbeat in
+``natsched_agents``) of the job's pools that are below their max concurrency. With
+``balance = "priority"`` they are tried in the order of the job's ``targets.agents``
+(the failover list), then by the agents' own ``priority`` (lower first), then name.
+With ``balance = "load" | "cpu" | "memory" | "running"`` the least loaded by that measure
+goes first (load average, CPU %, memory %, running count). The first agent that accepts
+gets the run; one that refuses (busy) or is unreachable passes it to the next. When the
+list is exhausted, the pool's queue group ``natsched.pool.<pool>.run`` is the last resort
+(any agent of the pool may take it, heartbeat or not); then the run fails with the
+reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from natsched import codec, subjects
+from natsched.dispatch import RunReply, RunRequest, decode_run_reply
+from natsched.errors import CodecError
+from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
+from natsched.kvscan import scan
+from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0
+_METRIC: dict[Balance, Callable[[Heartbeat], float]] = {
+    Balance.LOAD: lambda hb: hb.load1,
+    Balance.CPU: lambda hb: hb.cpu_percent,
+    Balance.MEMORY: lambda hb: hb.memory_percent,
+    Balance.RUNNING: lambda hb: float(hb.running),
+}
+
+
+def _identity(hb: Heartbeat) -> AgentIdentity:
+    return AgentIdentity(
+        name=hb.agent, tags=frozenset(hb.tags), pools=frozenset(hb.pools), groups=frozenset(hb.groups)
+    )
+
+
+def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
+    """Every agent a slave run goes to: named ones (live or not), plus live ones matching tags/pools/*."""
+    names = [a for a in spec.targets.agents if a != ALL_AGENTS]
+    for hb in live:
+        identity = _identity(hb)
+        if spec.targets.matches(identity) and (not identity.groups or spec.group in identity.groups):
+            names.append(hb.agent)
+    return list(dict.fromkeys(names))
+
+
+def load_balance_order(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
+    """The candidates of a load-balance job, in the order they are asked (see module doc)."""
+    pools = set(spec.targets.pools)
+    candidates = [
+        hb
+        for hb in live
+        if pools.intersection(hb.pools)
+        and hb.running < hb.max_concurrency
+        and (not hb.groups or spec.group in hb.groups)
+    ]
+    if spec.balance is Balance.PRIORITY:
+        failover = {name: index for index, name in enumerate(spec.targets.agents)}
+        candidates.sort(key=lambda hb: (failover.get(hb.agent, len(failover)), hb.priority, hb.agent))
+    else:
+        metric = _METRIC[spec.balance]
+        candidates.sort(key=lambda hb: (metric(hb), hb.priority, hb.agent))
+    return [hb.agent for hb in candidates]
+
+
+class Dispatcher:
+    def __init__(self, nc: Client, *, master_id: str, timeout: float = REQUEST_TIMEOUT) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._master_id = master_id
+        self._timeout = timeout
+
+    async def live_agents(self) -> list[Heartbeat]:
+        live: list[Heartbeat] = []
+        for key, entry in (await scan(self._js, subjects.AGENTS_BUCKET)).items():
+            try:
+                live.append(codec.decode_heartbeat(entry.value, key))
+            except CodecError as exc:
+                log.warning("ignoring agent %s: %s", key, exc)
+        return live
+
+    async def dispatch(
+        self,
+        spec: JobSpec,
+        *,
+        trigger: str,
+        scheduled_at: float | None = None,
+        args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        correlation_id: str = "",
+        attempt: int = 1,
+    ) -> list[RunReply]:
+        """Start ``spec`` now on its agents; one reply per run (failed ones say why)."""
+        live = await self.live_agents()
+
+        def request(run_id: str) -> RunRequest:
+            return RunRequest(
+                run_id=run_id,
+                spec=spec,
+                trigger=trigger,
+                scheduled_at=scheduled_at,
+                attempt=attempt,
+                args=args,
+                env=dict(env or {}),
+                correlation_id=correlation_id,
+                master=self._master_id,
+            )
+
+        if spec.mode is Mode.LOAD_BALANCE:
+            return [await self._load_balance(spec, request(new_run_id()), live)]
+        targets = slave_targets(spec, live)
+        if not targets:
+            return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
+        replies = await asyncio.gather(
+            *(self._ask(subjects.agent_run_subject(name), request(new_run_id()), name) for name in targets)
+        )
+        await asyncio.gather(
+            *(
+                self._record_failure(spec, reply, trigger, scheduled_at, attempt)
+                for reply in replies
+                if not reply.ok
+            )
+        )
+        return list(replies)
+
+    async def _load_balance(self, spec: JobSpec, request: RunRequest, live: list[Heartbeat]) -> RunReply:
+        reasons: list[str] = []
+        for name in load_balance_order(spec, live):
+            reply = await self._ask(subjects.agent_run_subject(name), request, name)
+            if reply.ok:
+                return reply
+            reasons.append(f"{name}: {reply.reason}")
+        for pool in spec.targets.pools:
+            reply = await self._ask(subjects.pool_run_subject(pool), request, f"pool {pool}")
+            if reply.ok:
+                return reply
+            reasons.append(f"pool {pool}: {reply.reason}")
+        failed = RunReply(
+            ok=False,
+            agent="",
+            run_id=request.run_id,
+            reason="no agent accepted the run (" + "; ".join(reasons) + ")",
+        )
+        await self._record_failure(spec, failed, request.trigger, request.scheduled_at, request.attempt)
+        return failed
+
+    async def _ask(self, subject: str, request: RunRequest, who: str) -> RunReply:
+        try:
+            msg = await self._nc.request(subject, request.encode(), timeout=self._timeout)
+        except NoRespondersError:
+            return RunReply(ok=False, agent=who, run_id=request.run_id, reason="agent offline")
+        except NatsTimeoutError:
+            return RunReply(
+                ok=False,
+                agent=who,
+                run_id=request.run_id,
+                reason=f"agent offline (no answer within {self._timeout:g}s)",
+            )
+        try:
+            return decode_run_reply(msg.data)
+        except CodecError as exc:
+            return RunReply(ok=False, agent=who, run_id=request.run_id, reason=f"bad reply: {exc}")
+
+    async def _record_failure(
+        self, spec: JobSpec, reply: RunReply, trigger: str, scheduled_at: float | None, attempt: int
+    ) -> None:
+        """The agent could not record it, so the master publishes the run's ``failed`` event."""
+        if not reply.run_id or reply.state:  # the agent published its own event (e.g. skipped)
+            return
+        agent = reply.agent if subjects.is_token(reply.agent) else "none"
+        event = RunEvent(
+            run_id=reply.run_id,
+            job=spec.key,
+            agent=agent,
+            state=RunState.FAILED,
+            trigger=trigger,
+            scheduled_at=scheduled_at,
+            reason=reply.reason,
+            attempt=attempt,
+        )
+        try:
+            await self._js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
+        except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
+            log.warning("could not record failed run %s: %r", reply.run_id, exc)

@@ -1,0 +1,117 @@
+"""External triggers: anyone may publish to ``natsched.trigger.<group>.<job>`` to start a job.
+
+The body is optional JSON ``{"args": [...], "env": {...}, "correlation_id": "..."}``. As a
+request, the reply is JSON with the run ids; as a plain publish the job still starts.
+An unknown job or a bad body gets an error reply and runs nothing. Served by every
+master in one queue group, so each trigger is handled once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from natsched import codec, subjects
+from natsched.errors import ApiError, CodecError, NatschedError, NotFoundError
+from natsched.kvscan import scan
+from natsched.master.dispatch import Dispatcher
+from natsched.models import JobSpec
+
+log = logging.getLogger(__name__)
+MAX_ARGS = 256
+
+
+def parse_trigger_body(body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, str], str]:
+    """(args, env, correlation id) from a trigger's JSON body; ApiError naming what is wrong."""
+    unknown = sorted(set(body) - {"args", "env", "correlation_id"})
+    if unknown:
+        raise ApiError(f"unknown field(s) {', '.join(unknown)}; allowed: args, env, correlation_id")
+    args = body.get("args", [])
+    if not isinstance(args, list) or len(args) > MAX_ARGS or not all(isinstance(a, str) for a in args):
+        raise ApiError(f"'args' must be a list of at most {MAX_ARGS} strings")
+    env = body.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
+    ):
+        raise ApiError("'env' must be an object of NAME: \"value\" strings")
+    correlation = body.get("correlation_id", "")
+    if not isinstance(correlation, str) or len(correlation) > 200:
+        raise ApiError("'correlation_id' must be a string of at most 200 characters")
+    return tuple(args), dict(env), correlation
+
+
+async def find_job(nc: Client, jobs: KeyValue, name: str) -> JobSpec:
+    """A job by ``<group>.<job>`` or by a bare name that is unique across groups."""
+    if "." in name:
+        try:
+            entry = await jobs.get(name)
+        except (KeyNotFoundError, ValueError):
+            raise NotFoundError(f"no job {name!r}") from None
+        if entry.value is None:
+            raise NotFoundError(f"no job {name!r}")
+        return codec.decode_job(entry.value, name)
+    matches = {
+        k: v
+        for k, v in (await scan(nc.jetstream(), subjects.JOBS_BUCKET)).items()
+        if k.partition(".")[2] == name
+    }
+    if len(matches) > 1:
+        raise ApiError(f"job name {name!r} is ambiguous: {', '.join(sorted(matches))}; use <group>.<job>")
+    if not matches:
+        raise NotFoundError(f"no job {name!r}")
+    key, stored = next(iter(matches.items()))
+    return codec.decode_job(stored.value, key)
+
+
+class TriggerHandler:
+    def __init__(self, nc: Client, jobs: KeyValue, dispatcher: Dispatcher) -> None:
+        self._nc = nc
+        self._jobs = jobs
+        self._dispatcher = dispatcher
+
+    async def handle(self, msg: Msg) -> None:
+        reply = await self._answer(msg)
+        if msg.reply:
+            await self._nc.publish(msg.reply, codec.to_json(reply))
+
+    async def _answer(self, msg: Msg) -> dict[str, Any]:
+        try:
+            name = subjects.job_from_trigger_subject(msg.subject)
+            body = codec.from_json(msg.data, f"trigger {name}")
+            args, env, correlation = parse_trigger_body(body)
+            spec = await find_job(self._nc, self._jobs, name)
+            if not spec.enabled:
+                raise ApiError(
+                    f"job {spec.key} is disabled; enable it with 'natsched jobs enable {spec.key}'"
+                )
+            replies = await self._dispatcher.dispatch(
+                spec, trigger="manual", args=args, env=env, correlation_id=correlation
+            )
+        except (NatschedError, CodecError) as exc:
+            log.info("trigger %s refused: %s", msg.subject, exc)
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug must not take the trigger subject down
+            log.exception("trigger %s failed", msg.subject)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        runs = [
+            {
+                "run_id": r.run_id,
+                "agent": r.agent,
+                "ok": r.ok,
+                "state": r.state or ("started" if r.ok else "failed"),
+                "pid": r.pid,
+                "reason": r.reason,
+            }
+            for r in replies
+        ]
+        return {
+            "ok": any(r.ok for r in replies),
+            "job": spec.key,
+            "runs": runs,
+            **({} if any(r.ok for r in replies) else {"error": "; ".join(r.reason for r in replies)}),
+        }

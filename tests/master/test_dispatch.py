@@ -1,0 +1,191 @@
+"""Slave and load-balance dispatch, external triggers, master scheduling, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from typing import Any
+
+from nats.aio.client import Client
+
+from agent.service import AgentService
+from natsched import codec, subjects
+from natsched.master.service import MasterService
+from natsched.models import Heartbeat
+from natsched.settings import ConnectionSettings
+from tests.conftest import AgentFactory, eventually
+from tests.helpers import api, apply, job, stream_events, toml_jobs
+
+
+async def trigger(nc: Client, job_name: str, body: dict[str, Any] | bytes | None = None) -> dict[str, Any]:
+    """What any NATS client does: a JSON request on natsched.trigger.<job> (no natsched code)."""
+    data = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
+    msg = await nc.request(f"natsched.trigger.{job_name}", data, timeout=15)
+    reply: dict[str, Any] = json.loads(msg.data)
+    return reply
+
+
+async def finals(nc: Client, key: str) -> list[dict[str, Any]]:
+    return [e for e in await stream_events(nc) if e["job"] == key and e["state"] not in ("started", "queued")]
+
+
+async def test_slave_runs_on_every_target_and_offline_one_is_recorded(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    agents = [await start_agent(n) for n in ("a1", "a2", "a3")]
+    await apply(
+        nc,
+        toml_jobs(
+            job(
+                "hello",
+                mode="slave",
+                command=["sh", "-c", "echo $NATSCHED_AGENT $1", "x"],
+                targets={"agents": ["a1", "a2", "a3"]},
+            ),
+            group="s",
+        ),
+    )
+    reply = await trigger(nc, "s.hello", {"args": ["arg1"], "correlation_id": "c-42"})
+    assert reply["ok"] and sorted(r["agent"] for r in reply["runs"]) == ["a1", "a2", "a3"]
+    assert all(r["ok"] and r["pid"] for r in reply["runs"])
+
+    async def three_done() -> bool:
+        return len([e for e in await finals(nc, "s.hello") if e["state"] == "succeeded"]) == 3
+
+    await eventually(three_done, 10)
+    outputs = sorted(e["output_tail"] for e in await finals(nc, "s.hello"))
+    assert outputs == ["a1 arg1\n", "a2 arg1\n", "a3 arg1\n"]
+    assert all(e["detail"]["correlation_id"] == "c-42" for e in await finals(nc, "s.hello"))
+
+    await agents[2].__aexit__(None, None, None)  # a3 goes away (the fixture skips a stopped agent twice)
+    reply = await trigger(nc, "hello")  # a bare name works when unique
+    by_agent = {r["agent"]: r for r in reply["runs"]}
+    assert by_agent["a3"]["ok"] is False and "agent offline" in by_agent["a3"]["reason"]
+    assert by_agent["a1"]["ok"] and by_agent["a2"]["ok"]
+    offline = [e for e in await finals(nc, "s.hello") if e["agent"] == "a3" and e["state"] == "failed"]
+    assert offline and offline[0]["reason"] == "agent offline"
+
+
+async def test_bad_triggers_get_error_replies_and_run_nothing(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await start_agent("a1")
+    await apply(nc, toml_jobs(job("x", mode="slave"), job("off", mode="slave", enabled=False), group="t"))
+    cases: list[tuple[str, dict[str, Any] | bytes, str]] = [
+        ("t.nope", {}, "no job"),
+        ("t.x", b"{not json", "not valid JSON"),
+        ("t.x", {"args": "notalist"}, "'args'"),
+        ("t.x", {"env": {"A": 1}}, "'env'"),
+        ("t.x", {"bogus": 1}, "unknown field"),
+        ("t.off", {}, "disabled"),
+    ]
+    for name, body, words in cases:
+        reply = await trigger(nc, name, body)
+        assert reply["ok"] is False and words in reply["error"], (name, reply)
+    await asyncio.sleep(0.3)
+    assert await stream_events(nc) == []
+
+
+async def _set_heartbeat(nc: Client, agent: AgentService, **values: Any) -> None:
+    kv = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
+    current = codec.decode_heartbeat((await kv.get(agent.config.name)).value or b"", agent.config.name)
+    fields = {**{k: getattr(current, k) for k in Heartbeat.__dataclass_fields__}, **values}
+    await kv.put(agent.config.name, codec.encode_heartbeat(Heartbeat(**fields)))
+
+
+async def test_load_balance_priority_load_busy_and_failover(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    # Heartbeats every 60 s: the test sets the load figures the master sees.
+    lb = {"pools": frozenset({"p"}), "heartbeat_interval": 60}
+    a1 = await start_agent("a1", priority=2, **lb)
+    a2 = await start_agent("a2", priority=1, **lb)
+    a3 = await start_agent("a3", priority=3, max_concurrency=1, **lb)
+    await apply(
+        nc,
+        toml_jobs(
+            job("prio", mode="load-balance", targets={"pools": ["p"]}, command=["sleep", "0.1"]),
+            job(
+                "least",
+                mode="load-balance",
+                balance="load",
+                targets={"pools": ["p"]},
+                command=["sleep", "0.1"],
+            ),
+            job(
+                "ordered",
+                mode="load-balance",
+                targets={"pools": ["p"], "agents": ["a3", "a1"]},
+                command=["sleep", "3"],
+            ),
+            group="lb",
+        ),
+    )
+
+    async def chosen(name: str) -> str:
+        reply = await trigger(nc, f"lb.{name}")
+        assert reply["ok"] and len(reply["runs"]) == 1, reply
+        return str(reply["runs"][0]["agent"])
+
+    assert await chosen("prio") == "a2"  # lowest priority number
+    await _set_heartbeat(nc, a1, load1=0.1)
+    await _set_heartbeat(nc, a2, load1=3.0)
+    await _set_heartbeat(nc, a3, load1=1.0)
+    assert await chosen("least") == "a1"  # least loaded
+    assert await chosen("ordered") == "a3"  # the job's failover list comes first
+    # a3 is full now (max_concurrency 1; its heartbeat still says idle): it refuses, a1 takes it.
+    assert await chosen("ordered") == "a1"
+    await a1.__aexit__(None, None, None)  # stopped, but its heartbeat is still in the bucket
+    await eventually(lambda: _idle(a3), 10)
+    await _set_heartbeat(nc, a3, running=1)  # now the master skips a3 without asking
+    assert await chosen("ordered") == "a2"  # a1 is unreachable: next one
+    del a2
+
+
+async def _idle(agent: AgentService) -> bool:
+    return agent.running == 0
+
+
+async def test_master_fires_slave_slots_once_even_with_two_masters(
+    conn: ConnectionSettings, nc: Client, start_agent: AgentFactory
+) -> None:
+    async with MasterService(conn) as first, MasterService(conn) as second:
+        await start_agent("a1")
+        await start_agent("a2")
+        await apply(
+            nc,
+            toml_jobs(
+                job("tick", mode="slave", triggers=[{"cron": "* * * * * *"}], targets={"agents": ["*"]}),
+                group="ms",
+            ),
+        )
+        await asyncio.sleep(4.5)
+        fired = (
+            first.scheduler.fired if first.scheduler else 0,
+            second.scheduler.fired if second.scheduler else 0,
+        )
+    runs = [e for e in await stream_events(nc) if e["job"] == "ms.tick" and e["state"] == "started"]
+    per_slot = collections.Counter((e["agent"], e["scheduled_at"]) for e in runs)
+    assert len({slot for _, slot in per_slot}) >= 3, "slots fired"
+    assert max(per_slot.values()) == 1, "a slot dispatched twice"
+    assert {agent for agent, _ in per_slot} == {"a1", "a2"}
+    assert sum(fired) == len({slot for _, slot in per_slot})
+
+
+async def test_cancel_kills_a_running_process(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await start_agent("a1")
+    await apply(nc, toml_jobs(job("long", mode="slave", command=["sleep", "30"]), group="c"))
+    run_id = (await trigger(nc, "c.long"))["runs"][0]["run_id"]
+    await eventually(lambda: _has_state(nc, run_id, "started"), 10)
+    reply = await api(nc, subjects.API_RUNS_CANCEL, {"run_id": run_id})
+    assert reply["ok"], reply
+    await eventually(lambda: _has_state(nc, run_id, "killed"), 10)
+    again = await api(nc, subjects.API_RUNS_CANCEL, {"run_id": run_id})
+    assert again["ok"] is False and "already ended" in again["error"]
+
+
+async def _has_state(nc: Client, run_id: str, state: str) -> bool:
+    return any(e["run_id"] == run_id and e["state"] == state for e in await stream_events(nc))
