@@ -70,3 +70,40 @@ def test_runs_show_and_logs(
     code, out = natsched("runs", "show", "zzz", url=url)
     assert code == 1 and "not a natsched run id" in out
     agent.terminate()
+
+
+def test_run_wait_exit_code_and_cancel(
+    nats_server: EmbeddedServer, master_process: Process, spawn: Callable[..., Process], tmp_path: Path
+) -> None:
+    url = nats_server.url
+    spawn("natsched-agent", "--name", "w1", "--state-dir", str(tmp_path / "w1"), url=url)
+    jobs_file = tmp_path / "jobs.toml"
+    jobs_file.write_text(
+        toml_jobs(
+            job("exit4", mode="slave", command=["sh", "-c", 'echo "got $1 $GREETING"; exit 4', "x"]),
+            job("ok", mode="slave", command=["echo", "fine"]),
+            job("sleepy", mode="slave", command=["sleep", "30"]),
+            group="cli",
+        )
+    )
+    assert natsched("apply", "-f", str(jobs_file), url=url)[0] == 0
+    deadline = time.monotonic() + 15
+    while natsched("agents", "--json", url=url)[1].strip() in ("", "[]") and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    code, out = natsched("run", "cli.exit4", "--arg", "one", "--env", "GREETING=hi", "--follow", url=url)
+    assert code == 4, out
+    assert "got one hi" in out and "failed (exit 4)" in out
+    code, out = natsched("run", "ok", "--wait", url=url)
+    assert code == 0 and "succeeded" in out
+    code, out = natsched("run", "cli.missing", url=url)
+    assert code == 1 and "no job 'cli.missing'" in out
+
+    code, out = natsched("run", "cli.sleepy", url=url)
+    assert code == 0
+    run_id = out.split()[0]
+    time.sleep(0.5)
+    code, out = natsched("cancel", run_id, url=url)
+    assert code == 0 and "cancel sent" in out, out
+    runs = _wait_runs(url, lambda rs: any(r["run_id"] == run_id and r["state"] == "killed" for r in rs))
+    assert runs
