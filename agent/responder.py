@@ -85,7 +85,10 @@ class Responder:
                 attempt=request.attempt,
                 args=request.args,
                 env=request.env,
-                detail={"correlation_id": request.correlation_id} if request.correlation_id else None,
+                detail={
+                    **request.detail,
+                    **({"correlation_id": request.correlation_id} if request.correlation_id else {}),
+                },
             )
         except Exception as exc:  # a launch bug must not leave the master waiting for nothing
             log.exception("run request %s failed", request.run_id)

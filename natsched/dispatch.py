@@ -26,6 +26,7 @@ class RunRequest:
     env: dict[str, str] = field(default_factory=dict)
     correlation_id: str = ""
     master: str = ""
+    detail: dict[str, str] = field(default_factory=dict)  # e.g. {"retry_of": "<run id>"}
 
     def encode(self) -> bytes:
         data = asdict(self)

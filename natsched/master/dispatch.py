@@ -105,6 +105,9 @@ class Dispatcher:
         env: Mapping[str, str] | None = None,
         correlation_id: str = "",
         attempt: int = 1,
+        only_agents: list[str] | None = None,
+        avoid_agents: list[str] | None = None,
+        detail: Mapping[str, str] | None = None,
     ) -> list[RunReply]:
         """Start ``spec`` now on its agents; one reply per run (failed ones say why)."""
         live = await self.live_agents()
@@ -120,11 +123,12 @@ class Dispatcher:
                 env=dict(env or {}),
                 correlation_id=correlation_id,
                 master=self._master_id,
+                detail=dict(detail or {}),
             )
 
         if spec.mode is Mode.LOAD_BALANCE:
-            return [await self._load_balance(spec, request(new_run_id()), live)]
-        targets = slave_targets(spec, live)
+            return [await self._load_balance(spec, request(new_run_id()), live, avoid=avoid_agents or [])]
+        targets = only_agents if only_agents is not None else slave_targets(spec, live)
         if not targets:
             return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
         replies = await asyncio.gather(
@@ -139,9 +143,14 @@ class Dispatcher:
         )
         return list(replies)
 
-    async def _load_balance(self, spec: JobSpec, request: RunRequest, live: list[Heartbeat]) -> RunReply:
+    async def _load_balance(
+        self, spec: JobSpec, request: RunRequest, live: list[Heartbeat], *, avoid: list[str]
+    ) -> RunReply:
         reasons: list[str] = []
-        for name in load_balance_order(spec, live):
+        order = load_balance_order(spec, live)
+        # A retry goes to another agent when there is one; the one that failed comes last.
+        order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
+        for name in order:
             reply = await self._ask(subjects.agent_run_subject(name), request, name)
             if reply.ok:
                 return reply

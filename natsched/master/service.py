@@ -21,6 +21,7 @@ from natsched.connection import connect
 from natsched.master.api import AdminApi
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
+from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
@@ -50,6 +51,7 @@ class MasterService(Service):
         self.nc: Client | None = None
         self.dispatcher: Dispatcher | None = None
         self.scheduler: MasterScheduler | None = None
+        self.retries: RetryFollower | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -68,7 +70,10 @@ class MasterService(Service):
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
         triggers = TriggerHandler(self.nc, jobs, self.dispatcher)
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=triggers.handle)
-        self.scheduler = MasterScheduler(jobs, await js.key_value(subjects.STATE_BUCKET), self._fire)
+        state = await js.key_value(subjects.STATE_BUCKET)
+        self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
+        await self.retries.start()
+        self.scheduler = MasterScheduler(jobs, state, self._fire)
         self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
 

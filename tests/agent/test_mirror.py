@@ -84,8 +84,9 @@ async def test_nats_down_runs_continue_and_events_arrive_exactly_once(
     await eventually(lambda: _count_at_least(nc, "m.tick", 1), 10, "first run before the outage")
     assert agent.executor is not None
     nats_server.kill()
-    await asyncio.sleep(4)
-    assert agent.outbox is not None and agent.outbox.depth >= 4, "events of runs during the outage are kept"
+    await asyncio.sleep(5)
+    # Started and succeeded events of at least 3 runs fired during the outage wait in the outbox.
+    assert agent.outbox is not None and agent.outbox.depth >= 6, "events of runs during the outage are kept"
     nats_server.start()
     await eventually(lambda: _outbox_empty(agent), 30, "outbox drained after NATS came back")
     events = await stream_events(nc)
@@ -93,7 +94,7 @@ async def test_nats_down_runs_continue_and_events_arrive_exactly_once(
     assert max(ids.values()) == 1, "an event stored twice"
     started = {e["run_id"] for e in events if e["state"] == "started"}
     finished = {e["run_id"] for e in events if e["state"] == "succeeded"}
-    assert len(finished) >= 5
+    assert len(finished) >= 4
     assert finished <= started
     # Nothing lost: slots are consecutive seconds with no hole during the outage.
     slots = sorted(e["scheduled_at"] for e in events if e["state"] == "succeeded")

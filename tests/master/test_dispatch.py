@@ -189,3 +189,62 @@ async def test_cancel_kills_a_running_process(
 
 async def _has_state(nc: Client, run_id: str, state: str) -> bool:
     return any(e["run_id"] == run_id and e["state"] == state for e in await stream_events(nc))
+
+
+async def test_retries_back_off_and_go_to_another_agent(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Any
+) -> None:
+    marker = tmp_path / "fail-once"
+    marker.write_text("")
+    lb = {"pools": frozenset({"r"})}
+    await start_agent("r1", priority=1, **lb)
+    await start_agent("r2", priority=2, **lb)
+    # Fails while the marker exists (removing it), so the second attempt succeeds.
+    script = f"if [ -e {marker} ]; then rm {marker}; exit 9; fi; echo ok"
+    await apply(
+        nc,
+        toml_jobs(
+            job(
+                "flaky",
+                mode="load-balance",
+                targets={"pools": ["r"]},
+                command=script,
+                shell=True,
+                retries={"attempts": 2, "backoff": 0.5, "jitter": 0},
+            ),
+            job(
+                "hopeless",
+                mode="slave",
+                targets={"agents": ["r1"]},
+                command=["false"],
+                retries={"attempts": 2, "backoff": 0.2, "jitter": 0},
+            ),
+            group="rt",
+        ),
+    )
+    first = (await trigger(nc, "rt.flaky"))["runs"][0]
+    assert first["agent"] == "r1"
+
+    async def retried() -> bool:
+        return any(e["state"] == "succeeded" for e in await finals(nc, "rt.flaky"))
+
+    await eventually(retried, 15, "the retry succeeded")
+    events = await finals(nc, "rt.flaky")
+    failed = next(e for e in events if e["state"] == "failed")
+    ok = next(e for e in events if e["state"] == "succeeded")
+    assert failed["attempt"] == 1 and failed["exit_code"] == 9
+    assert ok["attempt"] == 2 and ok["detail"]["retry_of"] == failed["run_id"] and ok["trigger"] == "retry"
+    assert ok["agent"] == "r2", "a load-balance retry goes to another agent"
+    started = {e["run_id"]: e for e in await stream_events(nc) if e["state"] == "started"}
+    assert started[ok["run_id"]]["started_at"] - failed["ended_at"] >= 0.4  # waited for the backoff
+
+    await trigger(nc, "rt.hopeless")
+
+    async def gave_up() -> bool:
+        return len(await finals(nc, "rt.hopeless")) == 3
+
+    await eventually(gave_up, 15, "1 run + 2 retries")
+    await asyncio.sleep(1.0)
+    attempts = sorted(e["attempt"] for e in await finals(nc, "rt.hopeless"))
+    assert attempts == [1, 2, 3], "exactly the configured retries, then it stops"
+    assert {e["agent"] for e in await finals(nc, "rt.hopeless")} == {"r1"}

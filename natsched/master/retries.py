@@ -1,0 +1,133 @@
+"""Retries: a failed or timed-out run of a job with ``retries.attempts`` is run again.
+
+Masters share one durable consumer (queue group) on the failure events, so each failure is
+handled once and none is missed while a master restarts. The backoff wait is JetStream's:
+the first delivery of a failure is NAKed with the delay (exponential, capped, with
+jitter), and the redelivery dispatches the retry. A ``retry.<run_id>`` key created in
+``natsched_state`` makes a redelivery after a crash not dispatch the retry twice. A
+load-balance retry avoids the agent that failed when another one can take it; a slave
+retry goes to the same agent. The new run's event carries ``attempt`` and
+``detail.retry_of``, linking the attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import codec, subjects
+from natsched.errors import CodecError, NotFoundError
+from natsched.events import RunEvent, parse_event
+from natsched.master.dispatch import Dispatcher
+from natsched.master.external import find_job
+from natsched.models import Mode, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+DURABLE = "natsched-retries"
+RETRY_STATES = ("failed", "timed_out")
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: backoff * 2^(attempt-1), capped, +- jitter."""
+    base = min(policy.max_backoff, policy.backoff * 2 ** max(0, attempt - 1))
+    spread = base * policy.jitter
+    jittered: float = base + (rng or random.Random()).uniform(-spread, spread)
+    return max(0.0, jittered)
+
+
+class RetryFollower:
+    def __init__(self, nc: Client, jobs: KeyValue, state: KeyValue, dispatcher: Dispatcher) -> None:
+        self._nc = nc
+        self._jobs = jobs
+        self._state = state
+        self._dispatcher = dispatcher
+        self.retried = 0
+
+    async def start(self) -> None:
+        config = api.ConsumerConfig(
+            durable_name=DURABLE,
+            deliver_group=DURABLE,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_ack_pending=1000,
+            filter_subjects=[f"natsched.event.*.*.*.{state}" for state in RETRY_STATES],
+        )
+        await self._nc.jetstream().subscribe(
+            subjects.EVENTS_SUBJECTS,
+            queue=DURABLE,
+            durable=DURABLE,
+            stream=subjects.EVENTS_STREAM,
+            config=config,
+            manual_ack=True,
+            cb=self._on_failure,
+        )
+
+    async def _on_failure(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except Exception:  # a bug must not stop following; the event comes back after ack_wait
+            log.exception("retry handling of %s failed", msg.subject)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data)
+            spec = await find_job(self._nc, self._jobs, event.job)
+        except (CodecError, NotFoundError):
+            await msg.ack()  # garbage, or the job is gone: nothing to retry
+            return
+        if event.attempt > spec.retries.attempts or not spec.enabled:
+            await msg.ack()
+            return
+        if msg.metadata.num_delivered <= 1:
+            delay = backoff_delay(spec.retries, event.attempt)
+            log.info(
+                "%s run %s %s (attempt %d): retry in %.1fs",
+                spec.key,
+                event.run_id,
+                event.state.value,
+                event.attempt,
+                delay,
+            )
+            await msg.nak(delay=delay)
+            return
+        if await self._claim(event):
+            await self._retry(event, spec.mode)
+        await msg.ack()
+
+    async def _claim(self, event: RunEvent) -> bool:
+        try:
+            await self._state.create(f"retry.{event.run_id}", codec.pack({"attempt": event.attempt + 1}))
+            return True
+        except KeyWrongLastSequenceError:
+            return False  # another delivery (or master) already dispatched this retry
+
+    async def _retry(self, event: RunEvent, mode: Mode) -> None:
+        spec = await find_job(self._nc, self._jobs, event.job)
+        self.retried += 1
+        replies = await self._dispatcher.dispatch(
+            spec,
+            trigger="retry",
+            scheduled_at=event.scheduled_at,
+            attempt=event.attempt + 1,
+            only_agents=[event.agent] if mode is not Mode.LOAD_BALANCE else None,
+            avoid_agents=[event.agent] if mode is Mode.LOAD_BALANCE else None,
+            detail={"retry_of": event.run_id},
+        )
+        for reply in replies:
+            log.info(
+                "%s retry of %s (attempt %d) -> %s on %s %s",
+                spec.key,
+                event.run_id,
+                event.attempt + 1,
+                reply.run_id,
+                reply.agent or "-",
+                "started" if reply.ok else reply.reason,
+            )
