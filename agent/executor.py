@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 
 from agent.environment import build_env
+from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
 from natsched import subjects
 from natsched.events import RunEvent, RunState, new_run_id, tail_text
-from natsched.models import JobSpec, Overlap
+from natsched.models import JobSpec, Mode, Overlap
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class JobExecutor:
         self._queues: dict[str, asyncio.Lock] = {}
         self._waiters: set[asyncio.Task[None]] = set()
         self.base_env: Mapping[str, str] = os.environ
+        self.locks: ClusterLocks | None = None  # set once connected (cluster-wide forbid)
 
     @property
     def running(self) -> int:
@@ -107,6 +109,13 @@ class JobExecutor:
             )
             await self.outbox.publish(skipped)
             return skipped
+        if self._cluster_locked(spec):
+            assert self.locks is not None
+            holder = await self.locks.acquire(spec.key, event.run_id)
+            if holder is not None:
+                skipped = event.moved_to(RunState.SKIPPED, reason=f"overlap forbid: {holder} still running")
+                await self.outbox.publish(skipped)
+                return skipped
         if current and spec.overlap is Overlap.REPLACE:
             for run in list(current.values()):
                 await run.process.kill(self.kill_grace)
@@ -150,6 +159,7 @@ class JobExecutor:
             failed = event.moved_to(RunState.FAILED, reason=str(exc) or type(exc).__name__)
             self._release_queue(spec)
             await self.outbox.publish(failed)
+            await self._release_lock(spec, event.run_id)
             return failed
         started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
         run = ActiveRun(event=started, process=process)
@@ -171,6 +181,15 @@ class JobExecutor:
             self._release_queue(spec)
             run.done.set()
         await self.outbox.publish(final_event(run.event, result))
+        await self._release_lock(spec, run.event.run_id)
+
+    def _cluster_locked(self, spec: JobSpec) -> bool:
+        return spec.overlap is Overlap.FORBID and spec.mode is not Mode.MIRROR and self.locks is not None
+
+    async def _release_lock(self, spec: JobSpec, run_id: str) -> None:
+        if self._cluster_locked(spec):
+            assert self.locks is not None
+            await self.locks.release(spec.key, run_id)
 
     def _release_queue(self, spec: JobSpec) -> None:
         lock = self._queues.get(spec.key)

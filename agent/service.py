@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.executor import JobExecutor, LogStreamer
 from agent.files import FileWatcher
 from agent.heartbeat import HeartbeatPublisher, sample_load
+from agent.locks import ClusterLocks
 from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
 from agent.responder import Responder
@@ -134,6 +135,7 @@ class AgentService(Service):
         if self.files is not None:
             self.sync.listeners.append(self.files.on_change)
         assert self.executor is not None
+        self.executor.locks = ClusterLocks(js, self.config.name)
         self.responder = Responder(
             self.nc,
             self.executor,

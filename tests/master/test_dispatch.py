@@ -248,3 +248,44 @@ async def test_retries_back_off_and_go_to_another_agent(
     attempts = sorted(e["attempt"] for e in await finals(nc, "rt.hopeless"))
     assert attempts == [1, 2, 3], "exactly the configured retries, then it stops"
     assert {e["agent"] for e in await finals(nc, "rt.hopeless")} == {"r1"}
+
+
+async def test_forbid_overlap_holds_across_agents(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await start_agent("f1")
+    await start_agent("f2")
+    await apply(
+        nc,
+        toml_jobs(
+            job(
+                "exclusive",
+                mode="slave",
+                targets={"agents": ["f1", "f2"]},
+                command=["sleep", "1"],
+                overlap="forbid",
+            ),
+            group="ov",
+        ),
+    )
+    reply = await trigger(nc, "ov.exclusive")
+    states = sorted(r["state"] for r in reply["runs"])
+    assert states == ["skipped", "started"], reply
+    skipped = next(r for r in reply["runs"] if r["state"] == "skipped")
+    winner = next(r for r in reply["runs"] if r["state"] == "started")
+    assert f"{winner['run_id']} on {winner['agent']}" in skipped["reason"]
+
+    async def released() -> bool:
+        state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+        try:
+            await state.get("lock.ov.exclusive")
+        except Exception:  # noqa: BLE001 - gone (deleted) is what we wait for
+            return True
+        return False
+
+    await eventually(released, 10, "lock released when the run ended")
+    # A lock left by an agent that died (no heartbeat) does not block the job.
+    state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+    await state.put("lock.ov.exclusive", codec.pack({"run_id": "old", "agent": "ghost", "since": 0}))
+    reply = await trigger(nc, "ov.exclusive")
+    assert sorted(r["state"] for r in reply["runs"]) == ["skipped", "started"], reply
