@@ -79,14 +79,25 @@ def load_balance_order(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
     return [hb.agent for hb in candidates]
 
 
-class Dispatcher:
-    def __init__(self, nc: Client, *, master_id: str, timeout: float = REQUEST_TIMEOUT) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._master_id = master_id
-        self._timeout = timeout
+class AgentDirectory:
+    """The live agents, kept current by watching the agents bucket (no read per dispatch).
 
-    async def live_agents(self) -> list[Heartbeat]:
+    A heartbeat that expires from the TTL bucket arrives as a delete marker and removes
+    the agent. Until the watch has caught up, ``live`` falls back to reading the bucket.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._js = nc.jetstream()
+        self._agents: dict[str, Heartbeat] = {}
+        self._ready = False
+
+    def get(self, agent: str) -> Heartbeat | None:
+        """The latest heartbeat seen from ``agent`` (None if it is not live)."""
+        return self._agents.get(agent)
+
+    async def live(self) -> list[Heartbeat]:
+        if self._ready:
+            return list(self._agents.values())
         live: list[Heartbeat] = []
         for key, entry in (await scan(self._js, subjects.AGENTS_BUCKET)).items():
             try:
@@ -94,6 +105,41 @@ class Dispatcher:
             except CodecError as exc:
                 log.warning("ignoring agent %s: %s", key, exc)
         return live
+
+    async def watch(self) -> None:
+        kv = await self._js.key_value(subjects.AGENTS_BUCKET)
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:
+                self._ready = True
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._agents.pop(entry.key, None)
+                continue
+            try:
+                self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
+            except CodecError as exc:
+                log.warning("ignoring agent %s: %s", entry.key, exc)
+                self._agents.pop(entry.key, None)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        master_id: str,
+        directory: AgentDirectory | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._master_id = master_id
+        self.directory = directory or AgentDirectory(nc)
+        self._timeout = timeout
+
+    async def live_agents(self) -> list[Heartbeat]:
+        return await self.directory.live()
 
     async def dispatch(
         self,

@@ -8,6 +8,7 @@ master in one queue group, so each trigger is handled once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -69,15 +70,34 @@ async def find_job(nc: Client, jobs: KeyValue, name: str) -> JobSpec:
 
 
 class TriggerHandler:
-    def __init__(self, nc: Client, jobs: KeyValue, dispatcher: Dispatcher) -> None:
+    """Handles each trigger in its own task (bounded), so a slow agent delays no other trigger."""
+
+    def __init__(self, nc: Client, jobs: KeyValue, dispatcher: Dispatcher, *, concurrency: int = 256) -> None:
         self._nc = nc
         self._jobs = jobs
         self._dispatcher = dispatcher
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, msg: Msg) -> None:
-        reply = await self._answer(msg)
-        if msg.reply:
-            await self._nc.publish(msg.reply, codec.to_json(reply))
+        await self._slots.acquire()  # back-pressure: the subscription waits when all slots are busy
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            reply = await self._answer(msg)
+            if msg.reply:
+                await self._nc.publish(msg.reply, codec.to_json(reply))
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _answer(self, msg: Msg) -> dict[str, Any]:
         try:

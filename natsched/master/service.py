@@ -52,6 +52,7 @@ class MasterService(Service):
         self.dispatcher: Dispatcher | None = None
         self.scheduler: MasterScheduler | None = None
         self.retries: RetryFollower | None = None
+        self.triggers: TriggerHandler | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -68,13 +69,14 @@ class MasterService(Service):
             nc=self.nc,
         )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
-        triggers = TriggerHandler(self.nc, jobs, self.dispatcher)
-        await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=triggers.handle)
+        self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher)
+        await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
         state = await js.key_value(subjects.STATE_BUCKET)
         self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
         await self.retries.start()
         self.scheduler = MasterScheduler(jobs, state, self._fire)
         self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
+        self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
 
     def _fire(self, due: Due) -> None:
@@ -89,6 +91,8 @@ class MasterService(Service):
                 log.warning("%s slot %s: %s on %s", due.spec.key, due.slot, reply.reason, reply.agent or "-")
 
     async def stop(self) -> None:
+        if self.triggers is not None:
+            await self.triggers.close()
         if self.nc is None or self.nc.is_closed:
             return
         try:

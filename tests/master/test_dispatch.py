@@ -87,11 +87,20 @@ async def test_bad_triggers_get_error_replies_and_run_nothing(
     assert await stream_events(nc) == []
 
 
-async def _set_heartbeat(nc: Client, agent: AgentService, **values: Any) -> None:
+async def _set_heartbeat(nc: Client, master: MasterService, agent: AgentService, **values: Any) -> None:
+    """Put a heartbeat with these figures and wait until the master's directory shows it."""
     kv = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
     current = codec.decode_heartbeat((await kv.get(agent.config.name)).value or b"", agent.config.name)
     fields = {**{k: getattr(current, k) for k in Heartbeat.__dataclass_fields__}, **values}
-    await kv.put(agent.config.name, codec.encode_heartbeat(Heartbeat(**fields)))
+    expected = Heartbeat(**fields)
+    await kv.put(agent.config.name, codec.encode_heartbeat(expected))
+    assert master.dispatcher is not None
+    directory = master.dispatcher.directory
+
+    async def seen() -> bool:
+        return directory.get(agent.config.name) == expected
+
+    await eventually(seen, 10, f"master sees the heartbeat of {agent.config.name}")
 
 
 async def test_load_balance_priority_load_busy_and_failover(
@@ -129,16 +138,16 @@ async def test_load_balance_priority_load_busy_and_failover(
         return str(reply["runs"][0]["agent"])
 
     assert await chosen("prio") == "a2"  # lowest priority number
-    await _set_heartbeat(nc, a1, load1=0.1)
-    await _set_heartbeat(nc, a2, load1=3.0)
-    await _set_heartbeat(nc, a3, load1=1.0)
+    await _set_heartbeat(nc, master, a1, load1=0.1)
+    await _set_heartbeat(nc, master, a2, load1=3.0)
+    await _set_heartbeat(nc, master, a3, load1=1.0)
     assert await chosen("least") == "a1"  # least loaded
     assert await chosen("ordered") == "a3"  # the job's failover list comes first
     # a3 is full now (max_concurrency 1; its heartbeat still says idle): it refuses, a1 takes it.
     assert await chosen("ordered") == "a1"
     await a1.__aexit__(None, None, None)  # stopped, but its heartbeat is still in the bucket
     await eventually(lambda: _idle(a3), 10)
-    await _set_heartbeat(nc, a3, running=1)  # now the master skips a3 without asking
+    await _set_heartbeat(nc, master, a3, running=1)  # now the master skips a3 without asking
     assert await chosen("ordered") == "a2"  # a1 is unreachable: next one
     del a2
 
