@@ -78,8 +78,7 @@ class EventOutbox:
             async with asyncio.timeout(timeout):
                 await self._pump()
         except TimeoutError:
-            await self._store(list(self._memory))
-            self._memory.clear()
+            await self._move_memory_to_store()
 
     def _connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
@@ -99,6 +98,13 @@ class EventOutbox:
                 log.debug("event %s not published yet: %r", rows[index][1], result)
                 return index
         return len(rows)
+
+    async def _move_memory_to_store(self) -> None:
+        rows = list(self._memory)
+        await self._store(rows)
+        # Only what was stored leaves memory: events queued during the await stay, in order.
+        for _ in rows:
+            self._memory.popleft()
 
     async def _store(self, rows: list[_Row]) -> None:
         if not rows:
@@ -135,8 +141,7 @@ class EventOutbox:
             self.published += sent
             if sent < len(batch):
                 # Keep order: the unsent rest and everything queued behind it go to SQLite.
-                await self._store(list(self._memory))
-                self._memory.clear()
+                await self._move_memory_to_store()
                 drained = False
 
     async def run(self) -> None:

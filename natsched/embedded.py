@@ -60,7 +60,11 @@ def _accepts(host: str, port: int) -> bool:
 
 
 class EmbeddedServer:
-    """One nats-server process with JetStream in ``data_dir``."""
+    """One nats-server process with JetStream in ``data_dir``.
+
+    ``sync_always`` (default) fsyncs every JetStream write, as the production configs do:
+    with the 2-minute default a crash can lose acknowledged writes (events, definitions).
+    """
 
     def __init__(
         self,
@@ -69,7 +73,7 @@ class EmbeddedServer:
         port: int = 4222,
         host: str = "127.0.0.1",
         log_file: Path | None = None,
-        sync_always: bool = False,
+        sync_always: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port

@@ -31,6 +31,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    # sync_interval: always (the default), as in production: fault tests kill -9 the server,
+    # and with the 2-minute default an acknowledged event could vanish with it.
     server = EmbeddedServer(data_dir=tmp_path / "nats", port=free_port(), log_file=tmp_path / "nats.log")
     server.start()
     yield server

@@ -99,7 +99,10 @@ async def test_nats_down_runs_continue_and_events_arrive_exactly_once(
     # Nothing lost: slots are consecutive seconds with no hole during the outage.
     slots = sorted(e["scheduled_at"] for e in events if e["state"] == "succeeded")
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
-    assert all(abs(g - 1.0) < 0.01 for g in gaps), gaps
+    assert all(abs(g - 1.0) < 0.01 for g in gaps), (
+        gaps,
+        [(e["state"], e["scheduled_at"], e["run_id"]) for e in events],
+    )
 
 
 async def _count_at_least(nc: Client, key: str, n: int) -> bool:

@@ -1,0 +1,96 @@
+"""Overlap policies on one agent (allow / forbid / replace / queue), with real processes.
+
+The executor needs no NATS: its events wait in the SQLite outbox, read back here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cache import JobCache
+from agent.executor import JobExecutor, LogStreamer
+from agent.outbox import EventOutbox
+from agent.runner import ProcessRunner
+from natsched.jobspec import parse_job
+from natsched.models import JobSpec
+
+
+@pytest.fixture
+async def executor(tmp_path: Path) -> AsyncIterator[JobExecutor]:
+    async with JobCache(tmp_path / "cache.sqlite") as cache:
+        outbox = EventOutbox(cache.db)
+        await outbox.open()
+        executor = JobExecutor(
+            agent="a1", runner=ProcessRunner(), outbox=outbox, logs=LogStreamer(), kill_grace=0.2
+        )
+        yield executor
+        await executor.shutdown(1.0)
+
+
+def spec(overlap: str, seconds: float) -> JobSpec:
+    return parse_job(
+        {
+            "name": "j",
+            "group": "ov",
+            "command": ["sleep", str(seconds)],
+            "overlap": overlap,
+            "targets": {"agents": ["*"]},
+        }
+    )
+
+
+async def events(executor: JobExecutor) -> list[dict[str, Any]]:
+    await executor.outbox.flush(1.0)  # not connected: everything lands in SQLite
+    db = executor.outbox._db
+    async with db.execute("SELECT payload FROM outbox ORDER BY id") as cursor:
+        return [json.loads(row[0]) for row in await cursor.fetchall()]
+
+
+async def wait_idle(executor: JobExecutor) -> None:
+    async with asyncio.timeout(15):
+        while executor.running:  # noqa: ASYNC110 - polling the outcome
+            await asyncio.sleep(0.02)
+
+
+async def test_allow_runs_side_by_side(executor: JobExecutor) -> None:
+    first = await executor.launch(spec("allow", 0.5), trigger="manual")
+    second = await executor.launch(spec("allow", 0.5), trigger="manual")
+    assert first.state == second.state == "started" and executor.running == 2
+    await wait_idle(executor)
+
+
+async def test_forbid_skips(executor: JobExecutor) -> None:
+    first = await executor.launch(spec("forbid", 0.5), trigger="manual")
+    second = await executor.launch(spec("forbid", 0.5), trigger="manual")
+    assert first.state == "started" and second.state == "skipped"
+    assert first.run_id in second.reason
+    await wait_idle(executor)
+
+
+async def test_replace_kills_the_running_one_first(executor: JobExecutor) -> None:
+    first = await executor.launch(spec("replace", 30), trigger="manual")
+    second = await executor.launch(spec("replace", 0.2), trigger="manual")
+    assert second.state == "started" and executor.running == 1
+    await wait_idle(executor)
+    states = {(e["run_id"], e["state"]) for e in await events(executor)}
+    assert (first.run_id, "killed") in states and (second.run_id, "succeeded") in states
+
+
+async def test_queue_runs_after_the_running_one(executor: JobExecutor) -> None:
+    first = await executor.launch(spec("queue", 0.5), trigger="manual")
+    queued = asyncio.create_task(executor.launch(spec("queue", 0.1), trigger="manual"))
+    await asyncio.sleep(0.2)
+    assert not queued.done() and executor.running == 1  # waiting its turn
+    second = await queued
+    assert second.state == "started"
+    await wait_idle(executor)
+    recorded = await events(executor)
+    order = [(e["run_id"], e["state"]) for e in recorded]
+    assert order.index((first.run_id, "succeeded")) < order.index((second.run_id, "started"))
+    assert (second.run_id, "queued") in order
