@@ -74,12 +74,14 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         log_file: Path | None = None,
         sync_always: bool = True,
+        extra_config: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.host = host
         self.log_file = log_file
         self.sync_always = sync_always
+        self.extra_config = extra_config  # e.g. authorization or tls blocks
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +100,7 @@ class EmbeddedServer:
             f"# written by natsched; edits are overwritten on the next start\n"
             f'listen: "{self.host}:{self.port}"\n'
             f"max_payload: {MAX_PAYLOAD}\n"
-            f'jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n'
+            f'jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n' + self.extra_config
         )
         return config
 

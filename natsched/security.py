@@ -1,0 +1,122 @@
+"""NATS permissions per natsched role, as nats-server config blocks.
+
+Roles: ``master`` (everything natsched), ``admin`` (the CLI: API, triggers, reading streams
+and buckets), ``agent`` (one per agent: only its own run/cancel subjects and its pools,
+its own events and heartbeat, read-only jobs), ``trigger`` (may only publish
+``natsched.trigger.<job>`` for the named jobs and read the replies). ``natsched
+permissions`` prints them; ``nats/`` includes the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from natsched import subjects
+
+_JS = "$JS.API"
+_JOBS = subjects.kv_stream(subjects.JOBS_BUCKET)
+_AGENTS = subjects.kv_stream(subjects.AGENTS_BUCKET)
+_STATE = subjects.kv_stream(subjects.STATE_BUCKET)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Permissions:
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+    deny_publish: list[str] = field(default_factory=list)
+    deny_subscribe: list[str] = field(default_factory=list)
+    allow_responses: bool = False
+
+    def to_config(self) -> dict[str, object]:
+        block: dict[str, object] = {
+            "publish": {"allow": self.publish, **({"deny": self.deny_publish} if self.deny_publish else {})},
+            "subscribe": {
+                "allow": self.subscribe,
+                **({"deny": self.deny_subscribe} if self.deny_subscribe else {}),
+            },
+        }
+        if self.allow_responses:
+            block["allow_responses"] = True
+        return block
+
+
+def _read_stream(stream: str) -> list[str]:
+    """What an ordered consumer on ``stream`` needs: info, create/delete consumer, flow control."""
+    return [
+        f"{_JS}.STREAM.INFO.{stream}",
+        f"{_JS}.CONSUMER.CREATE.{stream}",
+        f"{_JS}.CONSUMER.CREATE.{stream}.>",
+        f"{_JS}.CONSUMER.INFO.{stream}.>",
+        f"{_JS}.CONSUMER.DELETE.{stream}.>",
+        "$JS.FC.>",
+    ]
+
+
+def _kv_get(stream: str) -> list[str]:
+    return [
+        f"{_JS}.STREAM.INFO.{stream}",
+        f"{_JS}.DIRECT.GET.{stream}.>",
+        f"{_JS}.DIRECT.GET.{stream}",
+        f"{_JS}.STREAM.MSG.GET.{stream}",
+    ]
+
+
+def master() -> Permissions:
+    return Permissions(
+        publish=["natsched.>", f"{_JS}.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"],
+        subscribe=["natsched.>", "_INBOX.>"],
+        allow_responses=True,
+    )
+
+
+def admin() -> Permissions:
+    return Permissions(
+        publish=[
+            f"{subjects.API_PREFIX}.>",
+            f"{subjects.TRIGGER_PREFIX}.>",
+            *_read_stream(subjects.EVENTS_STREAM),
+            *_read_stream(subjects.LOGS_STREAM),
+            *_read_stream(_JOBS),
+            *_read_stream(_AGENTS),
+        ],
+        subscribe=["_INBOX.>", subjects.EVENTS_SUBJECTS],
+    )
+
+
+def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
+    pools = sorted(pools)
+    return Permissions(
+        publish=[
+            f"natsched.event.{name}.>",
+            subjects.LOGS_SUBJECTS,
+            f"$KV.{subjects.AGENTS_BUCKET}.{name}",
+            f"$KV.{subjects.STATE_BUCKET}.lock.>",
+            *_read_stream(_JOBS),
+            *_kv_get(_AGENTS),
+            *_kv_get(_STATE),
+            "_INBOX.>",
+        ],
+        subscribe=[f"natsched.agent.{name}.>", *(subjects.pool_run_subject(p) for p in pools), "_INBOX.>"],
+        allow_responses=True,
+    )
+
+
+def trigger(jobs: Iterable[str]) -> Permissions:
+    return Permissions(
+        publish=[subjects.trigger_subject(job) for job in sorted(jobs)], subscribe=["_INBOX.>"]
+    )
+
+
+def users_block(users: dict[str, tuple[str, Permissions]]) -> str:
+    """``authorization { users = [...] }`` for nats-server, from user -> (password, permissions).
+
+    Passwords here may be bcrypt hashes (``nats server passwd``) or plain text for tests.
+    """
+    entries = [
+        {"user": user, "password": password, "permissions": permissions.to_config()}
+        for user, (password, permissions) in sorted(users.items())
+    ]
+    # nats-server's config format accepts JSON values.
+    return "authorization {\n  users = " + json.dumps(entries, indent=2).replace("\n", "\n  ") + "\n}\n"
