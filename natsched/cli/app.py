@@ -14,6 +14,7 @@ from natsched.cli.jobs import app as jobs_app
 from natsched.cli.run import cancel, run_job
 from natsched.cli.runs import app as runs_app
 from natsched.cli.runs import logs
+from natsched.cli.security import permissions, tls_app
 from natsched.cli.services import agent, master_app
 from natsched.cli.up import up
 
@@ -67,6 +68,8 @@ app.add_typer(runs_app, name="runs")
 app.command()(logs)
 app.command("run")(run_job)
 app.command()(cancel)
+app.add_typer(tls_app, name="tls")
+app.command()(permissions)
 app.add_typer(master_app, name="master")
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False

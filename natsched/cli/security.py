@@ -1,0 +1,64 @@
+"""``natsched tls init`` and ``natsched permissions``: material for the configs in nats/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from natsched import security, tls
+from natsched.cli.common import console, fail
+from natsched.errors import ConfigError
+from natsched.subjects import is_token
+
+tls_app = typer.Typer(help="TLS material for nats-server and natsched.", no_args_is_help=True)
+
+
+@tls_app.command("init")
+def tls_init(
+    directory: Annotated[Path, typer.Argument(help="where to write ca.pem, server*.pem, client*.pem")],
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="server DNS name or IP (repeatable)")
+    ] = None,
+) -> None:
+    """Create a private CA, a server certificate for the hosts and a client certificate."""
+    hosts = host or ["localhost", "127.0.0.1"]
+    paths = tls.generate(directory, hosts)
+    for kind, path in paths.items():
+        console.print(f"{kind:11} {path}", highlight=False)
+    console.print("\nnats-server tls block:\n" + tls.server_tls_block(paths), highlight=False)
+
+
+def _agent_spec(value: str) -> tuple[str, list[str]]:
+    name, _, pools = value.partition(":")
+    pool_list = [p for p in pools.split(",") if p]
+    if not is_token(name) or not all(is_token(p) for p in pool_list):
+        raise ConfigError(f"--agent {value!r}: use NAME or NAME:pool1,pool2 (letters, digits, '_', '-')")
+    return name, pool_list
+
+
+def permissions(
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", help="NAME or NAME:pool1,pool2 (repeatable)")
+    ] = None,
+    trigger_job: Annotated[
+        list[str] | None,
+        typer.Option("--trigger-job", help="<group>.<job> the trigger user may start (repeatable)"),
+    ] = None,
+    password: Annotated[str, typer.Option(help="password placeholder written for every user")] = "CHANGE-ME",
+) -> None:
+    """Print the nats-server authorization block: master, admin, one user per agent, trigger."""
+    users: dict[str, tuple[str, security.Permissions]] = {
+        "natsched-master": (password, security.master()),
+        "natsched-admin": (password, security.admin()),
+    }
+    try:
+        for value in agent or []:
+            name, pools = _agent_spec(value)
+            users[f"agent-{name}"] = (password, security.agent(name, pools))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if trigger_job:
+        users["natsched-trigger"] = (password, security.trigger(trigger_job))
+    print(security.users_block(users), end="")
