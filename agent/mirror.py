@@ -15,31 +15,20 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import aiosqlite
 
 from agent.cache import JobCache
 from agent.executor import JobExecutor
 from natsched.errors import CodecError
-from natsched.models import CronTrigger, IntervalTrigger, JobSpec, Mode, OnceTrigger
-from natsched.triggers.fire import next_fire
+from natsched.models import JobSpec, Mode
+from natsched.triggers.fire import next_fire, time_triggers, trigger_kind, utc
 from natsched.triggers.misfire import due_slots
 
 log = logging.getLogger(__name__)
 
-TimeTrigger = CronTrigger | IntervalTrigger | OnceTrigger
 PREPARE_AHEAD = 0.01  # seconds
 _SCHEMA = "CREATE TABLE IF NOT EXISTS mirror_cursor (key TEXT PRIMARY KEY, last_fired REAL NOT NULL);"
-_TRIGGER_NAMES = {CronTrigger: "cron", IntervalTrigger: "interval", OnceTrigger: "once"}
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def time_triggers(spec: JobSpec) -> list[TimeTrigger]:
-    return [t for t in spec.triggers if isinstance(t, CronTrigger | IntervalTrigger | OnceTrigger)]
 
 
 class MirrorScheduler:
@@ -105,9 +94,9 @@ class MirrorScheduler:
         self._generation[spec.key] = generation
         best: tuple[float, str] | None = None
         for trigger in time_triggers(spec):
-            at = next_fire(trigger, _utc(after))
+            at = next_fire(trigger, utc(after))
             if at is not None and (best is None or at.timestamp() < best[0]):
-                best = (at.timestamp(), _TRIGGER_NAMES[type(trigger)])
+                best = (at.timestamp(), trigger_kind(trigger))
         if best is not None:
             heapq.heappush(self._heap, (best[0], generation, spec.key, best[1]))
 
@@ -117,9 +106,9 @@ class MirrorScheduler:
         slots: list[tuple[float, str]] = []
         for trigger in time_triggers(spec):
             due = due_slots(
-                trigger, None if last is None else _utc(last), _utc(now), spec.misfire, spec.misfire_cap
+                trigger, None if last is None else utc(last), utc(now), spec.misfire, spec.misfire_cap
             )
-            slots.extend((slot.timestamp(), _TRIGGER_NAMES[type(trigger)]) for slot in due)
+            slots.extend((slot.timestamp(), trigger_kind(trigger)) for slot in due)
         slots.sort()
         for slot, trigger_name in slots[-spec.misfire_cap :]:
             await self._fire(spec, slot, trigger_name, late=now - slot)

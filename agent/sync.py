@@ -61,24 +61,18 @@ class _Restart(Exception):
 
 
 @lru_cache(maxsize=4096)
-def _targets_match(
-    agents: tuple[str, ...], tags: tuple[str, ...], pools: tuple[str, ...], identity: AgentIdentity
-) -> bool:
-    # Most jobs share a handful of target sets: validate and match each set once.
-    return Targets(agents=agents, tags=tags, pools=pools).matches(identity)
+def _targets(agents: tuple[str, ...], tags: tuple[str, ...], pools: tuple[str, ...]) -> Targets:
+    # Most jobs share a handful of target sets: validate each set once.
+    return Targets(agents=agents, tags=tags, pools=pools)
 
 
 def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
     """Does the job stored under ``key`` target this agent? Raises SpecError on bad targets."""
-    group = key.partition(".")[0]
-    if identity.groups and group not in identity.groups:
-        return False
     raw = value.get("targets")
     if not isinstance(raw, dict):
         raise SpecError("targets missing or not a map", field="targets")
-    return _targets_match(
-        tuple(raw.get("agents", ())), tuple(raw.get("tags", ())), tuple(raw.get("pools", ())), identity
-    )
+    targets = _targets(tuple(raw.get("agents", ())), tuple(raw.get("tags", ())), tuple(raw.get("pools", ())))
+    return identity.takes(key.partition(".")[0], targets)
 
 
 class _Change(NamedTuple):

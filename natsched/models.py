@@ -79,6 +79,10 @@ class AgentIdentity:
     pools: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()  # empty: every group
 
+    def takes(self, group: str, targets: Targets) -> bool:
+        """Is a job of ``group`` with ``targets`` for this agent (its group filter included)?"""
+        return (not self.groups or group in self.groups) and targets.matches(self)
+
     def __post_init__(self) -> None:
         _check_tokens("agent", (self.name,))
         _check_tokens("tags", tuple(self.tags))

@@ -20,20 +20,11 @@ from nats.js.kv import KeyValue
 from rich.console import Console
 
 from natsched import codec, subjects
+from natsched.cli.common import STATE_COLOURS
 from natsched.errors import CodecError
 from natsched.models import Heartbeat
 
 log = logging.getLogger(__name__)
-_STATE_COLOURS = {
-    "started": "cyan",
-    "succeeded": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "killed": "red",
-    "lost": "red",
-    "skipped": "yellow",
-    "queued": "blue",
-}
 
 
 def _stamp() -> str:
@@ -114,7 +105,7 @@ class ActivityFeed:
         if not isinstance(event, dict):
             return
         state = str(event.get("state", msg.subject.rsplit(".", 1)[-1]))
-        colour = _STATE_COLOURS.get(state, "white")
+        colour = STATE_COLOURS.get(state, "white")
         extra = ""
         if event.get("exit_code") is not None:
             extra = f" exit {event['exit_code']}"

@@ -91,6 +91,19 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(130) from None
 
 
+# How each run state is shown, everywhere in the CLI.
+STATE_COLOURS = {
+    "queued": "blue",
+    "started": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "killed": "red",
+    "lost": "red",
+    "skipped": "yellow",
+}
+
+
 def age(seconds: float) -> str:
     """A short human duration: 0.4s, 12s, 3m05s, 2h10m, 3d4h."""
     if seconds < 10:

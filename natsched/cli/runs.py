@@ -17,7 +17,7 @@ from nats.aio.subscription import Subscription
 from rich.table import Table
 
 from natsched import subjects
-from natsched.cli.common import ServerOption, age, console, run, settings
+from natsched.cli.common import STATE_COLOURS, ServerOption, age, console, run, settings
 from natsched.connection import connect
 from natsched.errors import CodecError, ConfigError, NatschedError
 from natsched.events import parse_event
@@ -26,16 +26,6 @@ from natsched.kvscan import read_stream
 from natsched.runs import get_run, list_runs, run_started_at
 
 app = typer.Typer(help="Runs, newest first, from the events stream.", invoke_without_command=True)
-_COLOURS = {
-    "succeeded": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "killed": "red",
-    "lost": "red",
-    "skipped": "yellow",
-    "started": "cyan",
-    "queued": "blue",
-}
 
 
 def _when(ts: float | None) -> str:
@@ -82,7 +72,7 @@ def runs(
     table = Table("run", "job", "agent", "state", "trigger", "started", "took", "exit", "reason", box=None)
     for summary in found:
         e = summary.latest
-        colour = _COLOURS.get(e.state.value, "white")
+        colour = STATE_COLOURS.get(e.state.value, "white")
         took = (
             f"{e.duration:.3f}s"
             if e.duration is not None

@@ -164,7 +164,7 @@ class AdminApi:
             except CodecError as exc:
                 invalid.append(f"{key}: {exc}")
                 continue
-            if identity is not None and not _targets_agent(spec, identity):
+            if identity is not None and not identity.takes(spec.group, spec.targets):
                 continue
             rows.append(_summary(spec, stored.revision))
         return {
@@ -233,10 +233,6 @@ class AdminApi:
         if not reply.get("ok"):
             raise ApiError(str(reply.get("reason", "the agent refused")))
         return {"run_id": run_id, "agent": summary.latest.agent, "cancelled": True}
-
-
-def _targets_agent(spec: JobSpec, agent: AgentIdentity) -> bool:
-    return spec.targets.matches(agent) and (not agent.groups or spec.group in agent.groups)
 
 
 def _summary(spec: JobSpec, revision: int) -> dict[str, Any]:

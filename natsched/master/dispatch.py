@@ -55,7 +55,7 @@ def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
     names = [a for a in spec.targets.agents if a != ALL_AGENTS]
     for hb in live:
         identity = _identity(hb)
-        if spec.targets.matches(identity) and (not identity.groups or spec.group in identity.groups):
+        if identity.takes(spec.group, spec.targets):
             names.append(hb.agent)
     return list(dict.fromkeys(names))
 

@@ -16,33 +16,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.errors import CodecError
-from natsched.models import CronTrigger, IntervalTrigger, JobSpec, Mode, OnceTrigger
-from natsched.triggers.fire import next_fire
+from natsched.models import JobSpec, Mode
+from natsched.triggers.fire import next_fire, time_triggers, trigger_kind, utc
 from natsched.triggers.misfire import due_slots
 
 log = logging.getLogger(__name__)
 
-_NAMES = {CronTrigger: "cron", IntervalTrigger: "interval", OnceTrigger: "once"}
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
 
 def master_scheduled(spec: JobSpec) -> bool:
     """Slave and load-balance jobs with a time trigger are the master's to fire."""
-    return (
-        spec.enabled
-        and spec.mode is not Mode.MIRROR
-        and any(isinstance(t, CronTrigger | IntervalTrigger | OnceTrigger) for t in spec.triggers)
-    )
+    return spec.enabled and spec.mode is not Mode.MIRROR and bool(time_triggers(spec))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,21 +59,20 @@ class Schedule:
         self.jobs[key] = spec
         last = self.cursors.get(key)
         catch_up: list[Due] = []
-        for trigger in spec.triggers:
-            if isinstance(trigger, CronTrigger | IntervalTrigger | OnceTrigger) and last is not None:
-                for slot in due_slots(trigger, _utc(last), _utc(now), spec.misfire, spec.misfire_cap):
-                    catch_up.append(Due(spec, slot.timestamp(), _NAMES[type(trigger)]))
+        if last is not None:  # never fired: no backlog
+            for trigger in time_triggers(spec):
+                for slot in due_slots(trigger, utc(last), utc(now), spec.misfire, spec.misfire_cap):
+                    catch_up.append(Due(spec, slot.timestamp(), trigger_kind(trigger)))
         catch_up.sort(key=lambda d: d.slot)
         self._push(spec, max(now, last or 0.0, *(d.slot for d in catch_up)))
         return catch_up[-spec.misfire_cap :]
 
     def _push(self, spec: JobSpec, after: float) -> None:
         best: tuple[float, str] | None = None
-        for trigger in spec.triggers:
-            if isinstance(trigger, CronTrigger | IntervalTrigger | OnceTrigger):
-                at = next_fire(trigger, _utc(after))
-                if at is not None and (best is None or at.timestamp() < best[0]):
-                    best = (at.timestamp(), _NAMES[type(trigger)])
+        for trigger in time_triggers(spec):
+            at = next_fire(trigger, utc(after))
+            if at is not None and (best is None or at.timestamp() < best[0]):
+                best = (at.timestamp(), trigger_kind(trigger))
         if best is not None:
             heapq.heappush(self._heap, (best[0], self._generation[spec.key], spec.key, best[1]))
 

@@ -1,6 +1,12 @@
-"""Interval triggers: a fixed grid ``start + k * every`` (start defaults to the Unix epoch).
+"""Interval triggers: a fixed grid ``start + k * every`` (k >= 0; start defaults to the Unix epoch).
 
-Fire times are computed from the grid, never accumulated, so there is no drift.
+Slots are computed from the grid, never by adding ``every`` to the last slot, so there is
+no drift. The arithmetic is in whole microseconds (integers): with float seconds, a slot
+such as ``epoch + k * 0.1`` rounds differently from one call to the next, and "the next
+slot strictly after the last one" can come back as the last one.
+
+Jitter is not part of the grid: a runner delays a slot by ``jitter_offset``, which every
+master and agent computes alike.
 """
 
 from __future__ import annotations
@@ -10,42 +16,58 @@ import math
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def _anchor(start: datetime | None) -> float:
-    return (start or EPOCH).timestamp()
+def _micros(instant: datetime) -> int:
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise ValueError(f"{instant.isoformat()} has no time zone; pass an aware datetime")
+    return (instant - EPOCH) // _MICROSECOND
+
+
+def _grid(every: float, start: datetime | None) -> tuple[int, int]:
+    step = round(every * 1_000_000)
+    if step <= 0:
+        raise ValueError(f"interval {every}s is not positive")
+    return (0 if start is None else _micros(start)), step
+
+
+def _instant(micros: int) -> datetime:
+    return EPOCH + micros * _MICROSECOND
 
 
 def next_interval_fire(every: float, start: datetime | None, after: datetime) -> datetime:
-    anchor = _anchor(start)
-    t = after.timestamp()
+    """The first grid slot strictly after ``after`` (UTC)."""
+    anchor, step = _grid(every, start)
+    t = _micros(after)
     if t < anchor:
-        return datetime.fromtimestamp(anchor, UTC)
-    k = math.floor((t - anchor) / every) + 1
-    slot = anchor + k * every
-    if slot <= t:  # float rounding at an exact grid point
-        slot += every
-    return datetime.fromtimestamp(slot, UTC)
+        return _instant(anchor)
+    return _instant(anchor + ((t - anchor) // step + 1) * step)
 
 
 def previous_interval_fires(
     every: float, start: datetime | None, at_or_before: datetime, count: int
 ) -> list[datetime]:
-    anchor = _anchor(start)
-    t = at_or_before.timestamp()
+    """The latest ``count`` grid slots at or before ``at_or_before``, newest first (UTC)."""
+    anchor, step = _grid(every, start)
+    t = _micros(at_or_before)
     if t < anchor or count <= 0:
         return []
-    k = math.floor((t - anchor) / every)
-    return [datetime.fromtimestamp(anchor + i * every, UTC) for i in range(k, max(-1, k - count), -1)]
+    k = (t - anchor) // step
+    return [_instant(anchor + i * step) for i in range(k, max(-1, k - count), -1)]
 
 
 def jitter_offset(job_key: str, slot: datetime, jitter: float) -> float:
-    """A deterministic offset in [0, jitter): every master and agent computes the same one."""
+    """A deterministic pseudo-random delay in ``[0, jitter)`` seconds for one job's slot.
+
+    Seeded from (job key, slot) with a cryptographic hash rather than ``hash()`` (salted
+    per process) or ``random`` (implementation-defined), so every master and agent, on any
+    Python, delays the same slot by the same amount, while different jobs due at the same
+    instant spread out.
+    """
     if jitter <= 0:
         return 0.0
-    digest = hashlib.blake2b(f"{job_key}@{slot.timestamp():.6f}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 * jitter
-
-
-def as_timedelta(seconds: float) -> timedelta:
-    return timedelta(seconds=seconds)
+    digest = hashlib.blake2b(f"{job_key}@{_micros(slot)}".encode(), digest_size=8).digest()
+    fraction = (int.from_bytes(digest, "big") >> 11) / 2**53  # 53 bits: exact in a float, < 1
+    # fraction * jitter can still round up to jitter itself; the interval is half-open.
+    return min(fraction * jitter, math.nextafter(jitter, 0.0))

@@ -1,9 +1,16 @@
 """Which slots to fire now, given the last slot that fired and the job's misfire policy.
 
-A slot in ``(last_fired, now - grace]`` was missed (nobody could fire it: the agent or
-master was down); a slot in ``(now - grace, now]`` is simply on time. The work is
-bounded by ``cap`` however long ago ``last_fired`` was (a per-second job after a week
-down does not walk 600k slots).
+Of the slots in ``(last_fired, now]``, the latest one is *on time* if it is at most
+``grace`` seconds old; every other one was *missed* (nobody could fire it: the agent or
+master was down, or the job was just re-enabled). The policies:
+
+- ``skip``: fire the on-time slot, if there is one; drop the missed ones.
+- ``run-once``: if anything was missed or is due, fire once, for the latest slot.
+- ``run-all``: fire every missed and due slot, oldest first, but only the latest ``cap``.
+
+``last_fired=None`` means the job never fired (new): nothing is missed, only an on-time
+slot fires. The work is bounded by ``cap`` however long ago ``last_fired`` was: the slots
+are found walking back from ``now`` (a per-second job down for a week does not walk 600k).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from datetime import datetime, timedelta
 
 from natsched.models import Misfire, Trigger
 from natsched.triggers.fire import previous_fires
+
+__all__ = ["due_slots", "latest_slot_at_or_before"]
 
 
 def due_slots(
@@ -22,25 +31,23 @@ def due_slots(
     cap: int,
     grace: float = 1.0,
 ) -> list[datetime]:
-    """The slots to fire now, oldest first.
-
-    ``last_fired=None`` means the job never fired (new, or re-enabled): only an on-time
-    slot counts, nothing older is "missed".
-    """
-    recent = previous_fires(trigger, now, max(cap, 1))
+    """The slots to fire now, oldest first (aware UTC datetimes)."""
+    if cap < 1:
+        raise ValueError(f"misfire cap {cap} must be at least 1")
+    backlog = policy is Misfire.RUN_ALL and last_fired is not None
+    recent = previous_fires(trigger, now, cap if backlog else 1)  # newest first
     pending = [slot for slot in recent if last_fired is None or slot > last_fired]
-    on_time_after = now - timedelta(seconds=grace)
-    on_time = [slot for slot in pending if slot > on_time_after]
+    if not pending:
+        return []
     if last_fired is None or policy is Misfire.SKIP:
-        return on_time[:1]
+        on_time = now - pending[0] <= timedelta(seconds=grace)
+        return pending[:1] if on_time else []
     if policy is Misfire.RUN_ONCE:
-        return pending[:1]  # newest first: the latest slot
-    return sorted(pending)[-cap:]
+        return pending[:1]
+    return pending[::-1]
 
 
-__all__ = ["due_slots", "missed_count"]
-
-
-def missed_count(trigger: Trigger, last_fired: datetime, now: datetime, limit: int = 10_000) -> int:
-    """How many slots fell in ``(last_fired, now]``, counting up to ``limit`` (for reports)."""
-    return sum(1 for slot in previous_fires(trigger, now, limit) if slot > last_fired)
+def latest_slot_at_or_before(trigger: Trigger, now: datetime) -> datetime | None:
+    """The newest slot at or before ``now``: where to move a cursor past slots it skipped."""
+    slots = previous_fires(trigger, now, 1)
+    return slots[0] if slots else None
