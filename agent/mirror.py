@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import aiosqlite
 
-from agent.cache import JobCache
+from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
@@ -79,13 +79,16 @@ class MirrorScheduler:
 
     async def _reload(self, key: str) -> JobSpec | None:
         """Read one job from the cache; None if it is gone, not mirror, disabled or invalid."""
-        cached = await self._cache.get(key)
+        return self._schedulable(await self._cache.get(key))
+
+    @staticmethod
+    def _schedulable(cached: CachedJob | None) -> JobSpec | None:
         if cached is None or cached.mode != Mode.MIRROR.value:
             return None
         try:
             spec = cached.spec()
         except CodecError as exc:
-            log.warning("mirror job %s is invalid in the cache, not scheduled: %s", key, exc)
+            log.warning("mirror job %s is invalid in the cache, not scheduled: %s", cached.key, exc)
             return None
         return spec if spec.enabled and time_triggers(spec) else None
 
@@ -167,8 +170,10 @@ class MirrorScheduler:
     async def run(self) -> None:
         await self._load_cursors()
         now = self._clock()
-        for cached in await self._cache.all(mode=Mode.MIRROR.value):
-            spec = await self._reload(cached.key)
+        for index, cached in enumerate(await self._cache.all(mode=Mode.MIRROR.value)):
+            if index % 500 == 499:
+                await asyncio.sleep(0)  # decoding 100k jobs takes seconds: let heartbeats and sync run
+            spec = self._schedulable(cached)
             if spec is None:
                 continue
             self._jobs[spec.key] = spec
