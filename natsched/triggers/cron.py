@@ -72,7 +72,7 @@ def validate_cron(expr: str) -> None:
     try:
         _compile(expr).walker(_PROBE_START).get_next(datetime)
     except CroniterBadDateError:
-        raise ValueError(f"cron {expr!r} never fires (no month has that day)") from None
+        raise ValueError(f"cron {expr!r} never fires (no date matches it)") from None
 
 
 @lru_cache(maxsize=512)
