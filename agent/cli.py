@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from agent.config import AgentConfig
+from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
 from natsched.cli.common import ServerOption, fail, setup_logging
 from natsched.errors import NatschedError
@@ -53,6 +54,7 @@ def run_agent(
             state_dir=state_dir,
         )
         settings = ConnectionSettings.from_env(url=server, creds=creds)
+        install_fast_child_watcher()
         asyncio.run(serve(AgentService(agent_config, settings)))
     except NatschedError as exc:
         raise fail(str(exc)) from None

@@ -25,6 +25,7 @@ import logging
 import os
 import pwd
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -426,3 +427,13 @@ class ProcessRunner:
             # SIGKILL cannot be ignored: this bound is slack for a tree stuck in the kernel.
             bound = max(p._spec.kill_grace for p in left) + REAP_TIMEOUT + self._drain_timeout + 1
             await asyncio.wait([p._result for p in left], timeout=bound)
+
+
+def install_fast_child_watcher() -> None:
+    """Use pidfd child watching (3.12's default) instead of 3.11's thread per child process.
+
+    Call before the event loop starts. Falls back silently where pidfd is missing.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())

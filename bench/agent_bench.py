@@ -21,6 +21,7 @@ import psutil
 from nats.aio.client import Client
 
 from agent.config import AgentConfig
+from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
 from bench.common import Figure, percentile, report, request_reply_floor, server
 from natsched import codec, subjects
@@ -218,4 +219,5 @@ if __name__ == "__main__":
     parser.add_argument("--run-seconds", type=float, default=5.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    install_fast_child_watcher()  # as natsched-agent does
     asyncio.run(main(args.duration, args.cron_jobs, args.run_seconds))
