@@ -22,7 +22,7 @@ from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
-from natsched.triggers.fire import next_fire, time_triggers, trigger_kind, utc
+from natsched.triggers.fire import next_job_fire, time_triggers, trigger_kind, utc
 from natsched.triggers.misfire import due_slots
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,7 @@ class MirrorScheduler:
     def _push_next(self, spec: JobSpec, after: float) -> None:
         generation = self._generation.get(spec.key, 0) + 1
         self._generation[spec.key] = generation
-        best: tuple[float, str] | None = None
-        for trigger in time_triggers(spec):
-            at = next_fire(trigger, utc(after))
-            if at is not None and (best is None or at.timestamp() < best[0]):
-                best = (at.timestamp(), trigger_kind(trigger))
+        best = next_job_fire(spec, after)
         if best is not None:
             heapq.heappush(self._heap, (best[0], generation, spec.key, best[1]))
 

@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
-from natsched.triggers.fire import next_fire, time_triggers, trigger_kind, utc
+from natsched.triggers.fire import next_job_fire, time_triggers, trigger_kind, utc
 from natsched.triggers.misfire import due_slots
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,7 @@ class Schedule:
         return catch_up[-spec.misfire_cap :]
 
     def _push(self, spec: JobSpec, after: float) -> None:
-        best: tuple[float, str] | None = None
-        for trigger in time_triggers(spec):
-            at = next_fire(trigger, utc(after))
-            if at is not None and (best is None or at.timestamp() < best[0]):
-                best = (at.timestamp(), trigger_kind(trigger))
+        best = next_job_fire(spec, after)
         if best is not None:
             heapq.heappush(self._heap, (best[0], self._generation[spec.key], spec.key, best[1]))
 

@@ -27,6 +27,7 @@ __all__ = [
     "TimeTrigger",
     "jitter_offset",
     "next_fire",
+    "next_job_fire",
     "previous_fires",
     "time_triggers",
     "trigger_kind",
@@ -84,3 +85,14 @@ def previous_fires(trigger: Trigger, at_or_before: datetime, count: int) -> list
     if isinstance(trigger, OnceTrigger):
         return previous_once_fires(trigger.at, at_or_before, count)
     return []
+
+
+def next_job_fire(spec: JobSpec, after: float) -> tuple[float, str] | None:
+    """The earliest fire of any of ``spec``'s time triggers after ``after`` (epoch seconds),
+    with the kind of trigger that fires then; None if none fires again."""
+    best: tuple[float, str] | None = None
+    for trigger in time_triggers(spec):
+        at = next_fire(trigger, utc(after))
+        if at is not None and (best is None or at.timestamp() < best[0]):
+            best = (at.timestamp(), trigger_kind(trigger))
+    return best
