@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -69,6 +70,7 @@ class JobExecutor:
         self.active: dict[str, dict[str, ActiveRun]] = {}  # job key -> run id -> run
         self._queues: dict[str, asyncio.Lock] = {}
         self._waiters: set[asyncio.Task[None]] = set()
+        self._queued: dict[asyncio.Task[Any], RunEvent] = {}  # waiting their turn
         self.base_env: Mapping[str, str] = os.environ
         self.locks: ClusterLocks | None = None  # set once connected (cluster-wide forbid)
 
@@ -123,7 +125,13 @@ class JobExecutor:
         if spec.overlap is Overlap.QUEUE:
             lock = self._queues.setdefault(spec.key, asyncio.Lock())
             if lock.locked():
-                await self.outbox.publish(event)  # queued: visible while it waits
+                # Answer at once (a dispatcher must not wait for the running one to end): the
+                # run is recorded queued and starts from a task when its turn comes.
+                await self.outbox.publish(event)
+                task = asyncio.create_task(self._start_in_turn(spec, event, args, env or {}, lock))
+                self._queued[task] = event
+                task.add_done_callback(lambda t: self._queued.pop(t, None))
+                return event
             await lock.acquire()
             try:
                 return await self._start(spec, event, args, env or {})
@@ -131,6 +139,24 @@ class JobExecutor:
                 lock.release()
                 raise
         return await self._start(spec, event, args, env or {})
+
+    async def _start_in_turn(
+        self,
+        spec: JobSpec,
+        event: RunEvent,
+        args: tuple[str, ...],
+        env: Mapping[str, str],
+        lock: asyncio.Lock,
+    ) -> None:
+        await lock.acquire()
+        current = asyncio.current_task()
+        if current is not None:
+            self._queued.pop(current, None)  # its turn came: no longer waiting
+        try:
+            await self._start(spec, event, args, env)
+        except BaseException:
+            lock.release()
+            raise
 
     async def _start(
         self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], trigger_env: Mapping[str, str]
@@ -206,6 +232,12 @@ class JobExecutor:
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let runs finish within ``grace``, kill the rest; final events go out."""
+        waiting = dict(self._queued)  # queued runs will not get their turn now
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        for event in waiting.values():
+            await self.outbox.publish(event.moved_to(RunState.SKIPPED, reason="agent shut down while queued"))
         await self.runner.shutdown(grace)
         if self._waiters:
             await asyncio.wait(set(self._waiters), timeout=grace + self.kill_grace + 5)

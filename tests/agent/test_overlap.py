@@ -84,13 +84,21 @@ async def test_replace_kills_the_running_one_first(executor: JobExecutor) -> Non
 
 async def test_queue_runs_after_the_running_one(executor: JobExecutor) -> None:
     first = await executor.launch(spec("queue", 0.5), trigger="manual")
-    queued = asyncio.create_task(executor.launch(spec("queue", 0.1), trigger="manual"))
+    second = await executor.launch(spec("queue", 0.1), trigger="manual")
+    assert second.state == "queued"  # answered at once, so a dispatcher is not kept waiting
     await asyncio.sleep(0.2)
-    assert not queued.done() and executor.running == 1  # waiting its turn
-    second = await queued
-    assert second.state == "started"
+    assert executor.running == 1  # waiting its turn
+    await asyncio.sleep(0.5)
     await wait_idle(executor)
     recorded = await events(executor)
     order = [(e["run_id"], e["state"]) for e in recorded]
     assert order.index((first.run_id, "succeeded")) < order.index((second.run_id, "started"))
-    assert (second.run_id, "queued") in order
+    assert (second.run_id, "queued") in order and (second.run_id, "succeeded") in order
+
+
+async def test_queued_runs_are_recorded_when_the_agent_shuts_down(executor: JobExecutor) -> None:
+    await executor.launch(spec("queue", 30), trigger="manual")
+    waiting = await executor.launch(spec("queue", 0.1), trigger="manual")
+    await executor.shutdown(0.2)
+    states = {(e["run_id"], e["state"]): e for e in await events(executor)}
+    assert states[(waiting.run_id, "skipped")]["reason"] == "agent shut down while queued"
