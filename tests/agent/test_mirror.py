@@ -276,3 +276,25 @@ async def test_agent_shutdown_lets_runs_finish_then_kills_and_records(
 
 async def _running(agent: AgentService, n: int) -> bool:
     return agent.running == n
+
+
+async def test_agent_started_while_nats_is_down_runs_its_mirror_jobs(
+    master: MasterService, nc: Client, nats_server: EmbeddedServer, conn: ConnectionSettings, tmp_path: Path
+) -> None:
+    config = AgentConfig(
+        name="a1", state_dir=tmp_path / "a1", heartbeat_interval=0.5, sync_check_interval=0.5
+    )
+    async with AgentService(config, conn) as agent:
+        await agent.synced(10)
+        await apply(nc, toml_jobs(job("tick", triggers=EVERY_SECOND), group="off"))
+        await eventually(lambda: _cached(agent, "off.tick"), 10)
+    nats_server.kill()
+    async with AgentService(config, conn) as agent:  # NATS is down for the whole start-up
+        assert not agent.connected.is_set()
+        await asyncio.sleep(3.2)
+        assert agent.outbox is not None
+        assert agent.outbox.depth >= 4, "started+succeeded of at least two runs fired from the cache"
+        nats_server.start()
+        await eventually(lambda: _outbox_empty(agent), 30, "outbox drained once NATS is back")
+    succeeded = [e for e in await stream_events(nc) if e["job"] == "off.tick" and e["state"] == "succeeded"]
+    assert len({e["run_id"] for e in succeeded}) >= 2
