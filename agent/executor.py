@@ -25,6 +25,9 @@ from natsched.models import JobSpec, Mode, Overlap
 
 log = logging.getLogger(__name__)
 
+# How long a ``replace`` run waits for the run it replaces beyond the kill grace.
+REPLACE_EXTRA_WAIT = 10.0
+
 
 @dataclass(slots=True)
 class ActiveRun:
@@ -104,6 +107,8 @@ class JobExecutor:
             detail=dict(detail or {}),
             attempt=attempt,
         )
+        if self._cluster_locked(spec):
+            return await self._launch_exclusive(spec, event, args, env or {})
         current = self.active.get(spec.key)
         if current and spec.overlap is Overlap.FORBID:
             skipped = event.moved_to(
@@ -111,13 +116,6 @@ class JobExecutor:
             )
             await self.outbox.publish(skipped)
             return skipped
-        if self._cluster_locked(spec):
-            assert self.locks is not None
-            holder = await self.locks.acquire(spec.key, event.run_id)
-            if holder is not None:
-                skipped = event.moved_to(RunState.SKIPPED, reason=f"overlap forbid: {holder} still running")
-                await self.outbox.publish(skipped)
-                return skipped
         if current and spec.overlap is Overlap.REPLACE:
             for run in list(current.values()):
                 await run.process.kill(self.kill_grace)
@@ -139,6 +137,65 @@ class JobExecutor:
                 lock.release()
                 raise
         return await self._start(spec, event, args, env or {})
+
+    async def _launch_exclusive(
+        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], env: Mapping[str, str]
+    ) -> RunEvent:
+        """A load-balance job with forbid/replace/queue: one run in the whole cluster.
+
+        The run that holds the job's lock runs; for ``replace`` the holder is stopped (by the
+        master's cancel when it runs elsewhere, here when it runs on this agent) and this run
+        starts once the lock is free; for ``queue`` it starts when the holder ends. Both
+        answer ``queued`` at once, so the dispatcher is never kept waiting.
+        """
+        assert self.locks is not None
+        holder = await self.locks.acquire(spec.key, event.run_id)
+        if holder is None:
+            return await self._start(spec, event, args, env)
+        if spec.overlap is Overlap.FORBID:
+            skipped = event.moved_to(RunState.SKIPPED, reason=f"overlap forbid: {holder} still running")
+            await self.outbox.publish(skipped)
+            return skipped
+        if spec.overlap is Overlap.REPLACE:
+            await self.cancel(holder.run_id)
+        await self.outbox.publish(event)
+        limit = None if spec.overlap is Overlap.QUEUE else self.kill_grace + REPLACE_EXTRA_WAIT
+        task = asyncio.create_task(self._start_when_free(spec, event, args, env, limit))
+        self._queued[task] = event
+        task.add_done_callback(lambda t: self._queued.pop(t, None))
+        return event
+
+    async def _start_when_free(
+        self,
+        spec: JobSpec,
+        event: RunEvent,
+        args: tuple[str, ...],
+        env: Mapping[str, str],
+        limit: float | None,
+    ) -> None:
+        """Poll the lock (backing off to 0.5 s) until this run holds it, then start."""
+        assert self.locks is not None
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        delay = 0.02
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            try:
+                holder = await self.locks.acquire(spec.key, event.run_id)
+            except Exception as exc:  # noqa: BLE001 - NATS away for a moment: keep waiting
+                log.debug("lock of %s not readable now: %r", spec.key, exc)
+                continue
+            if holder is None:
+                break
+            if deadline is not None and loop.time() > deadline:
+                reason = f"overlap replace: {holder} did not stop within {limit:g}s"
+                await self.outbox.publish(event.moved_to(RunState.SKIPPED, reason=reason))
+                return
+        current = asyncio.current_task()
+        if current is not None:
+            self._queued.pop(current, None)  # its turn came: no longer waiting
+        await self._start(spec, event, args, env)
 
     async def _start_in_turn(
         self,
@@ -210,7 +267,8 @@ class JobExecutor:
         await self._release_lock(spec, run.event.run_id)
 
     def _cluster_locked(self, spec: JobSpec) -> bool:
-        return spec.overlap is Overlap.FORBID and spec.mode is not Mode.MIRROR and self.locks is not None
+        """Load-balance jobs have one overlap domain, the cluster; mirror and slave, the agent."""
+        return self.locks is not None and spec.mode is Mode.LOAD_BALANCE and spec.overlap is not Overlap.ALLOW
 
     async def _release_lock(self, spec: JobSpec, run_id: str) -> None:
         if self._cluster_locked(spec):
@@ -218,11 +276,14 @@ class JobExecutor:
             await self.locks.release(spec.key, run_id)
 
     def _release_queue(self, spec: JobSpec) -> None:
+        if self._cluster_locked(spec):
+            return
         lock = self._queues.get(spec.key)
         if lock is not None and lock.locked():
             lock.release()
 
     async def cancel(self, run_id: str) -> bool:
+        """Signal the run's process tree (TERM, KILL after the grace); False if not here."""
         for runs in self.active.values():
             run = runs.get(run_id)
             if run is not None:

@@ -1,10 +1,11 @@
-"""Cluster-wide overlap locks for master-dispatched jobs with ``overlap = "forbid"``.
+"""Cluster-wide overlap locks for load-balance jobs (``forbid``, ``replace``, ``queue``).
 
 The lock is the key ``lock.<group>.<job>`` in ``natsched_state``, taken with ``create``
 (compare-and-set), held by one run, and deleted when that run ends. A lock whose holder
 agent has no heartbeat any more (the agent died) is stale and taken over with
 ``update(last=revision)``, so a dead agent never blocks a job forever. Mirror jobs do not
-use it: they must keep running without NATS, so their overlap policy is per agent.
+use it: they must keep running without NATS, so their overlap policy is per agent; a
+slave job's runs are one per target, so its policy is per target too.
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from natsched import codec, subjects
-from natsched.errors import CodecError
+from natsched.locking import LockHolder, lock_key, read_holder
 
 log = logging.getLogger(__name__)
-
-
-def lock_key(job_key: str) -> str:
-    return f"lock.{job_key}"
 
 
 class ClusterLocks:
@@ -30,8 +27,8 @@ class ClusterLocks:
         self._js = js
         self._agent = agent
 
-    async def acquire(self, job_key: str, run_id: str) -> str | None:
-        """None if this run now holds the lock, else who holds it (for the skip reason)."""
+    async def acquire(self, job_key: str, run_id: str) -> LockHolder | None:
+        """None if this run now holds the lock, else who holds it."""
         state = await self._js.key_value(subjects.STATE_BUCKET)
         value = codec.pack({"run_id": run_id, "agent": self._agent, "since": time.time()})
         try:
@@ -43,21 +40,17 @@ class ClusterLocks:
             entry = await state.get(lock_key(job_key))
         except KeyNotFoundError:
             return await self.acquire(job_key, run_id)  # released in between
-        try:
-            holder = codec.unpack(entry.value or b"", "lock")
-            holder_agent, holder_run = str(holder["agent"]), str(holder["run_id"])
-        except (CodecError, KeyError):
-            holder_agent, holder_run = "", "?"
-        if holder_agent and await self._alive(holder_agent):
-            return f"{holder_run} on {holder_agent}"
+        holder = read_holder(entry.value)
+        if holder.agent and await self._alive(holder.agent):
+            return holder
         try:
             await state.update(lock_key(job_key), value, last=entry.revision)
             log.warning(
-                "took over the lock of %s from %s (agent %s is gone)", job_key, holder_run, holder_agent
+                "took over the lock of %s from %s (agent %s is gone)", job_key, holder.run_id, holder.agent
             )
             return None
         except KeyWrongLastSequenceError:
-            return "another run (the lock changed hands just now)"
+            return LockHolder(run_id="?", agent="")  # changed hands just now
 
     async def _alive(self, agent: str) -> bool:
         agents = await self._js.key_value(subjects.AGENTS_BUCKET)
@@ -71,9 +64,9 @@ class ClusterLocks:
         state = await self._js.key_value(subjects.STATE_BUCKET)
         try:
             entry = await state.get(lock_key(job_key))
-            if codec.unpack(entry.value or b"", "lock").get("run_id") == run_id:
+            if read_holder(entry.value).run_id == run_id:
                 await state.delete(lock_key(job_key), last=entry.revision)
-        except (KeyNotFoundError, CodecError):
+        except KeyNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001 - a lock left behind expires with this agent's heartbeat
             log.warning("could not release the lock of %s: %r", job_key, exc)

@@ -14,6 +14,10 @@ gets the run; one that refuses (busy) or is unreachable passes it to the next. W
 list is exhausted, the pool's queue group ``natsched.pool.<pool>.run`` is the last resort
 (any agent of the pool may take it, heartbeat or not); then the run fails with the
 reasons.
+
+Overlap of a load-balance job is cluster-wide (a lock in ``natsched_state``, held by the
+running run; see ``agent/locks.py``). For ``replace`` the master cancels the holder
+wherever it runs before dispatching; the new run waits on its agent for the lock.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ from collections.abc import Callable, Mapping
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError
 
 from natsched import codec, subjects
 from natsched.dispatch import RunReply, RunRequest, decode_run_reply
 from natsched.errors import CodecError
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.kvscan import scan
-from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode
+from natsched.locking import lock_key, read_holder
+from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode, Overlap
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +179,8 @@ class Dispatcher:
             )
 
         if spec.mode is Mode.LOAD_BALANCE:
+            if spec.overlap is Overlap.REPLACE:
+                await self._cancel_lock_holder(spec)
             return [await self._load_balance(spec, request(new_run_id()), live, avoid=avoid_agents or [])]
         targets = only_agents if only_agents is not None else slave_targets(spec, live)
         if not targets:
@@ -198,12 +206,12 @@ class Dispatcher:
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
         for name in order:
             reply = await self._ask(subjects.agent_run_subject(name), request, name)
-            if reply.ok:
+            if reply.ok or reply.state == RunState.SKIPPED.value:  # skipped by overlap: final
                 return reply
             reasons.append(f"{name}: {reply.reason}")
         for pool in spec.targets.pools:
             reply = await self._ask(subjects.pool_run_subject(pool), request, f"pool {pool}")
-            if reply.ok:
+            if reply.ok or reply.state == RunState.SKIPPED.value:
                 return reply
             reasons.append(f"pool {pool}: {reply.reason}")
         failed = RunReply(
@@ -214,6 +222,29 @@ class Dispatcher:
         )
         await self._record_failure(spec, failed, request.trigger, request.scheduled_at, request.attempt)
         return failed
+
+    async def _cancel_lock_holder(self, spec: JobSpec) -> None:
+        """``overlap = "replace"``: stop the job's running run, on whichever agent it runs."""
+        state = await self._js.key_value(subjects.STATE_BUCKET)
+        try:
+            entry = await state.get(lock_key(spec.key))
+        except KeyNotFoundError:
+            return
+        holder = read_holder(entry.value)
+        if not subjects.is_token(holder.agent):
+            return
+        try:
+            msg = await self._nc.request(
+                subjects.agent_cancel_subject(holder.agent),
+                codec.pack({"run_id": holder.run_id}),
+                timeout=self._timeout,
+            )
+            log.info(
+                "replace %s: cancel of %s answered %s", spec.key, holder, codec.unpack(msg.data, "cancel")
+            )
+        except (NoRespondersError, NatsTimeoutError, CodecError) as exc:
+            # A holder whose agent is gone loses the lock once its heartbeat expires.
+            log.warning("replace %s: could not cancel %s: %r", spec.key, holder, exc)
 
     async def _ask(self, subject: str, request: RunRequest, who: str) -> RunReply:
         try:

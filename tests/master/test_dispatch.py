@@ -259,7 +259,97 @@ async def test_retries_back_off_and_go_to_another_agent(
     assert {e["agent"] for e in await finals(nc, "rt.hopeless")} == {"r1"}
 
 
+async def lock_released(nc: Client, key: str) -> bool:
+    state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+    try:
+        await state.get(f"lock.{key}")
+    except Exception:  # noqa: BLE001 - gone (deleted) is what we wait for
+        return True
+    return False
+
+
+async def exclusive_pair(start_agent: AgentFactory) -> None:
+    """o1 comes first by priority but takes one run at a time, so a second run goes to o2."""
+    await start_agent("o1", pools=frozenset({"ov"}), priority=1, max_concurrency=1)
+    await start_agent("o2", pools=frozenset({"ov"}), priority=2)
+
+
+def exclusive_job(name: str, overlap: str, seconds: float) -> str:
+    return toml_jobs(
+        job(
+            name,
+            mode="load-balance",
+            targets={"pools": ["ov"]},
+            command=["sleep", str(seconds)],
+            overlap=overlap,
+        ),
+        group="ov",
+    )
+
+
 async def test_forbid_overlap_holds_across_agents(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await exclusive_pair(start_agent)
+    await apply(nc, exclusive_job("exclusive", "forbid", 1))
+    first = (await trigger(nc, "ov.exclusive"))["runs"][0]
+    second = (await trigger(nc, "ov.exclusive"))["runs"][0]
+    assert (first["agent"], first["state"]) == ("o1", "started"), first
+    assert (second["agent"], second["state"]) == ("o2", "skipped"), second
+    assert f"{first['run_id']} on o1" in second["reason"]
+
+    await eventually(lambda: lock_released(nc, "ov.exclusive"), 10, "lock released when the run ended")
+    # A lock left by an agent that died (no heartbeat) does not block the job.
+    state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+    await state.put("lock.ov.exclusive", codec.pack({"run_id": "old", "agent": "ghost", "since": 0}))
+    reply = (await trigger(nc, "ov.exclusive"))["runs"][0]
+    assert reply["state"] == "started", reply
+
+
+async def test_replace_cancels_the_running_one_on_another_agent(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await exclusive_pair(start_agent)
+    await apply(nc, exclusive_job("latest", "replace", 30))
+    first = (await trigger(nc, "ov.latest"))["runs"][0]
+    assert (first["agent"], first["state"]) == ("o1", "started"), first
+    second = (await trigger(nc, "ov.latest"))["runs"][0]
+    assert second["state"] in ("queued", "started"), second
+
+    async def replaced() -> bool:
+        states = {(e["run_id"], e["state"]) for e in await stream_events(nc)}
+        return (first["run_id"], "killed") in states and (second["run_id"], "started") in states
+
+    await eventually(replaced, 15, "first run killed, second started")
+    events = {(e["run_id"], e["state"]): e for e in await stream_events(nc)}
+    assert (
+        events[(second["run_id"], "started")]["started_at"] >= events[(first["run_id"], "killed")]["ended_at"]
+    )
+    await api(nc, subjects.API_RUNS_CANCEL, {"run_id": second["run_id"]})
+    await eventually(lambda: lock_released(nc, "ov.latest"), 15, "lock released after the cancel")
+
+
+async def test_queue_runs_after_the_running_one_on_another_agent(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await exclusive_pair(start_agent)
+    await apply(nc, exclusive_job("serial", "queue", 1))
+    first = (await trigger(nc, "ov.serial"))["runs"][0]
+    second = (await trigger(nc, "ov.serial"))["runs"][0]
+    assert (first["agent"], first["state"]) == ("o1", "started"), first
+    assert (second["agent"], second["state"]) == ("o2", "queued"), second
+
+    async def both_done() -> bool:
+        return len([e for e in await finals(nc, "ov.serial") if e["state"] == "succeeded"]) == 2
+
+    await eventually(both_done, 15, "both runs succeeded")
+    ended = {e["run_id"]: e for e in await finals(nc, "ov.serial")}
+    started = {e["run_id"]: e for e in await stream_events(nc) if e["state"] == "started"}
+    assert started[second["run_id"]]["started_at"] >= ended[first["run_id"]]["ended_at"]
+    assert ended[second["run_id"]]["agent"] == "o2"
+
+
+async def test_slave_overlap_is_per_target(
     master: MasterService, nc: Client, start_agent: AgentFactory
 ) -> None:
     await start_agent("f1")
@@ -268,7 +358,7 @@ async def test_forbid_overlap_holds_across_agents(
         nc,
         toml_jobs(
             job(
-                "exclusive",
+                "each",
                 mode="slave",
                 targets={"agents": ["f1", "f2"]},
                 command=["sleep", "1"],
@@ -277,24 +367,6 @@ async def test_forbid_overlap_holds_across_agents(
             group="ov",
         ),
     )
-    reply = await trigger(nc, "ov.exclusive")
-    states = sorted(r["state"] for r in reply["runs"])
-    assert states == ["skipped", "started"], reply
-    skipped = next(r for r in reply["runs"] if r["state"] == "skipped")
-    winner = next(r for r in reply["runs"] if r["state"] == "started")
-    assert f"{winner['run_id']} on {winner['agent']}" in skipped["reason"]
-
-    async def released() -> bool:
-        state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
-        try:
-            await state.get("lock.ov.exclusive")
-        except Exception:  # noqa: BLE001 - gone (deleted) is what we wait for
-            return True
-        return False
-
-    await eventually(released, 10, "lock released when the run ended")
-    # A lock left by an agent that died (no heartbeat) does not block the job.
-    state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
-    await state.put("lock.ov.exclusive", codec.pack({"run_id": "old", "agent": "ghost", "since": 0}))
-    reply = await trigger(nc, "ov.exclusive")
-    assert sorted(r["state"] for r in reply["runs"]) == ["skipped", "started"], reply
+    assert sorted(r["state"] for r in (await trigger(nc, "ov.each"))["runs"]) == ["started", "started"]
+    again = (await trigger(nc, "ov.each"))["runs"]
+    assert sorted(r["state"] for r in again) == ["skipped", "skipped"], again
