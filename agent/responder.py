@@ -3,12 +3,15 @@
 The reply goes out as soon as the process has *started* (with its pid), not when it
 ends; the end is an event like any other. An agent at its ``max_concurrency`` refuses,
 so the master (or the pool's queue group) tries the next agent. Garbage gets an error
-reply and is logged; it never takes the agent down.
+reply and is logged; it never takes the agent down. A request for a run id this agent
+already took (a master repeating a dispatch after a crash) gets the first answer again
+and runs nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -21,6 +24,7 @@ from natsched.errors import CodecError
 from natsched.events import RunState
 
 log = logging.getLogger(__name__)
+RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
 
 
 class Responder:
@@ -33,6 +37,7 @@ class Responder:
         self._pools = pools
         self._max = max_concurrency
         self._subs: list[Subscription] = []
+        self._recent: OrderedDict[str, RunReply] = OrderedDict()
 
     async def start(self) -> None:
         self._subs.append(await self._nc.subscribe(subjects.agent_run_subject(self._agent), cb=self._on_run))
@@ -64,6 +69,11 @@ class Responder:
         except CodecError as exc:
             log.warning("bad run request on %s: %s", msg.subject, exc)
             await self._reply(msg, RunReply(ok=False, agent=self._agent, reason=str(exc)))
+            return
+        known = self._recent.get(request.run_id)
+        if known is not None:
+            log.info("run %s was already taken here; answering again, not running it twice", request.run_id)
+            await self._reply(msg, known)
             return
         if self._executor.running >= self._max:
             await self._reply(
@@ -97,18 +107,18 @@ class Responder:
                 RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=f"agent error: {exc}"),
             )
             return
-        ok = event.state in (RunState.STARTED, RunState.QUEUED)
-        await self._reply(
-            msg,
-            RunReply(
-                ok=ok,
-                agent=self._agent,
-                run_id=event.run_id,
-                pid=event.pid,
-                state=event.state.value,
-                reason=event.reason,
-            ),
+        reply = RunReply(
+            ok=event.state in (RunState.STARTED, RunState.QUEUED),
+            agent=self._agent,
+            run_id=event.run_id,
+            pid=event.pid,
+            state=event.state.value,
+            reason=event.reason,
         )
+        self._recent[request.run_id] = reply
+        if len(self._recent) > RECENT_RUNS:
+            self._recent.popitem(last=False)
+        await self._reply(msg, reply)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

@@ -30,6 +30,8 @@ class StorageSettings:
     events_max_bytes: int = 1024**3
     logs_max_age: float = 7 * 86400.0
     logs_max_bytes: int = 1024**3
+    # Chain progress (fan-in state, dedupe claims) outlives any chain run by far.
+    chains_max_age: float = 7 * 86400.0
 
 
 async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
@@ -71,6 +73,10 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
     await _kv(js, api.KeyValueConfig(bucket=subjects.SETTINGS_BUCKET, history=5, replicas=r))
     await _kv(js, api.KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, replicas=r, ttl=AGENT_TTL))
     await _kv(js, api.KeyValueConfig(bucket=subjects.STATE_BUCKET, history=1, replicas=r))
+    await _kv(
+        js,
+        api.KeyValueConfig(bucket=subjects.CHAINS_BUCKET, history=1, replicas=r, ttl=storage.chains_max_age),
+    )
     await _stream(
         js,
         api.StreamConfig(

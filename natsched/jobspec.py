@@ -164,12 +164,16 @@ _TRIGGER_FIELDS = frozenset(
         "exit_codes",
         "agents",
         "wait",
+        "timeout",
+        "per_agent",
         "subject",
+        "max_bytes",
+        "match",
     }
 )
 
 
-def _trigger(value: object) -> Trigger:  # noqa: C901 - one branch per trigger kind reads best
+def _trigger(value: object, group: str) -> Trigger:  # noqa: C901 - one branch per trigger kind reads best
     data = _table(value, "triggers", _TRIGGER_FIELDS)
     kinds = [k for k in _TRIGGER_KINDS if k in data]
     if len(kinds) != 1:
@@ -203,13 +207,29 @@ def _trigger(value: object) -> Trigger:  # noqa: C901 - one branch per trigger k
         if not isinstance(codes, list):
             raise SpecError("must be a list of integers", field="triggers.exit_codes")
         return EventTrigger(
-            after=_str_list(data["after"], "triggers.after"),
+            # A bare name is a job of the same group.
+            after=tuple(
+                k if "." in k else f"{group}.{k}" for k in _str_list(data["after"], "triggers.after")
+            ),
             on=_str(data.get("on", "succeeded"), "triggers.on"),  # type: ignore[arg-type]
             exit_codes=tuple(_int(c, "triggers.exit_codes") for c in codes),
             agents=_str_list(data.get("agents", []), "triggers.agents"),
             wait=_str(data.get("wait", "any"), "triggers.wait"),  # type: ignore[arg-type]
+            timeout=parse_duration(data.get("timeout", 3600.0), "triggers.timeout"),
+            per_agent=_bool(data.get("per_agent", False), "triggers.per_agent"),
         )
-    return SubjectTrigger(subject=_str(data["subject"], "triggers.subject"))
+    match = data.get("match", {})
+    if not isinstance(match, Mapping) or not all(
+        isinstance(v, str | int | float | bool) for v in match.values()
+    ):
+        raise SpecError(
+            "must be a table of field = value (strings, numbers, booleans)", field="triggers.match"
+        )
+    return SubjectTrigger(
+        subject=_str(data["subject"], "triggers.subject"),
+        max_bytes=_int(data.get("max_bytes", 65536), "triggers.max_bytes"),
+        match={str(k): v for k, v in match.items()},
+    )
 
 
 def _retries(value: object) -> RetryPolicy:
@@ -282,7 +302,7 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         shell=shell,
         mode=_enum(Mode, data.get("mode", "mirror"), "mode", [m.value for m in Mode]),
         targets=_targets(data["targets"]),
-        triggers=tuple(_trigger(t) for t in triggers),
+        triggers=tuple(_trigger(t, str(group)) for t in triggers),
         timeout=None if timeout is None else parse_duration(timeout, "timeout"),
         retries=_retries(data.get("retries", {})),
         overlap=_enum(Overlap, data.get("overlap", "allow"), "overlap", [o.value for o in Overlap]),
@@ -324,8 +344,10 @@ def _trigger_to_dict(trigger: Trigger) -> dict[str, Any]:
             "exit_codes": list(trigger.exit_codes),
             "agents": list(trigger.agents),
             "wait": trigger.wait,
+            "timeout": trigger.timeout,
+            "per_agent": trigger.per_agent,
         }
-    return {"subject": trigger.subject}
+    return {"subject": trigger.subject, "max_bytes": trigger.max_bytes, "match": dict(trigger.match)}
 
 
 _DEFAULT_SPEC = JobSpec(name="x", group="x", command=("x",), targets=Targets(agents=("*",)))

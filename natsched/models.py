@@ -182,13 +182,21 @@ class FileTrigger:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EventTrigger:
-    """Fire when upstream jobs (``<group>.<job>`` keys) complete with ``on``."""
+    """Fire when upstream jobs (``<group>.<job>`` keys) complete with ``on``.
+
+    ``wait = "all"``: fire once every upstream of the same chain run has completed as
+    asked, failing the chain after ``timeout`` seconds. ``agents``: only completions on
+    these agents count. ``per_agent``: a slave upstream triggers once per agent's run
+    instead of once when all its targets are done.
+    """
 
     after: tuple[str, ...]
     on: EventCondition = "succeeded"
     exit_codes: tuple[int, ...] = ()
     agents: tuple[str, ...] = ()
     wait: Literal["all", "any"] = "any"
+    timeout: float = 3600.0
+    per_agent: bool = False
 
     def __post_init__(self) -> None:
         if not self.after:
@@ -198,18 +206,46 @@ class EventTrigger:
                 subjects.split_job_key(key)
             except ValueError as exc:
                 raise _fail("triggers.after", str(exc)) from None
+        if len(set(self.after)) != len(self.after):
+            raise _fail("triggers.after", "names the same upstream job twice")
         if self.on not in ("succeeded", "failed", "completed"):
             raise _fail("triggers.on", f"{self.on!r} is not one of succeeded, failed, completed")
         if self.wait not in ("all", "any"):
             raise _fail("triggers.wait", f"{self.wait!r} is not 'all' or 'any'")
+        if self.on == "succeeded" and self.exit_codes and 0 not in self.exit_codes:
+            raise _fail(
+                "triggers.exit_codes",
+                f"on = 'succeeded' means exit code 0, so exit codes {list(self.exit_codes)} can never fire",
+            )
+        if self.timeout <= 0:
+            raise _fail("triggers.timeout", "must be positive")
         _check_tokens("triggers.agents", self.agents)
+
+    def accepts(self, state: str, exit_code: int | None, agent: str) -> bool:
+        """Does an upstream completion (final ``state``) satisfy this trigger's condition?"""
+        if self.agents and agent not in self.agents:
+            return False
+        if self.exit_codes:
+            return exit_code is not None and exit_code in self.exit_codes
+        if self.on == "succeeded":
+            return state == "succeeded"
+        if self.on == "failed":
+            return state in ("failed", "timed_out", "killed", "lost")
+        return state in ("succeeded", "failed", "timed_out", "killed", "lost")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SubjectTrigger:
-    """Fire on every message published to an operator-named subject pattern."""
+    """Fire on every message published to an operator-named subject pattern.
+
+    The body (at most ``max_bytes``) reaches the process as ``$NATSCHED_MESSAGE`` and the
+    subject as ``$NATSCHED_SUBJECT``. ``match``: only JSON bodies whose fields (dotted
+    paths) equal these values fire.
+    """
 
     subject: str
+    max_bytes: int = 65536
+    match: Mapping[str, str | int | float | bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         tokens = self.subject.split(".")
@@ -217,6 +253,8 @@ class SubjectTrigger:
             raise _fail("triggers.subject", f"{self.subject!r} is not a valid NATS subject")
         if self.subject.startswith("natsched.") or self.subject.startswith("$"):
             raise _fail("triggers.subject", f"{self.subject!r} is reserved for natsched or NATS itself")
+        if not 1 <= self.max_bytes <= 1_048_576:
+            raise _fail("triggers.max_bytes", "must be between 1 and 1048576")
 
 
 Trigger = CronTrigger | IntervalTrigger | OnceTrigger | FileTrigger | EventTrigger | SubjectTrigger

@@ -13,6 +13,7 @@ JOBS_BUCKET = "natsched_jobs"  # key "<group>.<job>", value: msgpack job spec
 SETTINGS_BUCKET = "natsched_settings"  # replicated settings per group
 AGENTS_BUCKET = "natsched_agents"  # key "<agent>", value: msgpack heartbeat, TTL bucket
 STATE_BUCKET = "natsched_state"  # leader lease, schedule cursors, overlap locks
+CHAINS_BUCKET = "natsched_chains"  # chain progress: batch.*, fanin.*, chain.* (expires, see buckets.py)
 
 # --- Streams ----------------------------------------------------------------------
 EVENTS_STREAM = "NATSCHED_EVENTS"

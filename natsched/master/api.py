@@ -20,11 +20,12 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import __version__, codec, subjects
+from natsched.chaingraph import check_chain_graph, event_triggers
 from natsched.errors import ApiError, CodecError, JobFileError, NatschedError, NotFoundError, SpecError
 from natsched.jobfile import parse_job_document
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.kvscan import KvValue, scan
-from natsched.master.apply import execute_plan, plan_apply, raise_conflicts
+from natsched.master.apply import execute_plan, jobs_after, plan_apply, raise_conflicts
 from natsched.models import AgentIdentity, JobSpec
 from natsched.runs import get_run
 
@@ -39,6 +40,21 @@ def _as_str(body: dict[str, Any], name: str, default: str | None = None) -> str:
     if not isinstance(value, str) or not value:
         raise ApiError(f"request field {name!r} must be a non-empty string")
     return value
+
+
+def upstream_users(keys: list[str], others: dict[str, KvValue]) -> dict[str, list[str]]:
+    """For each of ``keys``, the jobs among ``others`` whose event triggers name it."""
+    users: dict[str, list[str]] = {}
+    for other, stored in sorted(others.items()):
+        try:
+            spec = codec.decode_job(stored.value, other)
+        except CodecError:
+            continue
+        for trigger in event_triggers(spec):
+            for key in keys:
+                if key in trigger.after and other not in users.get(key, []):
+                    users.setdefault(key, []).append(other)
+    return users
 
 
 def _as_keys(body: dict[str, Any]) -> list[str]:
@@ -107,10 +123,13 @@ class AdminApi:
         if fmt not in (None, "toml", "json"):
             raise ApiError("request field 'format' must be 'toml' or 'json'")
         job_file = parse_job_document(content, source=source, fmt=fmt)
-        current: dict[str, KvValue] = {}
-        for group in sorted(job_file.groups):
-            current.update(await scan(self._js, subjects.JOBS_BUCKET, f"{group}.>"))
+        stored = await self._all_jobs()
+        current = {k: v for k, v in stored.items() if k.partition(".")[0] in job_file.groups}
         plan = plan_apply(job_file, current, prune=bool(body.get("prune", False)))
+        try:
+            check_chain_graph(jobs_after(plan, stored))
+        except SpecError as exc:
+            raise exc.located(source=source) from None
         dry_run = bool(body.get("dry_run", False))
         if not dry_run:
             raise_conflicts(await execute_plan(self._jobs, plan))
@@ -183,6 +202,12 @@ class AdminApi:
     async def delete_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
         jobs = await self._all_jobs()
         keys = [await self._resolve(name, jobs) for name in _as_keys(body)]
+        remaining = {k: v for k, v in jobs.items() if k not in keys}
+        for key, dependents in upstream_users(keys, remaining).items():
+            raise ApiError(
+                f"job {key} is upstream of {', '.join(dependents)} (triggers.after); "
+                "change or delete those first, or delete them together"
+            )
         for key in keys:
             await self._jobs.delete(key)
         log.info("deleted jobs %s", keys)

@@ -54,6 +54,21 @@ def _same(spec: JobSpec, stored: bytes) -> bool:
     return current == job_to_dict(spec)
 
 
+def jobs_after(plan: ApplyPlan, stored: dict[str, KvValue]) -> dict[str, JobSpec]:
+    """Every job the bucket holds once ``plan`` is written (undecodable entries left out)."""
+    jobs: dict[str, JobSpec] = {}
+    for key, value in stored.items():
+        try:
+            jobs[key] = codec.decode_job(value.value, key)
+        except CodecError:
+            continue
+    for key, _ in plan.deleted:
+        jobs.pop(key, None)
+    for spec in [*plan.created, *plan.updated_specs]:
+        jobs[spec.key] = spec
+    return jobs
+
+
 def plan_apply(job_file: JobFile, current: dict[str, KvValue], *, prune: bool) -> ApplyPlan:
     """What applying ``job_file`` over ``current`` (the bucket's keys in its groups) changes."""
     plan = ApplyPlan()

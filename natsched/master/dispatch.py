@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from natsched import codec, subjects
@@ -160,11 +161,19 @@ class Dispatcher:
         only_agents: list[str] | None = None,
         avoid_agents: list[str] | None = None,
         detail: Mapping[str, str] | None = None,
+        base_id: str | None = None,
     ) -> list[RunReply]:
-        """Start ``spec`` now on its agents; one reply per run (failed ones say why)."""
+        """Start ``spec`` now on its agents; one reply per run (failed ones say why).
+
+        ``base_id`` makes the run ids deterministic (``base_id`` for a load-balance run,
+        ``<base_id>-<agent>`` per target otherwise), so a dispatch repeated after a crash
+        is recognised by the agents (they answer a run id they know without running it
+        again). Several targets get ``detail.batch`` and ``detail.batch_size``: a chain
+        treats them as one completion.
+        """
         live = await self.live_agents()
 
-        def request(run_id: str) -> RunRequest:
+        def request(run_id: str, extra: Mapping[str, str] | None = None) -> RunRequest:
             return RunRequest(
                 run_id=run_id,
                 spec=spec,
@@ -175,23 +184,30 @@ class Dispatcher:
                 env=dict(env or {}),
                 correlation_id=correlation_id,
                 master=self._master_id,
-                detail=dict(detail or {}),
+                detail={**(detail or {}), **(extra or {})},
             )
 
         if spec.mode is Mode.LOAD_BALANCE:
             if spec.overlap is Overlap.REPLACE:
                 await self._cancel_lock_holder(spec)
-            return [await self._load_balance(spec, request(new_run_id()), live, avoid=avoid_agents or [])]
+            run = request(base_id or new_run_id())
+            return [await self._load_balance(spec, run, live, avoid=avoid_agents or [])]
         targets = only_agents if only_agents is not None else slave_targets(spec, live)
         if not targets:
             return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
+        batch = (
+            {"batch": base_id or new_run_id(), "batch_size": str(len(targets))} if len(targets) > 1 else {}
+        )
+        requests = {
+            name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
+        }
         replies = await asyncio.gather(
-            *(self._ask(subjects.agent_run_subject(name), request(new_run_id()), name) for name in targets)
+            *(self._ask(subjects.agent_run_subject(name), requests[name], name) for name in targets)
         )
         await asyncio.gather(
             *(
-                self._record_failure(spec, reply, trigger, scheduled_at, attempt)
-                for reply in replies
+                self._record_failure(requests[name], reply)
+                for name, reply in zip(targets, replies, strict=True)
                 if not reply.ok
             )
         )
@@ -220,7 +236,7 @@ class Dispatcher:
             run_id=request.run_id,
             reason="no agent accepted the run (" + "; ".join(reasons) + ")",
         )
-        await self._record_failure(spec, failed, request.trigger, request.scheduled_at, request.attempt)
+        await self._record_failure(request, failed)
         return failed
 
     async def _cancel_lock_holder(self, spec: JobSpec) -> None:
@@ -263,24 +279,28 @@ class Dispatcher:
         except CodecError as exc:
             return RunReply(ok=False, agent=who, run_id=request.run_id, reason=f"bad reply: {exc}")
 
-    async def _record_failure(
-        self, spec: JobSpec, reply: RunReply, trigger: str, scheduled_at: float | None, attempt: int
-    ) -> None:
+    async def _record_failure(self, request: RunRequest | None, reply: RunReply) -> None:
         """The agent could not record it, so the master publishes the run's ``failed`` event."""
-        if not reply.run_id or reply.state:  # the agent published its own event (e.g. skipped)
+        if request is None or not reply.run_id or reply.state:  # the agent published its own event
             return
         agent = reply.agent if subjects.is_token(reply.agent) else "none"
         event = RunEvent(
             run_id=reply.run_id,
-            job=spec.key,
+            job=request.spec.key,
             agent=agent,
             state=RunState.FAILED,
-            trigger=trigger,
-            scheduled_at=scheduled_at,
+            trigger=request.trigger,
+            scheduled_at=request.scheduled_at,
             reason=reply.reason,
-            attempt=attempt,
+            attempt=request.attempt,
+            detail=dict(request.detail),
         )
-        try:
-            await self._js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
-        except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
-            log.warning("could not record failed run %s: %r", reply.run_id, exc)
+        await publish_event(self._js, event)
+
+
+async def publish_event(js: JetStreamContext, event: RunEvent) -> None:
+    """An event the master records itself (a run that never reached an agent)."""
+    try:
+        await js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
+    except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
+        log.warning("could not record %s run %s: %r", event.state.value, event.run_id, exc)

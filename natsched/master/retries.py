@@ -31,6 +31,8 @@ from natsched.models import Mode, RetryPolicy
 log = logging.getLogger(__name__)
 
 DURABLE = "natsched-retries"
+CHAIN_DETAIL = ("chain_id", "parents", "upstream")
+CHAIN_FAILURE = "chain_failure"  # a downstream run recorded failed by the chain itself: never retried
 RETRY_STATES = ("failed", "timed_out")
 
 
@@ -83,7 +85,7 @@ class RetryFollower:
         except (CodecError, NotFoundError):
             await msg.ack()  # garbage, or the job is gone: nothing to retry
             return
-        if event.attempt > spec.retries.attempts or not spec.enabled:
+        if event.attempt > spec.retries.attempts or not spec.enabled or CHAIN_FAILURE in event.detail:
             await msg.ack()
             return
         if msg.metadata.num_delivered <= 1:
@@ -119,7 +121,8 @@ class RetryFollower:
             attempt=event.attempt + 1,
             only_agents=[event.agent] if mode is not Mode.LOAD_BALANCE else None,
             avoid_agents=[event.agent] if mode is Mode.LOAD_BALANCE else None,
-            detail={"retry_of": event.run_id},
+            # A retry stays in its chain run, so the chain goes on when it succeeds.
+            detail={"retry_of": event.run_id, **{k: v for k, v in event.detail.items() if k in CHAIN_DETAIL}},
         )
         for reply in replies:
             log.info(

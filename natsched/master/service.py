@@ -19,8 +19,10 @@ from natsched import subjects
 from natsched.buckets import StorageSettings, ensure_all
 from natsched.connection import connect
 from natsched.master.api import AdminApi
+from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
+from natsched.master.jobindex import JobIndex
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.service import Service
@@ -53,6 +55,8 @@ class MasterService(Service):
         self.scheduler: MasterScheduler | None = None
         self.retries: RetryFollower | None = None
         self.triggers: TriggerHandler | None = None
+        self.index: JobIndex | None = None
+        self.chains: ChainFollower | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -74,6 +78,14 @@ class MasterService(Service):
         state = await js.key_value(subjects.STATE_BUCKET)
         self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
         await self.retries.start()
+        self.index = JobIndex(jobs)
+        self.spawn(self.index.watch(), name="job-index", critical=True)
+        self.chains = ChainFollower(
+            self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher
+        )
+        await self.chains.start()
+        self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
+        self.spawn(self.chains.expire_fanins(), name="fan-in-timeouts", critical=True)
         self.scheduler = MasterScheduler(jobs, state, self._fire)
         self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
         self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)

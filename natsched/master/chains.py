@@ -1,0 +1,379 @@
+"""Chains: a run's completion starts the jobs whose event triggers name its job.
+
+Masters share one durable consumer (``natsched-chains``, a queue group) on the final run
+events, so each completion is handled once and none is missed while masters restart; a
+message is acknowledged only after its downstream jobs were dispatched.
+
+Chain run: the first run of a chain (or the batch of a slave run's targets) is its root,
+and its id is the chain id. Every run a chain starts carries ``detail.chain_id`` and
+``detail.parents`` (comma-separated run ids) — see ``natsched runs --chain``.
+
+Exactly once per event: a downstream dispatch first creates ``chain.<job>.<upstream id>``
+in ``natsched_chains`` (compare-and-set; entries expire after a week), with run ids
+derived from that key. A redelivery after a crash finds the key: if the dispatch was
+recorded done it is skipped; if not, it is repeated with the same run ids, and agents
+answer a run id they already took without running it again.
+
+Slave upstreams: one run per target, tied by ``detail.batch``; the batch completes when
+every target's run has (``batch.<id>`` collects them), unless the downstream trigger asks
+for ``per_agent`` or filters on ``agents``. Fan-in (``wait = "all"``): ``fanin.<chain>.<job>``
+collects the upstreams of one chain run; when all are in, the job is dispatched; an
+upstream that ended the wrong way, or the trigger's ``timeout``, fails the chain: the
+master records a ``failed`` run of the downstream job saying why (never retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import codec, subjects
+from natsched.errors import CodecError
+from natsched.events import RunEvent, RunState, parse_event
+from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.jobindex import JobIndex
+from natsched.master.retries import CHAIN_FAILURE, RETRY_STATES
+from natsched.models import EventTrigger, JobSpec
+
+log = logging.getLogger(__name__)
+
+DURABLE = "natsched-chains"
+FINAL_STATES = ("succeeded", "failed", "timed_out", "killed", "lost")
+FANIN_CHECK_INTERVAL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """An upstream job that completed: one run, or every run of a slave batch."""
+
+    job: str
+    id: str  # the run id, or the batch id
+    state: str  # for a batch: succeeded if every run did, else failed
+    exit_codes: tuple[int | None, ...]
+    agent: str  # empty for a batch
+    runs: tuple[str, ...]
+
+    def satisfies(self, trigger: EventTrigger) -> bool:
+        if trigger.exit_codes:
+            return all(code is not None and code in trigger.exit_codes for code in self.exit_codes)
+        # A batch reaches here only for triggers without an agents filter (see handle).
+        return trigger.accepts(self.state, None, self.agent)
+
+
+def retry_follows(index: JobIndex, event: RunEvent) -> bool:
+    """Will the retry follower run this failed run again (so the chain waits for that)?"""
+    spec = index.jobs.get(event.job)
+    return (
+        spec is not None
+        and spec.enabled
+        and event.attempt <= spec.retries.attempts
+        and CHAIN_FAILURE not in event.detail
+    )
+
+
+def derived_run_id(claim: str, first_parent: str) -> str:
+    """A run id that is the same on every redelivery: parent's time prefix + hash of the claim."""
+    prefix = first_parent.split("-", 1)[0]
+    try:
+        int(prefix, 16)
+    except ValueError:
+        prefix = f"{int(time.time() * 1000):x}"
+    return f"{prefix}-{hashlib.sha256(claim.encode()).hexdigest()[:12]}"
+
+
+class ChainFollower:
+    def __init__(
+        self,
+        nc: Client,
+        chains: KeyValue,
+        index: JobIndex,
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._state = chains
+        self._index = index
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._fanins: dict[str, tuple[float, int]] = {}  # key -> (deadline, revision)
+        self.dispatched = 0
+
+    async def start(self) -> None:
+        config = api.ConsumerConfig(
+            durable_name=DURABLE,
+            deliver_group=DURABLE,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_ack_pending=1000,
+            filter_subjects=[f"natsched.event.*.*.*.{state}" for state in FINAL_STATES],
+        )
+        await self._js.subscribe(
+            subjects.EVENTS_SUBJECTS,
+            queue=DURABLE,
+            durable=DURABLE,
+            stream=subjects.EVENTS_STREAM,
+            config=config,
+            manual_ack=True,
+            cb=self._on_event,
+        )
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            await self._index.ready.wait()
+            await self.handle(parse_event(msg.data))
+        except CodecError:
+            pass  # garbage is no completion
+        except Exception:  # a bug or NATS hiccup: the event comes back after ack_wait
+            log.exception("chain handling of %s failed", msg.subject)
+            return
+        await msg.ack()
+
+    async def handle(self, event: RunEvent) -> None:
+        downstream = self._index.downstream(event.job)
+        if not downstream or (event.state.value in RETRY_STATES and retry_follows(self._index, event)):
+            return  # nothing follows, or a retry will: the chain waits for the last attempt
+        chain_id = event.detail.get("chain_id") or event.detail.get("batch") or event.run_id
+        single = Completion(
+            job=event.job,
+            id=event.run_id,
+            state=event.state.value,
+            exit_codes=(event.exit_code,),
+            agent=event.agent,
+            runs=(event.run_id,),
+        )
+        in_batch = int(event.detail.get("batch_size", "1") or 1) > 1 and "batch" in event.detail
+        per_batch = [(s, t) for s, t in downstream if in_batch and not (t.per_agent or t.agents)]
+        for spec, trigger in downstream:
+            if (spec, trigger) not in per_batch:
+                await self._upstream_done(spec, trigger, chain_id, single)
+        if per_batch:
+            whole = await self._batch_member(event)
+            if whole is not None:  # else: other targets still running
+                for spec, trigger in per_batch:
+                    await self._upstream_done(spec, trigger, chain_id, whole)
+
+    async def _batch_member(self, event: RunEvent) -> Completion | None:
+        """Record one target's completion; the whole batch's Completion once all are in."""
+        batch, size = event.detail["batch"], int(event.detail["batch_size"])
+        key = f"batch.{batch}"
+        members: dict[str, Any] = {}
+        for _ in range(20):
+            record, revision = await self._read(key)
+            members = record.setdefault("members", {})
+            members[event.agent] = [event.run_id, event.state.value, event.exit_code]
+            if await self._write(key, record, revision):
+                break
+        else:
+            raise RuntimeError(f"{key}: too many concurrent updates")
+        if len(members) < size:
+            return None
+        states = [m[1] for m in members.values()]
+        return Completion(
+            job=event.job,
+            id=batch,
+            state="succeeded" if all(s == "succeeded" for s in states) else "failed",
+            exit_codes=tuple(m[2] for m in members.values()),
+            agent="",
+            runs=tuple(sorted(m[0] for m in members.values())),
+        )
+
+    async def _upstream_done(
+        self, spec: JobSpec, trigger: EventTrigger, chain_id: str, completion: Completion
+    ) -> None:
+        ok = completion.satisfies(trigger)
+        if trigger.wait == "any" or len(trigger.after) == 1:
+            if ok:
+                # One upstream: once per completion. Any of several: once per chain run.
+                claim_id = completion.id if len(trigger.after) == 1 else chain_id
+                await self._fire(spec, chain_id, completion.runs, completion.job, claim_id=claim_id)
+            return
+        key = f"fanin.{chain_id}.{spec.key}"
+        for _ in range(20):
+            pending, revision = await self._read(key)
+            if revision is None and await self._exists(f"chain.{spec.key}.{chain_id}"):
+                return  # already fired or failed for this chain run (a redelivery)
+            if not ok:
+                if await self._delete(key, revision):
+                    waiting = f"{completion.job} ended {completion.state}"
+                    await self._fail_chain(
+                        spec,
+                        chain_id,
+                        completion.runs,
+                        f"chain failed: {waiting}, but it waits for all of "
+                        f"{', '.join(trigger.after)} to end {trigger.on}",
+                    )
+                return
+            pending.setdefault("deadline", self._clock() + trigger.timeout)
+            upstreams: dict[str, list[str]] = pending.setdefault("upstreams", {})
+            upstreams[completion.job] = list(completion.runs)
+            if set(upstreams) >= set(trigger.after):
+                if await self._delete(key, revision):
+                    parents = tuple(r for job in trigger.after for r in upstreams[job])
+                    await self._fire(spec, chain_id, parents, ",".join(trigger.after), claim_id=chain_id)
+                    return
+                continue
+            if await self._write(key, pending, revision):
+                return
+        raise RuntimeError(f"{key}: too many concurrent updates")
+
+    async def _fire(
+        self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], upstream: str, *, claim_id: str
+    ) -> None:
+        claim = f"chain.{spec.key}.{claim_id}"
+        record, revision = await self._read(claim)
+        if record.get("done"):
+            return
+        if revision is None:
+            try:
+                revision = await self._state.create(claim, codec.pack({"at": self._clock()}))
+            except KeyWrongLastSequenceError:
+                return  # another master claimed it this very moment and is dispatching
+        base = derived_run_id(claim, parents[0] if parents else chain_id)
+        replies = await self._dispatcher.dispatch(
+            spec,
+            trigger="event",
+            base_id=base,
+            detail={"chain_id": chain_id, "parents": ",".join(parents), "upstream": upstream},
+        )
+        self.dispatched += 1
+        for reply in replies:
+            log.info(
+                "chain %s: %s -> %s %s on %s",
+                chain_id,
+                upstream,
+                spec.key,
+                "started" if reply.ok else reply.reason,
+                reply.agent or "-",
+            )
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._state.update(claim, codec.pack({"at": self._clock(), "done": True}), last=revision)
+
+    async def _fail_chain(self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], reason: str) -> None:
+        claim = f"chain.{spec.key}.{chain_id}"
+        try:
+            await self._state.create(claim, codec.pack({"at": self._clock(), "done": True, "failed": reason}))
+        except KeyWrongLastSequenceError:
+            return
+        event = RunEvent(
+            run_id=derived_run_id(claim, parents[0] if parents else chain_id),
+            job=spec.key,
+            agent="none",
+            state=RunState.FAILED,
+            trigger="event",
+            reason=reason,
+            detail={"chain_id": chain_id, "parents": ",".join(parents), CHAIN_FAILURE: "1"},
+        )
+        log.warning("chain %s: %s", chain_id, reason)
+        await publish_event(self._js, event)
+
+    # --- fan-in timeouts -------------------------------------------------------------
+
+    async def watch_fanins(self) -> None:
+        """Keep the pending fan-ins in view (every master), so their timeouts can fire."""
+        watcher = await self._state.watch("fanin.>")
+        async for entry in watcher:
+            if entry is None:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._fanins.pop(entry.key, None)
+                continue
+            try:
+                deadline = float(codec.unpack(entry.value, entry.key)["deadline"])
+            except (CodecError, KeyError, TypeError, ValueError):
+                continue
+            self._fanins[entry.key] = (deadline, entry.revision or 0)
+
+    async def expire_fanins(self) -> None:
+        while True:
+            await asyncio.sleep(FANIN_CHECK_INTERVAL)
+            now = self._clock()
+            for key, (deadline, revision) in list(self._fanins.items()):
+                if now >= deadline:
+                    try:
+                        await self._expire(key, revision)
+                    except Exception:  # noqa: BLE001 - tried again on the next pass
+                        log.exception("fan-in %s: timeout handling failed", key)
+
+    async def _expire(self, key: str, revision: int) -> None:
+        pending, current = await self._read(key)
+        if current != revision or not await self._delete(key, current):
+            return  # changed or handled by another master
+        chain_id, job_key = _split_fanin_key(key)
+        spec = self._index.jobs.get(job_key)
+        if spec is None:
+            return
+        upstreams: dict[str, list[str]] = pending.get("upstreams", {})
+        trigger = next(
+            (t for t in _event_triggers(spec) if t.wait == "all" and set(upstreams) <= set(t.after)), None
+        )
+        missing = sorted(set(trigger.after) - set(upstreams)) if trigger else []
+        parents = tuple(r for runs in upstreams.values() for r in runs)
+        timeout = f"{trigger.timeout:g}s" if trigger else "its timeout"
+        await self._fail_chain(
+            spec,
+            chain_id,
+            parents,
+            f"chain failed: fan-in timed out after {timeout} waiting for {', '.join(missing)}",
+        )
+
+    # --- state bucket helpers --------------------------------------------------------
+
+    async def _read(self, key: str) -> tuple[dict[str, Any], int | None]:
+        try:
+            entry = await self._state.get(key)
+        except KeyNotFoundError:
+            return {}, None
+        if not entry.value:
+            return {}, None
+        try:
+            return dict(codec.unpack(entry.value, key)), entry.revision
+        except CodecError:
+            return {}, entry.revision
+
+    async def _exists(self, key: str) -> bool:
+        return (await self._read(key))[1] is not None
+
+    async def _write(self, key: str, value: dict[str, Any], revision: int | None) -> bool:
+        try:
+            if revision is None:
+                await self._state.create(key, codec.pack(value))
+            else:
+                await self._state.update(key, codec.pack(value), last=revision)
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    async def _delete(self, key: str, revision: int | None) -> bool:
+        if revision is None:
+            return True
+        try:
+            await self._state.delete(key, last=revision)
+            return True
+        except Exception as exc:  # noqa: BLE001 - nats-py raises APIError for a wrong revision here
+            log.debug("delete %s at %s lost the race: %r", key, revision, exc)
+            return False
+
+
+def _split_fanin_key(key: str) -> tuple[str, str]:
+    """``fanin.<chain>.<group>.<job>`` -> (chain id, job key)."""
+    _, chain_id, job_key = key.split(".", 2)
+    return chain_id, job_key
+
+
+def _event_triggers(spec: JobSpec) -> list[EventTrigger]:
+    return [t for t in spec.triggers if isinstance(t, EventTrigger)]
