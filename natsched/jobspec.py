@@ -218,18 +218,31 @@ def _trigger(value: object, group: str) -> Trigger:  # noqa: C901 - one branch p
             timeout=parse_duration(data.get("timeout", 3600.0), "triggers.timeout"),
             per_agent=_bool(data.get("per_agent", False), "triggers.per_agent"),
         )
-    match = data.get("match", {})
-    if not isinstance(match, Mapping) or not all(
-        isinstance(v, str | int | float | bool) for v in match.values()
-    ):
-        raise SpecError(
-            "must be a table of field = value (strings, numbers, booleans)", field="triggers.match"
-        )
     return SubjectTrigger(
         subject=_str(data["subject"], "triggers.subject"),
         max_bytes=_int(data.get("max_bytes", 65536), "triggers.max_bytes"),
-        match={str(k): v for k, v in match.items()},
+        match=_match(data.get("match", {})),
     )
+
+
+def _match(value: object, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """A subject trigger's ``match`` as dotted paths; nested tables (TOML dotted keys) flatten."""
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            "must be a table of field = value (strings, numbers, booleans)", field="triggers.match"
+        )
+    flat: dict[str, str | int | float | bool] = {}
+    for key, item in value.items():
+        path = f"{prefix}{key}"
+        if isinstance(item, Mapping):
+            flat.update(_match(item, f"{path}."))
+        elif isinstance(item, str | int | float | bool):
+            flat[path] = item
+        else:
+            raise SpecError(
+                f"{path}: only strings, numbers and booleans can be matched", field="triggers.match"
+            )
+    return flat
 
 
 def _retries(value: object) -> RetryPolicy:

@@ -68,7 +68,7 @@ def test_full_spec_round_trips_through_the_wire() -> None:
         ({"triggers": [{"cron": "* * * * *", "every": 5}]}, "triggers"),
         ({"triggers": [{"watch": "relative/dir"}]}, "triggers.watch"),
         ({"triggers": [{"watch": "/in"}], "mode": "slave"}, "triggers.watch"),
-        ({"triggers": [{"after": ["nogroup"]}]}, "triggers.after"),
+        ({"triggers": [{"after": ["not a job"]}]}, "triggers.after"),
         ({"triggers": [{"subject": "natsched.trigger.x"}]}, "triggers.subject"),
         ({"mode": "load-balance"}, "targets.pools"),
         ({"timeout": -1}, "timeout"),

@@ -101,6 +101,7 @@ STATE_COLOURS = {
     "killed": "red",
     "lost": "red",
     "skipped": "yellow",
+    "running": "cyan",
 }
 
 

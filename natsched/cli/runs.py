@@ -15,8 +15,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from rich.table import Table
+from rich.tree import Tree
 
 from natsched import subjects
+from natsched.chainview import ChainView, read_chain
 from natsched.cli.common import STATE_COLOURS, ServerOption, age, console, run, settings
 from natsched.connection import connect
 from natsched.errors import CodecError, ConfigError, NatschedError
@@ -49,11 +51,15 @@ def runs(
     state: Annotated[str | None, typer.Option("--state", help="latest state, e.g. failed")] = None,
     since: Annotated[str | None, typer.Option(help="only runs of the last 30m / 6h / 2d")] = None,
     limit: Annotated[int, typer.Option(help="at most this many runs")] = 50,
+    chain: Annotated[str | None, typer.Option("--chain", help="a chain run's tree (its root run id)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     server: ServerOption = None,
 ) -> None:
     """List runs (newest first) with their latest state."""
     if ctx.invoked_subcommand is not None:
+        return
+    if chain is not None:
+        show_chain(chain, as_json, server)
         return
 
     async def core() -> list[Any]:
@@ -91,6 +97,52 @@ def runs(
         )
     console.print(table)
     console.print(f"{len(found)} run(s)", highlight=False)
+
+
+def show_chain(chain_id: str, as_json: bool, server: str | None) -> None:
+    """A chain run as a tree: per step the job, host, times and result; the chain's state."""
+
+    async def core() -> ChainView:
+        nc = await connect(settings(server))
+        try:
+            return await read_chain(nc.jetstream(), chain_id)
+        finally:
+            await nc.close()
+
+    view = run(core())
+    if as_json:
+        steps = [
+            asdict(r.latest) | {"states": r.states, "parents": view.parents(run_id)}
+            for run_id, r in view.runs.items()
+        ]
+        console.print_json(
+            json.dumps({"chain_id": chain_id, "state": view.state, "waiting": view.waiting, "runs": steps})
+        )
+        return
+    colour = STATE_COLOURS.get(view.state, "white")
+    tree = Tree(f"chain {chain_id}: [{colour}]{view.state}[/]")
+
+    def add(node: Tree, run_id: str, seen: set[str]) -> None:
+        e = view.runs[run_id].latest
+        took = f"{e.duration:.3f}s" if e.duration is not None else "…"
+        step = node.add(
+            f"[bold]{e.job}[/] on {e.agent}: [{STATE_COLOURS.get(e.state.value, 'white')}]{e.state.value}[/]"
+            f"  {_when(e.started_at)}  {took}"
+            + ("" if e.exit_code is None else f"  exit {e.exit_code}")
+            + (f"  {e.reason[:80]}" if e.reason else "")
+            + f"  [dim]{run_id}[/]"
+        )
+        for child in view.children(run_id):
+            if child not in seen:
+                seen.add(child)
+                add(step, child, seen)
+
+    seen: set[str] = set()
+    for root in view.roots():
+        add(tree, root, seen)
+    for job in view.waiting:
+        tree.add(f"[yellow]{job}[/]: fan-in waiting")
+    console.print(tree)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
+from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
@@ -57,6 +58,7 @@ class MasterService(Service):
         self.triggers: TriggerHandler | None = None
         self.index: JobIndex | None = None
         self.chains: ChainFollower | None = None
+        self.inbound: SubjectTriggers | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -86,6 +88,8 @@ class MasterService(Service):
         await self.chains.start()
         self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
         self.spawn(self.chains.expire_fanins(), name="fan-in-timeouts", critical=True)
+        self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher)
+        self.spawn(self.inbound.run(), name="subject-triggers", critical=True)
         self.scheduler = MasterScheduler(jobs, state, self._fire)
         self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
         self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
@@ -105,6 +109,8 @@ class MasterService(Service):
     async def stop(self) -> None:
         if self.triggers is not None:
             await self.triggers.close()
+        if self.inbound is not None:
+            await self.inbound.close()
         if self.nc is None or self.nc.is_closed:
             return
         try:

@@ -7,15 +7,17 @@ request on ``natsched.trigger.<job>`` and followed through the events stream.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
 
 from natsched import subjects
+from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
-from tests.conftest import AgentFactory, eventually
+from tests.cli.test_commands import natsched
+from tests.conftest import AgentFactory, Process, eventually, wait_for_api
 from tests.helpers import api, apply, job, stream_events, toml_jobs
 
 
@@ -248,5 +250,137 @@ async def test_an_upstream_cannot_be_deleted_under_its_downstream(master: Master
     assert reply["ok"], reply
 
 
-def count_by_chain(events: list[dict[str, Any]]) -> collections.Counter[str]:
-    return collections.Counter(e["detail"].get("chain_id", "") for e in events)
+async def test_master_killed_before_the_downstream_dispatch_runs_it_exactly_once_after_restart(
+    master_process: Process,
+    spawn: Callable[..., Process],
+    nats_server: EmbeddedServer,
+    nc: Client,
+    start_agent: AgentFactory,
+) -> None:
+    await three_hosts(start_agent)
+    await apply(
+        nc,
+        toml_jobs(
+            on("db1", "upstream", 1.5),
+            on("db2", "downstream", triggers=[{"after": ["upstream"]}]),
+            group="mk",
+        ),
+    )
+    root = (await trigger(nc, "mk.upstream"))["runs"][0]["run_id"]
+    master_process.kill()  # kill -9 while the upstream runs: nobody follows its completion
+    await until_finals(nc, "mk.upstream", 1)
+    await asyncio.sleep(0.5)
+    assert await finals(nc, "mk.downstream") == [], "no master, no dispatch yet"
+
+    restarted = spawn("natsched", "master", url=nats_server.url, log_name="master-2.log")
+    await asyncio.to_thread(wait_for_api, nats_server.url, restarted)
+    [downstream] = await until_finals(nc, "mk.downstream", 1)
+    assert downstream["detail"]["chain_id"] == root and downstream["agent"] == "db2"
+
+    restarted.kill()  # and once more: the acknowledged completion is not handled again
+    again = spawn("natsched", "master", url=nats_server.url, log_name="master-3.log")
+    await asyncio.to_thread(wait_for_api, nats_server.url, again)
+    await asyncio.sleep(2.0)
+    runs = [e for e in await stream_events(nc) if e["job"] == "mk.downstream" and e["state"] == "started"]
+    assert len(runs) == 1, runs
+
+
+async def test_runs_chain_shows_the_tree_and_the_chain_state(
+    master: MasterService, nats_server: EmbeddedServer, nc: Client, start_agent: AgentFactory
+) -> None:
+    await three_hosts(start_agent)
+
+    def graph(with_cleanup: bool) -> str:
+        steps = [
+            on("db1", "backup"),
+            on("db2", "verify", exit=2, triggers=[{"after": ["backup"]}]),
+        ]
+        if with_cleanup:
+            steps.append(on("web1", "cleanup", triggers=[{"after": ["verify"], "on": "failed"}]))
+        return toml_jobs(*steps, group="tree")
+
+    async def chain(chain_id: str) -> dict[str, Any]:
+        code, out = await asyncio.to_thread(
+            natsched, "runs", "--chain", chain_id, "--json", url=nats_server.url
+        )
+        assert code == 0, out
+        view: dict[str, Any] = json.loads(out)
+        return view
+
+    await apply(nc, graph(with_cleanup=True))
+    handled = (await trigger(nc, "tree.backup"))["runs"][0]["run_id"]
+    await until_finals(nc, "tree.cleanup", 1)
+    view = await chain(handled)
+    steps = {s["job"]: s for s in view["runs"]}
+    assert view["state"] == "succeeded", "the failure was handled by its branch"
+    assert [
+        (steps[j]["agent"], steps[j]["state"]) for j in ("tree.backup", "tree.verify", "tree.cleanup")
+    ] == [
+        ("db1", "succeeded"),
+        ("db2", "failed"),
+        ("web1", "succeeded"),
+    ]
+    assert steps["tree.cleanup"]["parents"] == [steps["tree.verify"]["run_id"]]
+    code, out = await asyncio.to_thread(natsched, "runs", "--chain", handled, url=nats_server.url)
+    assert code == 0 and f"chain {handled}: succeeded" in out
+    assert "tree.verify on db2: failed" in out and "exit 2" in out
+
+    await apply(nc, graph(with_cleanup=False), prune=True)
+    unhandled = (await trigger(nc, "tree.backup"))["runs"][0]["run_id"]
+    await until_finals(nc, "tree.verify", 2)
+    assert (await chain(unhandled))["state"] == "failed"
+    code, out = await asyncio.to_thread(
+        natsched, "runs", "--chain", "18c0ffee000-nosuchchain", url=nats_server.url
+    )
+    assert code != 0 and "no chain run" in out
+
+
+async def test_a_raw_publish_on_an_operator_subject_starts_the_job_with_its_body(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    await start_agent("web1")
+    echo = ["sh", "-c", 'printf "%s|%s" "$NATSCHED_SUBJECT" "$NATSCHED_MESSAGE"']
+    await apply(
+        nc,
+        toml_jobs(
+            job(
+                "on-order",
+                mode="slave",
+                targets={"agents": ["web1"]},
+                command=echo,
+                triggers=[{"subject": "orders.*"}],
+            ),
+            job(
+                "on-paid",
+                mode="slave",
+                targets={"agents": ["web1"]},
+                command=echo,
+                triggers=[
+                    {
+                        "subject": "payments.>",
+                        "match": {"status": "paid", "order.region": "eu"},
+                        "max_bytes": 200,
+                    }
+                ],
+            ),
+            group="ext",
+        ),
+    )
+
+    async def listening() -> bool:
+        assert master.inbound is not None
+        return {"orders.*", "payments.>"} <= set(master.inbound._subs)
+
+    await eventually(listening, 10, "master subscribed to the job subjects")
+    # What any NATS client does: a plain publish, no natsched code.
+    await nc.publish("orders.created", b'{"id": 7}')
+    await nc.publish("payments.in", json.dumps({"status": "paid", "order": {"region": "eu"}}).encode())
+    await nc.publish("payments.in", json.dumps({"status": "refused", "order": {"region": "eu"}}).encode())
+    await nc.publish("payments.in", b"not json")
+    await nc.publish("payments.in", json.dumps({"status": "paid", "pad": "x" * 300}).encode())
+    [order] = await until_finals(nc, "ext.on-order", 1)
+    assert order["output_tail"] == 'orders.created|{"id": 7}' and order["trigger"] == "subject"
+    [paid] = await until_finals(nc, "ext.on-paid", 1)
+    assert json.loads(paid["output_tail"].split("|", 1)[1])["status"] == "paid"
+    await asyncio.sleep(1.0)
+    assert len(await finals(nc, "ext.on-paid")) == 1, "refused, non-JSON and oversized bodies start nothing"
