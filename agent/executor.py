@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
 from natsched import subjects
+from natsched.calendars import Holds
 from natsched.events import RunEvent, RunState, new_run_id, tail_text
 from natsched.models import JobSpec, Mode, Overlap
 
@@ -75,7 +77,9 @@ class JobExecutor:
         self._waiters: set[asyncio.Task[None]] = set()
         self._queued: dict[asyncio.Task[Any], RunEvent] = {}  # waiting their turn
         self.base_env: Mapping[str, str] = os.environ
-        self.locks: ClusterLocks | None = None  # set once connected (cluster-wide forbid)
+        self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
+        self.holds: Callable[[], Holds] = Holds  # calendars and pauses (set by the service)
+        self._held: list[tuple[JobSpec, RunEvent, tuple[str, ...], Mapping[str, str]]] = []
 
     @property
     def running(self) -> int:
@@ -107,8 +111,48 @@ class JobExecutor:
             detail=dict(detail or {}),
             attempt=attempt,
         )
+        action, reason = self.hold_of(spec, trigger, scheduled_at)
+        if action == "skip":
+            skipped = event.moved_to(RunState.SKIPPED, reason=reason)
+            await self.outbox.publish(skipped)
+            return skipped
+        if action == "queue":
+            self._held.append((spec, event, args, env or {}))
+            await self.outbox.publish(event.moved_to(RunState.QUEUED, reason=reason))
+            return event
+        return await self._launch_event(spec, event, args, env or {})
+
+    def hold_of(self, spec: JobSpec, trigger: str, at: float | None) -> tuple[str, str]:
+        """(action, reason) of the calendars and pauses for this run ('' = go ahead).
+
+        An agent pause holds every run here; a job's calendar and pause are the master's to
+        apply, except for mirror jobs, which this agent fires itself.
+        """
+        holds = self.holds()
+        action, reason = holds.agent_hold(self.agent, trigger)
+        if not action and spec.mode is Mode.MIRROR:
+            action, reason = holds.job_hold(
+                spec.calendar, spec.key, trigger, time.time() if at is None else at
+            )
+        return action, reason
+
+    async def release_held(self) -> None:
+        """Start the held runs whose pause was lifted (called when the settings change)."""
+        held, self._held = self._held, []
+        for spec, event, args, env in held:
+            if self.hold_of(spec, event.trigger, event.scheduled_at)[0] == "queue":
+                self._held.append((spec, event, args, env))
+                continue
+            try:
+                await self._launch_event(spec, event, args, env)
+            except Exception:  # noqa: BLE001 - one bad launch must not keep the others held
+                log.exception("held run %s of %s could not be started", event.run_id, spec.key)
+
+    async def _launch_event(
+        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], env: Mapping[str, str]
+    ) -> RunEvent:
         if self._cluster_locked(spec):
-            return await self._launch_exclusive(spec, event, args, env or {})
+            return await self._launch_exclusive(spec, event, args, env)
         current = self.active.get(spec.key)
         if current and spec.overlap is Overlap.FORBID:
             skipped = event.moved_to(
@@ -126,17 +170,17 @@ class JobExecutor:
                 # Answer at once (a dispatcher must not wait for the running one to end): the
                 # run is recorded queued and starts from a task when its turn comes.
                 await self.outbox.publish(event)
-                task = asyncio.create_task(self._start_in_turn(spec, event, args, env or {}, lock))
+                task = asyncio.create_task(self._start_in_turn(spec, event, args, env, lock))
                 self._queued[task] = event
                 task.add_done_callback(lambda t: self._queued.pop(t, None))
                 return event
             await lock.acquire()
             try:
-                return await self._start(spec, event, args, env or {})
+                return await self._start(spec, event, args, env)
             except BaseException:
                 lock.release()
                 raise
-        return await self._start(spec, event, args, env or {})
+        return await self._start(spec, event, args, env)
 
     async def _launch_exclusive(
         self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], env: Mapping[str, str]
@@ -293,6 +337,9 @@ class JobExecutor:
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let runs finish within ``grace``, kill the rest; final events go out."""
+        for _, event, _, _ in self._held:
+            await self.outbox.publish(event.moved_to(RunState.SKIPPED, reason="agent shut down while held"))
+        self._held.clear()
         waiting = dict(self._queued)  # queued runs will not get their turn now
         for task in waiting:
             task.cancel()

@@ -22,6 +22,7 @@ from natsched import codec, subjects
 from natsched.dispatch import RunReply, decode_run_request
 from natsched.errors import CodecError
 from natsched.events import RunState
+from natsched.models import Mode
 
 log = logging.getLogger(__name__)
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
@@ -75,6 +76,14 @@ class Responder:
             log.info("run %s was already taken here; answering again, not running it twice", request.run_id)
             await self._reply(msg, known)
             return
+        if request.spec.mode is Mode.LOAD_BALANCE:
+            # Refused, not held (manual runs too): another agent of the pool takes it.
+            paused = self._executor.holds().agent_hold(self._agent, "scheduled")[1]
+            if paused:
+                await self._reply(
+                    msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=paused)
+                )
+                return
         if self._executor.running >= self._max:
             await self._reply(
                 msg,

@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.executor import JobExecutor, LogStreamer
 from agent.files import FileWatcher
 from agent.heartbeat import HeartbeatPublisher, sample_load
+from agent.holds import HoldsSync
 from agent.locks import ClusterLocks
 from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
@@ -54,6 +55,7 @@ class AgentService(Service):
         self.mirror: MirrorScheduler | None = None
         self.files: FileWatcher | None = None
         self.responder: Responder | None = None
+        self.holds: HoldsSync
 
     @property
     def running(self) -> int:
@@ -76,6 +78,10 @@ class AgentService(Service):
             logs=self.logs,
             kill_grace=self.config.kill_grace,
         )
+        self.holds = HoldsSync(self.cache.db)
+        await self.holds.load()
+        self.executor.holds = lambda: self.holds.holds
+        self.holds.listeners.append(lambda _lifted: self._release_held())
         self.mirror = MirrorScheduler(self.cache, self.executor)
         self.files = FileWatcher(self.cache, self.executor)
         self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)
@@ -149,6 +155,11 @@ class AgentService(Service):
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
         self.spawn(self.sync.run(), name="job-sync", critical=True)
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
+        self.spawn(self.holds.run(js), name="settings-watch", critical=True)
+
+    def _release_held(self) -> None:
+        if self.executor is not None:
+            self.spawn(self.executor.release_held(), name="release-held")
 
     async def _heartbeat(self) -> Heartbeat:
         position = self.sync.position if self.sync else None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
 from natsched.models import (
     Balance,
@@ -55,6 +56,7 @@ _JOB_FIELDS = frozenset(
         "user",
         "enabled",
         "description",
+        "calendar",
     }
 )
 _E = TypeVar("_E")
@@ -327,6 +329,15 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         user=None if data.get("user") is None else _str(data["user"], "user"),
         enabled=_bool(data.get("enabled", True), "enabled"),
         description=_str(data.get("description", ""), "description"),
+        calendar=None if data.get("calendar") is None else _calendar_rule(data["calendar"]),
+    )
+
+
+def _calendar_rule(value: object) -> CalendarRule:
+    data = _table(value, "calendar", frozenset({"only", "skip"}))
+    return CalendarRule(
+        only=_str_list(data.get("only", []), "calendar.only"),
+        skip=_str_list(data.get("skip", []), "calendar.skip"),
     )
 
 
@@ -412,4 +423,8 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
             out[name] = value.value if hasattr(value, "value") else value
     if spec.env:
         out["env"] = dict(spec.env)
+    if spec.calendar is not None:
+        out["calendar"] = {
+            k: list(v) for k, v in (("only", spec.calendar.only), ("skip", spec.calendar.skip)) if v
+        }
     return out

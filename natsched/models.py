@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Literal
 
 from natsched import subjects
+from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
 from natsched.triggers.cron import validate_cron, validate_timezone
 
@@ -300,6 +301,7 @@ class JobSpec:
     user: str | None = None
     enabled: bool = True
     description: str = ""
+    calendar: CalendarRule | None = None
 
     def __post_init__(self) -> None:
         _check_tokens("name", (self.name,))

@@ -19,6 +19,7 @@ _JS = "$JS.API"
 _JOBS = subjects.kv_stream(subjects.JOBS_BUCKET)
 _AGENTS = subjects.kv_stream(subjects.AGENTS_BUCKET)
 _STATE = subjects.kv_stream(subjects.STATE_BUCKET)
+_SETTINGS = subjects.kv_stream(subjects.SETTINGS_BUCKET)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,6 +95,7 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
             f"$KV.{subjects.AGENTS_BUCKET}.{name}",
             f"$KV.{subjects.STATE_BUCKET}.lock.>",
             *_read_stream(_JOBS),
+            *_read_stream(_SETTINGS),  # calendars and pauses, cached for offline use
             *_kv_get(_AGENTS),
             *_kv_get(_STATE),
             "_INBOX.>",

@@ -10,6 +10,8 @@ from natsched import __version__
 from natsched.cli import common
 from natsched.cli.agents import agents
 from natsched.cli.apply import apply
+from natsched.cli.calendars import app as calendars_app
+from natsched.cli.calendars import pause, resume
 from natsched.cli.jobs import app as jobs_app
 from natsched.cli.run import cancel, run_job
 from natsched.cli.runs import app as runs_app
@@ -71,6 +73,9 @@ app.command()(cancel)
 app.add_typer(tls_app, name="tls")
 app.command()(permissions)
 app.add_typer(master_app, name="master")
+app.add_typer(calendars_app, name="calendars")
+app.command()(pause)
+app.command()(resume)
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
 )(agent)

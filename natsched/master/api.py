@@ -26,6 +26,7 @@ from natsched.jobfile import parse_job_document
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.kvscan import KvValue, scan
 from natsched.master.apply import execute_plan, jobs_after, plan_apply, raise_conflicts
+from natsched.master.settings_api import SettingsApi, calendar_names, check_calendars_exist
 from natsched.models import AgentIdentity, JobSpec
 from natsched.runs import get_run
 
@@ -75,6 +76,7 @@ class AdminApi:
         agents: KeyValue,
         master_id: str,
         nc: Client | None = None,
+        settings: KeyValue | None = None,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -91,6 +93,10 @@ class AdminApi:
             subjects.API_JOBS_DISABLE: self.disable_jobs,
             subjects.API_RUNS_CANCEL: self.cancel_run,
         }
+        self.settings_api: SettingsApi | None = None
+        if settings is not None:
+            self.settings_api = SettingsApi(js, settings, self._all_jobs)
+            self.handlers.update(self.settings_api.handlers())
 
     async def handle(self, msg: Msg) -> None:
         """Answer one request; every failure becomes an error reply, never a crash."""
@@ -127,7 +133,9 @@ class AdminApi:
         current = {k: v for k, v in stored.items() if k.partition(".")[0] in job_file.groups}
         plan = plan_apply(job_file, current, prune=bool(body.get("prune", False)))
         try:
-            check_chain_graph(jobs_after(plan, stored))
+            after = jobs_after(plan, stored)
+            check_chain_graph(after)
+            check_calendars_exist(after, await calendar_names(self._js))
         except SpecError as exc:
             raise exc.located(source=source) from None
         dry_run = bool(body.get("dry_run", False))

@@ -43,6 +43,7 @@ from natsched import codec, subjects
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE, RETRY_STATES
 from natsched.models import EventTrigger, JobSpec
@@ -100,6 +101,7 @@ class ChainFollower:
         chains: KeyValue,
         index: JobIndex,
         dispatcher: Dispatcher,
+        holding: Holding,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -108,6 +110,7 @@ class ChainFollower:
         self._state = chains
         self._index = index
         self._dispatcher = dispatcher
+        self._holding = holding
         self._clock = clock
         self._fanins: dict[str, tuple[float, int]] = {}  # key -> (deadline, revision)
         self.dispatched = 0
@@ -244,22 +247,27 @@ class ChainFollower:
             except KeyWrongLastSequenceError:
                 return  # another master claimed it this very moment and is dispatching
         base = derived_run_id(claim, parents[0] if parents else chain_id)
-        replies = await self._dispatcher.dispatch(
-            spec,
-            trigger="event",
-            base_id=base,
-            detail={"chain_id": chain_id, "parents": ",".join(parents), "upstream": upstream},
-        )
-        self.dispatched += 1
-        for reply in replies:
-            log.info(
-                "chain %s: %s -> %s %s on %s",
-                chain_id,
-                upstream,
-                spec.key,
-                "started" if reply.ok else reply.reason,
-                reply.agent or "-",
+
+        async def dispatch() -> None:
+            replies = await self._dispatcher.dispatch(
+                spec,
+                trigger="event",
+                base_id=base,
+                detail={"chain_id": chain_id, "parents": ",".join(parents), "upstream": upstream},
             )
+            self.dispatched += 1
+            for reply in replies:
+                log.info(
+                    "chain %s: %s -> %s %s on %s",
+                    chain_id,
+                    upstream,
+                    spec.key,
+                    "started" if reply.ok else reply.reason,
+                    reply.agent or "-",
+                )
+
+        if await self._holding.admit(spec, "event", dispatch):
+            await dispatch()
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self._state.update(claim, codec.pack({"at": self._clock(), "done": True}), last=revision)
 

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from natsched.master.dispatch import Dispatcher
+from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec, SubjectTrigger
 
@@ -62,11 +63,12 @@ def refusal(trigger: SubjectTrigger, data: bytes) -> str:
 
 class SubjectTriggers:
     def __init__(
-        self, nc: Client, index: JobIndex, dispatcher: Dispatcher, *, concurrency: int = 256
+        self, nc: Client, index: JobIndex, dispatcher: Dispatcher, holding: Holding, *, concurrency: int = 256
     ) -> None:
         self._nc = nc
         self._index = index
         self._dispatcher = dispatcher
+        self._holding = holding
         self._subs: dict[str, Subscription] = {}
         self._wanted: dict[str, list[tuple[JobSpec, SubjectTrigger]]] = {}
         self._changed = asyncio.Event()
@@ -117,19 +119,23 @@ class SubjectTriggers:
 
     async def _start(self, spec: JobSpec, subject: str, body: str) -> None:
         try:
-            replies = await self._dispatcher.dispatch(
-                spec,
-                trigger="subject",
-                env={"NATSCHED_MESSAGE": body, "NATSCHED_SUBJECT": subject},
-                detail={"subject": subject},
-            )
-            for reply in replies:
-                if not reply.ok:
-                    log.warning("%s from %s: %s on %s", spec.key, subject, reply.reason, reply.agent or "-")
+            if await self._holding.admit(spec, "subject", lambda: self._dispatch(spec, subject, body)):
+                await self._dispatch(spec, subject, body)
         except Exception:  # a dispatch bug must not stop the subscription
             log.exception("%s from %s: dispatch failed", spec.key, subject)
         finally:
             self._slots.release()
+
+    async def _dispatch(self, spec: JobSpec, subject: str, body: str) -> None:
+        replies = await self._dispatcher.dispatch(
+            spec,
+            trigger="subject",
+            env={"NATSCHED_MESSAGE": body, "NATSCHED_SUBJECT": subject},
+            detail={"subject": subject},
+        )
+        for reply in replies:
+            if not reply.ok:
+                log.warning("%s from %s: %s on %s", spec.key, subject, reply.reason, reply.agent or "-")
 
     async def close(self) -> None:
         for task in list(self._tasks):

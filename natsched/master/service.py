@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 
 from nats.aio.client import Client
 
@@ -22,6 +24,7 @@ from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
+from natsched.master.holding import Holding
 from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import RetryFollower
@@ -46,6 +49,7 @@ class MasterService(Service):
         *,
         storage: StorageSettings | None = None,
         master_id: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.settings = settings.with_name("natsched-master")
@@ -59,6 +63,8 @@ class MasterService(Service):
         self.index: JobIndex | None = None
         self.chains: ChainFollower | None = None
         self.inbound: SubjectTriggers | None = None
+        self.holding: Holding | None = None
+        self._clock = clock
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -73,6 +79,7 @@ class MasterService(Service):
             agents=await js.key_value(subjects.AGENTS_BUCKET),
             master_id=self.master_id,
             nc=self.nc,
+            settings=await js.key_value(subjects.SETTINGS_BUCKET),
         )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
         self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher)
@@ -80,17 +87,20 @@ class MasterService(Service):
         state = await js.key_value(subjects.STATE_BUCKET)
         self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
         await self.retries.start()
+        self.holding = Holding(await js.key_value(subjects.SETTINGS_BUCKET), js, clock=self._clock)
+        self.holding.on_release(lambda coro, name: self.spawn(coro, name=name))
+        self.spawn(self.holding.watch(), name="settings-watch", critical=True)
         self.index = JobIndex(jobs)
         self.spawn(self.index.watch(), name="job-index", critical=True)
         self.chains = ChainFollower(
-            self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher
+            self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher, self.holding
         )
         await self.chains.start()
         self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
         self.spawn(self.chains.expire_fanins(), name="fan-in-timeouts", critical=True)
-        self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher)
+        self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
         self.spawn(self.inbound.run(), name="subject-triggers", critical=True)
-        self.scheduler = MasterScheduler(jobs, state, self._fire)
+        self.scheduler = MasterScheduler(jobs, state, self._fire, clock=self._clock)
         self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
         self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
@@ -100,6 +110,11 @@ class MasterService(Service):
         self.spawn(self._dispatch(due), name=f"dispatch-{due.spec.key}")
 
     async def _dispatch(self, due: Due) -> None:
+        assert self.holding is not None
+        if await self.holding.admit(due.spec, due.trigger, lambda: self._dispatch_now(due), at=due.slot):
+            await self._dispatch_now(due)
+
+    async def _dispatch_now(self, due: Due) -> None:
         assert self.dispatcher is not None
         replies = await self.dispatcher.dispatch(due.spec, trigger=due.trigger, scheduled_at=due.slot)
         for reply in replies:
@@ -107,6 +122,8 @@ class MasterService(Service):
                 log.warning("%s slot %s: %s on %s", due.spec.key, due.slot, reply.reason, reply.agent or "-")
 
     async def stop(self) -> None:
+        if self.holding is not None and self.holding.dropped():
+            log.warning("dropping %d queued run(s) of paused jobs", self.holding.dropped())
         if self.triggers is not None:
             await self.triggers.close()
         if self.inbound is not None:
