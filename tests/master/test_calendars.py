@@ -23,6 +23,10 @@ async def runs_of(nc: Client, key: str, state: str) -> list[dict[str, Any]]:
     return [e for e in await stream_events(nc) if e["job"] == key and e["state"] == state]
 
 
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
 def test_calendar_days_weekdays_and_windows_in_the_calendar_time_zone() -> None:
     cal = parse_calendar(
         {
@@ -31,7 +35,6 @@ def test_calendar_days_weekdays_and_windows_in_the_calendar_time_zone() -> None:
             "windows": [{"start": "2026-06-01T22:00:00Z", "end": "2026-06-02T02:00:00Z"}],
         }
     )
-    at = lambda text: datetime.fromisoformat(text).timestamp()  # noqa: E731 - a local shorthand
     assert cal.contains(at("2026-12-24T23:30:00+00:00")), "already the 25th in Berlin"
     assert not cal.contains(at("2026-12-24T22:30:00+00:00"))
     assert cal.contains(at("2026-11-29T12:00:00+00:00")), "a Sunday"
