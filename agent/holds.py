@@ -7,12 +7,14 @@ and after a restart without NATS.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 import aiosqlite
 from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
 
 from natsched import codec, subjects
 from natsched.calendars import Holds
@@ -20,6 +22,7 @@ from natsched.errors import CodecError, SpecError
 
 log = logging.getLogger(__name__)
 META_KEY = "holds"
+RETRY_DELAY = 1.0
 
 
 def holds_from(entries: dict[str, Any]) -> Holds:
@@ -50,6 +53,17 @@ class HoldsSync:
         self.holds = holds_from(self._entries)
 
     async def run(self, js: JetStreamContext) -> None:
+        """Follow the settings bucket; start over (a full reload) after any failure."""
+        while True:
+            try:
+                await self._follow(js)
+            except BucketNotFoundError:
+                log.info("no settings bucket yet (no master has run); checking again in %gs", RETRY_DELAY)
+            except Exception as exc:  # noqa: BLE001 - NATS trouble: the saved copy keeps applying
+                log.warning("settings watch failed (%r); restarting in %gs", exc, RETRY_DELAY)
+            await asyncio.sleep(RETRY_DELAY)
+
+    async def _follow(self, js: JetStreamContext) -> None:
         kv = await js.key_value(subjects.SETTINGS_BUCKET)
         watcher = await kv.watchall()
         fresh: dict[str, Any] = {}
