@@ -238,14 +238,14 @@ class ChainFollower:
         self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], upstream: str, *, claim_id: str
     ) -> None:
         claim = f"chain.{spec.key}.{claim_id}"
-        record, revision = await self._read(claim)
-        if record.get("done"):
-            return
-        if revision is None:
-            try:
-                revision = await self._state.create(claim, codec.pack({"at": self._clock()}))
-            except KeyWrongLastSequenceError:
-                return  # another master claimed it this very moment and is dispatching
+        try:  # the common case first: nobody claimed it (one write, no read)
+            revision: int | None = await self._state.create(claim, codec.pack({"at": self._clock()}))
+        except KeyWrongLastSequenceError:
+            record, revision = await self._read(claim)
+            if record.get("done") or revision is None:
+                return  # dispatched already (a redelivery), or expired
+            # Claimed but not recorded done: the claimer crashed mid-dispatch (or is in it right
+            # now); dispatching again with the same run ids is safe, agents run each id once.
         base = derived_run_id(claim, parents[0] if parents else chain_id)
 
         async def dispatch() -> None:
