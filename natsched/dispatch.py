@@ -29,10 +29,21 @@ class RunRequest:
     detail: dict[str, str] = field(default_factory=dict)  # e.g. {"retry_of": "<run id>"}
 
     def encode(self) -> bytes:
-        data = asdict(self)
-        data["spec"] = job_to_dict(self.spec)
-        data["args"] = list(self.args)
-        return codec.pack(data)
+        # Field by field, not dataclasses.asdict: that deep-copies the whole spec on every dispatch.
+        return codec.pack(
+            {
+                "run_id": self.run_id,
+                "spec": job_to_dict(self.spec),
+                "trigger": self.trigger,
+                "scheduled_at": self.scheduled_at,
+                "attempt": self.attempt,
+                "args": list(self.args),
+                "env": self.env,
+                "correlation_id": self.correlation_id,
+                "master": self.master,
+                "detail": self.detail,
+            }
+        )
 
 
 def decode_run_request(data: bytes) -> RunRequest:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -81,10 +81,14 @@ class RunEvent:
         return replace(self, state=state, at=time.time(), **changes)
 
     def to_json(self) -> bytes:
-        data = asdict(self)
+        # Field by field, not dataclasses.asdict (a deep copy per event, on the hot path).
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
         data["state"] = self.state.value
         data["duration"] = self.duration
         return codec.to_json(data)
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(RunEvent))
 
 
 def tail_text(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:

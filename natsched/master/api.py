@@ -26,11 +26,13 @@ from natsched.jobfile import parse_job_document
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.kvscan import KvValue, scan
 from natsched.master.apply import execute_plan, jobs_after, plan_apply, raise_conflicts
+from natsched.master.jobindex import JobIndex
 from natsched.master.settings_api import SettingsApi, calendar_names, check_calendars_exist
 from natsched.models import AgentIdentity, JobSpec
 from natsched.runs import get_run
 
 log = logging.getLogger(__name__)
+INDEX_WAIT = 2.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 LIST_LIMIT = 5000
@@ -77,7 +79,9 @@ class AdminApi:
         master_id: str,
         nc: Client | None = None,
         settings: KeyValue | None = None,
+        index: JobIndex | None = None,
     ) -> None:
+        self._index = index
         self._nc = nc
         self._js = js
         self._jobs = jobs
@@ -141,8 +145,18 @@ class AdminApi:
         dry_run = bool(body.get("dry_run", False))
         if not dry_run:
             raise_conflicts(await execute_plan(self._jobs, plan))
+            await self._index_synced()
             log.info("applied %s: %s", source, {k: len(v) for k, v in plan.summary().items()})
         return {"dry_run": dry_run, **plan.summary()}
+
+    async def _index_synced(self) -> None:
+        """Reply only once this master's job index has the change, so a trigger sent right
+        after the reply (served by this master) starts the new definition."""
+        if self._index is None:
+            return
+        info = await self._js.stream_info(subjects.kv_stream(subjects.JOBS_BUCKET))
+        if not await self._index.caught_up(info.state.last_seq, INDEX_WAIT):
+            log.warning("job index is behind the bucket (seq %d); replying anyway", info.state.last_seq)
 
     async def _all_jobs(self) -> dict[str, KvValue]:
         return await scan(self._js, subjects.JOBS_BUCKET)
@@ -218,6 +232,7 @@ class AdminApi:
             )
         for key in keys:
             await self._jobs.delete(key)
+        await self._index_synced()
         log.info("deleted jobs %s", keys)
         return {"deleted": keys}
 
@@ -237,6 +252,7 @@ class AdminApi:
             except KeyWrongLastSequenceError:
                 raise ApiError(f"job {key} changed while updating it; try again") from None
             changed.append(key)
+        await self._index_synced()
         return {"changed": changed, "unchanged": [k for k in keys if k not in changed]}
 
     async def enable_jobs(self, body: dict[str, Any]) -> dict[str, Any]:

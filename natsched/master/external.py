@@ -21,6 +21,7 @@ from natsched import codec, subjects
 from natsched.errors import ApiError, CodecError, NatschedError, NotFoundError
 from natsched.kvscan import scan
 from natsched.master.dispatch import Dispatcher
+from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,17 @@ async def find_job(nc: Client, jobs: KeyValue, name: str) -> JobSpec:
 class TriggerHandler:
     """Handles each trigger in its own task (bounded), so a slow agent delays no other trigger."""
 
-    def __init__(self, nc: Client, jobs: KeyValue, dispatcher: Dispatcher, *, concurrency: int = 256) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        jobs: KeyValue,
+        dispatcher: Dispatcher,
+        *,
+        index: JobIndex | None = None,
+        concurrency: int = 256,
+    ) -> None:
         self._nc = nc
+        self._index = index
         self._jobs = jobs
         self._dispatcher = dispatcher
         self._slots = asyncio.Semaphore(concurrency)
@@ -93,6 +103,16 @@ class TriggerHandler:
         finally:
             self._slots.release()
 
+    def _cached(self, name: str) -> JobSpec | None:
+        """The definition from the master's watched index (no KV read on the hot path).
+
+        The index follows the bucket within milliseconds; a trigger sent by another client
+        in that window after an apply may still start the previous definition.
+        """
+        if self._index is None or not self._index.ready.is_set():
+            return None
+        return self._index.jobs.get(name)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -104,7 +124,7 @@ class TriggerHandler:
             name = subjects.job_from_trigger_subject(msg.subject)
             body = codec.from_json(msg.data, f"trigger {name}")
             args, env, correlation = parse_trigger_body(body)
-            spec = await find_job(self._nc, self._jobs, name)
+            spec = self._cached(name) or await find_job(self._nc, self._jobs, name)
             if not spec.enabled:
                 raise ApiError(
                     f"job {spec.key} is disabled; enable it with 'natsched jobs enable {spec.key}'"

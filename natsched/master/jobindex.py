@@ -30,6 +30,8 @@ class JobIndex:
         self._downstream: dict[str, dict[str, tuple[JobSpec, EventTrigger]]] = {}
         self.ready = asyncio.Event()
         self._listeners: list[Callable[[], object]] = []
+        self.last_revision = 0
+        self._advanced = asyncio.Condition()
 
     def on_change(self, listener: Callable[[], object]) -> None:
         self._listeners.append(listener)
@@ -54,6 +56,18 @@ class JobIndex:
             self._set(entry.key, spec)
             if self.ready.is_set():
                 self._changed()
+            async with self._advanced:
+                self.last_revision = max(self.last_revision, entry.revision or 0)
+                self._advanced.notify_all()
+
+    async def caught_up(self, revision: int, timeout: float) -> bool:
+        """Wait until the index has seen the bucket up to ``revision`` (False on timeout)."""
+        try:
+            async with asyncio.timeout(timeout), self._advanced:
+                await self._advanced.wait_for(lambda: self.last_revision >= revision)
+            return True
+        except TimeoutError:
+            return False
 
     def _set(self, key: str, spec: JobSpec | None) -> None:
         old = self.jobs.pop(key, None)

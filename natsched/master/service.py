@@ -73,6 +73,8 @@ class MasterService(Service):
         await ensure_all(js, self.storage)
         jobs = await js.key_value(subjects.JOBS_BUCKET)
         self.dispatcher = Dispatcher(self.nc, master_id=self.master_id)
+        self.index = JobIndex(jobs)
+        self.spawn(self.index.watch(), name="job-index", critical=True)
         api = AdminApi(
             js=js,
             jobs=jobs,
@@ -80,9 +82,10 @@ class MasterService(Service):
             master_id=self.master_id,
             nc=self.nc,
             settings=await js.key_value(subjects.SETTINGS_BUCKET),
+            index=self.index,
         )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
-        self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher)
+        self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher, index=self.index)
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
         state = await js.key_value(subjects.STATE_BUCKET)
         self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
@@ -90,8 +93,6 @@ class MasterService(Service):
         self.holding = Holding(await js.key_value(subjects.SETTINGS_BUCKET), js, clock=self._clock)
         self.holding.on_release(lambda coro, name: self.spawn(coro, name=name))
         self.spawn(self.holding.watch(), name="settings-watch", critical=True)
-        self.index = JobIndex(jobs)
-        self.spawn(self.index.watch(), name="job-index", critical=True)
         self.chains = ChainFollower(
             self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher, self.holding
         )
