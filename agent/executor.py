@@ -81,6 +81,11 @@ class JobExecutor:
         self.holds: Callable[[], Holds] = Holds  # calendars and pauses (set by the service)
         self._held: list[tuple[JobSpec, RunEvent, tuple[str, ...], Mapping[str, str]]] = []
 
+    def running_runs(self, limit: int) -> dict[str, str]:
+        """run id -> job key of the runs going on here (the oldest ``limit``)."""
+        runs = {run_id: key for key, active in self.active.items() for run_id in active}
+        return dict(sorted(runs.items())[:limit])
+
     @property
     def running(self) -> int:
         return sum(len(runs) for runs in self.active.values())

@@ -61,6 +61,7 @@ def sample_load(
     synced_revision: int,
     connected_since: float,
     priority: int = 100,
+    runs: dict[str, str] | None = None,
 ) -> Heartbeat:
     """Build a heartbeat from psutil's view of this host (non-blocking calls only)."""
     return Heartbeat(
@@ -79,6 +80,7 @@ def sample_load(
         groups=tuple(sorted(groups)),
         jobs_cached=jobs_cached,
         synced_revision=synced_revision,
+        runs=runs or {},
         connected_since=connected_since,
         priority=priority,
     )

@@ -39,6 +39,7 @@ class Responder:
         self._max = max_concurrency
         self._subs: list[Subscription] = []
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
+        self.max_term = 0  # highest leader term seen in a dispatch: the fencing token
 
     async def start(self) -> None:
         self._subs.append(await self._nc.subscribe(subjects.agent_run_subject(self._agent), cb=self._on_run))
@@ -71,6 +72,14 @@ class Responder:
             log.warning("bad run request on %s: %s", msg.subject, exc)
             await self._reply(msg, RunReply(ok=False, agent=self._agent, reason=str(exc)))
             return
+        if request.term < self.max_term:
+            reason = f"stale master: term {request.term} < {self.max_term} (another master leads now)"
+            log.warning("refused run %s from %s: %s", request.run_id, request.master or "?", reason)
+            await self._reply(
+                msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=reason)
+            )
+            return
+        self.max_term = request.term
         known = self._recent.get(request.run_id)
         if known is not None:
             log.info("run %s was already taken here; answering again, not running it twice", request.run_id)

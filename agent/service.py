@@ -32,6 +32,7 @@ from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
+MAX_REPORTED_RUNS = 1000  # run ids in a heartbeat (what the leader marks lost if this agent dies)
 FLUSH_TIMEOUT = 5.0  # at shutdown: events not acknowledged by then stay in the SQLite outbox
 
 
@@ -175,4 +176,5 @@ class AgentService(Service):
             synced_revision=position.last_seq if position else 0,
             priority=self.config.priority,
             connected_since=self.connected_since,
+            runs=self.executor.running_runs(MAX_REPORTED_RUNS) if self.executor else {},
         )

@@ -27,6 +27,7 @@ class RunRequest:
     correlation_id: str = ""
     master: str = ""
     detail: dict[str, str] = field(default_factory=dict)  # e.g. {"retry_of": "<run id>"}
+    term: int = 0  # the leader lease's term the master knew: agents refuse a lower one
 
     def encode(self) -> bytes:
         # Field by field, not dataclasses.asdict: that deep-copies the whole spec on every dispatch.
@@ -42,6 +43,7 @@ class RunRequest:
                 "correlation_id": self.correlation_id,
                 "master": self.master,
                 "detail": self.detail,
+                "term": self.term,
             }
         )
 

@@ -57,6 +57,7 @@ _JOB_FIELDS = frozenset(
         "enabled",
         "description",
         "calendar",
+        "redispatch_lost",
     }
 )
 _E = TypeVar("_E")
@@ -330,6 +331,7 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         enabled=_bool(data.get("enabled", True), "enabled"),
         description=_str(data.get("description", ""), "description"),
         calendar=None if data.get("calendar") is None else _calendar_rule(data["calendar"]),
+        redispatch_lost=_bool(data.get("redispatch_lost", False), "redispatch_lost"),
     )
 
 
@@ -417,6 +419,7 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
         "user",
         "enabled",
         "description",
+        "redispatch_lost",
     ):
         value = getattr(spec, name)
         if value != getattr(defaults, name):

@@ -302,6 +302,7 @@ class JobSpec:
     enabled: bool = True
     description: str = ""
     calendar: CalendarRule | None = None
+    redispatch_lost: bool = False  # load-balance: a run lost with its agent starts again elsewhere
 
     def __post_init__(self) -> None:
         _check_tokens("name", (self.name,))
@@ -324,6 +325,8 @@ class JobSpec:
         self._check_mode_fits_targets_and_triggers()
 
     def _check_mode_fits_targets_and_triggers(self) -> None:
+        if self.redispatch_lost and self.mode is not Mode.LOAD_BALANCE:
+            raise _fail("redispatch_lost", "only a load-balance job has another agent to go to")
         if self.mode is Mode.LOAD_BALANCE and not self.targets.pools:
             raise _fail("targets.pools", "a load-balance job needs a pool to choose from")
         if self.mode is not Mode.MIRROR:
@@ -358,3 +361,5 @@ class Heartbeat:
     synced_revision: int = 0
     connected_since: float = 0.0
     priority: int = 100  # load-balance order among a pool's agents: lower first
+    # run id -> job key of the runs going on (at most 1000): what becomes "lost" if the agent dies
+    runs: Mapping[str, str] = field(default_factory=dict)

@@ -33,6 +33,7 @@ API_JOBS_ENABLE = f"{API_PREFIX}.jobs.enable"
 API_JOBS_DISABLE = f"{API_PREFIX}.jobs.disable"
 API_PING = f"{API_PREFIX}.ping"
 API_RUNS_CANCEL = f"{API_PREFIX}.runs.cancel"
+MASTERS_STATUS = "natsched.masters.status"  # every master answers (no queue group): leader, term
 
 # --- Triggers and dispatch ---------------------------------------------------------
 TRIGGER_PREFIX = "natsched.trigger"

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -38,6 +40,7 @@ from natsched.errors import CodecError
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.kvscan import scan
 from natsched.locking import lock_key, read_holder
+from natsched.master.lease import LeaderLease
 from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode, Overlap
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,9 @@ class AgentDirectory:
         self._js = nc.jetstream()
         self._agents: dict[str, Heartbeat] = {}
         self._ready = False
+        # Every agent ever seen by this master: last heartbeat and when it arrived (monotonic),
+        # kept when the heartbeat expires, for the leader's lost-agent check.
+        self.last_seen: dict[str, tuple[Heartbeat, float]] = {}
 
     def get(self, agent: str) -> Heartbeat | None:
         """The latest heartbeat seen from ``agent`` (None if it is not live)."""
@@ -125,6 +131,7 @@ class AgentDirectory:
                 continue
             try:
                 self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
+                self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
             except CodecError as exc:
                 log.warning("ignoring agent %s: %s", entry.key, exc)
                 self._agents.pop(entry.key, None)
@@ -138,7 +145,9 @@ class Dispatcher:
         master_id: str,
         directory: AgentDirectory | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        lease: LeaderLease | None = None,
     ) -> None:
+        self._lease = lease
         self._nc = nc
         self._js = nc.jetstream()
         self._master_id = master_id
@@ -185,6 +194,7 @@ class Dispatcher:
                 correlation_id=correlation_id,
                 master=self._master_id,
                 detail={**(detail or {}), **(extra or {})},
+                term=self._lease.term if self._lease else 0,
             )
 
         if spec.mode is Mode.LOAD_BALANCE:
@@ -263,6 +273,16 @@ class Dispatcher:
             log.warning("replace %s: could not cancel %s: %r", spec.key, holder, exc)
 
     async def _ask(self, subject: str, request: RunRequest, who: str) -> RunReply:
+        reply = await self._ask_once(subject, request, who)
+        if reply.reason.startswith("stale master") and self._lease is not None and not _leader_work(request):
+            # Our view of the term was old (e.g. just after a change of leader): re-read, once.
+            # Scheduled slots are the leader's work: a deposed leader's are refused, not retried.
+            term = await self._lease.refresh()
+            if term > request.term:
+                reply = await self._ask_once(subject, replace(request, term=term), who)
+        return reply
+
+    async def _ask_once(self, subject: str, request: RunRequest, who: str) -> RunReply:
         try:
             msg = await self._nc.request(subject, request.encode(), timeout=self._timeout)
         except NoRespondersError:
@@ -296,6 +316,10 @@ class Dispatcher:
             detail=dict(request.detail),
         )
         await publish_event(self._js, event)
+
+
+def _leader_work(request: RunRequest) -> bool:
+    return request.trigger in ("cron", "interval", "once")
 
 
 async def publish_event(js: JetStreamContext, event: RunEvent) -> None:

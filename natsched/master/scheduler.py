@@ -136,8 +136,10 @@ class MasterScheduler:
         fire: Callable[[Due], object],
         *,
         clock: Callable[[], float] = time.time,
+        may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
         self._jobs = jobs
+        self._may_claim = may_claim
         self.cursors = Cursors(state)
         self.schedule = Schedule()
         self._fire = fire
@@ -161,6 +163,11 @@ class MasterScheduler:
         self._wake.set()
 
     async def _claim_and_fire(self, due: Due) -> None:
+        if not self._may_claim():  # lease lost or stale (e.g. after a freeze): claim nothing
+            log.warning(
+                "%s slot %s not claimed: this master does not hold a fresh lease", due.spec.key, due.slot
+            )
+            return
         if await self.cursors.claim(due.spec.key, due.slot):
             self.schedule.cursors[due.spec.key] = due.slot
             self.fired += 1

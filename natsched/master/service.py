@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Callable
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
-from natsched import subjects
+from natsched import codec, subjects
 from natsched.buckets import StorageSettings, ensure_all
 from natsched.connection import connect
 from natsched.master.api import AdminApi
@@ -27,6 +29,8 @@ from natsched.master.external import TriggerHandler
 from natsched.master.holding import Holding
 from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
+from natsched.master.lease import DEFAULT_TTL, LeaderLease
+from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.service import Service
@@ -50,6 +54,8 @@ class MasterService(Service):
         storage: StorageSettings | None = None,
         master_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        lease_ttl: float = DEFAULT_TTL,
+        unresponsive_after: float = UNRESPONSIVE_AFTER,
     ) -> None:
         super().__init__()
         self.settings = settings.with_name("natsched-master")
@@ -64,7 +70,12 @@ class MasterService(Service):
         self.chains: ChainFollower | None = None
         self.inbound: SubjectTriggers | None = None
         self.holding: Holding | None = None
+        self.lease: LeaderLease | None = None
+        self.lost: LostAgents | None = None
         self._clock = clock
+        self._lease_ttl = lease_ttl
+        self._unresponsive_after = unresponsive_after
+        self._leader_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -72,7 +83,9 @@ class MasterService(Service):
         js = self.nc.jetstream()
         await ensure_all(js, self.storage)
         jobs = await js.key_value(subjects.JOBS_BUCKET)
-        self.dispatcher = Dispatcher(self.nc, master_id=self.master_id)
+        state = await js.key_value(subjects.STATE_BUCKET)
+        self.lease = LeaderLease(state, self.master_id, ttl=self._lease_ttl)
+        self.dispatcher = Dispatcher(self.nc, master_id=self.master_id, lease=self.lease)
         self.index = JobIndex(jobs)
         self.spawn(self.index.watch(), name="job-index", critical=True)
         api = AdminApi(
@@ -87,7 +100,6 @@ class MasterService(Service):
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
         self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher, index=self.index)
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
-        state = await js.key_value(subjects.STATE_BUCKET)
         self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
         await self.retries.start()
         self.holding = Holding(await js.key_value(subjects.SETTINGS_BUCKET), js, clock=self._clock)
@@ -98,13 +110,59 @@ class MasterService(Service):
         )
         await self.chains.start()
         self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
-        self.spawn(self.chains.expire_fanins(), name="fan-in-timeouts", critical=True)
         self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
         self.spawn(self.inbound.run(), name="subject-triggers", critical=True)
-        self.scheduler = MasterScheduler(jobs, state, self._fire, clock=self._clock)
-        self.spawn(self.scheduler.run(), name="master-scheduler", critical=True)
+        self.lost = LostAgents(
+            self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
+        )
         self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
+        await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
+        self.spawn(self._follow_leadership(jobs, state), name="leadership", critical=True)
+        self.spawn(self.lease.run(), name="leader-lease", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
+
+    async def _follow_leadership(self, jobs: KeyValue, state: KeyValue) -> None:
+        """Run the leader's duties while this master holds the lease, and only then."""
+        assert self.lease is not None
+        while True:
+            await self.lease.changed.wait()
+            self.lease.changed.clear()
+            leading = self.lease.is_leader.is_set()
+            if leading and self._leader_task is None:
+                self._leader_task = self.spawn(self._lead(jobs, state), name="leader-duties", critical=True)
+            elif not leading and self._leader_task is not None:
+                self._leader_task.cancel()
+                self._leader_task = None
+                self.scheduler = None
+
+    async def _lead(self, jobs: KeyValue, state: KeyValue) -> None:
+        """A fresh scheduler each time: it reloads the cursors the previous leader advanced,
+        so the slots of the gap follow each job's misfire policy."""
+        assert self.lease is not None and self.chains is not None and self.lost is not None
+        self.scheduler = MasterScheduler(
+            jobs, state, self._fire, clock=self._clock, may_claim=self.lease.held
+        )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.scheduler.run())
+            group.create_task(self.chains.expire_fanins())
+            group.create_task(self.lost.run())
+
+    async def _status(self, msg: Msg) -> None:
+        """``natsched.masters.status``: every master answers (no queue group)."""
+        assert self.lease is not None
+        if msg.reply:
+            await msg.respond(
+                codec.to_json(
+                    {
+                        "master": self.master_id,
+                        "leader": self.lease.held(),
+                        "term": self.lease.term,
+                        "leader_id": self.lease.leader,
+                        "lease_age": self.lease.age(),
+                        "lease_ttl": self.lease.ttl,
+                    }
+                )
+            )
 
     def _fire(self, due: Due) -> None:
         """A claimed slot: dispatch it in a task the service owns (the scheduler never waits on agents)."""
@@ -123,6 +181,8 @@ class MasterService(Service):
                 log.warning("%s slot %s: %s on %s", due.spec.key, due.slot, reply.reason, reply.agent or "-")
 
     async def stop(self) -> None:
+        if self.lease is not None:
+            await self.lease.release()  # a standby takes over now, not after the lease expires
         if self.holding is not None and self.holding.dropped():
             log.warning("dropping %d queued run(s) of paused jobs", self.holding.dropped())
         if self.triggers is not None:

@@ -1,0 +1,186 @@
+"""The leader lease: one master schedules, the others stand by.
+
+The lease is the key ``leader`` in ``natsched_state``: ``{"master", "term", "renewed"}``.
+A master takes it with ``create`` (no lease yet) or, once it is expired or released, with
+``update(last=revision)``; both are compare-and-set, so two standbys cannot both win.
+The leader renews it every ``ttl / 3`` with ``update(last=revision)``; a renewal that fails
+(someone else took it) or cannot be made for ``ttl`` ends its leadership at once.
+
+Expiry is judged by each standby on its own monotonic clock: a lease whose revision has
+not changed for ``ttl`` seconds is expired (no comparison of wall clocks across hosts).
+Standbys poll every ``min(1 s, ttl / 5)``, so they take over within ttl + 1 s.
+
+The ``term`` goes up by one with every change of leader and is the fencing token: every
+dispatch carries it, and agents refuse a term lower than one they have seen. A leader that
+was frozen (SIGSTOP, a VM pause) finds on waking that its last renewal is older than
+``ttl`` on the monotonic clock, which counts the frozen time, and stops scheduling before
+it claims anything. A graceful stop writes ``released`` so a standby takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import codec
+from natsched.errors import CodecError
+
+log = logging.getLogger(__name__)
+LEASE_KEY = "leader"
+DEFAULT_TTL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    master: str
+    term: int
+    renewed: float  # the holder's wall clock, for display only
+    released: bool
+    revision: int
+
+
+def read_lease(value: bytes | None, revision: int) -> LeaseView | None:
+    try:
+        data = codec.unpack(value or b"", "lease")
+        return LeaseView(
+            master=str(data["master"]),
+            term=int(data["term"]),
+            renewed=float(data.get("renewed", 0.0)),
+            released=bool(data.get("released", False)),
+            revision=revision,
+        )
+    except (CodecError, KeyError, TypeError, ValueError):
+        return None
+
+
+class LeaderLease:
+    def __init__(
+        self,
+        state: KeyValue,
+        master_id: str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kv = state
+        self.master_id = master_id
+        self.ttl = ttl
+        self._clock = clock
+        self.term = 0  # the current leader's term, as last seen: the fencing token we dispatch with
+        self.leader = ""
+        self.is_leader = asyncio.Event()
+        self.changed = asyncio.Event()  # set on every gain or loss of leadership
+        self._revision: int | None = None
+        self._renewed_at = 0.0  # our clock, when we last wrote the lease
+        self._seen: tuple[int, float] | None = None  # (revision, our clock when first seen)
+
+    @property
+    def poll_interval(self) -> float:
+        return min(1.0, self.ttl / 5)
+
+    def age(self) -> float | None:
+        """Seconds since this master last renewed the lease (None unless it leads)."""
+        return self._clock() - self._renewed_at if self.is_leader.is_set() else None
+
+    def held(self) -> bool:
+        """Leader, with a renewal younger than ttl (false right after a freeze)."""
+        return self.is_leader.is_set() and self._clock() - self._renewed_at < self.ttl
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if self.is_leader.is_set():
+                    await self._renew()
+                    await asyncio.sleep(self.ttl / 3)
+                else:
+                    await self._stand_by()
+                    await asyncio.sleep(self.poll_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS trouble: a leader that cannot renew steps down
+                log.warning("lease: %r", exc)
+                if self.is_leader.is_set() and not self.held():
+                    self._step_down("could not renew the lease in time")
+                await asyncio.sleep(self.poll_interval)
+
+    async def _stand_by(self) -> None:
+        try:
+            entry = await self._kv.get(LEASE_KEY)
+        except KeyNotFoundError:
+            await self._take(None, self.term + 1)
+            return
+        view = read_lease(entry.value, entry.revision or 0)
+        if view is None:
+            await self._take(entry.revision, self.term + 1)
+            return
+        self.term, self.leader = max(self.term, view.term), view.master
+        if view.released:
+            await self._take(view.revision, view.term + 1)
+            return
+        now = self._clock()
+        if self._seen is None or self._seen[0] != view.revision:
+            self._seen = (view.revision, now)
+        elif now - self._seen[1] >= self.ttl:
+            log.warning("lease of %s (term %d) expired; taking over", view.master, view.term)
+            await self._take(view.revision, view.term + 1)
+
+    async def _take(self, revision: int | None, term: int) -> None:
+        value = codec.pack({"master": self.master_id, "term": term, "renewed": time.time()})
+        try:
+            if revision is None:
+                new_revision = await self._kv.create(LEASE_KEY, value)
+            else:
+                new_revision = await self._kv.update(LEASE_KEY, value, last=revision)
+        except KeyWrongLastSequenceError:
+            return  # another standby was faster
+        self._revision, self._renewed_at = new_revision, self._clock()
+        self.term, self.leader = term, self.master_id
+        self.is_leader.set()
+        self.changed.set()
+        log.info("master %s is the leader (term %d)", self.master_id, term)
+
+    async def _renew(self) -> None:
+        if not self.held():
+            self._step_down(f"last renewal older than {self.ttl:g}s (frozen or cut off)")
+            return
+        value = codec.pack({"master": self.master_id, "term": self.term, "renewed": time.time()})
+        try:
+            self._revision = await self._kv.update(LEASE_KEY, value, last=self._revision)
+            self._renewed_at = self._clock()
+        except KeyWrongLastSequenceError:
+            self._step_down("another master took the lease")
+
+    def _step_down(self, why: str) -> None:
+        log.warning("master %s is no longer the leader: %s", self.master_id, why)
+        self.is_leader.clear()
+        self.changed.set()
+        self._seen = None
+
+    async def release(self) -> None:
+        """Graceful stop: hand over at once (a standby sees ``released``)."""
+        if not self.is_leader.is_set() or self._revision is None:
+            return
+        value = codec.pack(
+            {"master": self.master_id, "term": self.term, "renewed": time.time(), "released": True}
+        )
+        with contextlib.suppress(Exception):
+            await self._kv.update(LEASE_KEY, value, last=self._revision)
+            log.info("master %s released the lease", self.master_id)
+        self.is_leader.clear()
+        self.changed.set()
+
+    async def refresh(self) -> int:
+        """Re-read the current term (after an agent said ours is stale)."""
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await self._kv.get(LEASE_KEY)
+            view = read_lease(entry.value, entry.revision or 0)
+            if view is not None:
+                self.term, self.leader = max(self.term, view.term), view.master
+        return self.term

@@ -1,0 +1,145 @@
+"""Lost agents (what InTrust calls closing the sessions of an unresponsive server).
+
+A leader duty. An agent whose last heartbeat arrived more than ``unresponsive_after``
+seconds ago (this master's monotonic clock) is marked down, once:
+
+- each of its runs that has started and not ended (from its events since it started, plus
+  the run ids its last heartbeat listed) gets a ``lost`` event (``Nats-Msg-Id``
+  ``<run>.lost``, so two leaders in a row record it once);
+- the overlap locks it held are released;
+- a lost run of a job with ``redispatch_lost = true`` (load-balance) is started again on
+  another agent of the pool (``trigger = "lost"``, ``detail.lost_run``).
+
+An agent that comes back sends what it really did: a run it finished while cut off
+publishes its final event from its outbox, which becomes the run's latest state (the run
+shows ``started → lost → succeeded``): reconciled, not counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from natsched import subjects
+from natsched.errors import CodecError
+from natsched.events import RunEvent, RunState, parse_event
+from natsched.kvscan import read_stream, scan
+from natsched.locking import read_holder
+from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.jobindex import JobIndex
+from natsched.models import Heartbeat, Mode
+
+log = logging.getLogger(__name__)
+UNRESPONSIVE_AFTER = 10.0
+CHECK_INTERVAL = 0.5
+LOOKBACK = 86400.0  # at most this far back for the runs of a lost agent
+
+
+class LostAgents:
+    def __init__(
+        self,
+        nc: Client,
+        state: KeyValue,
+        dispatcher: Dispatcher,
+        index: JobIndex,
+        *,
+        unresponsive_after: float = UNRESPONSIVE_AFTER,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._state = state
+        self._dispatcher = dispatcher
+        self._index = index
+        self.unresponsive_after = unresponsive_after
+        self.down: set[str] = set()
+
+    async def run(self) -> None:
+        directory = self._dispatcher.directory
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            now = time.monotonic()
+            for agent, (heartbeat, seen_at) in list(directory.last_seen.items()):
+                silent = now - seen_at
+                if silent <= self.unresponsive_after:
+                    if agent in self.down:
+                        log.info("agent %s is back", agent)
+                        self.down.discard(agent)
+                    continue
+                if agent in self.down:
+                    continue
+                self.down.add(agent)
+                try:
+                    await self.mark_lost(heartbeat, silent)
+                except Exception:  # noqa: BLE001 - tried again on the next pass
+                    log.exception("could not close the runs of lost agent %s", agent)
+                    self.down.discard(agent)
+
+    async def mark_lost(self, heartbeat: Heartbeat, silent: float) -> None:
+        agent = heartbeat.agent
+        reason = f"agent {agent} unresponsive for {silent:.0f}s (no heartbeat)"
+        log.warning("%s: closing its runs", reason)
+        open_runs = await self._open_runs(agent, heartbeat)
+        for event in open_runs.values():
+            await publish_event(self._js, event.moved_to(RunState.LOST, reason=reason))
+        await self._release_locks(agent)
+        for event in open_runs.values():
+            await self._redispatch(event)
+
+    async def _open_runs(self, agent: str, heartbeat: Heartbeat) -> dict[str, RunEvent]:
+        """Runs of ``agent`` that started and have no final event (events since it started)."""
+        since = max(heartbeat.started_at, time.time() - LOOKBACK) - 5.0
+        latest: dict[str, RunEvent] = {}
+        async for msg in read_stream(
+            self._js, subjects.EVENTS_STREAM, f"natsched.event.{agent}.>", since=since
+        ):
+            try:
+                event = parse_event(msg.data)
+            except CodecError:
+                continue
+            if event.run_id not in latest or not latest[event.run_id].state.final:
+                latest[event.run_id] = event
+        open_runs = {run_id: e for run_id, e in latest.items() if e.state is RunState.STARTED}
+        for run_id, job in heartbeat.runs.items():  # started too recently for the stream read? no: listed
+            if run_id not in latest:
+                open_runs[run_id] = RunEvent(
+                    run_id=run_id, job=job, agent=agent, state=RunState.STARTED, trigger="unknown"
+                )
+        return open_runs
+
+    async def _release_locks(self, agent: str) -> None:
+        for key, value in (await scan(self._js, subjects.STATE_BUCKET, "lock.>")).items():
+            if read_holder(value.value).agent == agent:
+                try:
+                    await self._state.delete(key, last=value.revision)
+                    log.info("released %s held by lost agent %s", key, agent)
+                except Exception as exc:  # noqa: BLE001 - changed meanwhile: not ours to release
+                    log.debug("lock %s changed: %r", key, exc)
+
+    async def _redispatch(self, lost: RunEvent) -> None:
+        spec = self._index.jobs.get(lost.job)
+        if spec is None or not spec.redispatch_lost or spec.mode is not Mode.LOAD_BALANCE or not spec.enabled:
+            return
+        replies = await self._dispatcher.dispatch(
+            spec,
+            trigger="lost",
+            scheduled_at=lost.scheduled_at,
+            attempt=lost.attempt,
+            avoid_agents=[lost.agent],
+            detail={
+                **{k: v for k, v in lost.detail.items() if k in ("chain_id", "parents")},
+                "lost_run": lost.run_id,
+            },
+            base_id=f"{lost.run_id}-re",  # a second leader re-dispatching it is recognised by the agent
+        )
+        for reply in replies:
+            log.info(
+                "lost run %s of %s re-dispatched: %s on %s",
+                lost.run_id,
+                lost.job,
+                "started" if reply.ok else reply.reason,
+                reply.agent or "-",
+            )
