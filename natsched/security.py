@@ -77,10 +77,12 @@ def admin() -> Permissions:
         publish=[
             f"{subjects.API_PREFIX}.>",
             f"{subjects.TRIGGER_PREFIX}.>",
+            subjects.MASTERS_STATUS,
             *_read_stream(subjects.EVENTS_STREAM),
             *_read_stream(subjects.LOGS_STREAM),
             *_read_stream(_JOBS),
             *_read_stream(_AGENTS),
+            *_read_stream(subjects.kv_stream(subjects.CHAINS_BUCKET)),  # runs --chain: fan-ins waiting
         ],
         subscribe=["_INBOX.>", subjects.EVENTS_SUBJECTS],
     )

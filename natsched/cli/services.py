@@ -22,6 +22,12 @@ def master(
     ctx: typer.Context,
     server: ServerOption = None,
     replicas: Annotated[int, typer.Option(help="JetStream replicas for buckets and streams it creates")] = 1,
+    lease_ttl: Annotated[
+        float, typer.Option(help="leader lease: a standby takes over this long after the leader died")
+    ] = 5.0,
+    unresponsive_after: Annotated[
+        float, typer.Option(help="seconds without heartbeat before an agent is down and its runs lost")
+    ] = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a master service in the foreground until Ctrl-C or SIGTERM."""
@@ -33,9 +39,41 @@ def master(
 
     setup_logging(verbose)
     try:
-        asyncio.run(serve(MasterService(settings(server), storage=StorageSettings(replicas=replicas))))
+        if lease_ttl < 1 or unresponsive_after < 1:
+            raise fail("--lease-ttl and --unresponsive-after must be at least 1 second")
+        service = MasterService(
+            settings(server),
+            storage=StorageSettings(replicas=replicas),
+            lease_ttl=lease_ttl,
+            unresponsive_after=unresponsive_after,
+        )
+        asyncio.run(serve(service))
     except NatschedError as exc:
         raise fail(str(exc)) from None
+
+
+@master_app.command("status")
+def master_status(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    wait: Annotated[float, typer.Option(help="seconds to collect answers")] = 0.5,
+    server: ServerOption = None,
+) -> None:
+    """Every running master: which one leads, its term and lease age, the standbys."""
+    import json
+
+    from natsched.cli.common import console, run
+    from natsched.cli.masters import collect_masters
+
+    masters = run(collect_masters(settings(server), wait))
+    if as_json:
+        console.print_json(json.dumps(masters))
+        return
+    if not masters:
+        raise fail("no master answered on natsched.masters.status; start one with 'natsched master'")
+    for m in sorted(masters, key=lambda m: (not m["leader"], m["master"])):
+        role = "leader " if m["leader"] else "standby"
+        age = f", lease renewed {m['lease_age']:.1f}s ago (ttl {m['lease_ttl']:g}s)" if m["leader"] else ""
+        console.print(f"{role} {m['master']}  term {m['term']}{age}", highlight=False)
 
 
 def agent_executable() -> list[str]:
