@@ -125,8 +125,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """``spawn("natsched-agent", "--name", "a1", url=...)``: a console script as a real process."""
     processes: list[Process] = []
 
-    def factory(script: str, *args: str, url: str, log_name: str | None = None) -> Process:
-        env = {**os.environ, "NATS_URL": url}
+    def factory(
+        script: str, *args: str, url: str, log_name: str | None = None, env: dict[str, str] | None = None
+    ) -> Process:
+        env = {**os.environ, "NATS_URL": url, **(env or {})}
         log = tmp_path / (log_name or f"{script}-{len(processes)}.log")
         process = Process([str(BIN / script), *args], env, log)
         processes.append(process)
