@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +15,7 @@ from nats.aio.client import Client
 
 from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
+from natsched.runs import get_run
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, Process, eventually
 from tests.helpers import apply, job, stream_events, toml_jobs
@@ -131,3 +134,51 @@ async def test_nats_server_restart_mid_run_loses_nothing(
     assert len(slots) == len(set(slots)), "no slot started twice"
     assert master.failed is not None and not master.failed.done(), "the master survived the restart"
     assert master.lease is not None and master.lease.held(), "and still leads"
+
+
+async def test_a_run_finished_while_cut_off_is_reconciled_not_duplicated(
+    conn: ConnectionSettings,
+    nats_server: EmbeddedServer,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Any,
+) -> None:
+    async with MasterService(conn, unresponsive_after=UNRESPONSIVE) as master:
+        agent = spawn(
+            "natsched-agent", "--name", "cut", "--state-dir", str(tmp_path / "cut"),
+            url=nats_server.url, env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"},
+        )  # fmt: skip
+
+        async def agent_up() -> bool:
+            return master.dispatcher is not None and master.dispatcher.directory.get("cut") is not None
+
+        await eventually(agent_up, 15, "agent heartbeating")
+        await apply(
+            nc,
+            toml_jobs(
+                job("work", mode="slave", targets={"agents": ["cut"]}, command=["sleep", "3"]), group="pt"
+            ),
+        )
+        run = json.loads((await nc.request("natsched.trigger.pt.work", b"{}", timeout=10)).data)["runs"][0]
+        os.kill(agent.popen.pid, signal.SIGSTOP)  # the agent is cut off; its process keeps running
+        try:
+
+            async def marked_lost() -> bool:
+                return any(e["state"] == "lost" for e in await events_of(nc, "pt.work"))
+
+            await eventually(marked_lost, 15, "run marked lost")
+            await asyncio.sleep(2.0)  # the job's process ends while its agent is frozen
+        finally:
+            os.kill(agent.popen.pid, signal.SIGCONT)
+
+        async def reconciled() -> bool:
+            return any(e["state"] == "succeeded" for e in await events_of(nc, "pt.work"))
+
+        await eventually(reconciled, 15, "the agent reported what really happened")
+        summary = await get_run(nc.jetstream(), run["run_id"])
+        assert summary.latest.state.value == "succeeded" and summary.states == [
+            "started",
+            "lost",
+            "succeeded",
+        ]
+        assert len({e["run_id"] for e in await events_of(nc, "pt.work")}) == 1, "one run, not two"
