@@ -56,16 +56,16 @@ def find_cycle(jobs: Mapping[str, JobSpec]) -> list[str] | None:
     return None
 
 
-def _roots(key: str, jobs: Mapping[str, JobSpec], seen: frozenset[str] = frozenset()) -> set[str]:
-    """Jobs with no upstream from which ``key`` can be reached (itself if it has none)."""
-    spec = jobs.get(key)
-    ups = [u for u in _upstreams(spec) if u in jobs and u not in seen] if spec else []
-    if not ups:
-        return {key}
-    roots: set[str] = set()
-    for upstream in ups:
-        roots |= _roots(upstream, jobs, seen | {key})
-    return roots
+def _roots(key: str, jobs: Mapping[str, JobSpec], memo: dict[str, frozenset[str]]) -> frozenset[str]:
+    """Jobs with no upstream from which ``key`` can be reached (itself if it has none).
+
+    Called after the cycle check, so the recursion ends; ``memo`` keeps diamonds linear.
+    """
+    if key not in memo:
+        spec = jobs.get(key)
+        ups = [u for u in _upstreams(spec) if u in jobs] if spec else []
+        memo[key] = frozenset({key}) if not ups else frozenset().union(*(_roots(u, jobs, memo) for u in ups))
+    return memo[key]
 
 
 def check_chain_graph(jobs: Mapping[str, JobSpec]) -> None:
@@ -82,11 +82,12 @@ def check_chain_graph(jobs: Mapping[str, JobSpec]) -> None:
         raise SpecError("the chain graph has a cycle: " + " -> ".join(cycle), field="triggers.after").located(
             source="", job=cycle[0]
         )
+    memo: dict[str, frozenset[str]] = {}
     for key, spec in sorted(jobs.items()):
         for trigger in event_triggers(spec):
             if trigger.wait != "all" or len(trigger.after) < 2:
                 continue
-            common = set.intersection(*(_roots(upstream, jobs) for upstream in trigger.after))
+            common = frozenset.intersection(*(_roots(upstream, jobs, memo) for upstream in trigger.after))
             if not common:
                 raise SpecError(
                     f"wait = 'all' on {', '.join(trigger.after)} can never fire: they share no upstream "

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from natsched.calendars import parse_calendar
 from natsched.cli.common import ServerOption, console, run, settings
 from natsched.client import AdminClient
-from natsched.errors import ConfigError
+from natsched.errors import ConfigError, SpecError
 from natsched.master.settings_api import (
     API_CALENDARS_DELETE,
     API_CALENDARS_LIST,
@@ -52,9 +53,6 @@ def set_calendars(
     server: ServerOption = None,
 ) -> None:
     """Create or replace the calendars of a file (all checked before any is written)."""
-    from natsched.calendars import parse_calendar
-    from natsched.errors import SpecError
-
     calendars = _read_calendars(file)
     for data in calendars:
         try:
