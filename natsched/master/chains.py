@@ -35,14 +35,14 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from natsched import codec, subjects
+from natsched import codec
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.following import follow_events
 from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE, RETRY_STATES
@@ -116,24 +116,7 @@ class ChainFollower:
         self.dispatched = 0
 
     async def start(self) -> None:
-        config = api.ConsumerConfig(
-            durable_name=DURABLE,
-            deliver_group=DURABLE,
-            deliver_policy=api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=60,
-            max_ack_pending=1000,
-            filter_subjects=[f"natsched.event.*.*.*.{state}" for state in FINAL_STATES],
-        )
-        await self._js.subscribe(
-            subjects.EVENTS_SUBJECTS,
-            queue=DURABLE,
-            durable=DURABLE,
-            stream=subjects.EVENTS_STREAM,
-            config=config,
-            manual_ack=True,
-            cb=self._on_event,
-        )
+        await follow_events(self._js, DURABLE, FINAL_STATES, self._on_event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:

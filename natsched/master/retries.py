@@ -17,15 +17,15 @@ import random
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from natsched import codec, subjects
+from natsched import codec
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import find_job
+from natsched.master.following import follow_events
 from natsched.models import Mode, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -53,24 +53,7 @@ class RetryFollower:
         self.retried = 0
 
     async def start(self) -> None:
-        config = api.ConsumerConfig(
-            durable_name=DURABLE,
-            deliver_group=DURABLE,
-            deliver_policy=api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=60,
-            max_ack_pending=1000,
-            filter_subjects=[f"natsched.event.*.*.*.{state}" for state in RETRY_STATES],
-        )
-        await self._nc.jetstream().subscribe(
-            subjects.EVENTS_SUBJECTS,
-            queue=DURABLE,
-            durable=DURABLE,
-            stream=subjects.EVENTS_STREAM,
-            config=config,
-            manual_ack=True,
-            cb=self._on_failure,
-        )
+        await follow_events(self._nc.jetstream(), DURABLE, RETRY_STATES, self._on_failure)
 
     async def _on_failure(self, msg: Msg) -> None:
         try:
