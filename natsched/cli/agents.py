@@ -13,14 +13,15 @@ from rich.table import Table
 from natsched import codec, subjects
 from natsched.cli.common import ServerOption, age, console, err_console, run, settings
 from natsched.connection import connect
-from natsched.errors import CodecError, NotFoundError
+from natsched.errors import CodecError, NotFoundError, VersionError
 from natsched.kvscan import scan
 from natsched.models import Heartbeat
 from natsched.settings import ConnectionSettings
 
 
 async def read_agents(conn: ConnectionSettings) -> tuple[list[Heartbeat], list[str]]:
-    """Every heartbeat in the agents bucket, and the keys whose value could not be read."""
+    """Every heartbeat in the agents bucket, and why the others could not be read
+    (``<agent>: incompatible: ...`` for an agent of another protocol version)."""
     nc = await connect(conn.with_name("natsched-cli"))
     try:
         js = nc.jetstream()
@@ -35,8 +36,10 @@ async def read_agents(conn: ConnectionSettings) -> tuple[list[Heartbeat], list[s
     for key, entry in sorted(entries.items()):
         try:
             heartbeats.append(codec.decode_heartbeat(entry.value, key))
+        except VersionError as exc:
+            bad.append(f"{key}: incompatible: {exc}")
         except CodecError as exc:
-            bad.append(str(exc))
+            bad.append(f"{key}: {exc}")
     return heartbeats, bad
 
 
@@ -47,7 +50,8 @@ def agents(
     """List live agents with their load and how long since they were last seen."""
     heartbeats, bad = run(read_agents(settings(server)))
     if as_json:
-        console.print_json(json.dumps([asdict(h) for h in heartbeats]))
+        unreadable = [{"agent": p.split(":", 1)[0], "problem": p.split(": ", 1)[1]} for p in bad]
+        console.print_json(json.dumps([asdict(h) for h in heartbeats] + unreadable))
         return
     now = time.time()
     table = Table(
@@ -82,5 +86,5 @@ def agents(
         )
     console.print(table)
     for problem in bad:
-        err_console.print(f"[yellow]unreadable heartbeat:[/] {problem}", highlight=False)
+        err_console.print(f"[yellow]agent {problem}[/]", highlight=False)
     console.print(f"{len(heartbeats)} live agent(s)", highlight=False)

@@ -36,7 +36,7 @@ from nats.js.errors import KeyNotFoundError
 
 from natsched import codec, subjects
 from natsched.dispatch import RunReply, RunRequest, decode_run_reply
-from natsched.errors import CodecError
+from natsched.errors import CodecError, VersionError
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.kvscan import scan
 from natsched.locking import lock_key, read_holder
@@ -103,6 +103,7 @@ class AgentDirectory:
         # Every agent ever seen by this master: last heartbeat and when it arrived (monotonic),
         # kept when the heartbeat expires, for the leader's lost-agent check.
         self.last_seen: dict[str, tuple[Heartbeat, float]] = {}
+        self.incompatible: dict[str, str] = {}  # agent -> why (a heartbeat of a newer protocol)
 
     def get(self, agent: str) -> Heartbeat | None:
         """The latest heartbeat seen from ``agent`` (None if it is not live)."""
@@ -132,6 +133,11 @@ class AgentDirectory:
             try:
                 self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
                 self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
+                self.incompatible.pop(entry.key, None)
+            except VersionError as exc:
+                log.warning("agent %s is incompatible: %s", entry.key, exc)
+                self.incompatible[entry.key] = f"incompatible: {exc}"
+                self._agents.pop(entry.key, None)
             except CodecError as exc:
                 log.warning("ignoring agent %s: %s", entry.key, exc)
                 self._agents.pop(entry.key, None)
@@ -205,6 +211,9 @@ class Dispatcher:
         targets = only_agents if only_agents is not None else slave_targets(spec, live)
         if not targets:
             return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
+        refused = {
+            name: self.directory.incompatible[name] for name in targets if name in self.directory.incompatible
+        }
         batch = (
             {"batch": base_id or new_run_id(), "batch_size": str(len(targets))} if len(targets) > 1 else {}
         )
@@ -212,7 +221,12 @@ class Dispatcher:
             name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
         }
         replies = await asyncio.gather(
-            *(self._ask(subjects.agent_run_subject(name), requests[name], name) for name in targets)
+            *(
+                self._refuse(requests[name], name, refused[name])
+                if name in refused
+                else self._ask(subjects.agent_run_subject(name), requests[name], name)
+                for name in targets
+            )
         )
         await asyncio.gather(
             *(
@@ -248,6 +262,10 @@ class Dispatcher:
         )
         await self._record_failure(request, failed)
         return failed
+
+    async def _refuse(self, request: RunRequest, agent: str, reason: str) -> RunReply:
+        """Not sent: the agent speaks another protocol version (it would misread the request)."""
+        return RunReply(ok=False, agent=agent, run_id=request.run_id, reason=reason)
 
     async def _cancel_lock_holder(self, spec: JobSpec) -> None:
         """``overlap = "replace"``: stop the job's running run, on whichever agent it runs."""
