@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from agent.check import check_exit_code
 from agent.config import AgentConfig
 from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
@@ -41,6 +42,9 @@ def run_agent(
     server: ServerOption = None,
     creds: Annotated[str | None, typer.Option("--creds", envvar="NATS_CREDS")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="check config, connection and permissions, then exit (0 = ready)")
+    ] = False,
 ) -> None:
     """Run a natsched agent: cache the jobs that target it, heartbeat, run jobs."""
     setup_logging(verbose)
@@ -54,6 +58,8 @@ def run_agent(
             state_dir=state_dir,
         )
         settings = ConnectionSettings.from_env(url=server, creds=creds)
+        if check:
+            raise typer.Exit(check_exit_code(agent_config, settings))
         install_fast_child_watcher()
         asyncio.run(serve(AgentService(agent_config, settings)))
     except NatschedError as exc:

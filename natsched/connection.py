@@ -75,6 +75,7 @@ async def connect(
     forever: bool = False,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
+    on_error: Callable[[Exception], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect to NATS.
 
@@ -83,7 +84,7 @@ async def connect(
     reconnect without limit; run it in a task you own if you must not block.
     """
     options = connect_options(settings)
-    options["error_cb"] = _log_error
+    options["error_cb"] = on_error or _log_error
     if on_reconnect is not None:
         options["reconnected_cb"] = on_reconnect
     if on_disconnect is not None:
