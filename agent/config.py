@@ -57,6 +57,8 @@ class AgentConfig:
     shutdown_grace: float = 10.0
     # After SIGTERM, a process tree gets this long before SIGKILL.
     kill_grace: float = 5.0
+    # Key for ${secret:NAME} in job definitions (natsched secrets keygen); none: such jobs fail.
+    secret_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -121,8 +123,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     for name in ("tags", "pools", "groups"):
         if name in out:
             out[name] = _as_set(out[name], name)
-    if "state_dir" in out:
-        out["state_dir"] = Path(out["state_dir"])
+    for name in ("state_dir", "secret_key_file"):
+        if out.get(name) is not None:
+            out[name] = Path(out[name])
     try:
         if "heartbeat_interval" in out:
             out["heartbeat_interval"] = float(out["heartbeat_interval"])

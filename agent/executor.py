@@ -20,10 +20,12 @@ from agent.environment import build_env
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
+from agent.secretstore import SecretStore
 from natsched import subjects
 from natsched.calendars import Holds
 from natsched.events import RunEvent, RunState, new_run_id, tail_text
 from natsched.models import JobSpec, Mode, Overlap
+from natsched.secrets import Masker, SecretError, references, substitute
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ REPLACE_EXTRA_WAIT = 10.0
 class ActiveRun:
     event: RunEvent
     process: RunningProcess
+    masker: Masker = field(default_factory=lambda: Masker(()))
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -79,6 +82,7 @@ class JobExecutor:
         self.base_env: Mapping[str, str] = os.environ
         self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
         self.holds: Callable[[], Holds] = Holds  # calendars and pauses (set by the service)
+        self.secrets = SecretStore(None)  # the service gives it the key and, once connected, NATS
         self._held: list[tuple[JobSpec, RunEvent, tuple[str, ...], Mapping[str, str]]] = []
 
     def running_runs(self, limit: int) -> dict[str, str]:
@@ -269,11 +273,27 @@ class JobExecutor:
     ) -> RunEvent:
         extra = {"NATSCHED_RUN_ID": event.run_id, "NATSCHED_JOB": spec.key, "NATSCHED_AGENT": self.agent}
         extra.update({f"NATSCHED_{k.upper()}": v for k, v in event.detail.items()})
-        env, unknown = build_env({**spec.env, **trigger_env}, self.base_env, extra)
+        # Secrets only from the definition: a trigger's env or args are passed as they are.
+        wanted = references([*spec.env.values(), *spec.command])
+        masker = Masker(())
+        job_env, command = dict(spec.env), spec.command
+        if wanted:
+            try:
+                values = await self.secrets.resolve(wanted)
+            except SecretError as exc:
+                failed = event.moved_to(RunState.FAILED, reason=str(exc))
+                self._release_queue(spec)
+                await self.outbox.publish(failed)
+                await self._release_lock(spec, event.run_id)
+                return failed
+            masker = Masker(values.values())
+            job_env = {k: substitute(v, values) for k, v in job_env.items()}
+            command = tuple(substitute(arg, values) for arg in command)
+        env, unknown = build_env({**job_env, **trigger_env}, self.base_env, extra)
         if unknown:
             log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
         process_spec = ProcessSpec(
-            argv=spec.command + args,
+            argv=command + args,
             shell=spec.shell,
             env=env,
             cwd=spec.cwd,
@@ -283,18 +303,18 @@ class JobExecutor:
         )
 
         async def on_output(chunk: bytes) -> None:
-            await self.logs.publish(event.run_id, chunk)
+            await self.logs.publish(event.run_id, masker.data(chunk) if masker else chunk)
 
         try:
             process = await self.runner.start(process_spec, on_output=on_output)
         except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash
-            failed = event.moved_to(RunState.FAILED, reason=str(exc) or type(exc).__name__)
+            failed = event.moved_to(RunState.FAILED, reason=masker.text(str(exc) or type(exc).__name__))
             self._release_queue(spec)
             await self.outbox.publish(failed)
             await self._release_lock(spec, event.run_id)
             return failed
         started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
-        run = ActiveRun(event=started, process=process)
+        run = ActiveRun(event=started, process=process, masker=masker)
         self.active.setdefault(spec.key, {})[event.run_id] = run
         await self.outbox.publish(started)
         task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
@@ -312,7 +332,7 @@ class JobExecutor:
                 self.active.pop(spec.key, None)
             self._release_queue(spec)
             run.done.set()
-        await self.outbox.publish(final_event(run.event, result))
+        await self.outbox.publish(final_event(run.event, result, run.masker))
         await self._release_lock(spec, run.event.run_id)
 
     def _cluster_locked(self, spec: JobSpec) -> bool:
@@ -356,7 +376,7 @@ class JobExecutor:
             await asyncio.wait(set(self._waiters), timeout=grace + self.kill_grace + 5)
 
 
-def final_event(started: RunEvent, result: ProcessResult) -> RunEvent:
+def final_event(started: RunEvent, result: ProcessResult, masker: Masker | None = None) -> RunEvent:
     if result.error:
         state, reason = RunState.FAILED, result.error
     elif result.timed_out:
@@ -375,7 +395,7 @@ def final_event(started: RunEvent, result: ProcessResult) -> RunEvent:
         ended_at=result.ended_at,
         exit_code=result.exit_code,
         signal=result.signal,
-        reason=reason,
-        output_tail=tail_text(result.output_tail),
+        reason=masker.text(reason) if masker else reason,
+        output_tail=masker.text(tail_text(result.output_tail)) if masker else tail_text(result.output_tail),
         output_bytes=result.output_bytes,
     )

@@ -25,9 +25,11 @@ from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
 from agent.responder import Responder
 from agent.runner import ProcessRunner
+from agent.secretstore import SecretStore
 from agent.sync import JobSync
 from natsched.connection import connect
 from natsched.models import Heartbeat
+from natsched.secrets import load_key
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
@@ -79,6 +81,8 @@ class AgentService(Service):
             logs=self.logs,
             kill_grace=self.config.kill_grace,
         )
+        key = load_key(self.config.secret_key_file) if self.config.secret_key_file else None
+        self.executor.secrets = SecretStore(key)
         self.holds = HoldsSync(self.cache.db)
         await self.holds.load()
         self.executor.holds = lambda: self.holds.holds
@@ -143,6 +147,7 @@ class AgentService(Service):
             self.sync.listeners.append(self.files.on_change)
         assert self.executor is not None
         self.executor.locks = ClusterLocks(js, self.config.name)
+        self.executor.secrets.js = js
         self.responder = Responder(
             self.nc,
             self.executor,

@@ -10,6 +10,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import subjects
+from natsched.secrets import SECRETS_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
     await _kv(js, api.KeyValueConfig(bucket=subjects.SETTINGS_BUCKET, history=5, replicas=r))
     await _kv(js, api.KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, replicas=r, ttl=AGENT_TTL))
     await _kv(js, api.KeyValueConfig(bucket=subjects.STATE_BUCKET, history=1, replicas=r))
+    await _kv(js, api.KeyValueConfig(bucket=SECRETS_BUCKET, history=1, replicas=r, description="encrypted"))
     await _kv(
         js,
         api.KeyValueConfig(bucket=subjects.CHAINS_BUCKET, history=1, replicas=r, ttl=storage.chains_max_age),

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from natsched import subjects
+from natsched.secrets import SECRETS_BUCKET
 
 _JS = "$JS.API"
 _JOBS = subjects.kv_stream(subjects.JOBS_BUCKET)
@@ -99,6 +100,7 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
             *_read_stream(_JOBS),
             *_read_stream(_SETTINGS),  # calendars and pauses, cached for offline use
             *_kv_get(_AGENTS),
+            *_kv_get(subjects.kv_stream(SECRETS_BUCKET)),  # ciphertext; the key is on the agent
             *_kv_get(_STATE),
             "_INBOX.>",
         ],

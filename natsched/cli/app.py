@@ -16,6 +16,7 @@ from natsched.cli.jobs import app as jobs_app
 from natsched.cli.run import cancel, run_job
 from natsched.cli.runs import app as runs_app
 from natsched.cli.runs import logs
+from natsched.cli.secret_commands import app as secrets_app
 from natsched.cli.security import permissions, tls_app
 from natsched.cli.services import agent, master_app
 from natsched.cli.up import up
@@ -74,6 +75,7 @@ app.add_typer(tls_app, name="tls")
 app.command()(permissions)
 app.add_typer(master_app, name="master")
 app.add_typer(calendars_app, name="calendars")
+app.add_typer(secrets_app, name="secrets")
 app.command()(pause)
 app.command()(resume)
 app.command(

@@ -12,6 +12,7 @@ import typer
 from natsched.cli.common import ServerOption, fail, settings, setup_logging
 from natsched.errors import NatschedError
 from natsched.master.service import MasterService
+from natsched.secrets import load_key
 from natsched.service import serve
 
 master_app = typer.Typer(help="Run a master, or ask about masters.", invoke_without_command=True)
@@ -28,6 +29,12 @@ def master(
     unresponsive_after: Annotated[
         float, typer.Option(help="seconds without heartbeat before an agent is down and its runs lost")
     ] = 10.0,
+    secret_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="NATSCHED_SECRET_KEY_FILE", help="key for storing secrets (natsched secrets keygen)"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a master service in the foreground until Ctrl-C or SIGTERM."""
@@ -46,6 +53,7 @@ def master(
             storage=StorageSettings(replicas=replicas),
             lease_ttl=lease_ttl,
             unresponsive_after=unresponsive_after,
+            secret_key=load_key(secret_key_file) if secret_key_file else None,
         )
         asyncio.run(serve(service))
     except NatschedError as exc:

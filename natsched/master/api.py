@@ -27,6 +27,7 @@ from natsched.jobspec import job_to_dict, parse_job
 from natsched.kvscan import KvValue, scan
 from natsched.master.apply import execute_plan, jobs_after, plan_apply, raise_conflicts
 from natsched.master.jobindex import JobIndex
+from natsched.master.secrets_api import SecretsApi
 from natsched.master.settings_api import SettingsApi, calendar_names, check_calendars_exist
 from natsched.models import AgentIdentity, JobSpec
 from natsched.runs import get_run
@@ -80,6 +81,7 @@ class AdminApi:
         nc: Client | None = None,
         settings: KeyValue | None = None,
         index: JobIndex | None = None,
+        secrets: SecretsApi | None = None,
     ) -> None:
         self._index = index
         self._nc = nc
@@ -101,6 +103,8 @@ class AdminApi:
         if settings is not None:
             self.settings_api = SettingsApi(js, settings, self._all_jobs)
             self.handlers.update(self.settings_api.handlers())
+        if secrets is not None:
+            self.handlers.update(secrets.handlers())
 
     async def handle(self, msg: Msg) -> None:
         """Answer one request; every failure becomes an error reply, never a crash."""

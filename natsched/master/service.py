@@ -33,6 +33,8 @@ from natsched.master.lease import DEFAULT_TTL, LeaderLease
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
+from natsched.master.secrets_api import SecretsApi
+from natsched.secrets import SECRETS_BUCKET
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
@@ -56,6 +58,7 @@ class MasterService(Service):
         clock: Callable[[], float] = time.time,
         lease_ttl: float = DEFAULT_TTL,
         unresponsive_after: float = UNRESPONSIVE_AFTER,
+        secret_key: bytes | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings.with_name("natsched-master")
@@ -76,6 +79,7 @@ class MasterService(Service):
         self._lease_ttl = lease_ttl
         self._unresponsive_after = unresponsive_after
         self._leader_task: asyncio.Task[None] | None = None
+        self._secret_key = secret_key
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -96,6 +100,7 @@ class MasterService(Service):
             nc=self.nc,
             settings=await js.key_value(subjects.SETTINGS_BUCKET),
             index=self.index,
+            secrets=SecretsApi(await js.key_value(SECRETS_BUCKET), self._secret_key),
         )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
         self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher, index=self.index)
