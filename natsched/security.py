@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from natsched import subjects
+from natsched import subjects, tls
 from natsched.secrets import SECRETS_BUCKET
 
 _JS = "$JS.API"
@@ -113,6 +113,16 @@ def trigger(jobs: Iterable[str]) -> Permissions:
     return Permissions(
         publish=[subjects.trigger_subject(job) for job in sorted(jobs)], subscribe=["_INBOX.>"]
     )
+
+
+def cert_users_block(users: dict[str, Permissions]) -> str:
+    """``authorization { users = [...] }`` for certificate-mapped users (``verify_and_map``):
+    identity name -> permissions; the user is the certificate's e-mail SAN, no password."""
+    entries = [
+        {"user": tls.cert_identity(name), "permissions": permissions.to_config()}
+        for name, permissions in sorted(users.items())
+    ]
+    return "authorization {\n  users = " + json.dumps(entries, indent=2).replace("\n", "\n  ") + "\n}\n"
 
 
 def users_block(users: dict[str, tuple[str, Permissions]]) -> str:

@@ -47,8 +47,21 @@ def _sans(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def generate(directory: Path, hosts: list[str], client_name: str = "natsched") -> dict[str, Path]:
-    """Write a CA, a server certificate for ``hosts`` and a client certificate; return the paths."""
+def cert_identity(name: str) -> str:
+    """The e-mail SAN of an identity's client certificate, which nats-server's
+    ``verify_and_map`` maps to the user of that name (``a1@natsched``)."""
+    return f"{name}@natsched"
+
+
+def generate(
+    directory: Path, hosts: list[str], client_name: str = "natsched", identities: list[str] | None = None
+) -> dict[str, Path]:
+    """Write a CA, a server certificate for ``hosts`` and a client certificate; return the paths.
+
+    ``identities`` (e.g. ``master``, ``admin``, agent names) each get a client certificate
+    ``<name>.pem`` whose e-mail SAN is :func:`cert_identity`: with ``verify_and_map`` the
+    certificate *is* the user, so an agent cannot claim another agent's name.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -102,12 +115,17 @@ def generate(directory: Path, hosts: list[str], client_name: str = "natsched") -
 
     leaf("server", hosts[0] if hosts else "localhost", ExtendedKeyUsageOID.SERVER_AUTH, _sans(hosts))
     leaf("client", client_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    for name in identities or []:
+        leaf(name, name, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.RFC822Name(cert_identity(name))])
     return paths
 
 
-def server_tls_block(paths: dict[str, Path], *, verify_clients: bool = True) -> str:
-    """The nats-server ``tls {}`` block for certificates made by :func:`generate`."""
-    verify = "\n  verify: true" if verify_clients else ""
+def server_tls_block(paths: dict[str, Path], *, verify_clients: bool = True, map_users: bool = False) -> str:
+    """The nats-server ``tls {}`` block for certificates made by :func:`generate`.
+
+    ``map_users``: ``verify_and_map``, the client certificate's e-mail SAN names the user.
+    """
+    verify = "\n  verify_and_map: true" if map_users else ("\n  verify: true" if verify_clients else "")
     return (
         f'tls {{\n  cert_file: "{paths["server"]}"\n  key_file: "{paths["server-key"]}"\n'
         f'  ca_file: "{paths["ca"]}"{verify}\n  timeout: 2\n}}\n'

@@ -21,13 +21,27 @@ def tls_init(
     host: Annotated[
         list[str] | None, typer.Option("--host", help="server DNS name or IP (repeatable)")
     ] = None,
+    identity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--identity",
+            help="a client certificate per identity (master, admin, trigger, agent names); "
+            "with verify_and_map the certificate is the user",
+        ),
+    ] = None,
+    map_users: Annotated[bool, typer.Option("--map-users", help="print a verify_and_map tls block")] = False,
 ) -> None:
-    """Create a private CA, a server certificate for the hosts and a client certificate."""
+    """Create a private CA, a server certificate for the hosts and client certificates."""
     hosts = host or ["localhost", "127.0.0.1"]
-    paths = tls.generate(directory, hosts)
+    for name in identity or []:
+        if not is_token(name):
+            raise fail(f"--identity {name!r}: letters, digits, '_' and '-' only")
+    paths = tls.generate(directory, hosts, identities=identity or [])
     for kind, path in paths.items():
         console.print(f"{kind:11} {path}", highlight=False)
-    console.print("\nnats-server tls block:\n" + tls.server_tls_block(paths), highlight=False)
+    console.print(
+        "\nnats-server tls block:\n" + tls.server_tls_block(paths, map_users=map_users), highlight=False
+    )
 
 
 def _agent_spec(value: str) -> tuple[str, list[str]]:
@@ -47,6 +61,12 @@ def permissions(
         typer.Option("--trigger-job", help="<group>.<job> the trigger user may start (repeatable)"),
     ] = None,
     password: Annotated[str, typer.Option(help="password placeholder written for every user")] = "CHANGE-ME",
+    certs: Annotated[
+        bool,
+        typer.Option(
+            "--certs", help="users mapped from client certificates (tls verify_and_map), no passwords"
+        ),
+    ] = False,
 ) -> None:
     """Print the nats-server authorization block: master, admin, one user per agent, trigger."""
     users: dict[str, tuple[str, security.Permissions]] = {
@@ -61,4 +81,10 @@ def permissions(
         raise fail(str(exc)) from None
     if trigger_job:
         users["natsched-trigger"] = (password, security.trigger(trigger_job))
+    if certs:  # the identity names natsched tls init --identity gave the certificates
+        mapped = {
+            user.removeprefix("natsched-").removeprefix("agent-"): perms for user, (_, perms) in users.items()
+        }
+        print(security.cert_users_block(mapped), end="")
+        return
     print(security.users_block(users), end="")
