@@ -65,6 +65,11 @@ async def test_an_agent_killed_mid_run_is_lost_and_its_run_redispatched(
         reply = json.loads((await nc.request("natsched.trigger.lost.long", b"{}", timeout=10)).data)
         first = reply["runs"][0]
         assert first["agent"] == "victim", reply
+
+        async def on_record() -> bool:  # killed mid-run, once the run is on record
+            return any(e["state"] == "started" for e in await events_of(nc, "lost.long"))
+
+        await eventually(on_record, 10, "the run's started event")
         victim.kill()  # kill -9 mid-run
         killed_at = time.time()
 
@@ -160,6 +165,11 @@ async def test_a_run_finished_while_cut_off_is_reconciled_not_duplicated(
             ),
         )
         run = json.loads((await nc.request("natsched.trigger.pt.work", b"{}", timeout=10)).data)["runs"][0]
+
+        async def started() -> bool:  # cut off mid-run, once the run is on record
+            return any(e["state"] == "started" for e in await events_of(nc, "pt.work"))
+
+        await eventually(started, 10, "the run's started event")
         os.kill(agent.popen.pid, signal.SIGSTOP)  # the agent is cut off; its process keeps running
         try:
 
