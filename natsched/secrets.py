@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from natsched import subjects
 from natsched.errors import ConfigError, NatschedError
 
-SECRETS_BUCKET = "natsched_secrets"
+SECRETS_BUCKET = subjects.SECRETS_BUCKET
 REFERENCE = re.compile(r"\$\{secret:([A-Za-z0-9_-]+)\}")
 MASK = "***"
 KEY_BYTES = 32

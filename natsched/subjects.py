@@ -13,6 +13,7 @@ JOBS_BUCKET = "natsched_jobs"  # key "<group>.<job>", value: msgpack job spec
 SETTINGS_BUCKET = "natsched_settings"  # replicated settings per group
 AGENTS_BUCKET = "natsched_agents"  # key "<agent>", value: msgpack heartbeat, TTL bucket
 STATE_BUCKET = "natsched_state"  # leader lease, schedule cursors, overlap locks
+SECRETS_BUCKET = "natsched_secrets"  # key "<name>", value: nonce + AES-GCM ciphertext (secrets.py)
 CHAINS_BUCKET = "natsched_chains"  # chain progress: batch.*, fanin.*, chain.* (expires, see buckets.py)
 
 # --- Streams ----------------------------------------------------------------------
@@ -33,12 +34,23 @@ API_JOBS_ENABLE = f"{API_PREFIX}.jobs.enable"
 API_JOBS_DISABLE = f"{API_PREFIX}.jobs.disable"
 API_PING = f"{API_PREFIX}.ping"
 API_RUNS_CANCEL = f"{API_PREFIX}.runs.cancel"
+API_CALENDARS_SET = f"{API_PREFIX}.calendars.set"
+API_CALENDARS_LIST = f"{API_PREFIX}.calendars.list"
+API_CALENDARS_DELETE = f"{API_PREFIX}.calendars.delete"
+API_PAUSE = f"{API_PREFIX}.pause"
+API_RESUME = f"{API_PREFIX}.resume"
+API_SECRETS_SET = f"{API_PREFIX}.secrets.set"
+API_SECRETS_LIST = f"{API_PREFIX}.secrets.list"
+API_SECRETS_DELETE = f"{API_PREFIX}.secrets.delete"
 MASTERS_STATUS = "natsched.masters.status"  # every master answers (no queue group): leader, term
 
 # --- Triggers and dispatch ---------------------------------------------------------
 TRIGGER_PREFIX = "natsched.trigger"
 TRIGGER_ALL = f"{TRIGGER_PREFIX}.>"
 TRIGGER_QUEUE = "natsched-master"  # one master handles each trigger
+SUBJECT_TRIGGER_QUEUE = "natsched-subjects"  # masters on operator subjects (subject triggers)
+CHAINS_DURABLE = "natsched-chains"  # durable consumer on final run events, shared by masters
+RETRIES_DURABLE = "natsched-retries"  # durable consumer on failed runs, shared by masters
 
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from natsched import codec
+from natsched import codec, subjects
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
@@ -50,7 +50,7 @@ from natsched.models import EventTrigger, JobSpec
 
 log = logging.getLogger(__name__)
 
-DURABLE = "natsched-chains"
+DURABLE = subjects.CHAINS_DURABLE
 FINAL_STATES = ("succeeded", "failed", "timed_out", "killed", "lost")
 FANIN_CHECK_INTERVAL = 0.5
 

@@ -22,13 +22,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from natsched import subjects
 from natsched.master.dispatch import Dispatcher
 from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec, SubjectTrigger
 
 log = logging.getLogger(__name__)
-QUEUE = "natsched-subjects"
+QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
 
 
 def field_at(body: Any, path: str) -> Any:

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from natsched import codec
+from natsched import codec, subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
 from natsched.master.dispatch import Dispatcher
@@ -30,7 +30,7 @@ from natsched.models import Mode, RetryPolicy
 
 log = logging.getLogger(__name__)
 
-DURABLE = "natsched-retries"
+DURABLE = subjects.RETRIES_DURABLE
 CHAIN_DETAIL = ("chain_id", "parents", "upstream")
 CHAIN_FAILURE = "chain_failure"  # a downstream run recorded failed by the chain itself: never retried
 RETRY_STATES = ("failed", "timed_out")

@@ -15,9 +15,9 @@ from natsched import subjects
 from natsched.errors import ApiError, NotFoundError
 from natsched.secrets import SecretError, check_name, encrypt
 
-API_SECRETS_SET = f"{subjects.API_PREFIX}.secrets.set"
-API_SECRETS_LIST = f"{subjects.API_PREFIX}.secrets.list"
-API_SECRETS_DELETE = f"{subjects.API_PREFIX}.secrets.delete"
+API_SECRETS_SET = subjects.API_SECRETS_SET
+API_SECRETS_LIST = subjects.API_SECRETS_LIST
+API_SECRETS_DELETE = subjects.API_SECRETS_DELETE
 
 
 class SecretsApi:

@@ -22,11 +22,11 @@ from natsched.errors import ApiError, CodecError, NotFoundError, SpecError
 from natsched.kvscan import KvValue, scan
 from natsched.models import JobSpec
 
-API_CALENDARS_SET = f"{subjects.API_PREFIX}.calendars.set"
-API_CALENDARS_LIST = f"{subjects.API_PREFIX}.calendars.list"
-API_CALENDARS_DELETE = f"{subjects.API_PREFIX}.calendars.delete"
-API_PAUSE = f"{subjects.API_PREFIX}.pause"
-API_RESUME = f"{subjects.API_PREFIX}.resume"
+API_CALENDARS_SET = subjects.API_CALENDARS_SET
+API_CALENDARS_LIST = subjects.API_CALENDARS_LIST
+API_CALENDARS_DELETE = subjects.API_CALENDARS_DELETE
+API_PAUSE = subjects.API_PAUSE
+API_RESUME = subjects.API_RESUME
 
 
 async def calendar_names(js: JetStreamContext) -> set[str]:
