@@ -24,6 +24,7 @@ from natsched.models import (
     JobSpec,
     Misfire,
     Mode,
+    Notify,
     OnceTrigger,
     Overlap,
     RetryPolicy,
@@ -58,6 +59,7 @@ _JOB_FIELDS = frozenset(
         "description",
         "calendar",
         "redispatch_lost",
+        "notify",
     }
 )
 _E = TypeVar("_E")
@@ -332,7 +334,26 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         description=_str(data.get("description", ""), "description"),
         calendar=None if data.get("calendar") is None else _calendar_rule(data["calendar"]),
         redispatch_lost=_bool(data.get("redispatch_lost", False), "redispatch_lost"),
+        notify=_notify(data.get("notify", [])),
     )
+
+
+def _notify(value: object) -> tuple[Notify, ...]:
+    items = [value] if isinstance(value, Mapping) else value
+    if not isinstance(items, list):
+        raise SpecError("must be a list of tables", field="notify")
+    out = []
+    for item in items:
+        data = _table(item, "notify", frozenset({"on", "webhook", "email", "subject"}))
+        out.append(
+            Notify(
+                on=_str_list(data.get("on", ["failure", "lost", "chain_failed"]), "notify.on"),
+                webhook=_str(data.get("webhook", ""), "notify.webhook"),
+                email=_str(data.get("email", ""), "notify.email"),
+                subject=_str(data.get("subject", ""), "notify.subject"),
+            )
+        )
+    return tuple(out)
 
 
 def _calendar_rule(value: object) -> CalendarRule:
@@ -426,6 +447,20 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
             out[name] = value.value if hasattr(value, "value") else value
     if spec.env:
         out["env"] = dict(spec.env)
+    if spec.notify:
+        out["notify"] = [
+            {
+                k: v
+                for k, v in (
+                    ("on", list(n.on)),
+                    ("webhook", n.webhook),
+                    ("email", n.email),
+                    ("subject", n.subject),
+                )
+                if v
+            }
+            for n in spec.notify
+        ]
     if spec.calendar is not None:
         out["calendar"] = {
             k: list(v) for k, v in (("only", spec.calendar.only), ("skip", spec.calendar.skip)) if v

@@ -261,6 +261,32 @@ class SubjectTrigger:
 Trigger = CronTrigger | IntervalTrigger | OnceTrigger | FileTrigger | EventTrigger | SubjectTrigger
 
 
+NOTIFY_ON = ("failure", "success", "lost", "chain_failed")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Notify:
+    """Where to tell about a job's runs: ``on`` which outcomes, to a webhook, an address, a subject."""
+
+    on: tuple[str, ...] = ("failure", "lost", "chain_failed")
+    webhook: str = ""
+    email: str = ""
+    subject: str = ""
+
+    def __post_init__(self) -> None:
+        for kind in self.on:
+            if kind not in NOTIFY_ON:
+                raise _fail("notify.on", f"{kind!r} is not one of {', '.join(NOTIFY_ON)}")
+        if not (self.webhook or self.email or self.subject):
+            raise _fail("notify", "names no webhook, email or subject")
+        if self.webhook and not self.webhook.startswith(("http://", "https://")):
+            raise _fail("notify.webhook", f"{self.webhook!r} is not an http(s) URL")
+        if self.email and "@" not in self.email:
+            raise _fail("notify.email", f"{self.email!r} is not an e-mail address")
+        if self.subject and (" " in self.subject or "*" in self.subject or ">" in self.subject):
+            raise _fail("notify.subject", f"{self.subject!r} is not a plain NATS subject")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RetryPolicy:
     """Retries after a failed run: ``attempts`` more, exponential backoff with jitter."""
@@ -303,6 +329,7 @@ class JobSpec:
     description: str = ""
     calendar: CalendarRule | None = None
     redispatch_lost: bool = False  # load-balance: a run lost with its agent starts again elsewhere
+    notify: tuple[Notify, ...] = ()
 
     def __post_init__(self) -> None:
         _check_tokens("name", (self.name,))

@@ -51,6 +51,7 @@ TRIGGER_QUEUE = "natsched-master"  # one master handles each trigger
 SUBJECT_TRIGGER_QUEUE = "natsched-subjects"  # masters on operator subjects (subject triggers)
 CHAINS_DURABLE = "natsched-chains"  # durable consumer on final run events, shared by masters
 RETRIES_DURABLE = "natsched-retries"  # durable consumer on failed runs, shared by masters
+NOTIFY_DURABLE = "natsched-notify"  # durable consumer on final run events, for notifications
 
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -11,6 +11,7 @@ import typer
 
 from natsched.cli.common import ServerOption, fail, settings, setup_logging
 from natsched.errors import NatschedError
+from natsched.master.notify import SmtpSettings
 from natsched.master.service import MasterService
 from natsched.secrets import load_key
 from natsched.service import serve
@@ -35,6 +36,11 @@ def master(
             envvar="NATSCHED_SECRET_KEY_FILE", help="key for storing secrets (natsched secrets keygen)"
         ),
     ] = None,
+    smtp_host: Annotated[
+        str, typer.Option(envvar="NATSCHED_SMTP_HOST", help="for e-mail notifications")
+    ] = "",
+    smtp_port: Annotated[int, typer.Option(envvar="NATSCHED_SMTP_PORT")] = 25,
+    smtp_from: Annotated[str, typer.Option(envvar="NATSCHED_SMTP_FROM")] = "natsched@localhost",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a master service in the foreground until Ctrl-C or SIGTERM."""
@@ -54,6 +60,7 @@ def master(
             lease_ttl=lease_ttl,
             unresponsive_after=unresponsive_after,
             secret_key=load_key(secret_key_file) if secret_key_file else None,
+            smtp=SmtpSettings(host=smtp_host, port=smtp_port, sender=smtp_from),
         )
         asyncio.run(serve(service))
     except NatschedError as exc:

@@ -31,6 +31,7 @@ from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
 from natsched.master.lease import DEFAULT_TTL, LeaderLease
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
+from natsched.master.notify import Notifier, SmtpSettings
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.master.secrets_api import SecretsApi
@@ -59,6 +60,7 @@ class MasterService(Service):
         lease_ttl: float = DEFAULT_TTL,
         unresponsive_after: float = UNRESPONSIVE_AFTER,
         secret_key: bytes | None = None,
+        smtp: SmtpSettings | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings.with_name("natsched-master")
@@ -80,6 +82,8 @@ class MasterService(Service):
         self._unresponsive_after = unresponsive_after
         self._leader_task: asyncio.Task[None] | None = None
         self._secret_key = secret_key
+        self._smtp = smtp
+        self.notifier: Notifier | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -115,6 +119,8 @@ class MasterService(Service):
         )
         await self.chains.start()
         self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
+        self.notifier = Notifier(self.nc, self.index, self._smtp)
+        await self.notifier.start()
         self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
         self.spawn(self.inbound.run(), name="subject-triggers", critical=True)
         self.lost = LostAgents(
