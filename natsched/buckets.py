@@ -50,10 +50,17 @@ async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
 
 async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.stream_info(config.name or "")
-        return
+        info = await js.stream_info(config.name or "")
     except NotFoundError:
-        pass
+        info = None
+    if info is not None:
+        current = info.config
+        if (current.max_age, current.max_bytes) != (config.max_age, config.max_bytes):
+            # Retention comes from the master's settings: apply a change to the existing stream.
+            log.info("stream %s: retention %ss / %s bytes", config.name, config.max_age, config.max_bytes)
+            current.max_age, current.max_bytes = config.max_age, config.max_bytes
+            await js.update_stream(config=current)
+        return
     try:
         log.info("creating stream %s", config.name)
         await js.add_stream(config=config)

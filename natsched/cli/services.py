@@ -11,6 +11,7 @@ import typer
 
 from natsched.cli.common import ServerOption, fail, settings, setup_logging
 from natsched.errors import NatschedError
+from natsched.jobspec import parse_duration
 from natsched.master.notify import SmtpSettings
 from natsched.master.service import MasterService
 from natsched.secrets import load_key
@@ -36,6 +37,10 @@ def master(
             envvar="NATSCHED_SECRET_KEY_FILE", help="key for storing secrets (natsched secrets keygen)"
         ),
     ] = None,
+    events_max_age: Annotated[str, typer.Option(help="keep run events this long (e.g. 30d)")] = "30d",
+    events_max_bytes: Annotated[int, typer.Option(help="and at most this many bytes")] = 1024**3,
+    logs_max_age: Annotated[str, typer.Option(help="keep run output this long")] = "7d",
+    logs_max_bytes: Annotated[int, typer.Option(help="and at most this many bytes")] = 1024**3,
     smtp_host: Annotated[
         str, typer.Option(envvar="NATSCHED_SMTP_HOST", help="for e-mail notifications")
     ] = "",
@@ -56,7 +61,13 @@ def master(
             raise fail("--lease-ttl and --unresponsive-after must be at least 1 second")
         service = MasterService(
             settings(server),
-            storage=StorageSettings(replicas=replicas),
+            storage=StorageSettings(
+                replicas=replicas,
+                events_max_age=parse_duration(events_max_age, "events-max-age"),
+                events_max_bytes=events_max_bytes,
+                logs_max_age=parse_duration(logs_max_age, "logs-max-age"),
+                logs_max_bytes=logs_max_bytes,
+            ),
             lease_ttl=lease_ttl,
             unresponsive_after=unresponsive_after,
             secret_key=load_key(secret_key_file) if secret_key_file else None,
