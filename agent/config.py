@@ -59,6 +59,8 @@ class AgentConfig:
     kill_grace: float = 5.0
     # Key for ${secret:NAME} in job definitions (natsched secrets keygen); none: such jobs fail.
     secret_key_file: Path | None = None
+    # Prometheus metrics on this port (off when unset).
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -132,7 +134,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for name in ("sync_check_interval", "shutdown_grace", "kill_grace"):
             if name in out:
                 out[name] = float(out[name])
-        for name in ("max_concurrency", "priority"):
+        for name in ("max_concurrency", "priority", "metrics_port"):
             if name in out:
                 out[name] = int(out[name])
     except ValueError as exc:

@@ -47,6 +47,7 @@ class MirrorScheduler:
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
         self.fired = 0
+        self.on_late: Callable[[float], None] = lambda seconds: None  # e.g. a metrics histogram
         # Seconds between each slot and its firing, most recent last (for bench/ and metrics).
         self.lateness: collections.deque[float] = collections.deque(maxlen=100_000)
 
@@ -121,6 +122,7 @@ class MirrorScheduler:
         if early > 0:  # prepared ahead (cursor already saved): start on the dot
             await asyncio.sleep(early)
         self.lateness.append(self._clock() - slot)
+        self.on_late(self._clock() - slot)
         self.fired += 1
         detail = {"late_ms": f"{late * 1000:.1f}"} if late > 1 else {}
         try:

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import itertools
 import logging
+from collections.abc import Callable
 
 import aiosqlite
 from nats.aio.client import Client
@@ -40,6 +41,7 @@ _Row = tuple[str, str, bytes]  # subject, msg id, payload
 
 class EventOutbox:
     def __init__(self, db: aiosqlite.Connection) -> None:
+        self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
         self._db = db
         self._nc: Client | None = None
         self._memory: collections.deque[_Row] = collections.deque()
@@ -69,6 +71,7 @@ class EventOutbox:
 
     async def publish(self, event: RunEvent) -> None:
         """Queue an event; it is sent (or stored) in order by the publisher task."""
+        self.on_event(event)
         self._memory.append((event.subject, event.msg_id, event.to_json()))
         self._wake.set()
 

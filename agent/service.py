@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 
@@ -32,6 +33,9 @@ from natsched.models import Heartbeat
 from natsched.secrets import load_key
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
+
+if TYPE_CHECKING:
+    from natsched.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_RUNS = 1000  # run ids in a heartbeat (what the leader marks lost if this agent dies)
@@ -59,6 +63,7 @@ class AgentService(Service):
         self.files: FileWatcher | None = None
         self.responder: Responder | None = None
         self.holds: HoldsSync
+        self.metrics: Metrics | None = None
 
     @property
     def running(self) -> int:
@@ -88,6 +93,16 @@ class AgentService(Service):
         self.executor.holds = lambda: self.holds.holds
         self.holds.listeners.append(lambda _lifted: self._release_held())
         self.mirror = MirrorScheduler(self.cache, self.executor)
+        if self.config.metrics_port is not None:
+            from natsched.metrics import Metrics  # prometheus-client only when asked for
+
+            self.metrics = Metrics("agent")
+            self.outbox.on_event = lambda event: self.metrics_runs(event.state.value)
+            self.mirror.on_late = self.metrics.lateness.observe
+            self.metrics.gauge_from(
+                self.metrics.outbox_depth, lambda: float(self.outbox.depth if self.outbox else 0)
+            )
+            self.metrics.serve(self.config.metrics_port)
         self.files = FileWatcher(self.cache, self.executor)
         self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)
         self.spawn(self.files.run(), name="file-triggers", critical=True)
@@ -96,6 +111,8 @@ class AgentService(Service):
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.metrics is not None:
+            self.metrics.close()
         if self.responder is not None:
             await self.responder.stop()  # stop accepting work first
         if self.executor is not None:
@@ -163,12 +180,22 @@ class AgentService(Service):
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
         self.spawn(self.holds.run(js), name="settings-watch", critical=True)
 
+    def metrics_runs(self, state: str) -> None:
+        if self.metrics is not None:
+            self.metrics.runs.labels(state=state).inc()
+
     def _release_held(self) -> None:
         if self.executor is not None:
             self.spawn(self.executor.release_held(), name="release-held")
 
     async def _heartbeat(self) -> Heartbeat:
         position = self.sync.position if self.sync else None
+        jobs_cached = await self.cache.count()
+        if self.metrics is not None:
+            self.metrics.cache_jobs.set(jobs_cached)
+            self.metrics.sync_lag.set(
+                0.0 if self.sync and self.sync.synced.is_set() else time.time() - self.started_at
+            )
         return sample_load(
             agent=self.config.name,
             started_at=self.started_at,
@@ -177,7 +204,7 @@ class AgentService(Service):
             tags=self.config.tags,
             pools=self.config.pools,
             groups=self.config.groups,
-            jobs_cached=await self.cache.count(),
+            jobs_cached=jobs_cached,
             synced_revision=position.last_seq if position else 0,
             priority=self.config.priority,
             connected_since=self.connected_since,

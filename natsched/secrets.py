@@ -21,9 +21,6 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from natsched import subjects
 from natsched.errors import ConfigError, NatschedError
 
@@ -42,6 +39,8 @@ def generate_key_file(path: Path) -> None:
     if path.exists():
         raise ConfigError(f"{path} exists; refusing to overwrite a secret key")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # heavy: only where used
+
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
@@ -70,11 +69,16 @@ def check_name(name: str) -> str:
 def encrypt(key: bytes, name: str, value: str) -> bytes:
     if len(value.encode()) > MAX_VALUE:
         raise SecretError(f"secret {name} is over {MAX_VALUE} bytes")
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # heavy: only where used
+
     nonce = os.urandom(12)
     return nonce + AESGCM(key).encrypt(nonce, value.encode(), name.encode())
 
 
 def decrypt(key: bytes, name: str, blob: bytes) -> str:
+    from cryptography.exceptions import InvalidTag  # heavy: only where used
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     try:
         return AESGCM(key).decrypt(blob[:12], blob[12:], name.encode()).decode()
     except (InvalidTag, ValueError, UnicodeDecodeError):

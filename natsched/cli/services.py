@@ -41,6 +41,7 @@ def master(
     events_max_bytes: Annotated[int, typer.Option(help="and at most this many bytes")] = 1024**3,
     logs_max_age: Annotated[str, typer.Option(help="keep run output this long")] = "7d",
     logs_max_bytes: Annotated[int, typer.Option(help="and at most this many bytes")] = 1024**3,
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics on this port")] = None,
     smtp_host: Annotated[
         str, typer.Option(envvar="NATSCHED_SMTP_HOST", help="for e-mail notifications")
     ] = "",
@@ -72,6 +73,7 @@ def master(
             unresponsive_after=unresponsive_after,
             secret_key=load_key(secret_key_file) if secret_key_file else None,
             smtp=SmtpSettings(host=smtp_host, port=smtp_port, sender=smtp_from),
+            metrics_port=metrics_port,
         )
         asyncio.run(serve(service))
     except NatschedError as exc:

@@ -154,6 +154,7 @@ class Dispatcher:
         lease: LeaderLease | None = None,
     ) -> None:
         self._lease = lease
+        self.on_dispatch: Callable[[float], None] = lambda seconds: None  # e.g. a metrics histogram
         self._nc = nc
         self._js = nc.jetstream()
         self._master_id = master_id
@@ -186,56 +187,64 @@ class Dispatcher:
         again). Several targets get ``detail.batch`` and ``detail.batch_size``: a chain
         treats them as one completion.
         """
-        live = await self.live_agents()
+        started = time.perf_counter()
+        try:
+            live = await self.live_agents()
 
-        def request(run_id: str, extra: Mapping[str, str] | None = None) -> RunRequest:
-            return RunRequest(
-                run_id=run_id,
-                spec=spec,
-                trigger=trigger,
-                scheduled_at=scheduled_at,
-                attempt=attempt,
-                args=args,
-                env=dict(env or {}),
-                correlation_id=correlation_id,
-                master=self._master_id,
-                detail={**(detail or {}), **(extra or {})},
-                term=self._lease.term if self._lease else 0,
-            )
+            def request(run_id: str, extra: Mapping[str, str] | None = None) -> RunRequest:
+                return RunRequest(
+                    run_id=run_id,
+                    spec=spec,
+                    trigger=trigger,
+                    scheduled_at=scheduled_at,
+                    attempt=attempt,
+                    args=args,
+                    env=dict(env or {}),
+                    correlation_id=correlation_id,
+                    master=self._master_id,
+                    detail={**(detail or {}), **(extra or {})},
+                    term=self._lease.term if self._lease else 0,
+                )
 
-        if spec.mode is Mode.LOAD_BALANCE:
-            if spec.overlap is Overlap.REPLACE:
-                await self._cancel_lock_holder(spec)
-            run = request(base_id or new_run_id())
-            return [await self._load_balance(spec, run, live, avoid=avoid_agents or [])]
-        targets = only_agents if only_agents is not None else slave_targets(spec, live)
-        if not targets:
-            return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
-        refused = {
-            name: self.directory.incompatible[name] for name in targets if name in self.directory.incompatible
-        }
-        batch = (
-            {"batch": base_id or new_run_id(), "batch_size": str(len(targets))} if len(targets) > 1 else {}
-        )
-        requests = {
-            name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
-        }
-        replies = await asyncio.gather(
-            *(
-                self._refuse(requests[name], name, refused[name])
-                if name in refused
-                else self._ask(subjects.agent_run_subject(name), requests[name], name)
+            if spec.mode is Mode.LOAD_BALANCE:
+                if spec.overlap is Overlap.REPLACE:
+                    await self._cancel_lock_holder(spec)
+                run = request(base_id or new_run_id())
+                return [await self._load_balance(spec, run, live, avoid=avoid_agents or [])]
+            targets = only_agents if only_agents is not None else slave_targets(spec, live)
+            if not targets:
+                return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
+            refused = {
+                name: self.directory.incompatible[name]
                 for name in targets
+                if name in self.directory.incompatible
+            }
+            batch = (
+                {"batch": base_id or new_run_id(), "batch_size": str(len(targets))}
+                if len(targets) > 1
+                else {}
             )
-        )
-        await asyncio.gather(
-            *(
-                self._record_failure(requests[name], reply)
-                for name, reply in zip(targets, replies, strict=True)
-                if not reply.ok
+            requests = {
+                name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
+            }
+            replies = await asyncio.gather(
+                *(
+                    self._refuse(requests[name], name, refused[name])
+                    if name in refused
+                    else self._ask(subjects.agent_run_subject(name), requests[name], name)
+                    for name in targets
+                )
             )
-        )
-        return list(replies)
+            await asyncio.gather(
+                *(
+                    self._record_failure(requests[name], reply)
+                    for name, reply in zip(targets, replies, strict=True)
+                    if not reply.ok
+                )
+            )
+            return list(replies)
+        finally:
+            self.on_dispatch(time.perf_counter() - started)
 
     async def _load_balance(
         self, spec: JobSpec, request: RunRequest, live: list[Heartbeat], *, avoid: list[str]

@@ -59,6 +59,7 @@ class Notifier:
         self._index = index
         self._smtp = smtp or SmtpSettings()
         self.sent = 0
+        self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
         self.given_up = 0
 
     async def start(self) -> None:
@@ -68,6 +69,7 @@ class Notifier:
         try:
             await self._index.ready.wait()
             event = parse_event(msg.data)
+            self.on_event(event)
             spec = self._index.jobs.get(event.job)
             kind = outcome(event)
             targets = [n for n in (spec.notify if spec else ()) if kind in n.on]

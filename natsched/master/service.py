@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,6 +40,9 @@ from natsched.secrets import SECRETS_BUCKET
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
 
+if TYPE_CHECKING:
+    from natsched.metrics import Metrics
+
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 5.0
 
@@ -61,6 +65,7 @@ class MasterService(Service):
         unresponsive_after: float = UNRESPONSIVE_AFTER,
         secret_key: bytes | None = None,
         smtp: SmtpSettings | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings.with_name("natsched-master")
@@ -84,6 +89,8 @@ class MasterService(Service):
         self._secret_key = secret_key
         self._smtp = smtp
         self.notifier: Notifier | None = None
+        self._metrics_port = metrics_port
+        self.metrics: Metrics | None = None
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
@@ -121,6 +128,8 @@ class MasterService(Service):
         self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
         self.notifier = Notifier(self.nc, self.index, self._smtp)
         await self.notifier.start()
+        if self._metrics_port is not None:
+            self._start_metrics(self._metrics_port)
         self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
         self.spawn(self.inbound.run(), name="subject-triggers", critical=True)
         self.lost = LostAgents(
@@ -131,6 +140,24 @@ class MasterService(Service):
         self.spawn(self._follow_leadership(jobs, state), name="leadership", critical=True)
         self.spawn(self.lease.run(), name="leader-lease", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
+
+    def _start_metrics(self, port: int) -> None:
+        assert self.notifier is not None and self.dispatcher is not None
+        from natsched.metrics import Metrics  # prometheus-client only when asked for
+
+        metrics = self.metrics = Metrics("master")
+        self.notifier.on_event = lambda event: metrics.runs.labels(state=event.state.value).inc()
+        self.dispatcher.on_dispatch = metrics.dispatch.observe
+        self.spawn(self._heartbeat_ages(metrics), name="metrics-heartbeat-ages")
+        metrics.serve(port)
+
+    async def _heartbeat_ages(self, metrics: Metrics) -> None:
+        assert self.dispatcher is not None
+        while True:
+            now = time.monotonic()
+            for agent, (_, seen_at) in list(self.dispatcher.directory.last_seen.items()):
+                metrics.heartbeat_age.labels(agent=agent).set(now - seen_at)
+            await asyncio.sleep(1.0)
 
     async def _follow_leadership(self, jobs: KeyValue, state: KeyValue) -> None:
         """Run the leader's duties while this master holds the lease, and only then."""
@@ -186,12 +213,16 @@ class MasterService(Service):
 
     async def _dispatch_now(self, due: Due) -> None:
         assert self.dispatcher is not None
+        if self.metrics is not None:
+            self.metrics.lateness.observe(max(0.0, self._clock() - due.slot))
         replies = await self.dispatcher.dispatch(due.spec, trigger=due.trigger, scheduled_at=due.slot)
         for reply in replies:
             if not reply.ok:
                 log.warning("%s slot %s: %s on %s", due.spec.key, due.slot, reply.reason, reply.agent or "-")
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.lease is not None:
             await self.lease.release()  # a standby takes over now, not after the lease expires
         if self.holding is not None and self.holding.dropped():
