@@ -33,12 +33,17 @@ async def read_stream(
     subject: str,
     *,
     since: float | None = None,
+    from_seq: int | None = None,
     last_per_subject: bool = False,
     timeout: float = SCAN_TIMEOUT,
 ) -> AsyncIterator[Msg]:
     """Every message of ``stream`` on ``subject`` as it is now (from ``since``), then stop."""
     if last_per_subject:
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+    elif from_seq is not None:
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq
+        )
     elif since is not None:
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=datetime.fromtimestamp(since, UTC)

@@ -48,6 +48,47 @@ def event_filter(job: str | None = None, agent: str | None = None, state: str | 
     return f"natsched.event.{agent or '*'}.{job or '*.*'}.{state or '*'}"
 
 
+TAIL_WINDOW = 2000  # events read first from the end of the stream; grows 8x while too few runs
+
+
+async def tail_runs(
+    js: JetStreamContext, subject: str, *, want: int, state: str | None = None
+) -> tuple[list[RunSummary], int]:
+    """The newest runs from the end of the stream: read a window of the last events, and a
+    larger one only while it holds fewer than ``want`` runs; (runs, events read).
+
+    ``natsched runs`` thus costs about the same with a thousand or a million events stored.
+    A run whose first events lie before the window shows only the states inside it.
+    """
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    first, last = int(info.state.first_seq or 1), int(info.state.last_seq or 0)
+    window, read = TAIL_WINDOW, 0
+    while True:
+        start = max(first, last - window + 1)
+        runs: dict[str, RunSummary] = {}
+        if last >= first:
+            async for msg in read_stream(js, subjects.EVENTS_STREAM, subject, from_seq=start):
+                read += 1
+                _add(runs, msg.data)
+        found = [r for r in runs.values() if state is None or r.latest.state.value == state]
+        if len(found) >= want or start <= first:
+            found.sort(key=lambda r: r.latest.run_id, reverse=True)
+            return found[:want], read
+        window *= 8
+
+
+def _add(runs: dict[str, RunSummary], data: bytes) -> None:
+    try:
+        event = parse_event(data)
+    except CodecError:
+        return  # garbage in the stream is not a run
+    summary = runs.get(event.run_id)
+    if summary is None:
+        runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
+    else:
+        summary.add(event)
+
+
 async def list_runs(
     js: JetStreamContext,
     *,
@@ -57,18 +98,15 @@ async def list_runs(
     since: float | None = None,
     limit: int = 50,
 ) -> list[RunSummary]:
-    """Runs newest first; ``state`` filters on the run's latest state."""
+    """Runs newest first; ``state`` filters on the run's latest state.
+
+    Without ``since`` only the end of the stream is read (see ``tail_runs``).
+    """
+    if since is None:
+        return (await tail_runs(js, event_filter(job, agent), want=limit, state=state))[0]
     runs: dict[str, RunSummary] = {}
     async for msg in read_stream(js, subjects.EVENTS_STREAM, event_filter(job, agent), since=since):
-        try:
-            event = parse_event(msg.data)
-        except CodecError:
-            continue  # garbage in the stream is not a run
-        summary = runs.get(event.run_id)
-        if summary is None:
-            runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
-        else:
-            summary.add(event)
+        _add(runs, msg.data)
     result = [r for r in runs.values() if state is None or r.latest.state.value == state]
     result.sort(key=lambda r: r.latest.run_id, reverse=True)
     return result[:limit]
