@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,12 +41,16 @@ class Responder:
         self._max = max_concurrency
         self._subs: list[Subscription] = []
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
+        self.sync_report: Callable[[], dict[str, Any]] = lambda: {"agent": agent, "report": []}
         self.max_term = 0  # highest leader term seen in a dispatch: the fencing token
 
     async def start(self) -> None:
         self._subs.append(await self._nc.subscribe(subjects.agent_run_subject(self._agent), cb=self._on_run))
         self._subs.append(
             await self._nc.subscribe(subjects.agent_cancel_subject(self._agent), cb=self._on_cancel)
+        )
+        self._subs.append(
+            await self._nc.subscribe(subjects.agent_sync_subject(self._agent), cb=self._on_sync)
         )
         for pool in sorted(self._pools):
             self._subs.append(
@@ -137,6 +143,11 @@ class Responder:
         if len(self._recent) > RECENT_RUNS:
             self._recent.popitem(last=False)
         await self._reply(msg, reply)
+
+    async def _on_sync(self, msg: Msg) -> None:
+        """``natsched sync-report``: what this agent's cache took in, when (JSON)."""
+        if msg.reply:
+            await self._nc.publish(msg.reply, codec.to_json(self.sync_report()))
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client
 
@@ -172,6 +172,7 @@ class AgentService(Service):
             pools=self.config.pools,
             max_concurrency=self.config.max_concurrency,
         )
+        self.responder.sync_report = self._sync_report
         await self.responder.start()
         self.connected.set()
         log.info("agent %s connected", self.config.name)
@@ -183,6 +184,16 @@ class AgentService(Service):
     def metrics_runs(self, state: str) -> None:
         if self.metrics is not None:
             self.metrics.runs.labels(state=state).inc()
+
+    def _sync_report(self) -> dict[str, Any]:
+        sync = self.sync
+        position = sync.position if sync else None
+        return {
+            "agent": self.config.name,
+            "revision": position.last_seq if position else 0,
+            "full_resyncs": sync.full_resyncs if sync else 0,
+            "report": list(sync.report) if sync else [],
+        }
 
     def _release_held(self) -> None:
         if self.executor is not None:

@@ -12,6 +12,7 @@ not notice, such as a bucket deleted and recreated under it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from natsched.errors import CodecError, SpecError
 from natsched.models import AgentIdentity, Targets
 
 log = logging.getLogger(__name__)
+REPORT_ENTRIES = 200  # sync report entries kept in memory
+REPORT_KEYS = 20  # job keys listed per entry
 
 CHECK_INTERVAL = 5.0
 RETRY_DELAY = 1.0
@@ -103,6 +106,8 @@ class JobSync:
         self.position: SyncPosition | None = None
         self.listeners: list[Callable[[set[str]], None]] = []
         self.full_resyncs = 0
+        # What changed in the cache, when (newest last): `natsched sync-report <agent>` shows it.
+        self.report: collections.deque[dict[str, Any]] = collections.deque(maxlen=REPORT_ENTRIES)
         self._force_full = False
         self.last_sync_seconds = 0.0
 
@@ -230,6 +235,11 @@ class JobSync:
         position = SyncPosition(created, max(last_seq, target))
         await self._cache.apply(keep.values(), gone, position, seen=seen, replace_seen=True)
         self.position = position  # only once committed: tests and heartbeats read it
+        removed = sorted(gone)[:REPORT_KEYS]
+        self.report.append(
+            {"at": time.time(), "kind": "full resync", "jobs": len(keep), "removed": removed,
+             "revision": position.last_seq}
+        )  # fmt: skip
         self._notify(set(keep) | gone)
 
     async def _apply_batches(self, inbox: _Inbox, created: str, until: int | None) -> None:
@@ -250,6 +260,12 @@ class JobSync:
             position = SyncPosition(created, batch[-1].seq)
             await self._cache.apply(upserts.values(), deletes, position, seen=seen)
             self.position = position
+            if upserts or deletes:
+                self.report.append(
+                    {"at": time.time(), "kind": "changes", "changed": sorted(upserts)[:REPORT_KEYS],
+                     "deleted": sorted(deletes)[:REPORT_KEYS], "count": len(upserts) + len(deletes),
+                     "revision": position.last_seq}
+                )  # fmt: skip
             self._notify(set(upserts) | deletes)
             if until is not None and position.last_seq >= until:
                 return

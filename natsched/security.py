@@ -79,6 +79,7 @@ def admin() -> Permissions:
             f"{subjects.API_PREFIX}.>",
             f"{subjects.TRIGGER_PREFIX}.>",
             subjects.MASTERS_STATUS,
+            "natsched.agent.*.sync",  # natsched sync-report
             *_read_stream(subjects.EVENTS_STREAM),
             *_read_stream(subjects.LOGS_STREAM),
             *_read_stream(_JOBS),

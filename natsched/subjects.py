@@ -91,6 +91,11 @@ def agent_run_subject(agent: str) -> str:
     return f"natsched.agent.{_token(agent, 'agent name')}.run"
 
 
+def agent_sync_subject(agent: str) -> str:
+    """Request/reply, JSON: the agent's sync report (what its cache took in, when)."""
+    return f"natsched.agent.{_token(agent, 'agent name')}.sync"
+
+
 def agent_cancel_subject(agent: str) -> str:
     """Cancel a run on one agent, request/reply."""
     return f"natsched.agent.{_token(agent, 'agent name')}.cancel"

@@ -20,6 +20,7 @@ from natsched.cli.secret_commands import app as secrets_app
 from natsched.cli.security import permissions, tls_app
 from natsched.cli.services import agent, master_app
 from natsched.cli.status import status
+from natsched.cli.syncreport import sync_report
 from natsched.cli.up import up
 
 app = typer.Typer(
@@ -78,6 +79,7 @@ app.add_typer(master_app, name="master")
 app.add_typer(calendars_app, name="calendars")
 app.add_typer(secrets_app, name="secrets")
 app.command()(status)
+app.command("sync-report")(sync_report)
 app.command()(pause)
 app.command()(resume)
 app.command(
