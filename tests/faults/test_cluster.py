@@ -127,6 +127,6 @@ async def test_killing_the_meta_leader_keeps_scheduling_and_loses_no_definition(
                 return False
 
         await eventually(new_meta_leader, 30, "a new meta leader")
-        await eventually(lambda: ticking_since(killed_at + 2), 40, "scheduling continues after the kill")
+        await eventually(lambda: ticking_since(killed_at + 2), 60, "scheduling continues after the kill")
         listed = await api(cluster_nc, subjects.API_JOBS_LIST, {"group": "cl"}, timeout=20)
         assert len(listed["jobs"]) == DEFINITIONS, "no definition lost"
