@@ -9,6 +9,7 @@ agent's name is refused there, in one line.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from nats.aio.client import Client
@@ -97,6 +98,8 @@ def _raise_denied(errors: list[str], name: str) -> None:
 
 def check_exit_code(config: AgentConfig, settings: ConnectionSettings) -> int:
     """Run the checks, print the lines; 0 when all pass, 1 with the reason otherwise."""
+    # The check lines say what failed; the connection's own warnings would only repeat it.
+    logging.getLogger("natsched.connection").setLevel(logging.ERROR)
     try:
         asyncio.run(run_checks(config, settings, print))
     except NatschedError as exc:

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from agent.cache import JobCache
 from agent.config import AgentConfig
+from agent.credential import CredentialWatch
 from agent.executor import JobExecutor, LogStreamer
 from agent.files import FileWatcher
 from agent.heartbeat import HeartbeatPublisher, sample_load
@@ -29,6 +30,7 @@ from agent.runner import ProcessRunner
 from agent.secretstore import SecretStore
 from agent.sync import JobSync
 from natsched.connection import connect
+from natsched.errors import ConfigError
 from natsched.models import Heartbeat
 from natsched.secrets import load_key
 from natsched.service import Service
@@ -62,6 +64,7 @@ class AgentService(Service):
         self.mirror: MirrorScheduler | None = None
         self.files: FileWatcher | None = None
         self.responder: Responder | None = None
+        self.credential = CredentialWatch(config.name, config.pools)
         self.holds: HoldsSync
         self.metrics: Metrics | None = None
 
@@ -108,6 +111,7 @@ class AgentService(Service):
         self.spawn(self.files.run(), name="file-triggers", critical=True)
         self.spawn(self.outbox.run(), name="event-outbox", critical=True)
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
+        self.spawn(self._guard_credential(), name="credential-watch", critical=True)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -149,7 +153,11 @@ class AgentService(Service):
     async def _connect_and_serve(self) -> None:
         log.info("agent %s connecting to %s", self.config.name, self.settings.describe())
         self.nc = await connect(
-            self.settings, forever=True, on_reconnect=self._on_reconnect, on_disconnect=self._on_disconnect
+            self.settings,
+            forever=True,
+            on_reconnect=self._on_reconnect,
+            on_disconnect=self._on_disconnect,
+            on_error=self.credential.on_error,
         )
         self.connected_since = time.time()
         js = self.nc.jetstream()
@@ -174,12 +182,26 @@ class AgentService(Service):
         )
         self.responder.sync_report = self._sync_report
         await self.responder.start()
+        # A credential of another agent is caught here, before a heartbeat or a sync happens.
+        try:
+            await self.credential.settle(self.nc)
+        except Exception as exc:  # noqa: BLE001 - NATS went away again: the watch still catches it later
+            log.debug("flush after subscribing failed: %r", exc)
+        if self.credential.fatal:
+            raise ConfigError(self.credential.fatal)
         self.connected.set()
         log.info("agent %s connected", self.config.name)
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
         self.spawn(self.sync.run(), name="job-sync", critical=True)
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
         self.spawn(self.holds.run(js), name="settings-watch", critical=True)
+
+    async def _guard_credential(self) -> None:
+        """Stop the agent when its credential turns out not to cover its name (e.g. heartbeat denied)."""
+        while not self.credential.fatal:
+            self.credential.changed.clear()
+            await self.credential.changed.wait()
+        raise ConfigError(self.credential.fatal)
 
     def metrics_runs(self, state: str) -> None:
         if self.metrics is not None:

@@ -84,7 +84,13 @@ async def connect(
     reconnect without limit; run it in a task you own if you must not block.
     """
     options = connect_options(settings)
-    options["error_cb"] = on_error or _log_error
+
+    async def error_cb(exc: Exception) -> None:
+        await _log_error(exc)
+        if on_error is not None:
+            await on_error(exc)
+
+    options["error_cb"] = error_cb
     if on_reconnect is not None:
         options["reconnected_cb"] = on_reconnect
     if on_disconnect is not None:

@@ -15,6 +15,8 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self
 
+from natsched.errors import NatschedError
+
 log = logging.getLogger(__name__)
 CANCEL_ROUNDS = 20
 CANCEL_WAIT = 0.25
@@ -42,7 +44,12 @@ class Service:
         exc = task.exception()
         if exc is None:
             return
-        log.error("task %s crashed: %r", task.get_name(), exc, exc_info=exc)
+        if critical and isinstance(exc, NatschedError):
+            # A deliberate stop with a readable reason: run_forever raises it and the caller
+            # reports it in one line (the CLI: "error: ..."), no traceback.
+            log.debug("task %s stopped the service: %s", task.get_name(), exc, exc_info=exc)
+        else:
+            log.error("task %s crashed: %r", task.get_name(), exc, exc_info=exc)
         if critical and self.failed is not None and not self.failed.done():
             self.failed.set_result(exc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from agent.config import AgentConfig
 from agent.service import AgentService
 from natsched import security, tls
 from natsched.embedded import EmbeddedServer, free_port
+from natsched.errors import ConfigError
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import BIN
@@ -77,3 +79,8 @@ async def test_the_certificate_decides_which_agent_name_is_allowed(
         assert check("a1")[0] == 0
         code, out = check("a2")  # a1's certificate claiming a2's name
         assert code == 1 and "FAIL credential does not allow agent name 'a2'" in out, out
+
+        impostor = AgentService(AgentConfig(name="a2", state_dir=tmp_path / "a2"), agent_conn)
+        async with impostor:  # the running agent stops itself, in one line
+            with pytest.raises(ConfigError, match="credential does not allow agent name 'a2'"):
+                await asyncio.wait_for(impostor.run_forever(), 15)
