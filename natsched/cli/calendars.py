@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from natsched.calendars import parse_calendar
-from natsched.cli.common import ServerOption, console, run, settings
-from natsched.client import AdminClient
+from natsched.cli.common import ServerOption, call_api, console, run
 from natsched.errors import ConfigError, SpecError
 from natsched.master.settings_api import (
     API_CALENDARS_DELETE,
@@ -25,11 +24,6 @@ from natsched.master.settings_api import (
 app = typer.Typer(
     help="Named calendars (holidays, business days, windows) jobs run on or skip.", no_args_is_help=True
 )
-
-
-async def _call(server: str | None, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with AdminClient(settings(server)) as api:
-        return await api.call(subject, body)
 
 
 def _read_calendars(path: Path) -> list[dict[str, Any]]:
@@ -60,7 +54,7 @@ def set_calendars(
         except SpecError as exc:
             raise typer.BadParameter(f"{file}: calendar {data.get('name', '?')!r}: {exc}") from None
     for data in calendars:
-        reply = run(_call(server, API_CALENDARS_SET, {"calendar": data}))
+        reply = run(call_api(server, API_CALENDARS_SET, {"calendar": data}))
         console.print(f"calendar {reply['calendar']} set", highlight=False)
 
 
@@ -69,7 +63,7 @@ def list_calendars(
     as_json: Annotated[bool, typer.Option("--json")] = False, server: ServerOption = None
 ) -> None:
     """Calendars, and what is paused."""
-    reply = run(_call(server, API_CALENDARS_LIST, {}))
+    reply = run(call_api(server, API_CALENDARS_LIST, {}))
     if as_json:
         console.print_json(json.dumps(reply))
         return
@@ -90,7 +84,7 @@ def list_calendars(
 @app.command("delete")
 def delete_calendar(name: str, server: ServerOption = None) -> None:
     """Delete a calendar no job uses."""
-    reply = run(_call(server, API_CALENDARS_DELETE, {"name": name}))
+    reply = run(call_api(server, API_CALENDARS_DELETE, {"name": name}))
     console.print(f"calendar {reply['deleted']} deleted", highlight=False)
 
 
@@ -109,7 +103,7 @@ def pause(
 ) -> None:
     """Maintenance mode: hold back every run of a job, or on an agent, but manual ones."""
     body = {**_target(job, agent), "mode": "queue" if queue else "skip", "note": note}
-    reply = run(_call(server, API_PAUSE, body))
+    reply = run(call_api(server, API_PAUSE, body))
     console.print(f"{reply['paused']} paused ({reply['mode']})", highlight=False)
 
 
@@ -119,5 +113,5 @@ def resume(
     server: ServerOption = None,
 ) -> None:
     """Lift a pause; queued runs start now."""
-    reply = run(_call(server, API_RESUME, _target(job, agent)))
+    reply = run(call_api(server, API_RESUME, _target(job, agent)))
     console.print(f"{reply['resumed']} resumed", highlight=False)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from natsched.client import AdminClient
 from natsched.errors import ApiError, NatschedError
 from natsched.settings import ConnectionSettings
 
@@ -58,6 +59,12 @@ def settings(server: str | None = None) -> ConnectionSettings:
     return ConnectionSettings.from_env(
         **{**GlobalOptions.overrides, "url": server or GlobalOptions.overrides.get("url")}
     )
+
+
+async def call_api(server: str | None, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One admin API request (``natsched.api.*``) to whichever master answers."""
+    async with AdminClient(settings(server)) as api:
+        return await api.call(subject, body)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -9,16 +9,10 @@ import typer
 from rich.table import Table
 
 from natsched import subjects
-from natsched.cli.common import ServerOption, console, err_console, run, settings
-from natsched.client import AdminClient
+from natsched.cli.common import ServerOption, call_api, console, err_console, run
 
 app = typer.Typer(help="List, show, delete, enable and disable jobs.", no_args_is_help=True)
 JobsArg = Annotated[list[str], typer.Argument(help="jobs as <group>.<job> (or a unique bare name)")]
-
-
-async def _call(server: str | None, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with AdminClient(settings(server)) as api:
-        return await api.call(subject, body)
 
 
 def _trigger_text(trigger: dict[str, Any]) -> str:
@@ -46,7 +40,7 @@ def list_jobs(
 ) -> None:
     """List job definitions."""
     body: dict[str, Any] = {k: v for k, v in (("group", group), ("agent", agent)) if v}
-    result = run(_call(server, subjects.API_JOBS_LIST, body))
+    result = run(call_api(server, subjects.API_JOBS_LIST, body))
     if as_json:
         console.print_json(json.dumps(result["jobs"]))
         return
@@ -78,7 +72,7 @@ def show(
     server: ServerOption = None,
 ) -> None:
     """Show one job's full definition (JSON)."""
-    result = run(_call(server, subjects.API_JOBS_GET, {"job": job}))
+    result = run(call_api(server, subjects.API_JOBS_GET, {"job": job}))
     console.print(f"# {result['key']} (revision {result['revision']})", highlight=False)
     console.print_json(json.dumps(result["spec"]))
 
@@ -86,13 +80,13 @@ def show(
 @app.command()
 def delete(jobs: JobsArg, server: ServerOption = None) -> None:
     """Delete jobs."""
-    result = run(_call(server, subjects.API_JOBS_DELETE, {"jobs": jobs}))
+    result = run(call_api(server, subjects.API_JOBS_DELETE, {"jobs": jobs}))
     for key in result["deleted"]:
         console.print(f"[red]- {key}[/] (deleted)", highlight=False)
 
 
 def _toggle(subject: str, jobs: list[str], server: str | None, word: str) -> None:
-    result = run(_call(server, subject, {"jobs": jobs}))
+    result = run(call_api(server, subject, {"jobs": jobs}))
     for key in result["changed"]:
         console.print(f"{key}: {word}", highlight=False)
     for key in result["unchanged"]:

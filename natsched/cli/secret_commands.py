@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from natsched.cli.common import ServerOption, console, fail, run, settings
-from natsched.client import AdminClient
+from natsched.cli.common import ServerOption, call_api, console, fail, run
 from natsched.errors import NatschedError
 from natsched.master.secrets_api import API_SECRETS_DELETE, API_SECRETS_LIST, API_SECRETS_SET
 from natsched.secrets import generate_key_file
 
 app = typer.Typer(help="Secrets for ${secret:NAME} in jobs, stored encrypted.", no_args_is_help=True)
-
-
-async def _call(server: str | None, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with AdminClient(settings(server)) as api:
-        return await api.call(subject, body)
 
 
 @app.command()
@@ -39,18 +33,18 @@ def set_secret(name: str, server: ServerOption = None) -> None:
         value = typer.prompt(f"value of {name}", hide_input=True, confirmation_prompt=True)
     else:
         value = sys.stdin.read().rstrip("\n")
-    reply = run(_call(server, API_SECRETS_SET, {"name": name, "value": value}))
+    reply = run(call_api(server, API_SECRETS_SET, {"name": name, "value": value}))
     console.print(f"secret {reply['name']} stored", highlight=False)
 
 
 @app.command("list")
 def list_secrets(server: ServerOption = None) -> None:
     """Names only; values are never shown."""
-    for name in run(_call(server, API_SECRETS_LIST, {}))["secrets"]:
+    for name in run(call_api(server, API_SECRETS_LIST, {}))["secrets"]:
         console.print(name, highlight=False)
 
 
 @app.command("delete")
 def delete_secret(name: str, server: ServerOption = None) -> None:
-    reply = run(_call(server, API_SECRETS_DELETE, {"name": name}))
+    reply = run(call_api(server, API_SECRETS_DELETE, {"name": name}))
     console.print(f"secret {reply['deleted']} deleted", highlight=False)
