@@ -18,7 +18,7 @@ from natsched import subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunState, parse_event
 from natsched.kvscan import read_stream, scan
-from natsched.runs import RunSummary, run_started_at
+from natsched.runs import RunSummary, add_event, run_started_at
 
 FAILURES = (RunState.FAILED, RunState.TIMED_OUT, RunState.KILLED, RunState.LOST)
 
@@ -61,13 +61,8 @@ async def read_chain(js: JetStreamContext, chain_id: str) -> ChainView:
             event = parse_event(msg.data)
         except CodecError:
             continue
-        if not in_chain(chain_id, event.run_id, event.detail):
-            continue
-        summary = runs.get(event.run_id)
-        if summary is None:
-            runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
-        else:
-            summary.add(event)
+        if in_chain(chain_id, event.run_id, event.detail):
+            add_event(runs, event)
     if not runs:
         raise NotFoundError(f"no chain run {chain_id} in {subjects.EVENTS_STREAM}")
     pending = await scan(js, subjects.CHAINS_BUCKET, f"fanin.{chain_id}.>")

@@ -82,6 +82,11 @@ def _add(runs: dict[str, RunSummary], data: bytes) -> None:
         event = parse_event(data)
     except CodecError:
         return  # garbage in the stream is not a run
+    add_event(runs, event)
+
+
+def add_event(runs: dict[str, RunSummary], event: RunEvent) -> None:
+    """Fold one event into the run summaries by run id."""
     summary = runs.get(event.run_id)
     if summary is None:
         runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
@@ -114,18 +119,14 @@ async def list_runs(
 
 async def get_run(js: JetStreamContext, run_id: str) -> RunSummary:
     since = run_started_at(run_id) - 2.0
-    summary: RunSummary | None = None
+    runs: dict[str, RunSummary] = {}
     async for msg in read_stream(js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS, since=since):
         try:
             event = parse_event(msg.data)
         except CodecError:
             continue
-        if event.run_id != run_id:
-            continue
-        if summary is None:
-            summary = RunSummary(latest=event, states=[event.state.value])
-        else:
-            summary.add(event)
-    if summary is None:
+        if event.run_id == run_id:
+            add_event(runs, event)
+    if run_id not in runs:
         raise NotFoundError(f"no run {run_id} in {subjects.EVENTS_STREAM}")
-    return summary
+    return runs[run_id]

@@ -39,6 +39,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
+from natsched.chaingraph import event_triggers
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
@@ -310,7 +311,7 @@ class ChainFollower:
             return
         upstreams: dict[str, list[str]] = pending.get("upstreams", {})
         trigger = next(
-            (t for t in _event_triggers(spec) if t.wait == "all" and set(upstreams) <= set(t.after)), None
+            (t for t in event_triggers(spec) if t.wait == "all" and set(upstreams) <= set(t.after)), None
         )
         missing = sorted(set(trigger.after) - set(upstreams)) if trigger else []
         parents = tuple(r for runs in upstreams.values() for r in runs)
@@ -364,7 +365,3 @@ def _split_fanin_key(key: str) -> tuple[str, str]:
     """``fanin.<chain>.<group>.<job>`` -> (chain id, job key)."""
     _, chain_id, job_key = key.split(".", 2)
     return chain_id, job_key
-
-
-def _event_triggers(spec: JobSpec) -> list[EventTrigger]:
-    return [t for t in spec.triggers if isinstance(t, EventTrigger)]
