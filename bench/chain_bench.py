@@ -13,11 +13,8 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bench.common import Figure, percentile, report, request_reply_floor, server
+from bench.common import Figure, apply_when_up, percentile, report, request_reply_floor, server, services
 
 BIN = Path(sys.executable).parent
 JOBS = """
@@ -44,22 +41,6 @@ command = ["/bin/true"]
 targets = { agents = ["c2"] }
 triggers = [{ after = ["first"] }]
 """
-
-
-async def apply_when_up(nc: Client, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            msg = await nc.request(
-                "natsched.api.apply", json.dumps({"content": JOBS, "source": "bench"}).encode(), timeout=5
-            )
-            if json.loads(msg.data).get("ok"):
-                return
-        except Exception:  # noqa: BLE001 - master not up yet
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("master did not come up")
-        await asyncio.sleep(0.3)
 
 
 async def hops(nc: Client, count: int) -> list[float]:
@@ -94,7 +75,7 @@ async def hops(nc: Client, count: int) -> list[float]:
 
 async def measure(url: str, count: int) -> list[Figure]:
     nc = await nats.connect(url)
-    await apply_when_up(nc)
+    await apply_when_up(nc, JOBS)
     rtt50, rtt99 = await request_reply_floor(nc)
     samples = await hops(nc, count)
     await nc.close()
@@ -108,29 +89,11 @@ async def measure(url: str, count: int) -> list[Figure]:
 
 
 def main(count: int) -> None:
-    with (
-        server() as srv,
-        tempfile.TemporaryDirectory() as tmp,
-        open(Path(tmp) / "services.log", "wb") as logs,
-    ):
-        env = {**os.environ, "NATS_URL": srv.url}
-        procs = [subprocess.Popen([str(BIN / "natsched"), "master"], env=env, stdout=logs, stderr=logs)]
-        for name in ("c1", "c2"):
-            procs.append(
-                subprocess.Popen(
-                    [str(BIN / "natsched-agent"), "--name", name, "--state-dir", str(Path(tmp) / name)],
-                    env=env,
-                    stdout=logs,
-                    stderr=logs,
-                )
-            )
-        try:
-            figures = asyncio.run(measure(srv.url, count))
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(20)
+    with server() as srv, services(srv.url) as running:
+        running.master()
+        running.agent("c1")
+        running.agent("c2")
+        figures = asyncio.run(measure(srv.url, count))
     report("natsched chains", figures, "chain")
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -128,3 +131,63 @@ def report(title: str, figures: list[Figure], name: str) -> None:
         )
     )
     print(f"written to {out}")
+
+
+BIN = Path(sys.executable).parent
+
+
+class Services:
+    """``natsched master`` and ``natsched-agent`` processes of a bench, logging to one file."""
+
+    def __init__(self, url: str, root: Path, env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, "NATS_URL": url, **(env or {})}
+        self._root = root
+        self._log = open(root / "services.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env=self.env, stdout=self._log, stderr=self._log)
+        self.procs.append(proc)
+        return proc
+
+    def master(self, *args: str) -> subprocess.Popen[bytes]:
+        return self._start([str(BIN / "natsched"), "master", *args])
+
+    def agent(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        state = str(self._root / name)
+        return self._start([str(BIN / "natsched-agent"), "--name", name, "--state-dir", state, *args])
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(20)
+        self._log.close()
+
+
+@contextmanager
+def services(url: str, env: dict[str, str] | None = None) -> Iterator[Services]:
+    """Processes started through the yielded ``Services`` are stopped on the way out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        running = Services(url, Path(tmp), env)
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+async def apply_when_up(nc: Client, content: str, timeout: float = 30) -> None:
+    """Apply a job file as soon as a master answers (it may still be starting)."""
+    body = json.dumps({"content": content, "source": "bench"}).encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            msg = await nc.request("natsched.api.apply", body, timeout=5)
+            if json.loads(msg.data).get("ok"):
+                return
+        except Exception:  # noqa: BLE001 - master not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no master applied the bench's jobs within {timeout:g}s")
+        await asyncio.sleep(0.3)

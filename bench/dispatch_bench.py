@@ -12,18 +12,15 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client
 
-from bench.common import Figure, percentile, report, request_reply_floor, server
+from bench.common import Figure, apply_when_up, percentile, report, request_reply_floor, server, services
 
 BIN = Path(sys.executable).parent
 JOBS = """
@@ -85,17 +82,7 @@ async def dispatched_rate(nc: Client, seconds: float, in_flight: int) -> float:
 
 async def measure(url: str, count: int, seconds: float) -> list[Figure]:
     nc = await nats.connect(url)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await nc.request(
-                "natsched.api.apply", json.dumps({"content": JOBS, "source": "bench"}).encode(), timeout=5
-            )
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
+    await apply_when_up(nc, JOBS)
     await wait_ready(nc)
     rtt50, rtt99 = await request_reply_floor(nc)
     p50, p99 = await trigger_latency(nc, count)
@@ -117,37 +104,11 @@ async def measure(url: str, count: int, seconds: float) -> list[Figure]:
 
 
 def main(count: int, seconds: float) -> None:
-    with (
-        server() as srv,
-        tempfile.TemporaryDirectory() as tmp,
-        open(Path(tmp) / "services.log", "wb") as logs,
-    ):
-        env = {**os.environ, "NATS_URL": srv.url}
-        procs = [subprocess.Popen([str(BIN / "natsched"), "master"], env=env, stdout=logs, stderr=logs)]
-        for name in ("b1", "b2"):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "natsched-agent"),
-                        "--name",
-                        name,
-                        "--pool",
-                        "bench",
-                        "--state-dir",
-                        str(Path(tmp) / name),
-                    ],
-                    env=env,
-                    stdout=logs,
-                    stderr=logs,
-                )
-            )
-        try:
-            figures = asyncio.run(measure(srv.url, count, seconds))
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(20)
+    with server() as srv, services(srv.url) as running:
+        running.master()
+        running.agent("b1", "--pool", "bench")
+        running.agent("b2", "--pool", "bench")
+        figures = asyncio.run(measure(srv.url, count, seconds))
     report("natsched dispatch", figures, "dispatch")
 
 

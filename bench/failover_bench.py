@@ -21,7 +21,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,7 +30,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bench.common import Figure, report, request_reply_floor, server
+from bench.common import Figure, apply_when_up, report, request_reply_floor, server, services
 from natsched.cli.masters import collect_masters
 from natsched.settings import ConnectionSettings
 
@@ -81,7 +80,7 @@ async def measure(
     nc: Client = await nats.connect(url)
     events = Events()
     await nc.subscribe("natsched.event.>", cb=events.on)
-    await until(lambda: _applied(nc), 30)
+    await apply_when_up(nc, jobs_file())
     rtt50, _ = await request_reply_floor(nc, 500)
     await asyncio.sleep(3)
     failovers: list[float] = []
@@ -137,53 +136,16 @@ async def measure(
     ]  # fmt: skip
 
 
-async def _applied(nc: Client) -> bool:
-    try:
-        msg = await nc.request(
-            "natsched.api.apply", json.dumps({"content": jobs_file(), "source": "bench"}).encode(), timeout=5
-        )
-        return bool(json.loads(msg.data).get("ok"))
-    except Exception:  # noqa: BLE001 - master not up yet
-        return False
-
-
 def main(rounds: int, ttl: float) -> None:
-    with (
-        server() as srv,
-        tempfile.TemporaryDirectory() as tmp,
-        open(Path(tmp) / "services.log", "wb") as logs,
-    ):
-        env = {**os.environ, "NATS_URL": srv.url, "NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"}
-        procs: list[subprocess.Popen[bytes]] = []
+    with server() as srv, services(srv.url, {"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"}) as running:
 
         def spawn_master() -> None:
-            argv = [
-                str(BIN / "natsched"),
-                "master",
-                "--lease-ttl",
-                str(ttl),
-                "--unresponsive-after",
-                str(UNRESPONSIVE),
-            ]
-            procs.append(subprocess.Popen(argv, env=env, stdout=logs, stderr=logs))
+            running.master("--lease-ttl", str(ttl), "--unresponsive-after", str(UNRESPONSIVE))
 
         spawn_master()
         spawn_master()
-        agents = {
-            name: subprocess.Popen(
-                [str(BIN / "natsched-agent"), "--name", name, "--state-dir", str(Path(tmp) / name)],
-                env=env, stdout=logs, stderr=logs,
-            )
-            for name in ("f1", "f2")
-        }  # fmt: skip
-        try:
-            figures = asyncio.run(measure(srv.url, ttl, rounds, spawn_master, agents))
-        finally:
-            for proc in [*procs, *agents.values()]:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in [*procs, *agents.values()]:
-                proc.wait(20)
+        agents = {name: running.agent(name) for name in ("f1", "f2")}
+        figures = asyncio.run(measure(srv.url, ttl, rounds, spawn_master, agents))
     report("natsched failover", figures, "failover")
 
 
