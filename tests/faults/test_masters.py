@@ -73,6 +73,21 @@ async def slots(nc: Client) -> dict[str, list[float]]:
     return out
 
 
+async def start_storm(
+    spawn: Callable[..., Process],
+    server: EmbeddedServer,
+    conn: ConnectionSettings,
+    nc: Client,
+    start_agent: AgentFactory,
+) -> dict[int, Process]:
+    """Two masters (one leads), agent s1, and the every-second jobs applied: pid -> master."""
+    processes = await start_masters(spawn, server)
+    await start_agent("s1")
+    await eventually(lambda: _one_leader(conn), 10, "a leader")
+    assert (await apply(nc, storm()))["ok"]
+    return processes
+
+
 def assert_each_slot_once(by_job: dict[str, list[float]], through: float) -> None:
     """Every slot from each job's first one to ``through`` started exactly once."""
     assert len(by_job) == JOBS, by_job.keys()
@@ -92,10 +107,7 @@ async def test_killing_the_leader_in_a_storm_loses_and_doubles_no_slot(
     nc: Client,
     start_agent: AgentFactory,
 ) -> None:
-    processes = await start_masters(spawn, nats_server)
-    await start_agent("s1")
-    await eventually(lambda: _one_leader(conn), 10, "a leader")
-    assert (await apply(nc, storm()))["ok"]
+    processes = await start_storm(spawn, nats_server, conn, nc, start_agent)
     await asyncio.sleep(3)
     pid, old = await leader_pid(conn)
     processes[pid].kill()  # kill -9
@@ -117,10 +129,7 @@ async def test_a_frozen_leader_does_not_dispatch_when_it_wakes(
     nc: Client,
     start_agent: AgentFactory,
 ) -> None:
-    processes = await start_masters(spawn, nats_server)
-    await start_agent("s1")
-    await eventually(lambda: _one_leader(conn), 10, "a leader")
-    assert (await apply(nc, storm()))["ok"]
+    processes = await start_storm(spawn, nats_server, conn, nc, start_agent)
     await asyncio.sleep(2)
     pid, old = await leader_pid(conn)
     os.kill(pid, signal.SIGSTOP)  # a VM pause, a stuck process: past its lease
