@@ -102,9 +102,7 @@ class AgentService(Service):
             self.metrics = Metrics("agent")
             self.outbox.on_event = lambda event: self.metrics_runs(event.state.value)
             self.mirror.on_late = self.metrics.lateness.observe
-            self.metrics.gauge_from(
-                self.metrics.outbox_depth, lambda: float(self.outbox.depth if self.outbox else 0)
-            )
+            self.metrics.outbox_depth.set_function(lambda: float(self.outbox.depth if self.outbox else 0))
             self.metrics.serve(self.config.metrics_port)
         self.files = FileWatcher(self.cache, self.executor)
         self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)

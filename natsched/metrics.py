@@ -7,7 +7,6 @@ metric is a few nanoseconds of in-memory work, so nothing here can slow or fail 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -63,6 +62,3 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
-        gauge.set_function(read)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from natsched import codec
@@ -30,7 +31,9 @@ Start = Callable[[], Coroutine[Any, Any, Any]]
 
 
 class Holding:
-    def __init__(self, settings: KeyValue, js: Any, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: KeyValue, js: JetStreamContext, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._kv = settings
         self._js = js
         self._clock = clock
