@@ -44,7 +44,7 @@ class Calendar:
 
     def __post_init__(self) -> None:
         if not subjects.is_token(self.name):
-            raise SpecError(f"calendar name {self.name!r} may only contain letters, digits, '_' and '-'")
+            raise SpecError(f"calendar name {subjects.shown(self.name)} must be {subjects.TOKEN_RULE}")
         try:
             validate_timezone(self.timezone)
         except ValueError as exc:
@@ -123,7 +123,7 @@ class CalendarRule:
             raise SpecError("names no calendar; give only = [...] and/or skip = [...]", field="calendar")
         for name in (*self.only, *self.skip):
             if not subjects.is_token(name):
-                raise SpecError(f"{name!r} is not a calendar name", field="calendar")
+                raise SpecError(f"{subjects.shown(name)} is not a calendar name", field="calendar")
 
     def blocks(self, calendars: Mapping[str, Calendar], ts: float) -> str:
         """Why a run at ``ts`` is held back ('' if it may run). A missing calendar holds it back."""

@@ -85,9 +85,14 @@ def decode_job(data: bytes, key: str) -> JobSpec:
     obj = unpack(data, f"job {key}")
     obj.pop(VERSION_KEY)
     try:
-        return parse_job(obj, source=f"kv {key}")
+        spec = parse_job(obj, source=f"kv {key}")
     except SpecError as exc:
         raise CodecError(str(exc)) from None
+    if spec.key != key:
+        # Written past the master (or by a bug): trusting it would list the job twice and
+        # index it under a key that does not hold it.
+        raise CodecError(f"job {key}: holds the definition of {spec.key}, not of {key}")
+    return spec
 
 
 def encode_heartbeat(heartbeat: Heartbeat) -> bytes:

@@ -68,7 +68,7 @@ def _check_tokens(field_name: str, values: tuple[str, ...], *, allow_all: bool =
         if allow_all and value == ALL_AGENTS:
             continue
         if not subjects.is_token(value):
-            raise _fail(field_name, f"{value!r} may only contain letters, digits, '_' and '-'")
+            raise _fail(field_name, f"{subjects.shown(value)} must be {subjects.TOKEN_RULE}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -250,6 +250,8 @@ class SubjectTrigger:
 
     def __post_init__(self) -> None:
         tokens = self.subject.split(".")
+        if len(self.subject) > subjects.MAX_SUBJECT_LENGTH:
+            raise _fail("triggers.subject", f"is longer than {subjects.MAX_SUBJECT_LENGTH} characters")
         if not self.subject or any(not t or " " in t for t in tokens):
             raise _fail("triggers.subject", f"{self.subject!r} is not a valid NATS subject")
         if self.subject.startswith("natsched.") or self.subject.startswith("$"):
@@ -283,6 +285,8 @@ class Notify:
             raise _fail("notify.webhook", f"{self.webhook!r} is not an http(s) URL")
         if self.email and "@" not in self.email:
             raise _fail("notify.email", f"{self.email!r} is not an e-mail address")
+        if len(self.subject) > subjects.MAX_SUBJECT_LENGTH:
+            raise _fail("notify.subject", f"is longer than {subjects.MAX_SUBJECT_LENGTH} characters")
         if self.subject and (" " in self.subject or "*" in self.subject or ">" in self.subject):
             raise _fail("notify.subject", f"{self.subject!r} is not a plain NATS subject")
 

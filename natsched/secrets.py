@@ -62,7 +62,7 @@ def load_key(path: Path) -> bytes:
 
 def check_name(name: str) -> str:
     if not subjects.is_token(name):
-        raise SecretError(f"secret name {name!r} may only contain letters, digits, '_' and '-'")
+        raise SecretError(f"secret name {subjects.shown(name)} must be {subjects.TOKEN_RULE}")
     return name
 
 

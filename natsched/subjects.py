@@ -53,18 +53,32 @@ CHAINS_DURABLE = "natsched-chains"  # durable consumer on final run events, shar
 RETRIES_DURABLE = "natsched-retries"  # durable consumer on failed runs, shared by masters
 NOTIFY_DURABLE = "natsched-notify"  # durable consumer on final run events, for notifications
 
-# Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace.
+# Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace, and short:
+# nats-server closes a connection whose control line (subject, reply, sizes) passes
+# max_control_line (4 KB by default), and nats-py then stays closed for good. Every name
+# (job, group, agent, tag, pool, calendar, secret) is one token, so a subject natsched
+# builds stays far below that: the longest, an event subject, is under 260 bytes.
+MAX_NAME_LENGTH = 64
+# Operator-named subjects (subject triggers, notification subjects) have their own bound.
+MAX_SUBJECT_LENGTH = 256
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+TOKEN_RULE = f"1 to {MAX_NAME_LENGTH} letters, digits, '_' or '-'"
 
 
-def is_token(value: str) -> bool:
-    """True if ``value`` can be one token of a subject or KV key."""
-    return bool(_TOKEN.match(value))
+def is_token(value: object) -> bool:
+    """True if ``value`` is a string that can be one token of a subject or KV key."""
+    return isinstance(value, str) and len(value) <= MAX_NAME_LENGTH and bool(_TOKEN.match(value))
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line never echoes 5 KB of input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 def _token(value: str, what: str) -> str:
     if not is_token(value):
-        raise ValueError(f"{what} {value!r} may only contain letters, digits, '_' and '-'")
+        raise ValueError(f"{what} {shown(value)} must be {TOKEN_RULE}")
     return value
 
 
@@ -77,8 +91,16 @@ def split_job_key(key: str) -> tuple[str, str]:
     """Inverse of :func:`job_key`."""
     group, sep, name = key.partition(".")
     if not sep or not is_token(group) or not is_token(name):
-        raise ValueError(f"{key!r} is not a job key of the form <group>.<job>")
+        raise ValueError(f"{shown(key)} is not a job key <group>.<job> (each {TOKEN_RULE})")
     return group, name
+
+
+def is_job_ref(value: object) -> bool:
+    """A job as people name it: ``<group>.<job>`` or a bare job name."""
+    if not isinstance(value, str):
+        return False
+    group, sep, name = value.partition(".")
+    return is_token(group) and (not sep or is_token(name))
 
 
 def trigger_subject(job: str) -> str:

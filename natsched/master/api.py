@@ -175,9 +175,11 @@ class AdminApi:
             return matches[0]
         if matches:
             raise ApiError(f"job name {name!r} is ambiguous: {', '.join(matches)}; give <group>.<job>")
-        raise NotFoundError(f"no job {name!r}")
+        raise NotFoundError(f"no job {subjects.shown(name)}")
 
     async def _agent_identity(self, name: str) -> tuple[AgentIdentity, bool]:
+        if not subjects.is_token(name):  # checked before it becomes part of a KV read's subject
+            raise ApiError(f"bad agent name {subjects.shown(name)}: must be {subjects.TOKEN_RULE}")
         try:
             entry = await self._agents.get(name)
             if entry.value:

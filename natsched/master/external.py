@@ -49,6 +49,8 @@ def parse_trigger_body(body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str,
 
 async def find_job(nc: Client, jobs: KeyValue, name: str) -> JobSpec:
     """A job by ``<group>.<job>`` or by a bare name that is unique across groups."""
+    if not subjects.is_job_ref(name):  # also keeps a 4 KB name out of the KV read's subject
+        raise NotFoundError(f"no job {subjects.shown(name)}: not a job name")
     if "." in name:
         try:
             entry = await jobs.get(name)

@@ -152,8 +152,8 @@ class MasterScheduler:
         if value:
             try:
                 spec = codec.decode_job(value, key)
-            except CodecError as exc:
-                log.warning("scheduler skips invalid job %s: %s", key, exc)
+            except CodecError as exc:  # the master's job index warns about it, once
+                log.debug("scheduler skips invalid job %s: %s", key, exc)
         if spec is not None and master_scheduled(spec) and key not in self.schedule.cursors:
             cursor = await self.cursors.load(key)
             if cursor is not None:

@@ -70,7 +70,7 @@ class SettingsApi:
         try:
             calendar = parse_calendar(data)
         except SpecError as exc:
-            raise ApiError(f"calendar {data.get('name', '?')!r}: {exc}") from None
+            raise ApiError(f"calendar {subjects.shown(data.get('name', '?'))}: {exc}") from None
         await self._kv.put(f"{CALENDAR_PREFIX}{calendar.name}", codec.pack(calendar.to_dict()))
         return {"calendar": calendar.name}
 
@@ -113,7 +113,7 @@ class SettingsApi:
                 raise ApiError(str(exc)) from None
             return f"{PAUSE_JOB_PREFIX}{job}"
         if not subjects.is_token(str(agent)):
-            raise ApiError(f"{agent!r} is not an agent name")
+            raise ApiError(f"{subjects.shown(agent)} is not an agent name ({subjects.TOKEN_RULE})")
         return f"{PAUSE_AGENT_PREFIX}{agent}"
 
     async def pause(self, body: dict[str, Any]) -> dict[str, Any]:
