@@ -22,7 +22,8 @@ from watchdog.observers import Observer
 from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
 from natsched.errors import CodecError
-from natsched.models import FileTrigger, JobSpec, Mode
+from natsched.models import JobSpec, Mode
+from natsched.triggers.file import FileTrigger
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from natsched.errors import SpecError
-from natsched.models import EventTrigger, JobSpec
+from natsched.models import JobSpec
+from natsched.triggers.event import EventTrigger
 
 
 def event_triggers(spec: JobSpec) -> Iterator[EventTrigger]:

@@ -3,20 +3,25 @@
 A model that exists is valid: every check lives in ``__post_init__`` and raises
 :class:`~natsched.errors.SpecError` naming the field. Conversion from and to plain
 mappings (job files, wire payloads) lives in ``jobspec.py``; encoding in ``codec.py``.
+Trigger kinds live one per module in ``natsched/triggers/`` (listed in its ``registry``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 
 from natsched import subjects
 from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
-from natsched.triggers.cron import validate_cron, validate_timezone
+from natsched.parsing import check_tokens
+from natsched.triggers.base import Trigger
+from natsched.triggers.file import FileTrigger
+
+# A job field's type, defined with the policy's arithmetic and re-exported with the other job enums.
+from natsched.triggers.misfire import Misfire as Misfire
+from natsched.triggers.registry import check_registered
 
 
 class Mode(StrEnum):
@@ -36,14 +41,6 @@ class Overlap(StrEnum):
     QUEUE = "queue"
 
 
-class Misfire(StrEnum):
-    """What to do with slots that fell due while nobody could fire them."""
-
-    SKIP = "skip"
-    RUN_ONCE = "run-once"
-    RUN_ALL = "run-all"
-
-
 class Balance(StrEnum):
     """How a load-balance job picks its agent among the live ones of its pool."""
 
@@ -54,8 +51,6 @@ class Balance(StrEnum):
     RUNNING = "running"
 
 
-EventCondition = Literal["succeeded", "failed", "completed"]
-FileEvent = Literal["created", "modified", "moved"]
 ALL_AGENTS = "*"
 
 
@@ -64,11 +59,7 @@ def _fail(field_name: str, message: str) -> SpecError:
 
 
 def _check_tokens(field_name: str, values: tuple[str, ...], *, allow_all: bool = False) -> None:
-    for value in values:
-        if allow_all and value == ALL_AGENTS:
-            continue
-        if not subjects.is_token(value):
-            raise _fail(field_name, f"{subjects.shown(value)} must be {subjects.TOKEN_RULE}")
+    check_tokens(field_name, (v for v in values if not (allow_all and v == ALL_AGENTS)))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -111,156 +102,6 @@ class Targets:
         if ALL_AGENTS in self.agents or agent.name in self.agents:
             return True
         return bool(agent.tags.intersection(self.tags) or agent.pools.intersection(self.pools))
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CronTrigger:
-    """Fire on a cron grid; 6 fields means a leading seconds field."""
-
-    cron: str
-    timezone: str = "UTC"
-
-    def __post_init__(self) -> None:
-        try:
-            validate_cron(self.cron)
-        except ValueError as exc:
-            raise _fail("triggers.cron", str(exc)) from None
-        try:
-            validate_timezone(self.timezone)
-        except ValueError as exc:
-            raise _fail("triggers.timezone", str(exc)) from None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class IntervalTrigger:
-    """Fire every ``every`` seconds on a grid anchored at ``start`` (epoch if absent)."""
-
-    every: float
-    start: datetime | None = None
-    jitter: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.every < 0.1:
-            raise _fail("triggers.every", f"interval {self.every}s is shorter than the 0.1s minimum")
-        if self.start is not None and self.start.tzinfo is None:
-            raise _fail("triggers.start", "needs a time zone offset, e.g. 2026-01-01T00:00:00Z")
-        if not 0 <= self.jitter < self.every:
-            raise _fail("triggers.jitter", "must be at least 0 and shorter than the interval")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OnceTrigger:
-    """Fire once, at ``at``."""
-
-    at: datetime
-
-    def __post_init__(self) -> None:
-        if self.at.tzinfo is None:
-            raise _fail("triggers.at", "needs a time zone offset, e.g. 2026-01-01T09:00:00+01:00")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FileTrigger:
-    """Fire once per file matching ``patterns`` in ``watch`` that became stable."""
-
-    watch: str
-    patterns: tuple[str, ...] = ("*",)
-    events: tuple[FileEvent, ...] = ("created", "modified", "moved")
-    settle: float = 2.0
-    recursive: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.watch.startswith("/"):
-            raise _fail("triggers.watch", f"{self.watch!r} must be an absolute directory path")
-        if not self.patterns:
-            raise _fail("triggers.patterns", "needs at least one glob pattern")
-        for event in self.events:
-            if event not in ("created", "modified", "moved"):
-                raise _fail("triggers.events", f"unknown file event {event!r}")
-        if self.settle < 0:
-            raise _fail("triggers.settle", "must not be negative")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class EventTrigger:
-    """Fire when upstream jobs (``<group>.<job>`` keys) complete with ``on``.
-
-    ``wait = "all"``: fire once every upstream of the same chain run has completed as
-    asked, failing the chain after ``timeout`` seconds. ``agents``: only completions on
-    these agents count. ``per_agent``: a slave upstream triggers once per agent's run
-    instead of once when all its targets are done.
-    """
-
-    after: tuple[str, ...]
-    on: EventCondition = "succeeded"
-    exit_codes: tuple[int, ...] = ()
-    agents: tuple[str, ...] = ()
-    wait: Literal["all", "any"] = "any"
-    timeout: float = 3600.0
-    per_agent: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.after:
-            raise _fail("triggers.after", "names no upstream job")
-        for key in self.after:
-            try:
-                subjects.split_job_key(key)
-            except ValueError as exc:
-                raise _fail("triggers.after", str(exc)) from None
-        if len(set(self.after)) != len(self.after):
-            raise _fail("triggers.after", "names the same upstream job twice")
-        if self.on not in ("succeeded", "failed", "completed"):
-            raise _fail("triggers.on", f"{self.on!r} is not one of succeeded, failed, completed")
-        if self.wait not in ("all", "any"):
-            raise _fail("triggers.wait", f"{self.wait!r} is not 'all' or 'any'")
-        if self.on == "succeeded" and self.exit_codes and 0 not in self.exit_codes:
-            raise _fail(
-                "triggers.exit_codes",
-                f"on = 'succeeded' means exit code 0, so exit codes {list(self.exit_codes)} can never fire",
-            )
-        if self.timeout <= 0:
-            raise _fail("triggers.timeout", "must be positive")
-        _check_tokens("triggers.agents", self.agents)
-
-    def accepts(self, state: str, exit_code: int | None, agent: str) -> bool:
-        """Does an upstream completion (final ``state``) satisfy this trigger's condition?"""
-        if self.agents and agent not in self.agents:
-            return False
-        if self.exit_codes:
-            return exit_code is not None and exit_code in self.exit_codes
-        if self.on == "succeeded":
-            return state == "succeeded"
-        if self.on == "failed":
-            return state in ("failed", "timed_out", "killed", "lost")
-        return state in ("succeeded", "failed", "timed_out", "killed", "lost")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SubjectTrigger:
-    """Fire on every message published to an operator-named subject pattern.
-
-    The body (at most ``max_bytes``) reaches the process as ``$NATSCHED_MESSAGE`` and the
-    subject as ``$NATSCHED_SUBJECT``. ``match``: only JSON bodies whose fields (dotted
-    paths) equal these values fire.
-    """
-
-    subject: str
-    max_bytes: int = 65536
-    match: Mapping[str, str | int | float | bool] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        tokens = self.subject.split(".")
-        if len(self.subject) > subjects.MAX_SUBJECT_LENGTH:
-            raise _fail("triggers.subject", f"is longer than {subjects.MAX_SUBJECT_LENGTH} characters")
-        if not self.subject or any(not t or " " in t for t in tokens):
-            raise _fail("triggers.subject", f"{self.subject!r} is not a valid NATS subject")
-        if self.subject.startswith("natsched.") or self.subject.startswith("$"):
-            raise _fail("triggers.subject", f"{self.subject!r} is reserved for natsched or NATS itself")
-        if not 1 <= self.max_bytes <= 1_048_576:
-            raise _fail("triggers.max_bytes", "must be between 1 and 1048576")
-
-
-Trigger = CronTrigger | IntervalTrigger | OnceTrigger | FileTrigger | EventTrigger | SubjectTrigger
 
 
 NOTIFY_ON = ("failure", "success", "lost", "chain_failed")
@@ -353,6 +194,8 @@ class JobSpec:
                 raise _fail("env", f"{name!r} is not a valid environment variable name")
         if self.cwd is not None and not self.cwd.startswith("/"):
             raise _fail("cwd", f"{self.cwd!r} must be an absolute path")
+        for trigger in self.triggers:
+            check_registered(trigger)
         self._check_mode_fits_targets_and_triggers()
 
     def _check_mode_fits_targets_and_triggers(self) -> None:

@@ -11,7 +11,9 @@ from natsched import codec
 from natsched.errors import CodecError, JobFileError, SpecError, VersionError
 from natsched.jobfile import parse_job_document
 from natsched.jobspec import job_to_dict, parse_duration, parse_job
-from natsched.models import AgentIdentity, CronTrigger, IntervalTrigger, Mode, Targets
+from natsched.models import AgentIdentity, Mode, Targets
+from natsched.triggers.cron import CronTrigger
+from natsched.triggers.interval import IntervalTrigger
 
 
 def _job(**fields: Any) -> dict[str, Any]:

@@ -47,7 +47,8 @@ from natsched.master.following import follow_events
 from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE, RETRY_STATES
-from natsched.models import EventTrigger, JobSpec
+from natsched.models import JobSpec
+from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from natsched import subjects
 from natsched.master.dispatch import Dispatcher
 from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
-from natsched.models import JobSpec, SubjectTrigger
+from natsched.models import JobSpec
+from natsched.triggers.subject import SubjectTrigger
 
 log = logging.getLogger(__name__)
 QUEUE = subjects.SUBJECT_TRIGGER_QUEUE

@@ -17,7 +17,8 @@ from nats.js.kv import KeyValue
 from natsched import codec
 from natsched.chaingraph import event_triggers
 from natsched.errors import CodecError
-from natsched.models import EventTrigger, JobSpec
+from natsched.models import JobSpec
+from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
 

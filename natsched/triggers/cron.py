@@ -1,4 +1,4 @@
-"""Cron expressions: 5 fields, or 6 with a leading seconds field, in a time zone.
+"""Cron triggers (``cron = "..."``, ``timezone``): 5 fields, or 6 with a leading seconds field.
 
 The DST rule (also in the README). Cron fields are matched against the wall clock of the
 trigger's time zone, and a schedule is one of two kinds:
@@ -32,12 +32,18 @@ datetimes it is plain calendar arithmetic, and this module applies the rule itse
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
+
+from natsched.errors import SpecError
+from natsched.parsing import read_str
+from natsched.triggers.base import TimeTrigger
 
 _SECOND = timedelta(seconds=1)
 _HOUR_FIELD = 1
@@ -303,3 +309,42 @@ def previous_cron_fires(expr: str, timezone: str, at_or_before: datetime, count:
     if compiled.every_hour:
         return _previous_elapsed(compiled, zone, _utc(at_or_before), count)
     return _previous_wall_clock(compiled, zone, _utc(at_or_before), count)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CronTrigger(TimeTrigger):
+    """Fire on a cron grid; 6 fields means a leading seconds field."""
+
+    kind = "cron"
+    key = "cron"
+    fields = frozenset({"cron", "timezone"})
+    example = {"cron": "0 30 2 * * 1-5", "timezone": "Europe/Berlin"}
+
+    cron: str
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        try:
+            validate_cron(self.cron)
+        except ValueError as exc:
+            raise SpecError(str(exc), field="triggers.cron") from None
+        try:
+            validate_timezone(self.timezone)
+        except ValueError as exc:
+            raise SpecError(str(exc), field="triggers.timezone") from None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], group: str) -> Self:
+        return cls(
+            cron=read_str(data["cron"], "triggers.cron"),
+            timezone=read_str(data.get("timezone", "UTC"), "triggers.timezone"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cron": self.cron, "timezone": self.timezone}
+
+    def next_fire(self, after: datetime) -> datetime | None:
+        return next_cron_fire(self.cron, self.timezone, after)
+
+    def previous_fires(self, at_or_before: datetime, count: int) -> list[datetime]:
+        return previous_cron_fires(self.cron, self.timezone, at_or_before, count)

@@ -1,4 +1,5 @@
-"""Interval triggers: a fixed grid ``start + k * every`` (k >= 0; start defaults to the Unix epoch).
+"""Interval triggers (``every``, ``start``, ``jitter``): a fixed grid ``start + k * every``
+(k >= 0; start defaults to the Unix epoch).
 
 Slots are computed from the grid, never by adding ``every`` to the last slot, so there is
 no drift. The arithmetic is in whole microseconds (integers): with float seconds, a slot
@@ -13,7 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Self
+
+from natsched.errors import SpecError
+from natsched.parsing import parse_datetime, parse_duration
+from natsched.triggers.base import TimeTrigger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -71,3 +79,50 @@ def jitter_offset(job_key: str, slot: datetime, jitter: float) -> float:
     fraction = (int.from_bytes(digest, "big") >> 11) / 2**53  # 53 bits: exact in a float, < 1
     # fraction * jitter can still round up to jitter itself; the interval is half-open.
     return min(fraction * jitter, math.nextafter(jitter, 0.0))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IntervalTrigger(TimeTrigger):
+    """Fire every ``every`` seconds on a grid anchored at ``start`` (epoch if absent)."""
+
+    kind = "interval"
+    key = "every"
+    fields = frozenset({"every", "start", "jitter"})
+    example = {"every": "90s", "start": "2026-01-01T00:00:30+00:00", "jitter": 5}
+
+    every: float
+    start: datetime | None = None
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.every < 0.1:
+            raise SpecError(
+                f"interval {self.every}s is shorter than the 0.1s minimum", field="triggers.every"
+            )
+        if self.start is not None and self.start.tzinfo is None:
+            raise SpecError("needs a time zone offset, e.g. 2026-01-01T00:00:00Z", field="triggers.start")
+        if not 0 <= self.jitter < self.every:
+            raise SpecError("must be at least 0 and shorter than the interval", field="triggers.jitter")
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], group: str) -> Self:
+        start = data.get("start")
+        return cls(
+            every=parse_duration(data["every"], "triggers.every"),
+            start=None if start is None else parse_datetime(start, "triggers.start"),
+            jitter=parse_duration(data.get("jitter", 0), "triggers.jitter"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"every": self.every}
+        if self.start is not None:
+            out["start"] = self.start.isoformat()
+        if self.jitter:
+            out["jitter"] = self.jitter
+        return out
+
+    def next_fire(self, after: datetime) -> datetime:
+        return next_interval_fire(self.every, self.start, after)
+
+    def previous_fires(self, at_or_before: datetime, count: int) -> list[datetime]:
+        return previous_interval_fires(self.every, self.start, at_or_before, count)

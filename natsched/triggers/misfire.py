@@ -16,11 +16,20 @@ are found walking back from ``now`` (a per-second job down for a week does not w
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from natsched.models import Misfire, Trigger
+from natsched.triggers.base import Trigger
 from natsched.triggers.fire import previous_fires
 
-__all__ = ["due_slots", "latest_slot_at_or_before"]
+__all__ = ["Misfire", "due_slots", "latest_slot_at_or_before"]
+
+
+class Misfire(StrEnum):
+    """What to do with slots that fell due while nobody could fire them (a job's ``misfire``)."""
+
+    SKIP = "skip"
+    RUN_ONCE = "run-once"
+    RUN_ALL = "run-all"
 
 
 def due_slots(

@@ -13,9 +13,14 @@ import pytest
 from croniter import croniter
 
 from natsched.errors import SpecError
-from natsched.models import CronTrigger
 from natsched.triggers import next_fire
-from natsched.triggers.cron import next_cron_fire, previous_cron_fires, to_croniter_expr, validate_cron
+from natsched.triggers.cron import (
+    CronTrigger,
+    next_cron_fire,
+    previous_cron_fires,
+    to_croniter_expr,
+    validate_cron,
+)
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

@@ -1,4 +1,4 @@
-"""Dispatch on the trigger's type, once triggers, and the package's public names."""
+"""Time triggers of a job, once triggers, and the package's public names."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 import natsched.triggers
-from natsched.models import (
-    CronTrigger,
-    EventTrigger,
-    FileTrigger,
-    IntervalTrigger,
-    JobSpec,
-    Misfire,
-    OnceTrigger,
-    SubjectTrigger,
-    Targets,
-    Trigger,
-)
+from natsched.models import JobSpec, Misfire, Targets
 from natsched.triggers import fire, misfire, next_fire, previous_fires
+from natsched.triggers.base import Trigger
+from natsched.triggers.cron import CronTrigger
+from natsched.triggers.event import EventTrigger
+from natsched.triggers.file import FileTrigger
+from natsched.triggers.interval import IntervalTrigger
+from natsched.triggers.once import OnceTrigger
+from natsched.triggers.subject import SubjectTrigger
 
 AT = datetime(2026, 5, 1, 9, tzinfo=UTC)
 NOT_TIMED: list[Trigger] = [
@@ -62,7 +58,7 @@ def test_kind_names_and_time_triggers_of_a_job() -> None:
     assert fire.utc(AT.timestamp()) == AT
 
 
-def test_the_package_exports_the_pure_functions_lazily() -> None:
+def test_the_package_exports_the_pure_functions() -> None:
     assert natsched.triggers.next_fire is fire.next_fire
     assert natsched.triggers.due_slots is misfire.due_slots
     assert set(natsched.triggers.__all__) == {

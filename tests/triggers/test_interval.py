@@ -7,9 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from natsched.models import IntervalTrigger
 from natsched.triggers import jitter_offset, next_fire
-from natsched.triggers.interval import next_interval_fire, previous_interval_fires
+from natsched.triggers.interval import IntervalTrigger, next_interval_fire, previous_interval_fires
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from natsched.models import CronTrigger, IntervalTrigger, Misfire, OnceTrigger
+from natsched.models import Misfire
 from natsched.triggers import due_slots, latest_slot_at_or_before
+from natsched.triggers.cron import CronTrigger
+from natsched.triggers.interval import IntervalTrigger
+from natsched.triggers.once import OnceTrigger
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
