@@ -2,8 +2,8 @@
 
 To add a kind: write ``natsched/triggers/<kind>.py`` (a frozen dataclass subclassing
 ``Trigger``, or ``TimeTrigger`` if it fires at computed instants, see ``base.py``), add it
-to ``KINDS`` below and to ``RunTrigger`` (natsched/vocab.py) if runs name it, then make the
-service that fires it act on it. ``tests/triggers/test_registry.py`` checks each kind.
+to ``KINDS`` below, then make the service that fires it act on it (its ``kind`` is the
+``trigger`` its runs and events carry). ``tests/triggers/test_registry.py`` checks each kind.
 """
 
 from __future__ import annotations
