@@ -76,7 +76,7 @@ class FileWatcher:
     @staticmethod
     def _file_job(cached: CachedJob | None) -> JobSpec | None:
         # Cheap test on the raw bytes first: decoding every job would cost ~40 us each.
-        if cached is None or cached.mode != Mode.MIRROR.value or b"watch" not in cached.value:
+        if cached is None or cached.mode != Mode.MIRROR.value or FileTrigger.key.encode() not in cached.value:
             return None
         try:
             spec = cached.spec()

@@ -2,9 +2,10 @@
 
 A kind is one module of this package holding a frozen dataclass that subclasses
 :class:`Trigger` (or :class:`TimeTrigger` when it fires at computed instants), with its
-job-file ``parse``, its ``to_dict`` (the canonical mapping, which ``parse`` reads back) and
-an ``example`` table. The abstract methods make a half-written kind fail as soon as it is
-built, and ``tests/triggers/test_registry.py`` walks the registry with every example.
+job-file ``parse``, its ``to_dict`` (the canonical mapping, which ``parse`` reads back), its
+``describe`` for listings and an ``example`` table. The abstract methods make a
+half-written kind fail as soon as it is built, and ``tests/triggers/test_registry.py``
+walks the registry with every example.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Trigger(ABC):
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """The canonical job-file table: ``parse`` of it gives an equal trigger."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A few words for listings (``natsched jobs list``): ``cron 0 2 * * * UTC``."""
 
 
 class TimeTrigger(Trigger):

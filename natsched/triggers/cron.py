@@ -343,6 +343,9 @@ class CronTrigger(TimeTrigger):
     def to_dict(self) -> dict[str, Any]:
         return {"cron": self.cron, "timezone": self.timezone}
 
+    def describe(self) -> str:
+        return f"cron {self.cron} {self.timezone}"
+
     def next_fire(self, after: datetime) -> datetime | None:
         return next_cron_fire(self.cron, self.timezone, after)
 

@@ -108,3 +108,6 @@ class EventTrigger(Trigger):
             "timeout": self.timeout,
             "per_agent": self.per_agent,
         }
+
+    def describe(self) -> str:
+        return f"after {','.join(self.after)} {self.on}"

@@ -65,3 +65,6 @@ class FileTrigger(Trigger):
             "settle": self.settle,
             "recursive": self.recursive,
         }
+
+    def describe(self) -> str:
+        return f"files {self.watch}/{','.join(self.patterns)}"

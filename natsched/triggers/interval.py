@@ -121,6 +121,9 @@ class IntervalTrigger(TimeTrigger):
             out["jitter"] = self.jitter
         return out
 
+    def describe(self) -> str:
+        return f"every {self.every:g}s"
+
     def next_fire(self, after: datetime) -> datetime:
         return next_interval_fire(self.every, self.start, after)
 

@@ -44,6 +44,9 @@ class OnceTrigger(TimeTrigger):
     def to_dict(self) -> dict[str, Any]:
         return {"at": self.at.isoformat()}
 
+    def describe(self) -> str:
+        return f"at {self.at.isoformat()}"
+
     def next_fire(self, after: datetime) -> datetime | None:
         return next_once_fire(self.at, after)
 

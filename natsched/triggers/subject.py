@@ -59,6 +59,9 @@ class SubjectTrigger(Trigger):
     def to_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "max_bytes": self.max_bytes, "match": dict(self.match)}
 
+    def describe(self) -> str:
+        return f"subject {self.subject}"
+
 
 def _match(value: object, prefix: str = "") -> dict[str, MatchValue]:
     """``match`` as dotted paths; nested tables (TOML dotted keys) flatten."""

@@ -11,6 +11,7 @@ from typing import Any, Self
 import pytest
 
 from natsched import codec
+from natsched.cli.jobs import _trigger_text
 from natsched.errors import SpecError
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.models import JobSpec, Targets
@@ -30,6 +31,16 @@ def test_each_kind_round_trips_its_example_with_every_field(kind: type[Trigger])
     written = trigger_to_dict(trigger)
     assert set(written) == kind.fields, "to_dict should write every field the example set"
     assert parse_trigger(written, "g") == trigger
+    text = trigger.describe()
+    assert text and "\n" not in text
+
+
+def test_jobs_list_describes_each_kind_and_shows_an_unknown_table_as_it_is() -> None:
+    for kind in KINDS:
+        table = dict(kind.example)
+        assert _trigger_text(table, "g") == parse_trigger(table, "g").describe()
+    assert _trigger_text({"every": 90.0}, "g") == "every 90s"
+    assert _trigger_text({"url": "https://h/x"}, "g") == '{"url": "https://h/x"}'  # not "subject None"
 
 
 def test_kinds_have_distinct_names_and_keys() -> None:
@@ -93,6 +104,9 @@ class _Unregistered(Trigger):
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url}
+
+    def describe(self) -> str:
+        return f"webhook {self.url}"
 
 
 def test_a_kind_missing_from_the_registry_is_an_error_everywhere() -> None:
