@@ -45,13 +45,16 @@ async def run_checks(config: AgentConfig, settings: ConnectionSettings, say: Cal
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    nc = await connect(settings, on_error=on_error)
+    nc = await connect(settings.with_inbox(subjects.agent_inbox(config.name)), on_error=on_error)
     try:
         say(f"ok   connected to {nc.connected_url.netloc if nc.connected_url else settings.describe()}")
         js = nc.jetstream()
         try:
             jobs = await scan(js, subjects.JOBS_BUCKET, timeout=5)
         except Exception as exc:  # noqa: BLE001 - any reason is the same failed check
+            # Another agent's credential may not even read replies on this agent's inbox.
+            await asyncio.sleep(SETTLE)
+            _raise_denied(errors, config.name)
             raise CheckFailed(f"cannot read the jobs bucket: {exc or type(exc).__name__}") from None
         say(f"ok   read the jobs bucket ({len(jobs)} definitions)")
         await _heartbeat(nc, config, errors)

@@ -2,7 +2,7 @@
 
 With per-agent users (``natsched permissions``, or certificates mapped to users,
 ``verify_and_map``) a credential covers one agent name: its run and cancel subjects,
-its heartbeat key, its events. nats-server does not refuse such a subscription or
+its heartbeat key, its events, its reply inbox. nats-server does not refuse such a subscription or
 publish synchronously: it answers ``-ERR 'Permissions Violation for ...'`` and keeps the
 connection, and nats-py hands that to the error callback. This watch turns a violation
 on the agent's own subjects into one line that says what is wrong, so an agent started
@@ -38,7 +38,8 @@ class CredentialWatch:
             subjects.agent_cancel_subject(self.name).lower(),
             (subjects.kv_subject_prefix(subjects.AGENTS_BUCKET) + self.name).lower(),
         }
-        if subject in own or subject.startswith(f"natsched.event.{self.name}.".lower()):
+        prefixes = (f"natsched.event.{self.name}.".lower(), f"{subjects.agent_inbox(self.name)}.".lower())
+        if subject in own or subject.startswith(prefixes):
             return f"credential does not allow agent name {self.name!r}"
         for pool in sorted(self.pools):
             if subject == subjects.pool_run_subject(pool).lower():

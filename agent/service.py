@@ -29,6 +29,7 @@ from agent.responder import Responder
 from agent.runner import ProcessRunner
 from agent.secretstore import SecretStore
 from agent.sync import JobSync
+from natsched import subjects
 from natsched.connection import connect
 from natsched.errors import ConfigError
 from natsched.models import Heartbeat
@@ -50,7 +51,9 @@ class AgentService(Service):
     def __init__(self, config: AgentConfig, settings: ConnectionSettings) -> None:
         super().__init__()
         self.config = config
-        self.settings = settings.with_name(f"natsched-agent-{config.name}")
+        self.settings = settings.with_name(f"natsched-agent-{config.name}").with_inbox(
+            subjects.agent_inbox(config.name)
+        )
         self.cache = JobCache(config.cache_path)
         self.nc: Client | None = None
         self.sync: JobSync | None = None

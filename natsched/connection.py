@@ -18,6 +18,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import NoServersError
 
+from natsched import subjects
 from natsched.errors import NotConnectedError
 from natsched.settings import ConnectionSettings
 
@@ -49,6 +50,8 @@ def connect_options(settings: ConnectionSettings) -> dict[str, Any]:
         "ping_interval": PING_INTERVAL,
         "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
         "reconnect_time_wait": RECONNECT_WAIT,
+        # Replies come to this role's own inbox, which no other role may subscribe to.
+        "inbox_prefix": settings.inbox_prefix or subjects.ADMIN_INBOX,
     }
     if settings.creds:
         options["user_credentials"] = settings.creds

@@ -3,7 +3,8 @@
 Roles: ``master`` (everything natsched), ``admin`` (the CLI: API, triggers, reading streams
 and buckets), ``agent`` (one per agent: only its own run/cancel subjects and its pools,
 its own events and heartbeat, read-only jobs), ``trigger`` (may only publish
-``natsched.trigger.<job>`` for the named jobs and read the replies). ``natsched
+``natsched.trigger.<job>`` for the named jobs and read the replies). Each role reads replies
+only on its own inbox prefix (``subjects.*_INBOX``), so no role reads another's replies. ``natsched
 permissions`` prints them; ``nats/`` includes the result.
 """
 
@@ -65,10 +66,22 @@ def _kv_get(stream: str) -> list[str]:
     ]
 
 
+# Replies: every role subscribes to its own inbox prefix only (subjects.*_INBOX); answering a
+# request is allowed by ``allow_responses`` (the reply subject of a message it received).
+_INBOX = subjects.inbox_subscription
+
+
 def master() -> Permissions:
     return Permissions(
         publish=["natsched.>", f"{_JS}.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"],
-        subscribe=["natsched.>", "_INBOX.>"],
+        # The default _INBOX too (the nats CLI with a master login); the admin prefix for the
+        # natsched commands run with a master login.
+        subscribe=[
+            "natsched.>",
+            _INBOX(subjects.MASTER_INBOX),
+            _INBOX(subjects.ADMIN_INBOX),
+            "_INBOX.>",
+        ],
         allow_responses=True,
     )
 
@@ -86,7 +99,7 @@ def admin() -> Permissions:
             *_read_stream(_AGENTS),
             *_read_stream(subjects.kv_stream(subjects.CHAINS_BUCKET)),  # runs --chain: fan-ins waiting
         ],
-        subscribe=["_INBOX.>", subjects.EVENTS_SUBJECTS],
+        subscribe=[_INBOX(subjects.ADMIN_INBOX), subjects.EVENTS_SUBJECTS],
     )
 
 
@@ -103,16 +116,20 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
             *_kv_get(_AGENTS),
             *_kv_get(subjects.kv_stream(SECRETS_BUCKET)),  # ciphertext; the key is on the agent
             *_kv_get(_STATE),
-            "_INBOX.>",
         ],
-        subscribe=[f"natsched.agent.{name}.>", *(subjects.pool_run_subject(p) for p in pools), "_INBOX.>"],
+        subscribe=[
+            f"natsched.agent.{name}.>",
+            *(subjects.pool_run_subject(p) for p in pools),
+            _INBOX(subjects.agent_inbox(name)),
+        ],
         allow_responses=True,
     )
 
 
 def trigger(jobs: Iterable[str]) -> Permissions:
     return Permissions(
-        publish=[subjects.trigger_subject(job) for job in sorted(jobs)], subscribe=["_INBOX.>"]
+        publish=[subjects.trigger_subject(job) for job in sorted(jobs)],
+        subscribe=[_INBOX(subjects.TRIGGER_INBOX)],
     )
 
 

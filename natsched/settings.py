@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from natsched.errors import ConfigError
+from natsched.subjects import is_inbox_prefix
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -27,6 +28,7 @@ ENV_VARS: Mapping[str, str] = {
     "NATS_CA": "tls_ca",
     "NATS_CERT": "tls_cert",
     "NATS_KEY": "tls_key",
+    "NATS_INBOX_PREFIX": "inbox_prefix",
 }
 
 
@@ -45,6 +47,8 @@ class ConnectionSettings:
     tls_key: str | None = None
     name: str = "natsched"
     connect_timeout: float = 5.0
+    # Reply-inbox prefix; None = the role's own (services) or subjects.ADMIN_INBOX (commands).
+    inbox_prefix: str | None = None
 
     def __post_init__(self) -> None:
         for file_field in ("creds", "nkey_seed", "tls_ca", "tls_cert", "tls_key"):
@@ -55,6 +59,8 @@ class ConnectionSettings:
             raise ConfigError("a TLS client certificate needs both a cert and a key")
         if self.connect_timeout <= 0:
             raise ConfigError("connect timeout must be positive")
+        if self.inbox_prefix is not None and not is_inbox_prefix(self.inbox_prefix):
+            raise ConfigError(f"inbox prefix {self.inbox_prefix!r}: letters, digits, '_' and '-' only")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ConnectionSettings:
@@ -66,6 +72,10 @@ class ConnectionSettings:
 
     def with_name(self, name: str) -> ConnectionSettings:
         return replace(self, name=name)
+
+    def with_inbox(self, default: str) -> ConnectionSettings:
+        """The role's reply-inbox prefix, unless one was set explicitly (NATS_INBOX_PREFIX)."""
+        return self if self.inbox_prefix else replace(self, inbox_prefix=default)
 
     def describe(self) -> str:
         """The server and the kind of credentials, never the secrets themselves."""

@@ -53,6 +53,13 @@ CHAINS_DURABLE = "natsched-chains"  # durable consumer on final run events, shar
 RETRIES_DURABLE = "natsched-retries"  # durable consumer on failed runs, shared by masters
 NOTIFY_DURABLE = "natsched-notify"  # durable consumer on final run events, for notifications
 
+# --- Reply inboxes, one prefix per role ----------------------------------------------
+# nats-py's default ``_INBOX`` is shared: a role allowed to subscribe there reads every
+# reply. Each role connects with its own prefix and may subscribe to that prefix only.
+MASTER_INBOX = "_INBOX_master"
+ADMIN_INBOX = "_INBOX_admin"  # the CLI's default (natsched commands, --inbox-prefix to change)
+TRIGGER_INBOX = "_INBOX_trigger"
+
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace, and short:
 # nats-server closes a connection whose control line (subject, reply, sizes) passes
 # max_control_line (4 KB by default), and nats-py then stays closed for good. Every name
@@ -80,6 +87,23 @@ def _token(value: str, what: str) -> str:
     if not is_token(value):
         raise ValueError(f"{what} {shown(value)} must be {TOKEN_RULE}")
     return value
+
+
+def agent_inbox(agent: str) -> str:
+    """Reply-inbox prefix of one agent: no other agent (nor the trigger role) can read it."""
+    return f"_INBOX_agent_{_token(agent, 'agent name')}"
+
+
+def is_inbox_prefix(value: str) -> bool:
+    """True if ``value`` can be a reply-inbox prefix (one token; an agent's is its name + 13)."""
+    return len(value) <= MAX_NAME_LENGTH + 32 and bool(_TOKEN.match(value))
+
+
+def inbox_subscription(prefix: str) -> str:
+    """What a role may subscribe to for its replies (its own inbox prefix, nothing more)."""
+    if not is_inbox_prefix(prefix):
+        raise ValueError(f"inbox prefix {shown(prefix)}: letters, digits, '_' and '-' only")
+    return f"{prefix}.>"
 
 
 def job_key(group: str, name: str) -> str:

@@ -68,7 +68,7 @@ class MasterService(Service):
         metrics_port: int | None = None,
     ) -> None:
         super().__init__()
-        self.settings = settings.with_name("natsched-master")
+        self.settings = settings.with_name("natsched-master").with_inbox(subjects.MASTER_INBOX)
         self.storage = storage or StorageSettings()
         self.master_id = master_id or new_master_id()
         self.nc: Client | None = None

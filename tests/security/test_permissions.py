@@ -22,6 +22,13 @@ from natsched.settings import ConnectionSettings
 from tests.conftest import eventually
 from tests.helpers import job, stream_events, toml_jobs
 
+# Each role reads replies on its own inbox prefix only (the trigger user configures it).
+INBOX = {
+    "master": subjects.MASTER_INBOX,
+    "admin": subjects.ADMIN_INBOX,
+    "a1": subjects.agent_inbox("a1"),
+    "bot": subjects.TRIGGER_INBOX,
+}
 USERS = {
     "master": ("m-secret", security.master()),
     "admin": ("a-secret", security.admin()),
@@ -53,7 +60,12 @@ async def connect_as(server: EmbeddedServer, user: str, errors: list[str] | None
             errors.append(str(exc))
 
     return await nats.connect(
-        server.url, user=user, password=USERS[user][0], error_cb=on_error, max_reconnect_attempts=1
+        server.url,
+        user=user,
+        password=USERS[user][0],
+        error_cb=on_error,
+        max_reconnect_attempts=1,
+        inbox_prefix=INBOX[user],
     )
 
 
