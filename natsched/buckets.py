@@ -37,15 +37,32 @@ class StorageSettings:
 
 async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
     except BucketNotFoundError:
-        pass
-    try:
-        log.info("creating KV bucket %s", config.bucket)
-        return await js.create_key_value(config=config)
-    except BadRequestError:
-        # Another master created it in between: use theirs.
-        return await js.key_value(config.bucket)
+        try:
+            log.info("creating KV bucket %s", config.bucket)
+            kv = await js.create_key_value(config=config)
+        except BadRequestError:
+            # Another master created it in between: use theirs.
+            kv = await js.key_value(config.bucket)
+    await refuse_rollups(js, config.bucket)
+    return kv
+
+
+async def refuse_rollups(js: JetStreamContext, bucket: str) -> None:
+    """Make the bucket's stream refuse ``Nats-Rollup`` headers (also on existing buckets).
+
+    nats-py creates KV streams with ``allow_rollup_hdrs=True``: then anyone allowed to put
+    one key (an agent, its heartbeat) can send ``Nats-Rollup: all`` and replace the whole
+    bucket with that message. Subject permissions cannot filter headers, so the stream
+    refuses them. The cost: nats-py's ``kv.purge(key)`` (a per-subject rollup) fails on
+    these buckets; natsched deletes keys with ``kv.delete``.
+    """
+    info = await js.stream_info(subjects.kv_stream(bucket))
+    if info.config.allow_rollup_hdrs:
+        log.info("bucket %s: refusing rollup headers from now on", bucket)
+        info.config.allow_rollup_hdrs = False
+        await js.update_stream(config=info.config)
 
 
 async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
