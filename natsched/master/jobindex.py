@@ -31,11 +31,18 @@ class JobIndex:
         self._downstream: dict[str, dict[str, tuple[JobSpec, EventTrigger]]] = {}
         self.ready = asyncio.Event()
         self._listeners: list[Callable[[], object]] = []
+        self._key_listeners: list[Callable[[list[str]], object]] = []
         self.last_revision = 0
         self._advanced = asyncio.Condition()
 
     def on_change(self, listener: Callable[[], object]) -> None:
         self._listeners.append(listener)
+
+    def on_keys(self, listener: Callable[[list[str]], object]) -> Callable[[], None]:
+        """Call ``listener`` with the keys of each change (also during the initial read);
+        returns the function that stops it (a leader's scheduler stops listening when it steps down)."""
+        self._key_listeners.append(listener)
+        return lambda: self._key_listeners.remove(listener)
 
     def downstream(self, upstream: str) -> list[tuple[JobSpec, EventTrigger]]:
         """(job, trigger) pairs of enabled jobs that start after ``upstream`` completes."""
@@ -55,6 +62,8 @@ class JobIndex:
                 except CodecError as exc:
                     log.warning("job index skips %s: %s", entry.key, exc)
             self._set(entry.key, spec)
+            for key_listener in list(self._key_listeners):
+                key_listener([entry.key])
             if self.ready.is_set():
                 self._changed()
             async with self._advanced:

@@ -1,30 +1,29 @@
-"""The master's scheduler for slave and load-balance jobs.
+"""The master's scheduler for slave and load-balance jobs: the shared core over ``natsched_state``.
 
-``Schedule`` is pure: given the jobs, their cursors (last fired slot) and ``now``,
-``tick(now)`` says which slots are due. The service loop around it sleeps until the next
-due time (or a definition change), *claims* each due slot by advancing the job's cursor
-in ``natsched_state`` with compare-and-set, and only then dispatches. Two masters racing
-for a slot cannot both win the CAS, so a slot is dispatched once.
+Definitions come from the master's ``JobIndex`` (no watch of its own); each due slot is
+*claimed* by advancing the job's cursor in ``natsched_state`` with compare-and-set, and
+only then dispatched. Two masters racing for a slot cannot both win the CAS, so a slot is
+dispatched once; a master whose lease is not fresh claims nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.errors import CodecError
+from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec, Mode
-from natsched.triggers.fire import next_job_fire, time_triggers, trigger_kind, utc
-from natsched.triggers.misfire import due_slots
+from natsched.schedule import Due, Schedule, Scheduler
+from natsched.triggers.fire import time_triggers
+
+__all__ = ["Due", "KvCursors", "MasterScheduler", "Schedule", "master_scheduled"]
 
 log = logging.getLogger(__name__)
 
@@ -34,67 +33,12 @@ def master_scheduled(spec: JobSpec) -> bool:
     return spec.enabled and spec.mode is not Mode.MIRROR and bool(time_triggers(spec))
 
 
-@dataclass(frozen=True, slots=True)
-class Due:
-    spec: JobSpec
-    slot: float
-    trigger: str
-
-
-class Schedule:
-    """Pure scheduling state: no I/O, no clock."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, JobSpec] = {}
-        self.cursors: dict[str, float] = {}
-        self._heap: list[tuple[float, int, str, str]] = []
-        self._generation: dict[str, int] = {}
-
-    def set_job(self, key: str, spec: JobSpec | None, now: float) -> list[Due]:
-        """Add, change or (with None) remove a job; returns catch-up slots per its misfire policy."""
-        self._generation[key] = self._generation.get(key, 0) + 1
-        if spec is None or not master_scheduled(spec):
-            self.jobs.pop(key, None)
-            return []
-        self.jobs[key] = spec
-        last = self.cursors.get(key)
-        catch_up: list[Due] = []
-        if last is not None:  # never fired: no backlog
-            for trigger in time_triggers(spec):
-                for slot in due_slots(trigger, utc(last), utc(now), spec.misfire, spec.misfire_cap):
-                    catch_up.append(Due(spec, slot.timestamp(), trigger_kind(trigger)))
-        catch_up.sort(key=lambda d: d.slot)
-        self._push(spec, max(now, last or 0.0, *(d.slot for d in catch_up)))
-        return catch_up[-spec.misfire_cap :]
-
-    def _push(self, spec: JobSpec, after: float) -> None:
-        best = next_job_fire(spec, after)
-        if best is not None:
-            heapq.heappush(self._heap, (best[0], self._generation[spec.key], spec.key, best[1]))
-
-    def next_due(self) -> float | None:
-        while self._heap and self._heap[0][1] != self._generation.get(self._heap[0][2]):
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
-    def tick(self, now: float) -> list[Due]:
-        """Every slot due at ``now``, each job's next slot queued behind it."""
-        due: list[Due] = []
-        while self._heap and self._heap[0][0] <= now:
-            at, generation, key, name = heapq.heappop(self._heap)
-            spec = self.jobs.get(key)
-            if spec is None or generation != self._generation.get(key):
-                continue
-            due.append(Due(spec, at, name))
-            self._push(spec, at)
-        return due
-
-
-class Cursors:
+class KvCursors:
     """Per-job last fired slot in ``natsched_state``, advanced with compare-and-set."""
 
-    def __init__(self, state: KeyValue) -> None:
+    def __init__(self, state: KeyValue, *, may_claim: Callable[[], bool] = lambda: True) -> None:
         self._state = state
+        self._may_claim = may_claim
         self._revisions: dict[str, int] = {}
 
     async def load(self, key: str) -> float | None:
@@ -109,7 +53,27 @@ class Cursors:
         except (CodecError, KeyError, TypeError, ValueError):
             return None
 
-    async def claim(self, key: str, slot: float) -> bool:
+    async def claim(self, due: Sequence[Due]) -> list[Due]:
+        """Claim each slot; the CASes of different jobs run concurrently, one job's in order."""
+        if not self._may_claim():  # lease lost or stale (e.g. after a freeze): claim nothing
+            for each in due:
+                log.warning(
+                    "%s slot %s not claimed: this master does not hold a fresh lease",
+                    each.spec.key,
+                    each.slot,
+                )
+            return []
+        by_job: dict[str, list[Due]] = {}
+        for each in due:
+            by_job.setdefault(each.spec.key, []).append(each)
+        won = await asyncio.gather(*(self._claim_in_order(slots) for slots in by_job.values()))
+        claimed = {id(each) for slots in won for each in slots}
+        return [each for each in due if id(each) in claimed]
+
+    async def _claim_in_order(self, slots: list[Due]) -> list[Due]:
+        return [each for each in slots if await self._claim_one(each.spec.key, each.slot)]
+
+    async def _claim_one(self, key: str, slot: float) -> bool:
         """Advance the cursor to ``slot``; False if it is already there (another master fired it)."""
         for _ in range(3):
             revision = self._revisions.get(key)
@@ -129,67 +93,42 @@ class Cursors:
 
 
 class MasterScheduler:
+    """The leader's schedule: reads definitions from the job index, fires through ``fire``."""
+
     def __init__(
         self,
-        jobs: KeyValue,
+        index: JobIndex,
         state: KeyValue,
         fire: Callable[[Due], object],
         *,
         clock: Callable[[], float] = time.time,
         may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._jobs = jobs
-        self._may_claim = may_claim
-        self.cursors = Cursors(state)
-        self.schedule = Schedule()
-        self._fire = fire
-        self._clock = clock
-        self._wake = asyncio.Event()
-        self.fired = 0
+        self._index = index
+        self._fire_one = fire
+        self.cursors = KvCursors(state, may_claim=may_claim)
+        self.core = Scheduler(Schedule(master_scheduled), self.cursors, self._lookup, self._fire, clock=clock)
 
-    async def _on_definition(self, key: str, value: bytes | None) -> None:
-        spec: JobSpec | None = None
-        if value:
-            try:
-                spec = codec.decode_job(value, key)
-            except CodecError as exc:  # the master's job index warns about it, once
-                log.debug("scheduler skips invalid job %s: %s", key, exc)
-        if spec is not None and master_scheduled(spec) and key not in self.schedule.cursors:
-            cursor = await self.cursors.load(key)
-            if cursor is not None:
-                self.schedule.cursors[key] = cursor
-        for due in self.schedule.set_job(key, spec, self._clock()):
-            await self._claim_and_fire(due)
-        self._wake.set()
+    @property
+    def schedule(self) -> Schedule:
+        return self.core.schedule
 
-    async def _claim_and_fire(self, due: Due) -> None:
-        if not self._may_claim():  # lease lost or stale (e.g. after a freeze): claim nothing
-            log.warning(
-                "%s slot %s not claimed: this master does not hold a fresh lease", due.spec.key, due.slot
-            )
-            return
-        if await self.cursors.claim(due.spec.key, due.slot):
-            self.schedule.cursors[due.spec.key] = due.slot
-            self.fired += 1
-            self._fire(due)
+    @property
+    def fired(self) -> int:
+        return self.core.fired
 
-    async def watch_definitions(self) -> None:
-        watcher = await self._jobs.watchall()
-        async for entry in watcher:
-            if entry is None:
-                continue
-            deleted = entry.operation in ("DEL", "PURGE")
-            await self._on_definition(entry.key, None if deleted else entry.value)
+    async def _lookup(self, key: str) -> JobSpec | None:
+        return self._index.jobs.get(key)
+
+    async def _fire(self, due: list[Due]) -> None:
+        for each in due:
+            self._fire_one(each)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.watch_definitions())
-            while True:
-                self._wake.clear()
-                next_at = self.schedule.next_due()
-                delay = 3600.0 if next_at is None else next_at - self._clock()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
-                for due in self.schedule.tick(self._clock()):
-                    await self._claim_and_fire(due)
+        stop_listening = self._index.on_keys(self.core.changed)
+        try:
+            await self._index.ready.wait()  # the whole bucket, not a partial picture
+            self.core.changed(list(self._index.jobs))
+            await self.core.run()
+        finally:
+            stop_listening()

@@ -137,7 +137,7 @@ class MasterService(Service):
         )
         self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
         await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
-        self.spawn(self._follow_leadership(jobs, state), name="leadership", critical=True)
+        self.spawn(self._follow_leadership(state), name="leadership", critical=True)
         self.spawn(self.lease.run(), name="leader-lease", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
 
@@ -159,7 +159,7 @@ class MasterService(Service):
                 metrics.heartbeat_age.labels(agent=agent).set(now - seen_at)
             await asyncio.sleep(1.0)
 
-    async def _follow_leadership(self, jobs: KeyValue, state: KeyValue) -> None:
+    async def _follow_leadership(self, state: KeyValue) -> None:
         """Run the leader's duties while this master holds the lease, and only then."""
         assert self.lease is not None
         while True:
@@ -167,18 +167,19 @@ class MasterService(Service):
             self.lease.changed.clear()
             leading = self.lease.is_leader.is_set()
             if leading and self._leader_task is None:
-                self._leader_task = self.spawn(self._lead(jobs, state), name="leader-duties", critical=True)
+                self._leader_task = self.spawn(self._lead(state), name="leader-duties", critical=True)
             elif not leading and self._leader_task is not None:
                 self._leader_task.cancel()
                 self._leader_task = None
                 self.scheduler = None
 
-    async def _lead(self, jobs: KeyValue, state: KeyValue) -> None:
+    async def _lead(self, state: KeyValue) -> None:
         """A fresh scheduler each time: it reloads the cursors the previous leader advanced,
         so the slots of the gap follow each job's misfire policy."""
         assert self.lease is not None and self.chains is not None and self.lost is not None
+        assert self.index is not None
         self.scheduler = MasterScheduler(
-            jobs, state, self._fire, clock=self._clock, may_claim=self.lease.held
+            self.index, state, self._fire, clock=self._clock, may_claim=self.lease.held
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run())
