@@ -43,7 +43,7 @@ from natsched.chaingraph import event_triggers
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
-from natsched.master.following import follow_events
+from natsched.master.following import ACK_WAIT, EventFollower, follow_events
 from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE, RETRY_STATES
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 DURABLE = subjects.CHAINS_DURABLE
 FINAL_STATES = ("succeeded", "failed", "timed_out", "killed", "lost")
 FANIN_CHECK_INTERVAL = 0.5
+# A fan-in fails this long after its deadline: a completion from before the deadline that went
+# to a master which then died is redelivered within ACK_WAIT, and must still count.
+EXPIRY_GRACE = ACK_WAIT + 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Completion:
     exit_codes: tuple[int | None, ...]
     agent: str  # empty for a batch
     runs: tuple[str, ...]
+    at: float  # when it completed (the agent's event time; for a batch its last member's)
 
     def satisfies(self, trigger: EventTrigger) -> bool:
         if trigger.exit_codes:
@@ -116,9 +120,10 @@ class ChainFollower:
         self._clock = clock
         self._fanins: dict[str, tuple[float, int]] = {}  # key -> (deadline, revision)
         self.dispatched = 0
+        self.following: EventFollower | None = None
 
     async def start(self) -> None:
-        await follow_events(self._js, DURABLE, FINAL_STATES, self._on_event)
+        self.following = await follow_events(self._js, DURABLE, FINAL_STATES, self._on_event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:
@@ -143,6 +148,7 @@ class ChainFollower:
             exit_codes=(event.exit_code,),
             agent=event.agent,
             runs=(event.run_id,),
+            at=event.at,
         )
         in_batch = int(event.detail.get("batch_size", "1") or 1) > 1 and "batch" in event.detail
         per_batch = [(s, t) for s, t in downstream if in_batch and not (t.per_agent or t.agents)]
@@ -163,7 +169,7 @@ class ChainFollower:
         for _ in range(20):
             record, revision = await self._read(key)
             members = record.setdefault("members", {})
-            members[event.agent] = [event.run_id, event.state.value, event.exit_code]
+            members[event.agent] = [event.run_id, event.state.value, event.exit_code, event.at]
             if await self._write(key, record, revision):
                 break
         else:
@@ -178,6 +184,7 @@ class ChainFollower:
             exit_codes=tuple(m[2] for m in members.values()),
             agent="",
             runs=tuple(sorted(m[0] for m in members.values())),
+            at=max(float(m[3]) if len(m) > 3 else event.at for m in members.values()),
         )
 
     async def _upstream_done(
@@ -206,8 +213,16 @@ class ChainFollower:
                         f"{', '.join(trigger.after)} to end {trigger.on}",
                     )
                 return
-            pending.setdefault("deadline", self._clock() + trigger.timeout)
+            # The timeout runs from the first upstream's completion, not from when a master
+            # handled it: a redelivery after a master crash counts if it completed in time.
+            first_at = min(float(pending.get("first_at", completion.at)), completion.at)
+            pending["first_at"], pending["deadline"] = first_at, first_at + trigger.timeout
             upstreams: dict[str, list[str]] = pending.setdefault("upstreams", {})
+            if completion.at > pending["deadline"]:
+                if await self._delete(key, revision):
+                    parents = tuple(r for runs in upstreams.values() for r in runs) + completion.runs
+                    await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
+                return
             upstreams[completion.job] = list(completion.runs)
             if set(upstreams) >= set(trigger.after):
                 if await self._delete(key, revision):
@@ -292,15 +307,22 @@ class ChainFollower:
             self._fanins[entry.key] = (deadline, entry.revision or 0)
 
     async def expire_fanins(self) -> None:
+        """Fail the fan-ins whose deadline passed, once no completion from before it can be pending.
+
+        A completion delivered to a master that died comes back within ``ACK_WAIT``; one not
+        yet delivered at all (no master ran) shows as the consumer's ``num_pending``.
+        """
         while True:
             await asyncio.sleep(FANIN_CHECK_INTERVAL)
             now = self._clock()
-            for key, (deadline, revision) in list(self._fanins.items()):
-                if now >= deadline:
-                    try:
-                        await self._expire(key, revision)
-                    except Exception:  # noqa: BLE001 - tried again on the next pass
-                        log.exception("fan-in %s: timeout handling failed", key)
+            due = [(k, r) for k, (deadline, r) in self._fanins.items() if now >= deadline + EXPIRY_GRACE]
+            if not due or await self._backlog():
+                continue
+            for key, revision in due:
+                try:
+                    await self._expire(key, revision)
+                except Exception:  # noqa: BLE001 - tried again on the next pass
+                    log.exception("fan-in %s: timeout handling failed", key)
 
     async def _expire(self, key: str, revision: int) -> None:
         pending, current = await self._read(key)
@@ -314,15 +336,17 @@ class ChainFollower:
         trigger = next(
             (t for t in event_triggers(spec) if t.wait == "all" and set(upstreams) <= set(t.after)), None
         )
-        missing = sorted(set(trigger.after) - set(upstreams)) if trigger else []
         parents = tuple(r for runs in upstreams.values() for r in runs)
-        timeout = f"{trigger.timeout:g}s" if trigger else "its timeout"
-        await self._fail_chain(
-            spec,
-            chain_id,
-            parents,
-            f"chain failed: fan-in timed out after {timeout} waiting for {', '.join(missing)}",
-        )
+        await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
+
+    async def _backlog(self) -> int:
+        """Completions stored but not yet delivered to any master (they may belong to a fan-in)."""
+        try:
+            info = await self._js.consumer_info(subjects.EVENTS_STREAM, DURABLE)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: wait for the next pass
+            log.debug("chains consumer info failed: %r", exc)
+            return 1
+        return int(info.num_pending or 0)
 
     # --- state bucket helpers --------------------------------------------------------
 
@@ -360,6 +384,12 @@ class ChainFollower:
         except Exception as exc:  # noqa: BLE001 - nats-py raises APIError for a wrong revision here
             log.debug("delete %s at %s lost the race: %r", key, revision, exc)
             return False
+
+
+def _timed_out(trigger: EventTrigger | None, upstreams: dict[str, list[str]]) -> str:
+    missing = sorted(set(trigger.after) - set(upstreams)) if trigger else []
+    timeout = f"{trigger.timeout:g}s" if trigger else "its timeout"
+    return f"chain failed: fan-in timed out after {timeout} waiting for {', '.join(missing)}"
 
 
 def _split_fanin_key(key: str) -> tuple[str, str]:

@@ -5,39 +5,123 @@ acknowledged (the master died, or handling failed) comes back after ``ack_wait``
 whichever master is there. Created with ``DeliverPolicy.NEW`` the first time; from then on
 the server remembers the position, so events published while no master runs are delivered
 when one starts.
+
+``ack_wait`` is short (``ACK_WAIT``): it is how long an event delivered to a master that
+then died waits before another master gets it (the server redelivers only after it,
+however many other members are alive). Work that takes longer (a dispatch waiting for a
+slow agent, a webhook) stays ours by ``in_progress`` acks every ``ack_wait / 3``; each
+message is handled in its own task, so none waits unacknowledged behind another one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
 
 from natsched import subjects
 
-ACK_WAIT = 60.0
+log = logging.getLogger(__name__)
+ACK_WAIT = 2.0  # below the default lease (5 s): a completion is never held longer than a leader
+MAX_ACK_PENDING = 1000  # bounds the handler tasks of all masters together
+
+
+class EventFollower:
+    """One master's member of a shared durable consumer; ``run`` keeps its messages acked."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        durable: str,
+        states: Iterable[str],
+        handler: Callable[[Msg], Awaitable[None]],
+        *,
+        ack_wait: float = ACK_WAIT,
+    ) -> None:
+        self._js = js
+        self.durable = durable
+        self._filters = [f"natsched.event.*.*.*.{state}" for state in states]
+        self._handler = handler
+        self.ack_wait = ack_wait
+        self._inflight: dict[asyncio.Task[None], Msg] = {}
+
+    async def start(self) -> None:
+        """Create the consumer, or bring an existing one to our ack_wait and filters; subscribe."""
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            deliver_group=self.durable,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_ack_pending=MAX_ACK_PENDING,
+            filter_subjects=self._filters,
+        )
+        try:
+            info = await self._js.consumer_info(subjects.EVENTS_STREAM, self.durable)
+        except NotFoundError:
+            info = None
+        filters = sorted(info.config.filter_subjects or []) if info is not None else []
+        if info is not None and (info.config.ack_wait != self.ack_wait or filters != sorted(self._filters)):
+            # A consumer made by an older master (ack_wait 60 s): update it in place, keeping
+            # its position and deliver subject, so no event is skipped or delivered twice.
+            updated = info.config
+            updated.ack_wait = self.ack_wait
+            updated.filter_subjects = self._filters
+            updated.filter_subject = None
+            await self._js.add_consumer(subjects.EVENTS_STREAM, config=updated)
+            log.info("consumer %s updated to ack_wait %gs", self.durable, self.ack_wait)
+        await self._js.subscribe(
+            subjects.EVENTS_SUBJECTS,
+            queue=self.durable,
+            durable=self.durable,
+            stream=subjects.EVENTS_STREAM,
+            config=config,
+            manual_ack=True,
+            cb=self._deliver,
+        )
+
+    async def _deliver(self, msg: Msg) -> None:
+        # The subscription's callbacks run one after another: hand the work to a task at once.
+        task = asyncio.create_task(self._handle(msg), name=f"{self.durable}-event")
+        self._inflight[task] = msg
+        task.add_done_callback(lambda t: self._inflight.pop(t, None))
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        except Exception:  # the handlers catch their own; this is the last line
+            log.exception("%s: handling %s failed; it comes back", self.durable, msg.subject)
+
+    async def run(self) -> None:
+        """Tell the server every ``ack_wait / 3`` that the messages in hand are still ours."""
+        try:
+            while True:
+                await asyncio.sleep(self.ack_wait / 3)
+                for msg in list(self._inflight.values()):
+                    try:
+                        await msg.in_progress()
+                    except Exception as exc:  # noqa: BLE001 - disconnected: it comes back to someone
+                        log.debug("%s: in_progress for %s failed: %r", self.durable, msg.subject, exc)
+        finally:
+            tasks = list(self._inflight)
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def follow_events(
     js: JetStreamContext, durable: str, states: Iterable[str], handler: Callable[[Msg], Awaitable[None]]
-) -> None:
-    """Deliver the events of runs that reached one of ``states`` to ``handler`` (manual ack)."""
-    config = api.ConsumerConfig(
-        durable_name=durable,
-        deliver_group=durable,
-        deliver_policy=api.DeliverPolicy.NEW,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT,
-        max_ack_pending=1000,
-        filter_subjects=[f"natsched.event.*.*.*.{state}" for state in states],
-    )
-    await js.subscribe(
-        subjects.EVENTS_SUBJECTS,
-        queue=durable,
-        durable=durable,
-        stream=subjects.EVENTS_STREAM,
-        config=config,
-        manual_ack=True,
-        cb=handler,
-    )
+) -> EventFollower:
+    """Deliver the events of runs that reached one of ``states`` to ``handler`` (manual ack).
+
+    The caller runs the returned follower's ``run()`` in a task it owns.
+    """
+    follower = EventFollower(js, durable, states, handler)
+    await follower.start()
+    return follower

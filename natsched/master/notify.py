@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from natsched import subjects
 from natsched.errors import CodecError
 from natsched.events import RunEvent, parse_event
-from natsched.master.following import follow_events
+from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import Notify
@@ -61,9 +61,10 @@ class Notifier:
         self.sent = 0
         self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
         self.given_up = 0
+        self.following: EventFollower | None = None
 
     async def start(self) -> None:
-        await follow_events(self._nc.jetstream(), DURABLE, FINAL_STATES, self._on_event)
+        self.following = await follow_events(self._nc.jetstream(), DURABLE, FINAL_STATES, self._on_event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:

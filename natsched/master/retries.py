@@ -25,7 +25,7 @@ from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import find_job
-from natsched.master.following import follow_events
+from natsched.master.following import EventFollower, follow_events
 from natsched.models import Mode, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ class RetryFollower:
         self._state = state
         self._dispatcher = dispatcher
         self.retried = 0
+        self.following: EventFollower | None = None
 
     async def start(self) -> None:
-        await follow_events(self._nc.jetstream(), DURABLE, RETRY_STATES, self._on_failure)
+        self.following = await follow_events(self._nc.jetstream(), DURABLE, RETRY_STATES, self._on_failure)
 
     async def _on_failure(self, msg: Msg) -> None:
         try:

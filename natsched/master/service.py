@@ -128,6 +128,9 @@ class MasterService(Service):
         self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
         self.notifier = Notifier(self.nc, self.index, self._smtp)
         await self.notifier.start()
+        for follower in (self.retries.following, self.chains.following, self.notifier.following):
+            assert follower is not None
+            self.spawn(follower.run(), name=f"{follower.durable}-acks", critical=True)
         if self._metrics_port is not None:
             self._start_metrics(self._metrics_port)
         self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
