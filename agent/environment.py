@@ -1,27 +1,43 @@
-"""A run's environment: the agent's, overlaid with the job's, ``${VAR}`` expanded here.
+"""A run's environment: a clean base, the job's variables over it, ``${VAR}`` expanded here.
+
+A job never inherits the agent's environment: the agent holds its NATS credentials
+(``NATS_PASSWORD``, ``NATS_KEY`` ... from ``deploy/agent.env``) and secret-key settings,
+and a job that prints its environment would put them into logs and events. A process
+gets only the pass-through variables below (from the agent's environment), the job's
+``env``, and ``NATSCHED_RUN_ID`` and friends.
 
 Expansion happens on the agent (so ``${HOSTNAME}`` is each host's own) and only here:
 values are never handed to a shell for expansion. The rules, deliberately few:
 
-- ``${NAME}`` is replaced by the value NAME has at that point: the base environment,
-  then the job's variables in the order they were written (``PATH=/opt/bin:${PATH}``
-  extends the agent's PATH; a job variable sees only the job variables before it).
+- ``${NAME}`` is replaced by the value NAME has at that point: the base, then the job's
+  variables in the order they were written (``PATH=/opt/bin:${PATH}`` extends the
+  agent's PATH; a job variable sees only the job variables before it); then any other
+  agent variable, except credentials (``NATS_*``, ``NATSCHED_*`` and names that look
+  like a password, token, secret or key), which expand to nothing. So a job can still
+  take over a variable it needs, ``HTTPS_PROXY = "${HTTPS_PROXY}"``, by naming it.
 - ``$$`` is a literal ``$``. Anything else (``$NAME``, a lone ``$``, ``${1x}``, an
   unclosed ``${``) is left as written.
 - An undefined ``${X}`` expands to the empty string and its name is reported back, so
   the caller logs it: a typo should be visible, not fatal to the run.
-
-The base is whatever the caller passes; the agent passes its own environment, so a job
-sees what the agent's service unit gives it (systemd's is already minimal), like cron.
 """
 
 from __future__ import annotations
 
 import re
+import socket
+from collections import ChainMap
 from collections.abc import Mapping
 from typing import NamedTuple
 
 _REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# What every process gets from the agent's environment (plus LC_*), as cron and sudo do.
+PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Agent variables that are never visible to a job, not even through ${NAME}.
+_CREDENTIAL = re.compile(
+    r"^(NATS_|NATSCHED_)|PASS(WORD|WD)|SECRET|TOKEN|CRED|PRIVATE|(^|_)(API)?KEY($|_)|AUTH", re.IGNORECASE
+)
 
 
 class Environment(NamedTuple):
@@ -48,18 +64,48 @@ def expand(value: str, variables: Mapping[str, str], unknown: list[str] | None =
     return _REFERENCE.sub(replace, value) if "$" in value else value
 
 
+def is_credential(name: str) -> bool:
+    """Would a job seeing this agent variable see a credential?"""
+    return bool(_CREDENTIAL.search(name))
+
+
+def clean_base(agent_env: Mapping[str, str]) -> dict[str, str]:
+    """The pass-through part of the agent's environment: all a job gets without asking."""
+    base = {k: v for k, v in agent_env.items() if k in PASS_THROUGH or k.startswith("LC_")}
+    base.setdefault("PATH", DEFAULT_PATH)
+    return base
+
+
+def expandable(agent_env: Mapping[str, str]) -> dict[str, str]:
+    """Agent variables a job may name in ``${NAME}``: everything but credentials."""
+    visible = {k: v for k, v in agent_env.items() if not is_credential(k)}
+    visible.setdefault("HOSTNAME", socket.gethostname())
+    return visible
+
+
 def build_env(
-    job_env: Mapping[str, str], base: Mapping[str, str], extra: Mapping[str, str] | None = None
+    job_env: Mapping[str, str],
+    base: Mapping[str, str],
+    extra: Mapping[str, str] | None = None,
+    *,
+    visible: Mapping[str, str] | None = None,
+    literal: Mapping[str, str] | None = None,
 ) -> Environment:
     """The environment of a run: ``base``, then ``job_env`` expanded in order, then ``extra``.
 
-    ``extra`` (NATSCHED_RUN_ID and friends) goes last and is not expanded, so a job can
-    neither override nor inject into it.
+    ``visible`` are further variables ``${NAME}`` may read without them reaching the
+    process. ``literal`` (a trigger's env) replaces the job's variables of the same names
+    in place, as written: a caller's value is data, never expanded, so it cannot read
+    agent variables. ``extra`` (NATSCHED_RUN_ID and friends) goes last and is not
+    expanded either, so a job can neither override nor inject into it.
     """
     env = dict(base)
+    lookup = ChainMap(env, dict(visible or {}))
     unknown: list[str] = []
+    given = literal or {}
     for name, value in job_env.items():
-        env[name] = expand(value, env, unknown)
+        env[name] = given[name] if name in given else expand(value, lookup, unknown)
+    env.update(given)
     if extra:
         env.update(extra)
     return Environment(env, unknown)

@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from agent.environment import build_env
+from agent.environment import build_env, clean_base, expandable
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
@@ -79,7 +79,7 @@ class JobExecutor:
         self._queues: dict[str, asyncio.Lock] = {}
         self._waiters: set[asyncio.Task[None]] = set()
         self._queued: dict[asyncio.Task[Any], RunEvent] = {}  # waiting their turn
-        self.base_env: Mapping[str, str] = os.environ
+        self.base_env: Mapping[str, str] = os.environ  # only its pass-through part reaches a job
         self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
         self.holds: Callable[[], Holds] = Holds  # calendars and pauses (set by the service)
         self.secrets = SecretStore(None)  # the service gives it the key and, once connected, NATS
@@ -289,7 +289,13 @@ class JobExecutor:
             masker = Masker(values.values())
             job_env = {k: substitute(v, values) for k, v in job_env.items()}
             command = tuple(substitute(arg, values) for arg in command)
-        env, unknown = build_env({**job_env, **trigger_env}, self.base_env, extra)
+        env, unknown = build_env(
+            job_env,
+            clean_base(self.base_env),
+            extra,
+            visible=expandable(self.base_env),
+            literal=trigger_env,
+        )
         if unknown:
             log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
         process_spec = ProcessSpec(

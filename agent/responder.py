@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 from agent.executor import JobExecutor
 from natsched import codec, subjects
 from natsched.dispatch import RunReply, decode_run_request
-from natsched.errors import CodecError
+from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
 
@@ -86,6 +86,15 @@ class Responder:
             )
             return
         self.max_term = request.term
+        try:
+            # The master checked this too; the agent is the last line before a root process.
+            request.spec.trigger.check(request.spec.key, request.trigger, request.args, request.env)
+        except TriggerRefusedError as exc:
+            log.warning("refused run %s: %s", request.run_id, exc)
+            await self._reply(
+                msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=str(exc))
+            )
+            return
         known = self._recent.get(request.run_id)
         if known is not None:
             log.info("run %s was already taken here; answering again, not running it twice", request.run_id)

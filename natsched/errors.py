@@ -7,7 +7,8 @@ Each subclass also inherits the builtin it resembles, so generic code keeps work
     NatschedError
     ├── ConfigError(ValueError)          bad settings, flags or environment
     ├── SpecError(ValueError)            a job definition is invalid (names file, job, field)
-    │   └── JobFileError                 a job file cannot be read or parsed at all
+    │   ├── JobFileError                 a job file cannot be read or parsed at all
+    │   └── TriggerRefusedError          a trigger asks for what its job's policy does not allow
     ├── CodecError(ValueError)           a payload is not what the wire format promises
     │   └── VersionError                 a payload of a protocol version we do not speak
     ├── NotConnectedError(ConnectionError)  NATS is unreachable, or no master answered
@@ -73,6 +74,10 @@ class JobFileError(SpecError):
     def __init__(self, message: str, *, source: str = "", job: str = "", field: str = "") -> None:
         super().__init__(message, source=source, job=job, field=field)
         self.errors = [str(self)]
+
+
+class TriggerRefusedError(SpecError):
+    """A trigger's args or env that its job's ``trigger`` policy does not allow (names the field)."""
 
 
 class CodecError(NatschedError, ValueError):

@@ -33,6 +33,7 @@ from natsched.parsing import (
     read_str_list,
     read_table,
 )
+from natsched.triggerpolicy import TriggerPolicy
 from natsched.triggers.registry import parse_trigger, trigger_to_dict
 
 # parse_duration and parse_datetime are read here by the CLI and tests, as before they moved.
@@ -61,6 +62,7 @@ _JOB_FIELDS = frozenset(
         "calendar",
         "redispatch_lost",
         "notify",
+        "trigger",
     }
 )
 
@@ -159,6 +161,15 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         calendar=None if data.get("calendar") is None else _calendar_rule(data["calendar"]),
         redispatch_lost=read_bool(data.get("redispatch_lost", False), "redispatch_lost"),
         notify=_notify(data.get("notify", [])),
+        trigger=_trigger_policy(data.get("trigger", {})),
+    )
+
+
+def _trigger_policy(value: object) -> TriggerPolicy:
+    data = read_table(value, "trigger", frozenset({"env", "args"}))
+    return TriggerPolicy(
+        env=read_str_list(data.get("env", []), "trigger.env"),
+        args=read_bool(data.get("args", False), "trigger.args"),
     )
 
 
@@ -252,6 +263,8 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
             }
             for n in spec.notify
         ]
+    if spec.trigger != defaults.trigger:
+        out["trigger"] = {"env": list(spec.trigger.env), "args": spec.trigger.args}
     if spec.calendar is not None:
         out["calendar"] = {
             k: list(v) for k, v in (("only", spec.calendar.only), ("skip", spec.calendar.skip)) if v

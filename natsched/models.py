@@ -16,6 +16,7 @@ from natsched import subjects
 from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
 from natsched.parsing import check_tokens
+from natsched.triggerpolicy import TriggerPolicy
 from natsched.triggers.base import Trigger
 from natsched.triggers.file import FileTrigger
 
@@ -175,6 +176,7 @@ class JobSpec:
     calendar: CalendarRule | None = None
     redispatch_lost: bool = False  # load-balance: a run lost with its agent starts again elsewhere
     notify: tuple[Notify, ...] = ()
+    trigger: TriggerPolicy = field(default_factory=TriggerPolicy)  # what a trigger caller may change
 
     def __post_init__(self) -> None:
         _check_tokens("name", (self.name,))

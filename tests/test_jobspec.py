@@ -43,6 +43,7 @@ FULL = _job(
     user="nobody",
     enabled=False,
     description="everything",
+    trigger={"env": ["TARGET"], "args": True},
 )
 
 
@@ -78,6 +79,12 @@ def test_full_spec_round_trips_through_the_wire() -> None:
         ({"cwd": "tmp"}, "cwd"),
         ({"enabled": "yes"}, "enabled"),
         ({"colour": "red"}, "colour"),
+        ({"trigger": {"env": ["BASH_ENV"]}}, "trigger.env"),
+        ({"trigger": {"env": ["LD_PRELOAD"]}}, "trigger.env"),
+        ({"trigger": {"env": ["NATSCHED_RUN_ID"]}}, "trigger.env"),
+        ({"trigger": {"env": ["NOT-A-NAME"]}}, "trigger.env"),
+        ({"trigger": {"args": "yes"}}, "trigger.args"),
+        ({"trigger": {"command": True}}, "trigger"),
     ],
 )
 def test_invalid_fields_are_named(fields: dict[str, Any], field: str) -> None:

@@ -1,6 +1,7 @@
 """External triggers: anyone may publish to ``natsched.trigger.<group>.<job>`` to start a job.
 
-The body is optional JSON ``{"args": [...], "env": {...}, "correlation_id": "..."}``. As a
+The body is optional JSON ``{"args": [...], "env": {...}, "correlation_id": "..."}``; args
+and env only as far as the job's ``trigger`` policy allows (see triggerpolicy.py). As a
 request, the reply is JSON with the run ids; as a plain publish the job still starts.
 An unknown job or a bad body gets an error reply and runs nothing. Served by every
 master in one queue group, so each trigger is handled once.
@@ -131,6 +132,7 @@ class TriggerHandler:
                 raise ApiError(
                     f"job {spec.key} is disabled; enable it with 'natsched jobs enable {spec.key}'"
                 )
+            spec.trigger.check(spec.key, "manual", args, env)  # the job says what a caller may change
             replies = await self._dispatcher.dispatch(
                 spec, trigger="manual", args=args, env=env, correlation_id=correlation
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.environment import build_env, expand
+from agent.environment import DEFAULT_PATH, build_env, clean_base, expand, expandable
 
 BASE = {"PATH": "/usr/bin:/bin", "HOME": "/home/agent", "HOSTNAME": "db1"}
 
@@ -69,3 +69,45 @@ def test_inputs_are_not_modified() -> None:
     job = {"HOME": "/srv"}
     env, _ = build_env(job, base)
     assert env["HOME"] == "/srv" and base == BASE and job == {"HOME": "/srv"}
+
+
+AGENT = {
+    "PATH": "/usr/bin",
+    "HOME": "/root",
+    "LC_TIME": "de_DE.UTF-8",
+    "NATS_PASSWORD": "pw",
+    "NATSCHED_AGENT_SECRET_KEY_FILE": "/etc/natsched/secret.key",
+    "DB_PASSWORD": "db",
+    "GITHUB_TOKEN": "gh",
+    "AWS_SECRET_ACCESS_KEY": "aws",
+    "SSH_AUTH_SOCK": "/tmp/ssh",
+    "HTTPS_PROXY": "http://proxy:3128",
+}
+
+
+def test_a_job_gets_only_the_pass_through_variables_and_names_what_else_it_needs() -> None:
+    assert clean_base(AGENT) == {"PATH": "/usr/bin", "HOME": "/root", "LC_TIME": "de_DE.UTF-8"}
+    assert clean_base({})["PATH"] == DEFAULT_PATH
+    visible = expandable(AGENT)
+    assert set(visible) >= {"PATH", "HTTPS_PROXY", "HOSTNAME"}
+    job = {"PROXY": "${HTTPS_PROXY}"} | {name: f"${{{name}}}" for name in AGENT if name != "HTTPS_PROXY"}
+    env, unknown = build_env(job, clean_base(AGENT), visible=visible)
+    assert env["PROXY"] == "http://proxy:3128" and "HTTPS_PROXY" not in env
+    leaked = [
+        value
+        for value in ("pw", "db", "gh", "aws", "/tmp/ssh", "/etc/natsched/secret.key")
+        if value in env.values()
+    ]
+    assert leaked == [] and "NATS_PASSWORD" in unknown
+
+
+def test_a_callers_values_are_taken_as_written_in_the_jobs_place() -> None:
+    env, unknown = build_env(
+        {"TARGET": "default", "OUT": "/data/${TARGET}"},
+        BASE,
+        visible={"SECRETISH": "s"},
+        literal={"TARGET": "${HOME}$(id)", "EXTRA": "${PATH}"},
+    )
+    assert env["TARGET"] == "${HOME}$(id)" and env["EXTRA"] == "${PATH}"
+    assert env["OUT"] == "/data/${HOME}$(id)"  # the job's own reference sees the caller's value
+    assert unknown == []

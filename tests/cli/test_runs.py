@@ -80,7 +80,12 @@ def test_run_wait_exit_code_and_cancel(
     jobs_file = tmp_path / "jobs.toml"
     jobs_file.write_text(
         toml_jobs(
-            job("exit4", mode="slave", command=["sh", "-c", 'echo "got $1 $GREETING"; exit 4', "x"]),
+            job(
+                "exit4",
+                mode="slave",
+                command=["sh", "-c", 'echo "got $1 $GREETING"; exit 4', "x"],
+                trigger={"env": ["GREETING"], "args": True},  # what natsched run --arg/--env may set
+            ),
             job("ok", mode="slave", command=["echo", "fine"]),
             job("sleepy", mode="slave", command=["sleep", "30"]),
             group="cli",

@@ -42,6 +42,7 @@ async def test_slave_runs_on_every_target_and_offline_one_is_recorded(
                 mode="slave",
                 command=["sh", "-c", "echo $NATSCHED_AGENT $1", "x"],
                 targets={"agents": ["a1", "a2", "a3"]},
+                trigger={"args": True},  # the caller's args are appended (the job allows it)
             ),
             group="s",
         ),

@@ -126,7 +126,13 @@ async def test_a_trigger_cannot_pull_a_secret_into_its_env(
         await apply(
             nc,
             toml_jobs(
-                job("show", mode="slave", targets={"agents": ["s3"]}, command=["sh", "-c", "echo $X"]),
+                job(
+                    "show",
+                    mode="slave",
+                    targets={"agents": ["s3"]},
+                    command=["sh", "-c", "echo $X"],
+                    trigger={"env": ["X"]},
+                ),
                 group="tr",
             ),
         )
