@@ -17,6 +17,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from agent.environment import build_env, clean_base, expandable
+from agent.journal import RunJournal
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # How long a ``replace`` run waits for the run it replaces beyond the kill grace.
 REPLACE_EXTRA_WAIT = 10.0
+# Runs of one job that may wait here (overlap queue, cluster lock, agent paused with --queue);
+# more are recorded skipped: a trigger storm must not pile up runs in memory.
+MAX_QUEUED = 100
 
 
 @dataclass(slots=True)
@@ -69,8 +73,12 @@ class JobExecutor:
         outbox: EventOutbox,
         logs: LogStreamer,
         kill_grace: float = 5.0,
+        journal: RunJournal | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self.agent = agent
+        self.journal = journal
+        self.max_queued = max_queued
         self.runner = runner
         self.outbox = outbox
         self.logs = logs
@@ -121,13 +129,15 @@ class JobExecutor:
             attempt=attempt,
         )
         action, reason = self.hold_of(spec, trigger, scheduled_at)
+        if action == "queue" and self._waiting(spec.key) >= self.max_queued:
+            action, reason = "skip", f"{reason}; {self.max_queued} runs already queued"
         if action == "skip":
             skipped = event.moved_to(RunState.SKIPPED, reason=reason)
-            await self.outbox.publish(skipped)
+            await self.publish(skipped)
             return skipped
         if action == "queue":
             self._held.append((spec, event, args, env or {}))
-            await self.outbox.publish(event.moved_to(RunState.QUEUED, reason=reason))
+            await self.publish(event.moved_to(RunState.QUEUED, reason=reason), (spec, args, env or {}))
             return event
         return await self._launch_event(spec, event, args, env or {})
 
@@ -167,7 +177,7 @@ class JobExecutor:
             skipped = event.moved_to(
                 RunState.SKIPPED, reason=f"overlap forbid: {next(iter(current))} still running"
             )
-            await self.outbox.publish(skipped)
+            await self.publish(skipped)
             return skipped
         if current and spec.overlap is Overlap.REPLACE:
             for run in list(current.values()):
@@ -176,9 +186,11 @@ class JobExecutor:
         if spec.overlap is Overlap.QUEUE:
             lock = self._queues.setdefault(spec.key, asyncio.Lock())
             if lock.locked():
+                if self._waiting(spec.key) >= self.max_queued:
+                    return await self._queue_full(event)
                 # Answer at once (a dispatcher must not wait for the running one to end): the
                 # run is recorded queued and starts from a task when its turn comes.
-                await self.outbox.publish(event)
+                await self.publish(event, (spec, args, env))
                 task = asyncio.create_task(self._start_in_turn(spec, event, args, env, lock))
                 self._queued[task] = event
                 task.add_done_callback(lambda t: self._queued.pop(t, None))
@@ -207,11 +219,13 @@ class JobExecutor:
             return await self._start(spec, event, args, env)
         if spec.overlap is Overlap.FORBID:
             skipped = event.moved_to(RunState.SKIPPED, reason=f"overlap forbid: {holder} still running")
-            await self.outbox.publish(skipped)
+            await self.publish(skipped)
             return skipped
+        if spec.overlap is Overlap.QUEUE and self._waiting(spec.key) >= self.max_queued:
+            return await self._queue_full(event)
         if spec.overlap is Overlap.REPLACE:
             await self.cancel(holder.run_id)
-        await self.outbox.publish(event)
+        await self.publish(event, (spec, args, env))
         limit = None if spec.overlap is Overlap.QUEUE else self.kill_grace + REPLACE_EXTRA_WAIT
         task = asyncio.create_task(self._start_when_free(spec, event, args, env, limit))
         self._queued[task] = event
@@ -243,7 +257,7 @@ class JobExecutor:
                 break
             if deadline is not None and loop.time() > deadline:
                 reason = f"overlap replace: {holder} did not stop within {limit:g}s"
-                await self.outbox.publish(event.moved_to(RunState.SKIPPED, reason=reason))
+                await self.publish(event.moved_to(RunState.SKIPPED, reason=reason))
                 return
         current = asyncio.current_task()
         if current is not None:
@@ -283,7 +297,7 @@ class JobExecutor:
             except SecretError as exc:
                 failed = event.moved_to(RunState.FAILED, reason=str(exc))
                 self._release_queue(spec)
-                await self.outbox.publish(failed)
+                await self.publish(failed)
                 await self._release_lock(spec, event.run_id)
                 return failed
             masker = Masker(values.values())
@@ -316,13 +330,13 @@ class JobExecutor:
         except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash
             failed = event.moved_to(RunState.FAILED, reason=masker.text(str(exc) or type(exc).__name__))
             self._release_queue(spec)
-            await self.outbox.publish(failed)
+            await self.publish(failed)
             await self._release_lock(spec, event.run_id)
             return failed
         started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
         run = ActiveRun(event=started, process=process, masker=masker)
         self.active.setdefault(spec.key, {})[event.run_id] = run
-        await self.outbox.publish(started)
+        await self.publish(started)
         task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
         self._waiters.add(task)
         task.add_done_callback(self._waiters.discard)
@@ -338,8 +352,34 @@ class JobExecutor:
                 self.active.pop(spec.key, None)
             self._release_queue(spec)
             run.done.set()
-        await self.outbox.publish(final_event(run.event, result, run.masker))
+        await self.publish(final_event(run.event, result, run.masker))
         await self._release_lock(spec, run.event.run_id)
+
+    async def publish(
+        self, event: RunEvent, queued: tuple[JobSpec, tuple[str, ...], Mapping[str, str]] | None = None
+    ) -> None:
+        """To the outbox, and to the journal that a restart reads (an end is committed first)."""
+        journal = self.journal
+        if journal is not None:
+            if event.state.final:
+                await journal.ended(event.run_id)
+            elif event.state is RunState.STARTED:
+                journal.started(event)
+            elif queued is not None:
+                journal.queued(event, *queued)
+        await self.outbox.publish(event)
+
+    def _waiting(self, job_key: str) -> int:
+        """Runs of the job waiting here (their turn, the cluster lock, or a pause)."""
+        return sum(1 for e in self._queued.values() if e.job == job_key) + sum(
+            1 for _, e, _, _ in self._held if e.job == job_key
+        )
+
+    async def _queue_full(self, event: RunEvent) -> RunEvent:
+        reason = f"overlap queue: {self.max_queued} runs already waiting (the agent's limit per job)"
+        skipped = event.moved_to(RunState.SKIPPED, reason=reason)
+        await self.publish(skipped)
+        return skipped
 
     def _cluster_locked(self, spec: JobSpec) -> bool:
         """Load-balance jobs have one overlap domain, the cluster; mirror and slave, the agent."""
@@ -369,14 +409,14 @@ class JobExecutor:
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let runs finish within ``grace``, kill the rest; final events go out."""
         for _, event, _, _ in self._held:
-            await self.outbox.publish(event.moved_to(RunState.SKIPPED, reason="agent shut down while held"))
+            await self.publish(event.moved_to(RunState.SKIPPED, reason="agent shut down while held"))
         self._held.clear()
         waiting = dict(self._queued)  # queued runs will not get their turn now
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         for event in waiting.values():
-            await self.outbox.publish(event.moved_to(RunState.SKIPPED, reason="agent shut down while queued"))
+            await self.publish(event.moved_to(RunState.SKIPPED, reason="agent shut down while queued"))
         await self.runner.shutdown(grace)
         if self._waiters:
             await asyncio.wait(set(self._waiters), timeout=grace + self.kill_grace + 5)

@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import psutil
 
+from agent.guardian import Guardian
 from natsched.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -370,8 +371,9 @@ class RunningProcess(asyncio.SubprocessProtocol):
 class ProcessRunner:
     """Starts processes and keeps track of them until they end."""
 
-    def __init__(self, *, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+    def __init__(self, *, drain_timeout: float = DRAIN_TIMEOUT, guardian: Guardian | None = None) -> None:
         self._running: set[RunningProcess] = set()
+        self._guardian = guardian  # kills our process groups if this process dies
         self._accepting = True
         self._killing = False
         self._drain_timeout = drain_timeout
@@ -406,6 +408,10 @@ class ProcessRunner:
             raise RunError(f"cannot start {argv[0]!r}: {exc}") from None
         self._running.add(process)
         process._result.add_done_callback(lambda _: self._running.discard(process))
+        if self._guardian is not None:
+            guardian = self._guardian
+            guardian.watch(process.pid)  # its own session: the group id is its pid
+            process._result.add_done_callback(lambda _: guardian.forget(process.pid))
         if self._killing:  # spawned while shutdown was already killing: it would be missed
             await process.kill()
         return process

@@ -20,11 +20,14 @@ from agent.config import AgentConfig
 from agent.credential import CredentialWatch
 from agent.executor import JobExecutor, LogStreamer
 from agent.files import FileWatcher
+from agent.guardian import Guardian
 from agent.heartbeat import HeartbeatPublisher, sample_load
 from agent.holds import HoldsSync
+from agent.journal import RunJournal
 from agent.locks import ClusterLocks
 from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
+from agent.recovery import Recovery
 from agent.responder import Responder
 from agent.runner import ProcessRunner
 from agent.secretstore import SecretStore
@@ -62,6 +65,9 @@ class AgentService(Service):
         self.connected_since = 0.0
         self._stopping = False
         self.outbox: EventOutbox | None = None
+        self.journal: RunJournal | None = None
+        self.recovery: Recovery | None = None
+        self.guardian = Guardian()  # job processes die with this agent, even on kill -9
         self.logs = LogStreamer()
         self.executor: JobExecutor | None = None
         self.mirror: MirrorScheduler | None = None
@@ -85,12 +91,16 @@ class AgentService(Service):
         )
         self.outbox = EventOutbox(self.cache.db)
         await self.outbox.open()
+        self.journal = RunJournal(self.cache.db)
+        left = await self.journal.open()
+        self.guardian.start()
         self.executor = JobExecutor(
             agent=self.config.name,
-            runner=ProcessRunner(),
+            runner=ProcessRunner(guardian=self.guardian),
             outbox=self.outbox,
             logs=self.logs,
             kill_grace=self.config.kill_grace,
+            journal=self.journal,
         )
         key = load_key(self.config.secret_key_file) if self.config.secret_key_file else None
         self.executor.secrets = SecretStore(key)
@@ -98,6 +108,8 @@ class AgentService(Service):
         await self.holds.load()
         self.executor.holds = lambda: self.holds.holds
         self.holds.listeners.append(lambda _lifted: self._release_held())
+        self.recovery = Recovery(left, self.executor)
+        await self.recovery.at_start()
         self.mirror = MirrorScheduler(self.cache, self.executor)
         if self.config.metrics_port is not None:
             from natsched.metrics import Metrics  # prometheus-client only when asked for
@@ -111,6 +123,7 @@ class AgentService(Service):
         self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)
         self.spawn(self.files.run(), name="file-triggers", critical=True)
         self.spawn(self.outbox.run(), name="event-outbox", critical=True)
+        self.spawn(self.journal.run(), name="run-journal", critical=True)
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
         self.spawn(self._guard_credential(), name="credential-watch", critical=True)
 
@@ -125,6 +138,9 @@ class AgentService(Service):
             await self.executor.shutdown(self.config.shutdown_grace)
         if self.outbox is not None:
             await self.outbox.flush(FLUSH_TIMEOUT)
+        if self.journal is not None:
+            await self.journal.flush()
+        self.guardian.close()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), 5.0)
@@ -173,6 +189,8 @@ class AgentService(Service):
             self.sync.listeners.append(self.files.on_change)
         assert self.executor is not None
         self.executor.locks = ClusterLocks(js, self.config.name)
+        if self.recovery is not None:
+            await self.recovery.once_connected(self.executor.locks)
         self.executor.secrets.js = js
         self.responder = Responder(
             self.nc,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.cache import JobCache
-from agent.executor import JobExecutor, LogStreamer
+from agent.executor import MAX_QUEUED, JobExecutor, LogStreamer
 from agent.outbox import EventOutbox
 from agent.runner import ProcessRunner
 from natsched.jobspec import parse_job
@@ -102,3 +102,15 @@ async def test_queued_runs_are_recorded_when_the_agent_shuts_down(executor: JobE
     await executor.shutdown(0.2)
     states = {(e["run_id"], e["state"]): e for e in await events(executor)}
     assert states[(waiting.run_id, "skipped")]["reason"] == "agent shut down while queued"
+
+
+async def test_a_trigger_storm_queues_at_most_the_limit_and_skips_the_rest(executor: JobExecutor) -> None:
+    storm = [await executor.launch(spec("queue", 30), trigger="manual") for _ in range(1000)]
+    states = [e.state.value for e in storm]
+    assert states.count("started") == 1
+    assert states.count("queued") == MAX_QUEUED == 100, "the documented default"
+    skipped = [e for e in storm if e.state.value == "skipped"]
+    assert len(skipped) == 1000 - 1 - MAX_QUEUED
+    assert "100 runs already waiting" in skipped[0].reason
+    recorded = {(e["run_id"], e["state"]) for e in await events(executor)}
+    assert all((e.run_id, "skipped") in recorded for e in skipped), "each refusal is on record"
