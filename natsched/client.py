@@ -43,8 +43,14 @@ class AdminClient:
 
     async def call(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One request; NoMasterError if nobody serves it, ApiError with the master's message if it fails."""
+        payload = codec.to_json(body or {})
+        if len(payload) > self.nc.max_payload:  # nats-py would raise MaxPayloadError mid-request
+            raise ApiError(
+                f"request to {subject} is {len(payload):,} bytes; the NATS server accepts at most "
+                f"{self.nc.max_payload:,} (max_payload): send less at once (e.g. split the job file)"
+            )
         try:
-            msg = await self.nc.request(subject, codec.to_json(body or {}), timeout=self.timeout)
+            msg = await self.nc.request(subject, payload, timeout=self.timeout)
         except NoRespondersError:
             raise NoMasterError(
                 f"no master answers on {subject} at {self.settings.url}; start one with 'natsched master'"

@@ -8,6 +8,7 @@ version we do not speak, is rejected with a clear :class:`CodecError` /
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +21,7 @@ from natsched.jobspec import job_to_dict, parse_job
 from natsched.models import Heartbeat, JobSpec
 
 VERSION_KEY = "v"
+MAX_DEPTH = 32  # JSON requests: deeper nesting is refused (no request needs more than ~5)
 
 
 def _check_version(obj: object, what: str) -> dict[str, Any]:
@@ -55,20 +57,60 @@ def to_json(obj: Mapping[str, Any]) -> bytes:
     return json.dumps({**obj, VERSION_KEY: PROTOCOL_VERSION}, separators=(",", ":"), default=str).encode()
 
 
-def from_json(data: bytes, what: str, *, require_version: bool = False) -> dict[str, Any]:
+def _refuse_constant(name: str) -> object:
+    raise CodecError(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise CodecError(f"{text[:20]} is out of range")
+    return value
+
+
+def _check_strict(obj: object, what: str) -> None:
+    """No nesting deeper than MAX_DEPTH, no NUL character in any key or string (iterative:
+    the check must not itself recurse on hostile input)."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise CodecError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if "\0" in item:
+                raise CodecError(f"{what}: a NUL character in a string")
+        elif isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((value, depth + 1) for value in item.values())
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
+
+
+def from_json(
+    data: bytes, what: str, *, require_version: bool = False, strict: bool = False
+) -> dict[str, Any]:
     """Decode a JSON object from the edge.
 
     People and other languages publish here, so the version is optional unless
     ``require_version``; if present it must be one we speak. An empty body is ``{}``.
+    ``strict`` (requests: API, triggers) also refuses NaN/Infinity, NUL characters and
+    nesting deeper than MAX_DEPTH; run events keep NUL (a process may print one).
     """
     if not data.strip():
         return {}
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"{what}: not valid JSON ({exc})") from None
+        if strict:
+            obj = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+        else:
+            obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an int of > 4300 digits
+        raise CodecError(f"{what}: not valid JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise CodecError(f"{what}: nested too deeply") from None
     if not isinstance(obj, dict):
         raise CodecError(f"{what}: expected a JSON object, got {type(obj).__name__}")
+    if strict:
+        _check_strict(obj, what)
     if require_version or VERSION_KEY in obj:
         _check_version(obj, what)
     obj.pop(VERSION_KEY, None)

@@ -8,6 +8,7 @@ errors, so a typo never silently becomes a default.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from natsched.parsing import (
     parse_duration,
     read_bool,
     read_enum,
+    read_fraction,
     read_int,
     read_str,
     read_str_list,
@@ -85,7 +87,7 @@ def _retries(value: object) -> RetryPolicy:
         attempts=read_int(data.get("attempts", 0), "retries.attempts"),
         backoff=parse_duration(data.get("backoff", defaults.backoff), "retries.backoff"),
         max_backoff=parse_duration(data.get("max_backoff", defaults.max_backoff), "retries.max_backoff"),
-        jitter=float(data.get("jitter", defaults.jitter)),
+        jitter=read_fraction(data.get("jitter", defaults.jitter), "retries.jitter"),
     )
 
 
@@ -105,9 +107,13 @@ def _env(value: object) -> dict[str, str]:
         raise SpecError('must be a table of NAME = "value"', field="env")
     env: dict[str, str] = {}
     for name, val in value.items():
-        if not isinstance(val, str | int | float) or isinstance(val, bool):
-            raise SpecError(f"value of {name!r} must be a string", field="env")
-        env[str(name)] = str(val)
+        if (
+            not isinstance(val, str | int | float)
+            or isinstance(val, bool)
+            or (isinstance(val, float) and not math.isfinite(val))
+        ):
+            raise SpecError(f"value of {str(name)[:64]!r} must be a string", field="env")
+        env[read_str(name, "env")] = read_str(str(val), "env")
     return env
 
 

@@ -7,6 +7,7 @@ Job files (TOML/JSON) and the wire (msgpack) go through the same readers.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
@@ -27,6 +28,8 @@ def parse_duration(value: object, field: str) -> float:
     if isinstance(value, bool):
         raise SpecError(f"{value!r} is not a duration", field=field)
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # TOML has nan and inf; "timeout = nan" is no timeout
+            raise SpecError(f"{value!r} is not a duration", field=field)
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
@@ -57,6 +60,8 @@ def parse_datetime(value: object, field: str) -> datetime:
 def read_str(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise SpecError(f"must be a string, not {type(value).__name__}", field=field)
+    if "\0" in value:  # no program takes NUL in argv, env, paths or names: refuse at apply
+        raise SpecError("contains a NUL character", field=field)
     return value
 
 
@@ -72,13 +77,19 @@ def read_int(value: object, field: str) -> int:
     return value
 
 
+def read_fraction(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise SpecError(f"must be a number between 0 and 1, not {value!r}", field=field)
+    return float(value)
+
+
 def read_str_list(value: object, field: str) -> tuple[str, ...]:
     """A list of strings; a single string is a list of one."""
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise SpecError("must be a list of strings", field=field)
-    return tuple(value)
+    return tuple(read_str(v, field) for v in value)
 
 
 def read_enum(kind: Callable[[str], _E], value: object, field: str, choices: list[str]) -> _E:

@@ -37,9 +37,12 @@ class RunSummary:
 def run_started_at(run_id: str) -> float:
     """The start time encoded in a run id; NotFoundError for a malformed id."""
     try:
-        return int(run_id.split("-", 1)[0], 16) / 1000
+        started = int(run_id.split("-", 1)[0], 16) / 1000
     except ValueError:
-        raise NotFoundError(f"{run_id!r} is not a natsched run id") from None
+        started = -1.0
+    if not 0 <= started < 1e11:  # also keeps a forged 64-digit id away from datetime's range
+        raise NotFoundError(f"{run_id[:80]!r} is not a natsched run id")
+    return started
 
 
 def event_filter(job: str | None = None, agent: str | None = None, state: str | None = None) -> str:

@@ -27,6 +27,7 @@ from natsched.jobspec import job_to_dict, parse_job
 from natsched.kvscan import KvValue, scan
 from natsched.master.apply import execute_plan, jobs_after, plan_apply, raise_conflicts
 from natsched.master.jobindex import JobIndex
+from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
 from natsched.master.settings_api import SettingsApi, calendar_names, check_calendars_exist
 from natsched.models import AgentIdentity, JobSpec
@@ -117,7 +118,7 @@ class AdminApi:
         if handler is None:
             return {"ok": False, "error": f"unknown API subject {msg.subject!r}"}
         try:
-            body = codec.from_json(msg.data, msg.subject)
+            body = check_request(msg.subject, codec.from_json(msg.data, msg.subject, strict=True))
             return {"ok": True, **await handler(body)}
         except JobFileError as exc:
             return {"ok": False, "error": str(exc).splitlines()[0], "errors": exc.errors}
@@ -139,14 +140,14 @@ class AdminApi:
         job_file = parse_job_document(content, source=source, fmt=fmt)
         stored = await self._all_jobs()
         current = {k: v for k, v in stored.items() if k.partition(".")[0] in job_file.groups}
-        plan = plan_apply(job_file, current, prune=bool(body.get("prune", False)))
+        plan = plan_apply(job_file, current, prune=body.get("prune", False))
         try:
             after = jobs_after(plan, stored)
             check_chain_graph(after)
             check_calendars_exist(after, await calendar_names(self._js))
         except SpecError as exc:
             raise exc.located(source=source) from None
-        dry_run = bool(body.get("dry_run", False))
+        dry_run: bool = body.get("dry_run", False)
         if not dry_run:
             raise_conflicts(await execute_plan(self._jobs, plan))
             await self._index_synced()
@@ -200,7 +201,7 @@ class AdminApi:
     async def list_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
         group = body.get("group")
         agent_name = body.get("agent")
-        identity, agent_known = (await self._agent_identity(str(agent_name))) if agent_name else (None, True)
+        identity, agent_known = (await self._agent_identity(agent_name)) if agent_name else (None, True)
         rows: list[dict[str, Any]] = []
         invalid: list[str] = []
         for key, stored in sorted((await self._all_jobs()).items()):

@@ -125,7 +125,7 @@ class TriggerHandler:
     async def _answer(self, msg: Msg) -> dict[str, Any]:
         try:
             name = subjects.job_from_trigger_subject(msg.subject)
-            body = codec.from_json(msg.data, f"trigger {name}")
+            body = codec.from_json(msg.data, f"trigger {subjects.shown(name)}", strict=True)
             args, env, correlation = parse_trigger_body(body)
             spec = self._cached(name) or await find_job(self._nc, self._jobs, name)
             if not spec.enabled:
