@@ -20,6 +20,7 @@ from agent.environment import build_env, clean_base, expandable
 from agent.journal import RunJournal
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
+from agent.output import RunOutput
 from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
 from agent.secretstore import SecretStore
 from natsched import subjects
@@ -42,6 +43,7 @@ class ActiveRun:
     event: RunEvent
     process: RunningProcess
     masker: Masker = field(default_factory=lambda: Masker(()))
+    output: RunOutput | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -287,10 +289,11 @@ class JobExecutor:
     ) -> RunEvent:
         extra = {"NATSCHED_RUN_ID": event.run_id, "NATSCHED_JOB": spec.key, "NATSCHED_AGENT": self.agent}
         extra.update({f"NATSCHED_{k.upper()}": v for k, v in event.detail.items()})
-        # Secrets only from the definition: a trigger's env or args are passed as they are.
-        wanted = references([*spec.env.values(), *spec.command])
+        # Secrets only from the definition's env (never argv: see natsched/secrets.py); a
+        # trigger's env or args are passed as they are.
+        wanted = references(spec.env.values())
         masker = Masker(())
-        job_env, command = dict(spec.env), spec.command
+        job_env = dict(spec.env)
         if wanted:
             try:
                 values = await self.secrets.resolve(wanted)
@@ -302,7 +305,6 @@ class JobExecutor:
                 return failed
             masker = Masker(values.values())
             job_env = {k: substitute(v, values) for k, v in job_env.items()}
-            command = tuple(substitute(arg, values) for arg in command)
         env, unknown = build_env(
             job_env,
             clean_base(self.base_env),
@@ -313,7 +315,7 @@ class JobExecutor:
         if unknown:
             log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
         process_spec = ProcessSpec(
-            argv=command + args,
+            argv=spec.command + args,
             shell=spec.shell,
             env=env,
             cwd=spec.cwd,
@@ -322,11 +324,9 @@ class JobExecutor:
             kill_grace=self.kill_grace,
         )
 
-        async def on_output(chunk: bytes) -> None:
-            await self.logs.publish(event.run_id, masker.data(chunk) if masker else chunk)
-
+        output = RunOutput(event.run_id, self.logs.publish, masker)
         try:
-            process = await self.runner.start(process_spec, on_output=on_output)
+            process = await self.runner.start(process_spec, on_output=output.write)
         except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash
             failed = event.moved_to(RunState.FAILED, reason=masker.text(str(exc) or type(exc).__name__))
             self._release_queue(spec)
@@ -334,7 +334,7 @@ class JobExecutor:
             await self._release_lock(spec, event.run_id)
             return failed
         started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
-        run = ActiveRun(event=started, process=process, masker=masker)
+        run = ActiveRun(event=started, process=process, masker=masker, output=output)
         self.active.setdefault(spec.key, {})[event.run_id] = run
         await self.publish(started)
         task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
@@ -352,6 +352,8 @@ class JobExecutor:
                 self.active.pop(spec.key, None)
             self._release_queue(spec)
             run.done.set()
+        if run.output is not None:
+            await run.output.close()
         await self.publish(final_event(run.event, result, run.masker))
         await self._release_lock(spec, run.event.run_id)
 
@@ -442,6 +444,12 @@ def final_event(started: RunEvent, result: ProcessResult, masker: Masker | None 
         exit_code=result.exit_code,
         signal=result.signal,
         reason=masker.text(reason) if masker else reason,
-        output_tail=masker.text(tail_text(result.output_tail)) if masker else tail_text(result.output_tail),
+        output_tail=_masked_tail(result, masker) if masker else tail_text(result.output_tail),
         output_bytes=result.output_bytes,
     )
+
+
+def _masked_tail(result: ProcessResult, masker: Masker) -> str:
+    text = tail_text(result.output_tail)
+    # A tail cut from longer output may begin inside a value: its end is masked too.
+    return masker.cut_tail(text) if result.output_bytes > len(result.output_tail) else masker.text(text)

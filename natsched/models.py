@@ -16,6 +16,7 @@ from natsched import subjects
 from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
 from natsched.parsing import check_tokens
+from natsched.secrets import SecretError, check_not_in_command
 from natsched.triggerpolicy import TriggerPolicy
 from natsched.triggers.base import Trigger
 from natsched.triggers.file import FileTrigger
@@ -185,6 +186,10 @@ class JobSpec:
             raise _fail("command", "must be a non-empty list of strings (argv)")
         if not self.command[0]:
             raise _fail("command", "the program (first element) is empty")
+        try:
+            check_not_in_command(self.command)
+        except SecretError as exc:
+            raise _fail("command", str(exc)) from None
         if self.shell and len(self.command) != 1:
             raise _fail("command", "with shell = true, command is one string for /bin/sh -c")
         if self.timeout is not None and self.timeout <= 0:

@@ -1,4 +1,4 @@
-"""Secrets: ``${secret:NAME}`` in a job's env values and args, stored encrypted in KV.
+"""Secrets: ``${secret:NAME}`` in a job's env values, stored encrypted in KV.
 
 The bucket ``natsched_secrets`` holds, per name, ``nonce (12 bytes) + AES-256-GCM
 ciphertext`` of the value, the name bound as associated data (a value copied under
@@ -7,17 +7,23 @@ keygen``, mode 0600) held by masters (to store values) and agents (to use them);
 of the bucket without it sees only ciphertext. The CLI sends a value to the master over
 the admin API, so operators need no key.
 
+Never in ``command``: every local user can read a process's argv (``ps``), while its
+environment is readable only by its own user and root. A job file with a reference in its
+command is refused at apply.
+
 An agent resolves the references when a run starts. Each value used is masked as ``***``
-in the output chunks it publishes, in the event's output tail and in reasons. A value
-split across two 64 KiB output chunks is not recognised in either half; keep secrets out
-of output where you can.
+in the output chunks it publishes (also when the process writes it in pieces: the stream
+holds back a tail that could still become a secret), in the event's output tail and in
+reasons, also in the quoted and escaped forms ``repr``, JSON and shell quoting produce.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -93,22 +99,94 @@ def substitute(value: str, secrets: Mapping[str, str]) -> str:
     return REFERENCE.sub(lambda m: secrets[m.group(1)], value)
 
 
+def check_not_in_command(command: Iterable[str]) -> None:
+    """Raise SecretError if a command argument references a secret (argv is public: ``ps``)."""
+    for arg in command:
+        match = REFERENCE.search(arg)
+        if match:
+            raise SecretError(
+                f"{match.group(0)} in the command would be visible to every local user (ps); "
+                f'set it in env (e.g. VALUE = "{match.group(0)}") and use $VALUE'
+            )
+
+
+def _quoted_forms(value: str) -> set[str]:
+    """How ``value`` may look inside a reason: as is, in repr (either quote), JSON, shell quoting."""
+    forced_single = repr(value + "'\"")[1:-4]  # repr escapes ' only when both quotes occur
+    return {
+        value,
+        repr(value)[1:-1],
+        forced_single,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        shlex.quote(value).strip("'"),
+    }
+
+
 class Masker:
     """Replaces every secret value used by a run with ``***`` (longest first)."""
 
     def __init__(self, values: Iterable[str]) -> None:
         self._values = sorted({v for v in values if v}, key=len, reverse=True)
         self._bytes = [v.encode() for v in self._values]
+        forms = {form for v in self._values for form in _quoted_forms(v)}
+        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
 
     def __bool__(self) -> bool:
         return bool(self._values)
 
+    @property
+    def longest(self) -> int:
+        return len(self._bytes[0]) if self._bytes else 0
+
     def text(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, MASK)
+        """Reasons and other text: every value, also quoted or escaped, becomes ``***``."""
+        for form in self._forms:
+            text = text.replace(form, MASK)
         return text
 
     def data(self, data: bytes) -> bytes:
         for value in self._bytes:
             data = data.replace(value, MASK.encode())
         return data
+
+    def pending(self, data: bytes) -> int:
+        """How many bytes at the end of ``data`` could be the start of a value (held back)."""
+        window = data[-(self.longest - 1) :] if self.longest > 1 else b""
+        firsts = {value[0] for value in self._bytes}
+        for start, byte in enumerate(window):  # earliest first: the longest possible start
+            if byte in firsts:
+                tail = window[start:]
+                if any(len(value) > len(tail) and value.startswith(tail) for value in self._bytes):
+                    return len(tail)
+        return 0
+
+    def cut_tail(self, text: str) -> str:
+        """An output tail that starts mid-output: a leading end of a value becomes ``***`` too."""
+        for size in range(min(len(text), max((len(v) for v in self._values), default=0) - 1), 0, -1):
+            head = text[:size]
+            if any(value.endswith(head) for value in self._values if len(value) > size):
+                return MASK + self.text(text[size:])
+        return self.text(text)
+
+
+class StreamMasker:
+    """Masks a byte stream written in arbitrary pieces: a value split between two writes
+    (or two 64 KiB chunks) is still found, because the end of each piece that could begin
+    a value is held back until the next piece (or ``flush``) decides."""
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if not self._masker:
+            return data
+        data = self._masker.data(self._held + data)
+        keep = self._masker.pending(data)
+        self._held = data[len(data) - keep :] if keep else b""
+        return data[: len(data) - keep]
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held

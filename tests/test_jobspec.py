@@ -79,6 +79,7 @@ def test_full_spec_round_trips_through_the_wire() -> None:
         ({"cwd": "tmp"}, "cwd"),
         ({"enabled": "yes"}, "enabled"),
         ({"colour": "red"}, "colour"),
+        ({"command": ["mysql", "-p${secret:db}"]}, "command"),
         ({"trigger": {"env": ["BASH_ENV"]}}, "trigger.env"),
         ({"trigger": {"env": ["LD_PRELOAD"]}}, "trigger.env"),
         ({"trigger": {"env": ["NATSCHED_RUN_ID"]}}, "trigger.env"),
