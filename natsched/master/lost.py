@@ -1,7 +1,11 @@
 """Lost agents (what InTrust calls closing the sessions of an unresponsive server).
 
 A leader duty. An agent whose last heartbeat arrived more than ``unresponsive_after``
-seconds ago (this master's monotonic clock) is marked down, once:
+seconds ago (this master's monotonic clock) is marked down, once. Silence is counted only
+over time this master could hear: not while it was disconnected, and from a reconnect on
+afresh (its heartbeat watch resumed ~11 s late after a server restart while agents were
+heartbeating again within 0.5 s). Before an agent is marked down its heartbeat is read
+directly from the bucket: a newer one than the watch delivered means it is alive.
 
 - each of its runs that has started and not ended (from its events since it started, plus
   the run ids its last heartbeat listed) gets a ``lost`` event (``Nats-Msg-Id``
@@ -22,9 +26,10 @@ import logging
 import time
 
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from natsched import subjects
+from natsched import codec, subjects
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.kvscan import read_stream, scan
@@ -56,20 +61,60 @@ class LostAgents:
         self._index = index
         self.unresponsive_after = unresponsive_after
         self.down: set[str] = set()
+        self._hearing_since = time.monotonic()  # silence before this is not the agents' fault
+        self._reconnects = self._nc.stats["reconnects"]
+        self._deaf = False
+        self._agents: KeyValue | None = None
+
+    def _hearing(self) -> bool:
+        """False while disconnected; after a reconnect, silence is counted from then."""
+        reconnects = self._nc.stats["reconnects"]
+        if not self._nc.is_connected:
+            self._deaf = True
+            return False
+        if self._deaf or reconnects != self._reconnects:
+            log.info("connected again: agents' silence is counted from now")
+            self._deaf, self._reconnects = False, reconnects
+            self._hearing_since = time.monotonic()
+        return True
+
+    async def _heard_directly(self, last: Heartbeat) -> bool:
+        """True if the bucket holds a newer heartbeat than ``last`` (the watch is behind), or
+        if the bucket cannot be read now (no judgement without seeing)."""
+        try:
+            entry = await (await self._agents_kv()).get(last.agent)
+            current = codec.decode_heartbeat(entry.value or b"", last.agent)
+        except (KeyNotFoundError, CodecError):
+            return False
+        except Exception as exc:  # noqa: BLE001 - NATS away or slow: judge on a later pass
+            log.info("heartbeat of %s not readable (%r): not judged now", last.agent, exc)
+            return True
+        if current.sent_at <= last.sent_at:
+            return False
+        log.info("agent %s heartbeats (the watch is behind): not lost", last.agent)
+        self._dispatcher.directory.last_seen[last.agent] = (current, time.monotonic())
+        return True
+
+    async def _agents_kv(self) -> KeyValue:
+        if self._agents is None:
+            self._agents = await self._js.key_value(subjects.AGENTS_BUCKET)
+        return self._agents
 
     async def run(self) -> None:
         directory = self._dispatcher.directory
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
+            if not self._hearing():
+                continue
             now = time.monotonic()
             for agent, (heartbeat, seen_at) in list(directory.last_seen.items()):
-                silent = now - seen_at
+                silent = now - max(seen_at, self._hearing_since)
                 if silent <= self.unresponsive_after:
                     if agent in self.down:
                         log.info("agent %s is back", agent)
                         self.down.discard(agent)
                     continue
-                if agent in self.down:
+                if agent in self.down or await self._heard_directly(heartbeat):
                     continue
                 self.down.add(agent)
                 try:
