@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 
 from natsched import codec
+from natsched.errors import NotOpenError
 from natsched.models import JobSpec
 
 _SCHEMA = """
@@ -67,7 +68,7 @@ class JobCache:
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise RuntimeError("cache is not open")
+            raise NotOpenError("cache is not open")
         return self._db
 
     async def open(self) -> None:

@@ -18,15 +18,11 @@ from agent.config import AgentConfig
 from agent.heartbeat import sample_load
 from natsched import codec, subjects
 from natsched.connection import connect
-from natsched.errors import NatschedError
+from natsched.errors import CheckFailed, NatschedError
 from natsched.kvscan import scan
 from natsched.settings import ConnectionSettings
 
 SETTLE = 0.5  # how long to wait for the server's asynchronous permission errors
-
-
-class CheckFailed(NatschedError):
-    """A check that failed; its message is the one line to print."""
 
 
 async def run_checks(config: AgentConfig, settings: ConnectionSettings, say: Callable[[str], None]) -> None:

@@ -25,9 +25,11 @@ from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProce
 from agent.secretstore import SecretStore
 from natsched import subjects
 from natsched.calendars import Holds
+from natsched.errors import SecretError
 from natsched.events import RunEvent, RunState, new_run_id, tail_text
 from natsched.models import JobSpec, Mode, Overlap
-from natsched.secrets import Masker, SecretError, references, substitute
+from natsched.secrets import Masker, references, substitute
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class JobExecutor:
         self,
         spec: JobSpec,
         *,
-        trigger: str,
+        trigger: RunTrigger,
         scheduled_at: float | None = None,
         detail: Mapping[str, str] | None = None,
         run_id: str | None = None,
@@ -143,7 +145,7 @@ class JobExecutor:
             return event
         return await self._launch_event(spec, event, args, env or {})
 
-    def hold_of(self, spec: JobSpec, trigger: str, at: float | None) -> tuple[str, str]:
+    def hold_of(self, spec: JobSpec, trigger: RunTrigger, at: float | None) -> tuple[str, str]:
         """(action, reason) of the calendars and pauses for this run ('' = go ahead).
 
         An agent pause holds every run here; a job's calendar and pause are the master's to

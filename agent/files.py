@@ -24,6 +24,7 @@ from agent.executor import JobExecutor
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
 from natsched.triggers.file import FileTrigger
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class FileWatcher:
         limit = self._limits.setdefault(spec.key, asyncio.Semaphore(FILE_CONCURRENCY))
         async with limit:
             self.fired += 1
-            event = await self._executor.launch(spec, trigger="file", detail={"file": path})
+            event = await self._executor.launch(spec, trigger=RunTrigger.FILE, detail={"file": path})
             run = self._executor.active.get(spec.key, {}).get(event.run_id)
             if run is not None:
                 await run.done.wait()

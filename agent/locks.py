@@ -17,7 +17,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from natsched import codec, subjects
-from natsched.locking import LockHolder, lock_key, read_holder
+from natsched.locking import LockHolder, read_holder
+from natsched.subjects import lock_key
 
 log = logging.getLogger(__name__)
 

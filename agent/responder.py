@@ -102,7 +102,7 @@ class Responder:
             return
         if request.spec.mode is Mode.LOAD_BALANCE:
             # Refused, not held (manual runs too): another agent of the pool takes it.
-            paused = self._executor.holds().agent_hold(self._agent, "scheduled")[1]
+            paused = self._executor.holds().agent_hold(self._agent)[1]
             if paused:
                 await self._reply(
                     msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=paused)

@@ -11,7 +11,9 @@ import asyncio
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from natsched.secrets import SECRETS_BUCKET, SecretError, decrypt
+from natsched.errors import SecretError
+from natsched.secrets import decrypt
+from natsched.subjects import SECRETS_BUCKET
 
 READ_TIMEOUT = 5.0
 

@@ -31,6 +31,7 @@ from natsched.jobspec import parse_job
 from natsched.kvscan import read_stream
 from natsched.models import JobSpec
 from natsched.settings import ConnectionSettings
+from natsched.vocab import RunTrigger
 
 
 async def spawn_floor(count: int = 300) -> float:
@@ -110,7 +111,7 @@ async def runs_per_second(url: str, seconds: float, concurrency: int) -> float:
             async def worker() -> None:
                 nonlocal done
                 while time.perf_counter() < deadline:
-                    event = await executor.launch(spec, trigger="manual")
+                    event = await executor.launch(spec, trigger=RunTrigger.MANUAL)
                     run = executor.active.get(spec.key, {}).get(event.run_id)
                     if run is not None:
                         await run.done.wait()

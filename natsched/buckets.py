@@ -10,7 +10,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import subjects
-from natsched.secrets import SECRETS_BUCKET
+from natsched.subjects import SECRETS_BUCKET
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from zoneinfo import ZoneInfo
 from natsched import subjects
 from natsched.errors import SpecError
 from natsched.triggers.cron import validate_timezone
+from natsched.vocab import RunTrigger
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CALENDAR_PREFIX = "calendar."
 PAUSE_JOB_PREFIX = "pause.job."
 PAUSE_AGENT_PREFIX = "pause.agent."
-UNHELD_TRIGGERS = ("manual",)  # explicit operator runs go ahead regardless
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -182,9 +182,11 @@ class Holds:
                         since=float(value.get("since", 0)),
                     )
 
-    def job_hold(self, rule: CalendarRule | None, job: str, trigger: str, ts: float) -> tuple[str, str]:
+    def job_hold(
+        self, rule: CalendarRule | None, job: str, trigger: RunTrigger, ts: float
+    ) -> tuple[str, str]:
         """(action, reason): ('', '') to run, ('skip', why) or ('queue', why) to hold back."""
-        if trigger in UNHELD_TRIGGERS:
+        if not trigger.held:
             return "", ""
         pause = self.job_pauses.get(job)
         if pause is not None:
@@ -195,8 +197,9 @@ class Holds:
                 return "skip", reason
         return "", ""
 
-    def agent_hold(self, agent: str, trigger: str) -> tuple[str, str]:
-        if trigger in UNHELD_TRIGGERS:
+    def agent_hold(self, agent: str, trigger: RunTrigger | None = None) -> tuple[str, str]:
+        """As job_hold for an agent pause; ``trigger=None``: whatever started the run."""
+        if trigger is not None and not trigger.held:
             return "", ""
         pause = self.agent_pauses.get(agent)
         if pause is None:

@@ -16,11 +16,9 @@ from nats.js import JetStreamContext
 
 from natsched import subjects
 from natsched.errors import CodecError, NotFoundError
-from natsched.events import RunState, parse_event
+from natsched.events import parse_event
 from natsched.kvscan import read_stream, scan
 from natsched.runs import RunSummary, add_event, run_started_at
-
-FAILURES = (RunState.FAILED, RunState.TIMED_OUT, RunState.KILLED, RunState.LOST)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -44,7 +42,7 @@ class ChainView:
         if self.waiting or any(not r.latest.state.final for r in self.runs.values()):
             return "running"
         for run_id, run in self.runs.items():
-            if run.latest.state in FAILURES and not self.children(run_id):
+            if run.latest.state.failed and not self.children(run_id):
                 return "failed"
         return "succeeded"
 
@@ -65,6 +63,6 @@ async def read_chain(js: JetStreamContext, chain_id: str) -> ChainView:
             add_event(runs, event)
     if not runs:
         raise NotFoundError(f"no chain run {chain_id} in {subjects.EVENTS_STREAM}")
-    pending = await scan(js, subjects.CHAINS_BUCKET, f"fanin.{chain_id}.>")
+    pending = await scan(js, subjects.CHAINS_BUCKET, subjects.chain_fanins(chain_id))
     waiting = sorted(key.split(".", 2)[2] for key in pending)
     return ChainView(chain_id=chain_id, runs=runs, waiting=waiting)

@@ -11,7 +11,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from natsched import codec
 from natsched.connection import connect
-from natsched.errors import ApiError, CodecError, NoMasterError
+from natsched.errors import ApiError, CodecError, NoMasterError, NotOpenError
 from natsched.settings import ConnectionSettings
 
 API_TIMEOUT = 15.0
@@ -28,7 +28,7 @@ class AdminClient:
     @property
     def nc(self) -> Client:
         if self._nc is None:
-            raise RuntimeError("AdminClient is not connected")
+            raise NotOpenError("AdminClient is not connected")
         return self._nc
 
     async def __aenter__(self) -> Self:

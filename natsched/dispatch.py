@@ -13,13 +13,14 @@ from natsched import codec
 from natsched.errors import CodecError, SpecError
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.models import JobSpec
+from natsched.vocab import RunTrigger, run_trigger
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunRequest:
     run_id: str
     spec: JobSpec
-    trigger: str
+    trigger: RunTrigger
     scheduled_at: float | None = None
     attempt: int = 1
     args: tuple[str, ...] = ()
@@ -35,7 +36,7 @@ class RunRequest:
             {
                 "run_id": self.run_id,
                 "spec": job_to_dict(self.spec),
-                "trigger": self.trigger,
+                "trigger": self.trigger.value,
                 "scheduled_at": self.scheduled_at,
                 "attempt": self.attempt,
                 "args": list(self.args),
@@ -53,7 +54,10 @@ def decode_run_request(data: bytes) -> RunRequest:
     obj.pop(codec.VERSION_KEY)
     try:
         spec = parse_job(obj.pop("spec"), source="run request")
-        return RunRequest(spec=spec, **{**obj, "args": tuple(obj.get("args", ()))})
+        if not isinstance(obj.get("trigger"), str):
+            raise TypeError("trigger is not a string")
+        trigger = run_trigger(obj.pop("trigger"))
+        return RunRequest(spec=spec, trigger=trigger, **{**obj, "args": tuple(obj.get("args", ()))})
     except (KeyError, TypeError, SpecError) as exc:
         raise CodecError(f"run request: {exc}") from None
 

@@ -17,7 +17,10 @@ Each subclass also inherits the builtin it resembles, so generic code keeps work
     ├── NotFoundError(LookupError)       a job, agent or run that does not exist
     ├── ConflictError(RuntimeError)      someone else changed the thing in between (CAS)
     ├── ServerError(RuntimeError)        the embedded nats-server could not start
-    └── RunError(RuntimeError)           a process could not be started
+    ├── RunError(RuntimeError)           a process could not be started
+    ├── SecretError                      a secret cannot be used (never holds its value)
+    ├── CheckFailed                      natsched-agent --check: the one line to print
+    └── NotOpenError(RuntimeError)       a client or cache used before it was opened
 """
 
 from __future__ import annotations
@@ -118,3 +121,15 @@ class ServerError(NatschedError, RuntimeError):
 
 class RunError(NatschedError, RuntimeError):
     """A job's process could not be started."""
+
+
+class SecretError(NatschedError):
+    """A secret that cannot be used (missing, undecryptable, no key); never contains a value."""
+
+
+class CheckFailed(NatschedError):
+    """A check that failed (``natsched-agent --check``); its message is the one line to print."""
+
+
+class NotOpenError(NatschedError, RuntimeError):
+    """A client or cache used before it was opened or after it was closed (a bug in the caller)."""

@@ -12,29 +12,16 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field, fields, replace
-from enum import StrEnum
 from typing import Any
 
 from natsched import codec, subjects
 from natsched.errors import CodecError
+from natsched.vocab import RunState, RunTrigger, run_trigger
+
+__all__ = ["RunEvent", "RunState", "RunTrigger", "new_run_id", "parse_event", "tail_text"]
 
 OUTPUT_TAIL_BYTES = 4096
 MSG_ID_HEADER = "Nats-Msg-Id"
-
-
-class RunState(StrEnum):
-    QUEUED = "queued"
-    STARTED = "started"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    KILLED = "killed"
-    SKIPPED = "skipped"
-    LOST = "lost"
-
-    @property
-    def final(self) -> bool:
-        return self not in (RunState.QUEUED, RunState.STARTED)
 
 
 def new_run_id() -> str:
@@ -48,7 +35,7 @@ class RunEvent:
     job: str  # <group>.<job>
     agent: str
     state: RunState
-    trigger: str  # "cron", "interval", "once", "file", "manual", "event", "subject", "retry"
+    trigger: RunTrigger
     scheduled_at: float | None = None  # the slot this run is for (epoch seconds)
     started_at: float | None = None
     ended_at: float | None = None
@@ -84,6 +71,7 @@ class RunEvent:
         # Field by field, not dataclasses.asdict (a deep copy per event, on the hot path).
         data = {name: getattr(self, name) for name in _EVENT_FIELDS}
         data["state"] = self.state.value
+        data["trigger"] = self.trigger.value
         data["duration"] = self.duration
         return codec.to_json(data)
 
@@ -102,6 +90,9 @@ def parse_event(data: bytes) -> RunEvent:
     obj.pop("duration", None)
     try:
         obj["state"] = RunState(obj["state"])
+        if not isinstance(obj.get("trigger"), str):
+            raise TypeError("trigger is not a string")
+        obj["trigger"] = run_trigger(obj["trigger"])
         obj["detail"] = {str(k): str(v) for k, v in (obj.get("detail") or {}).items()}
         return RunEvent(**obj)
     except (KeyError, TypeError, ValueError) as exc:

@@ -9,10 +9,6 @@ from natsched import codec
 from natsched.errors import CodecError
 
 
-def lock_key(job_key: str) -> str:
-    return f"lock.{job_key}"
-
-
 @dataclass(frozen=True, slots=True)
 class LockHolder:
     run_id: str

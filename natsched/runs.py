@@ -48,7 +48,7 @@ def run_started_at(run_id: str) -> float:
 def event_filter(job: str | None = None, agent: str | None = None, state: str | None = None) -> str:
     if job is not None and "." not in job:
         raise NotFoundError(f"give the job as <group>.<job>, not {job!r}")
-    return f"natsched.event.{agent or '*'}.{job or '*.*'}.{state or '*'}"
+    return subjects.events_matching(job, agent, state)
 
 
 TAIL_WINDOW = 2000  # events read first from the end of the stream; grows 8x while too few runs

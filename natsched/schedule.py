@@ -24,6 +24,7 @@ from typing import Protocol
 from natsched.models import JobSpec
 from natsched.triggers.fire import next_job_fire, time_triggers, trigger_kind, utc
 from natsched.triggers.misfire import due_slots
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Due:
 
     spec: JobSpec
     slot: float
-    trigger: str
+    trigger: RunTrigger
 
 
 class CursorStore(Protocol):
@@ -58,7 +59,7 @@ class Schedule:
         self.wants = wants  # is this job ours to schedule (mode, enabled, has time triggers)
         self.jobs: dict[str, JobSpec] = {}
         self.cursors: dict[str, float] = {}
-        self._heap: list[tuple[float, int, str, str]] = []  # (fire at, generation, key, trigger kind)
+        self._heap: list[tuple[float, int, str, RunTrigger]] = []  # (fire at, generation, key, trigger kind)
         self._generation: dict[str, int] = {}
 
     def set_job(self, key: str, spec: JobSpec | None, now: float, *, fire_on_time: bool = False) -> list[Due]:

@@ -28,17 +28,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from natsched import subjects
-from natsched.errors import ConfigError, NatschedError
+from natsched.errors import ConfigError, SecretError
 
-SECRETS_BUCKET = subjects.SECRETS_BUCKET
 REFERENCE = re.compile(r"\$\{secret:([A-Za-z0-9_-]+)\}")
 MASK = "***"
 KEY_BYTES = 32
 MAX_VALUE = 65536
-
-
-class SecretError(NatschedError):
-    """A secret that cannot be used (missing, undecryptable, no key); never contains a value."""
 
 
 def generate_key_file(path: Path) -> None:

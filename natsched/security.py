@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from natsched import subjects, tls
-from natsched.secrets import SECRETS_BUCKET
+from natsched.subjects import SECRETS_BUCKET
 
 _JS = "$JS.API"
 _JOBS = subjects.kv_stream(subjects.JOBS_BUCKET)

@@ -162,6 +162,53 @@ def job_from_trigger_subject(subject: str) -> str:
     return subject[len(TRIGGER_PREFIX) + 1 :]
 
 
+# --- Keys inside buckets --------------------------------------------------------------
+LEASE_KEY = "leader"  # STATE_BUCKET: the leader lease (lease.py)
+LOCKS = "lock.>"  # STATE_BUCKET: every cluster-wide overlap lock
+PAUSES = "pause.>"  # SETTINGS_BUCKET: every job and agent pause
+FANINS = "fanin.>"  # CHAINS_BUCKET: every fan-in that still waits
+
+
+def lock_key(job_key: str) -> str:
+    """STATE_BUCKET key of a load-balance job's cluster-wide overlap lock."""
+    return f"lock.{job_key}"
+
+
+def retry_key(run_id: str) -> str:
+    """STATE_BUCKET key claiming the retry of a failed run (one master schedules it)."""
+    return f"retry.{run_id}"
+
+
+def chain_batch_key(batch: str) -> str:
+    """CHAINS_BUCKET: the completions collected from one slave batch's targets."""
+    return f"batch.{batch}"
+
+
+def chain_fanin_key(chain_id: str, job_key: str) -> str:
+    """CHAINS_BUCKET: the upstream completions a fan-in of one chain run has seen."""
+    return f"fanin.{chain_id}.{job_key}"
+
+
+def chain_fanins(chain_id: str) -> str:
+    """CHAINS_BUCKET: every fan-in still waiting in one chain run."""
+    return f"fanin.{chain_id}.>"
+
+
+def chain_claim_key(job_key: str, claim_id: str) -> str:
+    """CHAINS_BUCKET: created once by the master that starts ``job_key`` for ``claim_id``."""
+    return f"chain.{job_key}.{claim_id}"
+
+
+def agent_events(agent: str) -> str:
+    """Every event of one agent's runs."""
+    return f"natsched.event.{_token(agent, 'agent name')}.>"
+
+
+def events_matching(job: str | None = None, agent: str | None = None, state: str | None = None) -> str:
+    """Events of a job (``<group>.<job>``), an agent and a state; None matches any."""
+    return f"natsched.event.{agent or '*'}.{job or '*.*'}.{state or '*'}"
+
+
 def cursor_key(job_key: str) -> str:
     """STATE_BUCKET key of a master-scheduled job's last fired slot."""
     return f"cursor.{job_key}"
@@ -170,6 +217,11 @@ def cursor_key(job_key: str) -> str:
 def event_subject(agent: str, job: str, state: str) -> str:
     """A run's state change, captured by EVENTS_STREAM."""
     return f"natsched.event.{_token(agent, 'agent name')}.{job}.{state}"
+
+
+def event_state_filter(state: str) -> str:
+    """Every agent's and job's events reaching ``state`` (a consumer's filter subject)."""
+    return f"natsched.event.*.*.*.{_token(state, 'run state')}"
 
 
 def log_subject(run_id: str) -> str:

@@ -10,6 +10,7 @@ from natsched import subjects
 from natsched.buckets import ensure_all
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.runs import TAIL_WINDOW, list_runs, tail_runs
+from natsched.vocab import RunTrigger
 
 OLD = 10_000
 
@@ -20,7 +21,7 @@ async def publish(nc: Client, job: str, count: int, state: RunState = RunState.S
     for start in range(0, count, 1000):
         acks = []
         for _ in range(min(1000, count - start)):
-            event = RunEvent(run_id=new_run_id(), job=job, agent="a1", state=state, trigger="cron")
+            event = RunEvent(run_id=new_run_id(), job=job, agent="a1", state=state, trigger=RunTrigger.CRON)
             ids.append(event.run_id)
             acks.append(js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id}))
         await asyncio.gather(*acks)

@@ -13,7 +13,7 @@ from rich.table import Table
 from natsched.calendars import parse_calendar
 from natsched.cli.common import ServerOption, call_api, console, run
 from natsched.errors import ConfigError, SpecError
-from natsched.master.settings_api import (
+from natsched.subjects import (
     API_CALENDARS_DELETE,
     API_CALENDARS_LIST,
     API_CALENDARS_SET,

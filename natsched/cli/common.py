@@ -18,6 +18,7 @@ from rich.console import Console
 from natsched.client import AdminClient
 from natsched.errors import ApiError, NatschedError
 from natsched.settings import ConnectionSettings
+from natsched.vocab import FAILED_STATES, RunState
 
 T = TypeVar("T")
 # Piped output (scripts, grep) is never cut to a terminal's width.
@@ -99,16 +100,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 # How each run state is shown, everywhere in the CLI.
-STATE_COLOURS = {
-    "queued": "blue",
-    "started": "cyan",
-    "succeeded": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "killed": "red",
-    "lost": "red",
-    "skipped": "yellow",
-    "running": "cyan",
+STATE_COLOURS: dict[str, str] = {
+    RunState.QUEUED: "blue",
+    RunState.STARTED: "cyan",
+    RunState.SUCCEEDED: "green",
+    RunState.SKIPPED: "yellow",
+    **{state: "red" for state in FAILED_STATES},
+    "running": "cyan",  # a chain run that has not ended
 }
 
 

@@ -10,8 +10,8 @@ import typer
 
 from natsched.cli.common import ServerOption, call_api, console, fail, run
 from natsched.errors import NatschedError
-from natsched.master.secrets_api import API_SECRETS_DELETE, API_SECRETS_LIST, API_SECRETS_SET
 from natsched.secrets import generate_key_file
+from natsched.subjects import API_SECRETS_DELETE, API_SECRETS_LIST, API_SECRETS_SET
 
 app = typer.Typer(help="Secrets for ${secret:NAME} in jobs, stored encrypted.", no_args_is_help=True)
 

@@ -25,10 +25,10 @@ from natsched.cli.masters import collect_masters
 from natsched.connection import connect
 from natsched.errors import CodecError, VersionError
 from natsched.kvscan import scan
-from natsched.master.chains import DURABLE as CHAINS_DURABLE
-from natsched.master.retries import DURABLE as RETRIES_DURABLE
 from natsched.runs import list_runs
 from natsched.settings import ConnectionSettings
+from natsched.subjects import CHAINS_DURABLE, RETRIES_DURABLE
+from natsched.vocab import RunState
 
 RECENT = 3600.0  # failures of the last hour
 
@@ -51,10 +51,8 @@ async def snapshot(conn: ConnectionSettings) -> dict[str, Any]:
                 continue
         since = time.time() - RECENT
         recent = await list_runs(js, since=since, limit=1000)
-        running = [asdict(r.latest) for r in recent if r.latest.state.value == "started"]
-        failures = [
-            asdict(r.latest) for r in recent if r.latest.state.value in ("failed", "timed_out", "lost")
-        ]
+        running = [asdict(r.latest) for r in recent if r.latest.state is RunState.STARTED]
+        failures = [asdict(r.latest) for r in recent if r.latest.state.failed]
         queues: dict[str, int] = {}
         for durable in (RETRIES_DURABLE, CHAINS_DURABLE):
             try:

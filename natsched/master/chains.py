@@ -40,20 +40,20 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.chaingraph import event_triggers
-from natsched.errors import CodecError
+from natsched.errors import CodecError, ConflictError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
 from natsched.master.following import ACK_WAIT, EventFollower, follow_events
 from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
-from natsched.master.retries import CHAIN_FAILURE, RETRY_STATES
+from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import JobSpec
 from natsched.triggers.event import EventTrigger
+from natsched.vocab import COMPLETED_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
 
 DURABLE = subjects.CHAINS_DURABLE
-FINAL_STATES = ("succeeded", "failed", "timed_out", "killed", "lost")
 FANIN_CHECK_INTERVAL = 0.5
 # A fan-in fails this long after its deadline: a completion from before the deadline that went
 # to a master which then died is redelivered within ACK_WAIT, and must still count.
@@ -66,7 +66,7 @@ class Completion:
 
     job: str
     id: str  # the run id, or the batch id
-    state: str  # for a batch: succeeded if every run did, else failed
+    state: RunState  # for a batch: succeeded if every run did, else failed
     exit_codes: tuple[int | None, ...]
     agent: str  # empty for a batch
     runs: tuple[str, ...]
@@ -123,7 +123,7 @@ class ChainFollower:
         self.following: EventFollower | None = None
 
     async def start(self) -> None:
-        self.following = await follow_events(self._js, DURABLE, FINAL_STATES, self._on_event)
+        self.following = await follow_events(self._js, DURABLE, COMPLETED_STATES, self._on_event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:
@@ -138,13 +138,13 @@ class ChainFollower:
 
     async def handle(self, event: RunEvent) -> None:
         downstream = self._index.downstream(event.job)
-        if not downstream or (event.state.value in RETRY_STATES and retry_follows(self._index, event)):
+        if not downstream or (event.state.retryable and retry_follows(self._index, event)):
             return  # nothing follows, or a retry will: the chain waits for the last attempt
         chain_id = event.detail.get("chain_id") or event.detail.get("batch") or event.run_id
         single = Completion(
             job=event.job,
             id=event.run_id,
-            state=event.state.value,
+            state=event.state,
             exit_codes=(event.exit_code,),
             agent=event.agent,
             runs=(event.run_id,),
@@ -164,7 +164,7 @@ class ChainFollower:
     async def _batch_member(self, event: RunEvent) -> Completion | None:
         """Record one target's completion; the whole batch's Completion once all are in."""
         batch, size = event.detail["batch"], int(event.detail["batch_size"])
-        key = f"batch.{batch}"
+        key = subjects.chain_batch_key(batch)
         members: dict[str, Any] = {}
         for _ in range(20):
             record, revision = await self._read(key)
@@ -173,14 +173,14 @@ class ChainFollower:
             if await self._write(key, record, revision):
                 break
         else:
-            raise RuntimeError(f"{key}: too many concurrent updates")
+            raise ConflictError(f"{key}: too many concurrent updates")
         if len(members) < size:
             return None
         states = [m[1] for m in members.values()]
         return Completion(
             job=event.job,
             id=batch,
-            state="succeeded" if all(s == "succeeded" for s in states) else "failed",
+            state=RunState.SUCCEEDED if all(s == RunState.SUCCEEDED for s in states) else RunState.FAILED,
             exit_codes=tuple(m[2] for m in members.values()),
             agent="",
             runs=tuple(sorted(m[0] for m in members.values())),
@@ -197,10 +197,10 @@ class ChainFollower:
                 claim_id = completion.id if len(trigger.after) == 1 else chain_id
                 await self._fire(spec, chain_id, completion.runs, completion.job, claim_id=claim_id)
             return
-        key = f"fanin.{chain_id}.{spec.key}"
+        key = subjects.chain_fanin_key(chain_id, spec.key)
         for _ in range(20):
             pending, revision = await self._read(key)
-            if revision is None and await self._exists(f"chain.{spec.key}.{chain_id}"):
+            if revision is None and await self._exists(subjects.chain_claim_key(spec.key, chain_id)):
                 return  # already fired or failed for this chain run (a redelivery)
             if not ok:
                 if await self._delete(key, revision):
@@ -232,12 +232,12 @@ class ChainFollower:
                 continue
             if await self._write(key, pending, revision):
                 return
-        raise RuntimeError(f"{key}: too many concurrent updates")
+        raise ConflictError(f"{key}: too many concurrent updates")
 
     async def _fire(
         self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], upstream: str, *, claim_id: str
     ) -> None:
-        claim = f"chain.{spec.key}.{claim_id}"
+        claim = subjects.chain_claim_key(spec.key, claim_id)
         try:  # the common case first: nobody claimed it (one write, no read)
             revision: int | None = await self._state.create(claim, codec.pack({"at": self._clock()}))
         except KeyWrongLastSequenceError:
@@ -251,7 +251,7 @@ class ChainFollower:
         async def dispatch() -> None:
             replies = await self._dispatcher.dispatch(
                 spec,
-                trigger="event",
+                trigger=RunTrigger.EVENT,
                 base_id=base,
                 detail={"chain_id": chain_id, "parents": ",".join(parents), "upstream": upstream},
             )
@@ -266,13 +266,13 @@ class ChainFollower:
                     reply.agent or "-",
                 )
 
-        if await self._holding.admit(spec, "event", dispatch):
+        if await self._holding.admit(spec, RunTrigger.EVENT, dispatch):
             await dispatch()
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self._state.update(claim, codec.pack({"at": self._clock(), "done": True}), last=revision)
 
     async def _fail_chain(self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], reason: str) -> None:
-        claim = f"chain.{spec.key}.{chain_id}"
+        claim = subjects.chain_claim_key(spec.key, chain_id)
         try:
             await self._state.create(claim, codec.pack({"at": self._clock(), "done": True, "failed": reason}))
         except KeyWrongLastSequenceError:
@@ -282,7 +282,7 @@ class ChainFollower:
             job=spec.key,
             agent="none",
             state=RunState.FAILED,
-            trigger="event",
+            trigger=RunTrigger.EVENT,
             reason=reason,
             detail={"chain_id": chain_id, "parents": ",".join(parents), CHAIN_FAILURE: "1"},
         )
@@ -293,7 +293,7 @@ class ChainFollower:
 
     async def watch_fanins(self) -> None:
         """Keep the pending fan-ins in view (every master), so their timeouts can fire."""
-        watcher = await self._state.watch("fanin.>")
+        watcher = await self._state.watch(subjects.FANINS)
         async for entry in watcher:
             if entry is None:
                 continue

@@ -39,9 +39,11 @@ from natsched.dispatch import RunReply, RunRequest, decode_run_reply
 from natsched.errors import CodecError, VersionError
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.kvscan import scan
-from natsched.locking import lock_key, read_holder
+from natsched.locking import read_holder
 from natsched.master.lease import LeaderLease
 from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode, Overlap
+from natsched.subjects import lock_key
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class Dispatcher:
         self,
         spec: JobSpec,
         *,
-        trigger: str,
+        trigger: RunTrigger,
         scheduled_at: float | None = None,
         args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
@@ -346,7 +348,7 @@ class Dispatcher:
 
 
 def _leader_work(request: RunRequest) -> bool:
-    return request.trigger in ("cron", "interval", "once")
+    return request.trigger.scheduled
 
 
 async def publish_event(js: JetStreamContext, event: RunEvent) -> None:

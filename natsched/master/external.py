@@ -24,6 +24,7 @@ from natsched.kvscan import scan
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 MAX_ARGS = 256
@@ -134,7 +135,7 @@ class TriggerHandler:
                 )
             spec.trigger.check(spec.key, "manual", args, env)  # the job says what a caller may change
             replies = await self._dispatcher.dispatch(
-                spec, trigger="manual", args=args, env=env, correlation_id=correlation
+                spec, trigger=RunTrigger.MANUAL, args=args, env=env, correlation_id=correlation
             )
         except (NatschedError, CodecError) as exc:
             log.info("trigger %s refused: %s", msg.subject, exc)

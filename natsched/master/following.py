@@ -25,6 +25,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from natsched import subjects
+from natsched.vocab import RunState
 
 log = logging.getLogger(__name__)
 ACK_WAIT = 2.0  # below the default lease (5 s): a completion is never held longer than a leader
@@ -38,14 +39,15 @@ class EventFollower:
         self,
         js: JetStreamContext,
         durable: str,
-        states: Iterable[str],
+        states: Iterable[RunState],
         handler: Callable[[Msg], Awaitable[None]],
         *,
         ack_wait: float = ACK_WAIT,
     ) -> None:
         self._js = js
         self.durable = durable
-        self._filters = [f"natsched.event.*.*.*.{state}" for state in states]
+        # Sorted: the same states give the same consumer config from every master.
+        self._filters = [subjects.event_state_filter(state) for state in sorted(states)]
         self._handler = handler
         self.ack_wait = ack_wait
         self._inflight: dict[asyncio.Task[None], Msg] = {}
@@ -116,7 +118,7 @@ class EventFollower:
 
 
 async def follow_events(
-    js: JetStreamContext, durable: str, states: Iterable[str], handler: Callable[[Msg], Awaitable[None]]
+    js: JetStreamContext, durable: str, states: Iterable[RunState], handler: Callable[[Msg], Awaitable[None]]
 ) -> EventFollower:
     """Deliver the events of runs that reached one of ``states`` to ``handler`` (manual ack).
 

@@ -23,6 +23,7 @@ from natsched.errors import CodecError, SpecError
 from natsched.events import RunEvent, RunState, new_run_id
 from natsched.master.dispatch import publish_event
 from natsched.models import JobSpec
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 100
@@ -67,7 +68,9 @@ class Holding:
         for start in starts:
             self._spawn(start(), f"resumed-{job}")
 
-    async def admit(self, spec: JobSpec, trigger: str, start: Start, *, at: float | None = None) -> bool:
+    async def admit(
+        self, spec: JobSpec, trigger: RunTrigger, start: Start, *, at: float | None = None
+    ) -> bool:
         """True: go ahead now. False: held back (recorded skipped, or queued to run on resume)."""
         action, reason = self.holds.job_hold(
             spec.calendar, spec.key, trigger, self._clock() if at is None else at

@@ -28,6 +28,7 @@ from natsched.master.holding import Holding
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
 from natsched.triggers.subject import SubjectTrigger
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
@@ -121,7 +122,9 @@ class SubjectTriggers:
 
     async def _start(self, spec: JobSpec, subject: str, body: str) -> None:
         try:
-            if await self._holding.admit(spec, "subject", lambda: self._dispatch(spec, subject, body)):
+            if await self._holding.admit(
+                spec, RunTrigger.SUBJECT, lambda: self._dispatch(spec, subject, body)
+            ):
                 await self._dispatch(spec, subject, body)
         except Exception:  # a dispatch bug must not stop the subscription
             log.exception("%s from %s: dispatch failed", spec.key, subject)
@@ -131,7 +134,7 @@ class SubjectTriggers:
     async def _dispatch(self, spec: JobSpec, subject: str, body: str) -> None:
         replies = await self._dispatcher.dispatch(
             spec,
-            trigger="subject",
+            trigger=RunTrigger.SUBJECT,
             env={"NATSCHED_MESSAGE": body, "NATSCHED_SUBJECT": subject},
             detail={"subject": subject},
         )

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from natsched import codec
+from natsched import codec, subjects
 from natsched.errors import CodecError
 
 log = logging.getLogger(__name__)
-LEASE_KEY = "leader"
 DEFAULT_TTL = 5.0
 
 
@@ -112,7 +111,7 @@ class LeaderLease:
 
     async def _stand_by(self) -> None:
         try:
-            entry = await self._kv.get(LEASE_KEY)
+            entry = await self._kv.get(subjects.LEASE_KEY)
         except KeyNotFoundError:
             await self._take(None, self.term + 1)
             return
@@ -135,9 +134,9 @@ class LeaderLease:
         value = codec.pack({"master": self.master_id, "term": term, "renewed": time.time()})
         try:
             if revision is None:
-                new_revision = await self._kv.create(LEASE_KEY, value)
+                new_revision = await self._kv.create(subjects.LEASE_KEY, value)
             else:
-                new_revision = await self._kv.update(LEASE_KEY, value, last=revision)
+                new_revision = await self._kv.update(subjects.LEASE_KEY, value, last=revision)
         except KeyWrongLastSequenceError:
             return  # another standby was faster
         self._revision, self._renewed_at = new_revision, self._clock()
@@ -152,7 +151,7 @@ class LeaderLease:
             return
         value = codec.pack({"master": self.master_id, "term": self.term, "renewed": time.time()})
         try:
-            self._revision = await self._kv.update(LEASE_KEY, value, last=self._revision)
+            self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=self._revision)
             self._renewed_at = self._clock()
         except KeyWrongLastSequenceError:
             self._step_down("another master took the lease")
@@ -171,7 +170,7 @@ class LeaderLease:
             {"master": self.master_id, "term": self.term, "renewed": time.time(), "released": True}
         )
         with contextlib.suppress(Exception):
-            await self._kv.update(LEASE_KEY, value, last=self._revision)
+            await self._kv.update(subjects.LEASE_KEY, value, last=self._revision)
             log.info("master %s released the lease", self.master_id)
         self.is_leader.clear()
         self.changed.set()
@@ -179,7 +178,7 @@ class LeaderLease:
     async def refresh(self) -> int:
         """Re-read the current term (after an agent said ours is stale)."""
         with contextlib.suppress(KeyNotFoundError):
-            entry = await self._kv.get(LEASE_KEY)
+            entry = await self._kv.get(subjects.LEASE_KEY)
             view = read_lease(entry.value, entry.revision or 0)
             if view is not None:
                 self.term, self.leader = max(self.term, view.term), view.master

@@ -7,7 +7,7 @@ afresh (its heartbeat watch resumed ~11 s late after a server restart while agen
 heartbeating again within 0.5 s). Before an agent is marked down its heartbeat is read
 directly from the bucket: a newer one than the watch delivered means it is alive.
 
-- each of its runs that has started and not ended (from its events since it started, plus
+- each of its runs that is queued or started and not ended (from its events since it started, plus
   the run ids its last heartbeat listed) gets a ``lost`` event (``Nats-Msg-Id``
   ``<run>.lost``, so two leaders in a row record it once);
 - the overlap locks it held are released;
@@ -37,6 +37,7 @@ from natsched.locking import read_holder
 from natsched.master.dispatch import Dispatcher, publish_event
 from natsched.master.jobindex import JobIndex
 from natsched.models import Heartbeat, Mode
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 UNRESPONSIVE_AFTER = 10.0
@@ -135,11 +136,11 @@ class LostAgents:
             await self._redispatch(event)
 
     async def _open_runs(self, agent: str, heartbeat: Heartbeat) -> dict[str, RunEvent]:
-        """Runs of ``agent`` that started and have no final event (events since it started)."""
+        """Runs of ``agent`` queued or started and with no final event (events since it started)."""
         since = max(heartbeat.started_at, time.time() - LOOKBACK) - 5.0
         latest: dict[str, RunEvent] = {}
         async for msg in read_stream(
-            self._js, subjects.EVENTS_STREAM, f"natsched.event.{agent}.>", since=since
+            self._js, subjects.EVENTS_STREAM, subjects.agent_events(agent), since=since
         ):
             try:
                 event = parse_event(msg.data)
@@ -147,16 +148,16 @@ class LostAgents:
                 continue
             if event.run_id not in latest or not latest[event.run_id].state.final:
                 latest[event.run_id] = event
-        open_runs = {run_id: e for run_id, e in latest.items() if e.state is RunState.STARTED}
+        open_runs = {run_id: e for run_id, e in latest.items() if e.state.open}
         for run_id, job in heartbeat.runs.items():  # started too recently for the stream read? no: listed
             if run_id not in latest:
                 open_runs[run_id] = RunEvent(
-                    run_id=run_id, job=job, agent=agent, state=RunState.STARTED, trigger="unknown"
+                    run_id=run_id, job=job, agent=agent, state=RunState.STARTED, trigger=RunTrigger.UNKNOWN
                 )
         return open_runs
 
     async def _release_locks(self, agent: str) -> None:
-        for key, value in (await scan(self._js, subjects.STATE_BUCKET, "lock.>")).items():
+        for key, value in (await scan(self._js, subjects.STATE_BUCKET, subjects.LOCKS)).items():
             if read_holder(value.value).agent == agent:
                 try:
                     await self._state.delete(key, last=value.revision)
@@ -170,7 +171,7 @@ class LostAgents:
             return
         replies = await self._dispatcher.dispatch(
             spec,
-            trigger="lost",
+            trigger=RunTrigger.LOST,
             scheduled_at=lost.scheduled_at,
             attempt=lost.attempt,
             avoid_agents=[lost.agent],

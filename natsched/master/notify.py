@@ -31,10 +31,10 @@ from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import Notify
+from natsched.vocab import COMPLETED_STATES
 
 log = logging.getLogger(__name__)
 DURABLE = subjects.NOTIFY_DURABLE
-FINAL_STATES = ("succeeded", "failed", "timed_out", "killed", "lost")
 ATTEMPTS = 3
 FIRST_PAUSE = 0.5
 SEND_TIMEOUT = 5.0
@@ -50,7 +50,7 @@ class SmtpSettings:
 def outcome(event: RunEvent) -> str:
     if CHAIN_FAILURE in event.detail:
         return "chain_failed"
-    return {"succeeded": "success", "lost": "lost"}.get(event.state.value, "failure")
+    return event.state.outcome
 
 
 class Notifier:
@@ -64,7 +64,7 @@ class Notifier:
         self.following: EventFollower | None = None
 
     async def start(self) -> None:
-        self.following = await follow_events(self._nc.jetstream(), DURABLE, FINAL_STATES, self._on_event)
+        self.following = await follow_events(self._nc.jetstream(), DURABLE, COMPLETED_STATES, self._on_event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:

@@ -27,13 +27,13 @@ from natsched.master.dispatch import Dispatcher
 from natsched.master.external import find_job
 from natsched.master.following import EventFollower, follow_events
 from natsched.models import Mode, RetryPolicy
+from natsched.vocab import RETRYABLE_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
 
 DURABLE = subjects.RETRIES_DURABLE
 CHAIN_DETAIL = ("chain_id", "parents", "upstream")
 CHAIN_FAILURE = "chain_failure"  # a downstream run recorded failed by the chain itself: never retried
-RETRY_STATES = ("failed", "timed_out")
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
@@ -54,7 +54,9 @@ class RetryFollower:
         self.following: EventFollower | None = None
 
     async def start(self) -> None:
-        self.following = await follow_events(self._nc.jetstream(), DURABLE, RETRY_STATES, self._on_failure)
+        self.following = await follow_events(
+            self._nc.jetstream(), DURABLE, RETRYABLE_STATES, self._on_failure
+        )
 
     async def _on_failure(self, msg: Msg) -> None:
         try:
@@ -90,7 +92,9 @@ class RetryFollower:
 
     async def _claim(self, event: RunEvent) -> bool:
         try:
-            await self._state.create(f"retry.{event.run_id}", codec.pack({"attempt": event.attempt + 1}))
+            await self._state.create(
+                subjects.retry_key(event.run_id), codec.pack({"attempt": event.attempt + 1})
+            )
             return True
         except KeyWrongLastSequenceError:
             return False  # another delivery (or master) already dispatched this retry
@@ -100,7 +104,7 @@ class RetryFollower:
         self.retried += 1
         replies = await self._dispatcher.dispatch(
             spec,
-            trigger="retry",
+            trigger=RunTrigger.RETRY,
             scheduled_at=event.scheduled_at,
             attempt=event.attempt + 1,
             only_agents=[event.agent] if mode is not Mode.LOAD_BALANCE else None,

@@ -12,12 +12,8 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import subjects
-from natsched.errors import ApiError, NotFoundError
-from natsched.secrets import SecretError, check_name, encrypt
-
-API_SECRETS_SET = subjects.API_SECRETS_SET
-API_SECRETS_LIST = subjects.API_SECRETS_LIST
-API_SECRETS_DELETE = subjects.API_SECRETS_DELETE
+from natsched.errors import ApiError, NotFoundError, SecretError
+from natsched.secrets import check_name, encrypt
 
 
 class SecretsApi:
@@ -26,7 +22,11 @@ class SecretsApi:
         self._key = key
 
     def handlers(self) -> dict[str, Any]:
-        return {API_SECRETS_SET: self.set, API_SECRETS_LIST: self.list, API_SECRETS_DELETE: self.delete}
+        return {
+            subjects.API_SECRETS_SET: self.set,
+            subjects.API_SECRETS_LIST: self.list,
+            subjects.API_SECRETS_DELETE: self.delete,
+        }
 
     def _name(self, body: dict[str, Any]) -> str:
         name = body.get("name")

@@ -36,9 +36,9 @@ from natsched.master.notify import Notifier, SmtpSettings
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.master.secrets_api import SecretsApi
-from natsched.secrets import SECRETS_BUCKET
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
+from natsched.subjects import SECRETS_BUCKET
 
 if TYPE_CHECKING:
     from natsched.metrics import Metrics

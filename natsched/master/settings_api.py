@@ -22,12 +22,6 @@ from natsched.errors import ApiError, CodecError, NotFoundError, SpecError
 from natsched.kvscan import KvValue, scan
 from natsched.models import JobSpec
 
-API_CALENDARS_SET = subjects.API_CALENDARS_SET
-API_CALENDARS_LIST = subjects.API_CALENDARS_LIST
-API_CALENDARS_DELETE = subjects.API_CALENDARS_DELETE
-API_PAUSE = subjects.API_PAUSE
-API_RESUME = subjects.API_RESUME
-
 
 async def calendar_names(js: JetStreamContext) -> set[str]:
     return {
@@ -56,11 +50,11 @@ class SettingsApi:
 
     def handlers(self) -> dict[str, Any]:
         return {
-            API_CALENDARS_SET: self.set_calendar,
-            API_CALENDARS_LIST: self.list_calendars,
-            API_CALENDARS_DELETE: self.delete_calendar,
-            API_PAUSE: self.pause,
-            API_RESUME: self.resume,
+            subjects.API_CALENDARS_SET: self.set_calendar,
+            subjects.API_CALENDARS_LIST: self.list_calendars,
+            subjects.API_CALENDARS_DELETE: self.delete_calendar,
+            subjects.API_PAUSE: self.pause,
+            subjects.API_RESUME: self.resume,
         }
 
     async def set_calendar(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +76,7 @@ class SettingsApi:
                 calendars.append(codec.unpack(stored.value, key))
             except CodecError:
                 continue
-        pauses = await scan(self._js, subjects.SETTINGS_BUCKET, "pause.>")
+        pauses = await scan(self._js, subjects.SETTINGS_BUCKET, subjects.PAUSES)
         return {
             "calendars": calendars,
             "pauses": {k: codec.unpack(v.value, k) for k, v in sorted(pauses.items())},

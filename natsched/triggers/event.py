@@ -10,6 +10,7 @@ from natsched import subjects
 from natsched.errors import SpecError
 from natsched.parsing import check_tokens, parse_duration, read_bool, read_int, read_str, read_str_list
 from natsched.triggers.base import Trigger
+from natsched.vocab import RunState
 
 EventCondition = Literal["succeeded", "failed", "completed"]
 
@@ -68,17 +69,17 @@ class EventTrigger(Trigger):
             raise SpecError("must be positive", field="triggers.timeout")
         check_tokens("triggers.agents", self.agents)
 
-    def accepts(self, state: str, exit_code: int | None, agent: str) -> bool:
+    def accepts(self, state: RunState, exit_code: int | None, agent: str) -> bool:
         """Does an upstream completion (final ``state``) satisfy this trigger's condition?"""
         if self.agents and agent not in self.agents:
             return False
         if self.exit_codes:
             return exit_code is not None and exit_code in self.exit_codes
         if self.on == "succeeded":
-            return state == "succeeded"
+            return state is RunState.SUCCEEDED
         if self.on == "failed":
-            return state in ("failed", "timed_out", "killed", "lost")
-        return state in ("succeeded", "failed", "timed_out", "killed", "lost")
+            return state.failed
+        return state.completed
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], group: str) -> Self:

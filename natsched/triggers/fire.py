@@ -12,6 +12,7 @@ from typing import Protocol
 
 from natsched.triggers.base import TimeTrigger, Trigger
 from natsched.triggers.interval import jitter_offset
+from natsched.vocab import RunTrigger
 
 __all__ = [
     "TimeTrigger",
@@ -42,9 +43,9 @@ def time_triggers(spec: Triggered) -> list[TimeTrigger]:
     return [t for t in spec.triggers if isinstance(t, TimeTrigger)]
 
 
-def trigger_kind(trigger: Trigger) -> str:
+def trigger_kind(trigger: Trigger) -> RunTrigger:
     """The trigger's kind as runs and events name it: cron, interval, once, file, event, subject."""
-    return trigger.kind
+    return RunTrigger(trigger.kind)
 
 
 def next_fire(trigger: Trigger, after: datetime) -> datetime | None:
@@ -57,12 +58,12 @@ def previous_fires(trigger: Trigger, at_or_before: datetime, count: int) -> list
     return trigger.previous_fires(at_or_before, count) if isinstance(trigger, TimeTrigger) else []
 
 
-def next_job_fire(spec: Triggered, after: float) -> tuple[float, str] | None:
+def next_job_fire(spec: Triggered, after: float) -> tuple[float, RunTrigger] | None:
     """The earliest fire of any of ``spec``'s time triggers after ``after`` (epoch seconds),
     with the kind of trigger that fires then; None if none fires again."""
-    best: tuple[float, str] | None = None
+    best: tuple[float, RunTrigger] | None = None
     for trigger in time_triggers(spec):
         at = trigger.next_fire(utc(after))
         if at is not None and (best is None or at.timestamp() < best[0]):
-            best = (at.timestamp(), trigger.kind)
+            best = (at.timestamp(), RunTrigger(trigger.kind))
     return best

@@ -17,6 +17,7 @@ from natsched import subjects
 from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
+from natsched.vocab import RunTrigger
 from tests.conftest import AgentFactory, eventually
 from tests.helpers import apply, job, stream_events, toml_jobs
 
@@ -240,7 +241,7 @@ def test_events_are_json_for_any_client() -> None:
         job="g.j",
         agent="a1",
         state=RunState.SUCCEEDED,
-        trigger="cron",
+        trigger=RunTrigger.CRON,
         started_at=1.0,
         ended_at=3.5,
         exit_code=0,

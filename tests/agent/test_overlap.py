@@ -19,6 +19,7 @@ from agent.outbox import EventOutbox
 from agent.runner import ProcessRunner
 from natsched.jobspec import parse_job
 from natsched.models import JobSpec
+from natsched.vocab import RunTrigger
 
 
 @pytest.fixture
@@ -59,23 +60,23 @@ async def wait_idle(executor: JobExecutor) -> None:
 
 
 async def test_allow_runs_side_by_side(executor: JobExecutor) -> None:
-    first = await executor.launch(spec("allow", 0.5), trigger="manual")
-    second = await executor.launch(spec("allow", 0.5), trigger="manual")
+    first = await executor.launch(spec("allow", 0.5), trigger=RunTrigger.MANUAL)
+    second = await executor.launch(spec("allow", 0.5), trigger=RunTrigger.MANUAL)
     assert first.state == second.state == "started" and executor.running == 2
     await wait_idle(executor)
 
 
 async def test_forbid_skips(executor: JobExecutor) -> None:
-    first = await executor.launch(spec("forbid", 0.5), trigger="manual")
-    second = await executor.launch(spec("forbid", 0.5), trigger="manual")
+    first = await executor.launch(spec("forbid", 0.5), trigger=RunTrigger.MANUAL)
+    second = await executor.launch(spec("forbid", 0.5), trigger=RunTrigger.MANUAL)
     assert first.state == "started" and second.state == "skipped"
     assert first.run_id in second.reason
     await wait_idle(executor)
 
 
 async def test_replace_kills_the_running_one_first(executor: JobExecutor) -> None:
-    first = await executor.launch(spec("replace", 30), trigger="manual")
-    second = await executor.launch(spec("replace", 0.2), trigger="manual")
+    first = await executor.launch(spec("replace", 30), trigger=RunTrigger.MANUAL)
+    second = await executor.launch(spec("replace", 0.2), trigger=RunTrigger.MANUAL)
     assert second.state == "started" and executor.running == 1
     await wait_idle(executor)
     states = {(e["run_id"], e["state"]) for e in await events(executor)}
@@ -83,8 +84,8 @@ async def test_replace_kills_the_running_one_first(executor: JobExecutor) -> Non
 
 
 async def test_queue_runs_after_the_running_one(executor: JobExecutor) -> None:
-    first = await executor.launch(spec("queue", 0.5), trigger="manual")
-    second = await executor.launch(spec("queue", 0.1), trigger="manual")
+    first = await executor.launch(spec("queue", 0.5), trigger=RunTrigger.MANUAL)
+    second = await executor.launch(spec("queue", 0.1), trigger=RunTrigger.MANUAL)
     assert second.state == "queued"  # answered at once, so a dispatcher is not kept waiting
     await asyncio.sleep(0.2)
     assert executor.running == 1  # waiting its turn
@@ -97,8 +98,8 @@ async def test_queue_runs_after_the_running_one(executor: JobExecutor) -> None:
 
 
 async def test_queued_runs_are_recorded_when_the_agent_shuts_down(executor: JobExecutor) -> None:
-    await executor.launch(spec("queue", 30), trigger="manual")
-    waiting = await executor.launch(spec("queue", 0.1), trigger="manual")
+    await executor.launch(spec("queue", 30), trigger=RunTrigger.MANUAL)
+    waiting = await executor.launch(spec("queue", 0.1), trigger=RunTrigger.MANUAL)
     await executor.shutdown(0.2)
     states = {(e["run_id"], e["state"]): e for e in await events(executor)}
     assert states[(waiting.run_id, "skipped")]["reason"] == "agent shut down while queued"

@@ -11,8 +11,9 @@ from nats.aio.client import Client
 
 from natsched.calendars import CalendarRule, Holds, parse_calendar
 from natsched.master.service import MasterService
-from natsched.master.settings_api import API_CALENDARS_DELETE, API_CALENDARS_SET, API_PAUSE, API_RESUME
 from natsched.settings import ConnectionSettings
+from natsched.subjects import API_CALENDARS_DELETE, API_CALENDARS_SET, API_PAUSE, API_RESUME
+from natsched.vocab import RunTrigger
 from tests.conftest import AgentFactory, eventually
 from tests.helpers import api, apply, job, stream_events, toml_jobs
 
@@ -41,14 +42,14 @@ def test_calendar_days_weekdays_and_windows_in_the_calendar_time_zone() -> None:
     assert cal.contains(at("2026-06-01T23:00:00+00:00")) and not cal.contains(at("2026-06-02T02:00:00+00:00"))
     holds = Holds(calendars={"holidays": cal})
     rule = CalendarRule(skip=("holidays",))
-    assert holds.job_hold(rule, "g.j", "cron", at("2026-12-25T10:00:00+01:00")) == (
+    assert holds.job_hold(rule, "g.j", RunTrigger.CRON, at("2026-12-25T10:00:00+01:00")) == (
         "skip",
         "calendar: holidays day",
     )
-    assert holds.job_hold(rule, "g.j", "manual", at("2026-12-25T10:00:00+01:00")) == ("", ""), (
+    assert holds.job_hold(rule, "g.j", RunTrigger.MANUAL, at("2026-12-25T10:00:00+01:00")) == ("", ""), (
         "manual runs go ahead"
     )
-    assert holds.job_hold(CalendarRule(only=("missing",)), "g.j", "cron", 0)[0] == "skip", (
+    assert holds.job_hold(CalendarRule(only=("missing",)), "g.j", RunTrigger.CRON, 0)[0] == "skip", (
         "unknown calendar holds back"
     )
 

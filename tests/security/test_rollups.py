@@ -11,7 +11,6 @@ from nats.js import api as js_api
 
 from natsched import codec, subjects
 from natsched.kvscan import scan
-from natsched.secrets import SECRETS_BUCKET
 from tests.security.hostile import Secured, secured_server
 
 BUCKETS = [
@@ -19,7 +18,7 @@ BUCKETS = [
     subjects.SETTINGS_BUCKET,
     subjects.AGENTS_BUCKET,
     subjects.STATE_BUCKET,
-    SECRETS_BUCKET,
+    subjects.SECRETS_BUCKET,
     subjects.CHAINS_BUCKET,
 ]
 

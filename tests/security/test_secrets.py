@@ -13,10 +13,10 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
 from natsched import subjects
-from natsched.master.secrets_api import API_SECRETS_LIST, API_SECRETS_SET
 from natsched.master.service import MasterService
-from natsched.secrets import SECRETS_BUCKET, generate_key_file, load_key
+from natsched.secrets import generate_key_file, load_key
 from natsched.settings import ConnectionSettings
+from natsched.subjects import API_SECRETS_LIST, API_SECRETS_SET, SECRETS_BUCKET
 from tests.conftest import AgentFactory, eventually
 from tests.helpers import api, apply, job, stream_events, toml_jobs
 

@@ -21,6 +21,7 @@ from natsched.dispatch import RunRequest, decode_run_reply
 from natsched.embedded import EmbeddedServer
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.master.service import MasterService
+from natsched.vocab import RunTrigger
 from tests.conftest import eventually
 from tests.helpers import api, job, stream_events, toml_jobs
 from tests.security.test_permissions import connect_as, secured, settings
@@ -118,7 +119,9 @@ async def test_the_agent_refuses_what_no_trigger_may_set(secured: EmbeddedServer
             return reply.reason
 
         def request(spec: Any, **fields: Any) -> RunRequest:
-            return RunRequest(run_id=f"r{time.monotonic_ns()}", spec=spec, trigger="manual", **fields)
+            return RunRequest(
+                run_id=f"r{time.monotonic_ns()}", spec=spec, trigger=RunTrigger.MANUAL, **fields
+            )
 
         assert "BASH_ENV" in await dispatch(request(open_job, env={"BASH_ENV": str(evil)}))
         assert "LD_PRELOAD" in await dispatch(request(open_job, env={"LD_PRELOAD": "/tmp/evil.so"}))
