@@ -15,13 +15,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Self
 
+from natsched.vocab import RunTrigger
+
 
 class Trigger(ABC):
     """One way a job fires."""
 
     __slots__ = ()
 
-    kind: ClassVar[str]
+    kind: ClassVar[RunTrigger]
     """The kind as runs and events name it (an event's ``trigger``): ``cron``, ``file`` ..."""
     key: ClassVar[str]
     """The job-file field that says a trigger table is of this kind: ``cron``, ``every``, ``watch`` ..."""

@@ -44,6 +44,7 @@ from croniter import CroniterBadDateError, croniter
 from natsched.errors import SpecError
 from natsched.parsing import read_str
 from natsched.triggers.base import TimeTrigger
+from natsched.vocab import RunTrigger
 
 _SECOND = timedelta(seconds=1)
 _HOUR_FIELD = 1
@@ -315,7 +316,7 @@ def previous_cron_fires(expr: str, timezone: str, at_or_before: datetime, count:
 class CronTrigger(TimeTrigger):
     """Fire on a cron grid; 6 fields means a leading seconds field."""
 
-    kind = "cron"
+    kind = RunTrigger.CRON
     key = "cron"
     fields = frozenset({"cron", "timezone"})
     example = {"cron": "0 30 2 * * 1-5", "timezone": "Europe/Berlin"}

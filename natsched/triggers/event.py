@@ -10,7 +10,7 @@ from natsched import subjects
 from natsched.errors import SpecError
 from natsched.parsing import check_tokens, parse_duration, read_bool, read_int, read_str, read_str_list
 from natsched.triggers.base import Trigger
-from natsched.vocab import RunState
+from natsched.vocab import RunState, RunTrigger
 
 EventCondition = Literal["succeeded", "failed", "completed"]
 
@@ -25,7 +25,7 @@ class EventTrigger(Trigger):
     instead of once when all its targets are done.
     """
 
-    kind = "event"
+    kind = RunTrigger.EVENT
     key = "after"
     fields = frozenset({"after", "on", "exit_codes", "agents", "wait", "timeout", "per_agent"})
     example = {

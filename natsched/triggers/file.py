@@ -9,6 +9,7 @@ from typing import Any, Literal, Self, get_args
 from natsched.errors import SpecError
 from natsched.parsing import parse_duration, read_bool, read_str, read_str_list
 from natsched.triggers.base import Trigger
+from natsched.vocab import RunTrigger
 
 FileEvent = Literal["created", "modified", "moved"]
 FILE_EVENTS: tuple[FileEvent, ...] = get_args(FileEvent)
@@ -18,7 +19,7 @@ FILE_EVENTS: tuple[FileEvent, ...] = get_args(FileEvent)
 class FileTrigger(Trigger):
     """Fire once per file matching ``patterns`` in ``watch`` that became stable."""
 
-    kind = "file"
+    kind = RunTrigger.FILE
     key = "watch"
     fields = frozenset({"watch", "patterns", "events", "settle", "recursive"})
     example = {

@@ -45,7 +45,7 @@ def time_triggers(spec: Triggered) -> list[TimeTrigger]:
 
 def trigger_kind(trigger: Trigger) -> RunTrigger:
     """The trigger's kind as runs and events name it: cron, interval, once, file, event, subject."""
-    return RunTrigger(trigger.kind)
+    return trigger.kind
 
 
 def next_fire(trigger: Trigger, after: datetime) -> datetime | None:
@@ -65,5 +65,5 @@ def next_job_fire(spec: Triggered, after: float) -> tuple[float, RunTrigger] | N
     for trigger in time_triggers(spec):
         at = trigger.next_fire(utc(after))
         if at is not None and (best is None or at.timestamp() < best[0]):
-            best = (at.timestamp(), RunTrigger(trigger.kind))
+            best = (at.timestamp(), trigger.kind)
     return best

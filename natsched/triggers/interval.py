@@ -22,6 +22,7 @@ from typing import Any, Self
 from natsched.errors import SpecError
 from natsched.parsing import parse_datetime, parse_duration
 from natsched.triggers.base import TimeTrigger
+from natsched.vocab import RunTrigger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -85,7 +86,7 @@ def jitter_offset(job_key: str, slot: datetime, jitter: float) -> float:
 class IntervalTrigger(TimeTrigger):
     """Fire every ``every`` seconds on a grid anchored at ``start`` (epoch if absent)."""
 
-    kind = "interval"
+    kind = RunTrigger.INTERVAL
     key = "every"
     fields = frozenset({"every", "start", "jitter"})
     example = {"every": "90s", "start": "2026-01-01T00:00:30+00:00", "jitter": 5}

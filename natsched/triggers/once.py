@@ -10,6 +10,7 @@ from typing import Any, Self
 from natsched.errors import SpecError
 from natsched.parsing import parse_datetime
 from natsched.triggers.base import TimeTrigger
+from natsched.vocab import RunTrigger
 
 
 def next_once_fire(at: datetime, after: datetime) -> datetime | None:
@@ -26,7 +27,7 @@ def previous_once_fires(at: datetime, at_or_before: datetime, count: int) -> lis
 class OnceTrigger(TimeTrigger):
     """Fire once, at ``at``."""
 
-    kind = "once"
+    kind = RunTrigger.ONCE
     key = "at"
     fields = frozenset({"at"})
     example = {"at": "2026-12-24T18:00:00+01:00"}

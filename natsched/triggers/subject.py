@@ -11,6 +11,7 @@ from natsched import subjects
 from natsched.errors import SpecError
 from natsched.parsing import read_int, read_str
 from natsched.triggers.base import Trigger
+from natsched.vocab import RunTrigger
 
 MatchValue = str | int | float | bool
 
@@ -24,7 +25,7 @@ class SubjectTrigger(Trigger):
     paths) equal these values fire.
     """
 
-    kind = "subject"
+    kind = RunTrigger.SUBJECT
     key = "subject"
     fields = frozenset({"subject", "max_bytes", "match"})
     example = {"subject": "orders.*", "max_bytes": 1024, "match": {"status": "paid", "order.total": 5}}
