@@ -14,9 +14,9 @@ from enum import StrEnum
 
 from natsched import subjects
 from natsched.calendars import CalendarRule
-from natsched.errors import SpecError
+from natsched.errors import SecretError, SpecError
 from natsched.parsing import check_tokens
-from natsched.secrets import SecretError, check_not_in_command
+from natsched.secrets import check_not_in_command
 from natsched.triggerpolicy import TriggerPolicy
 from natsched.triggers.base import Trigger
 from natsched.triggers.file import FileTrigger

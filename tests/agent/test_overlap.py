@@ -106,7 +106,7 @@ async def test_queued_runs_are_recorded_when_the_agent_shuts_down(executor: JobE
 
 
 async def test_a_trigger_storm_queues_at_most_the_limit_and_skips_the_rest(executor: JobExecutor) -> None:
-    storm = [await executor.launch(spec("queue", 30), trigger="manual") for _ in range(1000)]
+    storm = [await executor.launch(spec("queue", 30), trigger=RunTrigger.MANUAL) for _ in range(1000)]
     states = [e.state.value for e in storm]
     assert states.count("started") == 1
     assert states.count("queued") == MAX_QUEUED == 100, "the documented default"

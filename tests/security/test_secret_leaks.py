@@ -10,10 +10,10 @@ import psutil
 import pytest
 from nats.aio.client import Client
 
-from natsched.master.secrets_api import API_SECRETS_SET
 from natsched.master.service import MasterService
 from natsched.secrets import Masker, StreamMasker, generate_key_file, load_key
 from natsched.settings import ConnectionSettings
+from natsched.subjects import API_SECRETS_SET
 from tests.conftest import AgentFactory
 from tests.helpers import api, apply, job, toml_jobs
 from tests.security.test_secrets import finals, log_text
