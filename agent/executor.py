@@ -326,7 +326,7 @@ class JobExecutor:
             kill_grace=self.kill_grace,
         )
 
-        output = RunOutput(event.run_id, self.logs.publish, masker)
+        output = RunOutput(event.run_id, self.logs.publish, masker, spec.output_limit)
         try:
             process = await self.runner.start(process_spec, on_output=output.write)
         except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash

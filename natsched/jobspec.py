@@ -15,6 +15,7 @@ from typing import Any
 from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
 from natsched.models import (
+    DEFAULT_OUTPUT_LIMIT,
     Balance,
     JobSpec,
     Misfire,
@@ -27,6 +28,7 @@ from natsched.models import (
 from natsched.parsing import (
     parse_datetime,
     parse_duration,
+    parse_size,
     read_bool,
     read_enum,
     read_fraction,
@@ -65,6 +67,7 @@ _JOB_FIELDS = frozenset(
         "redispatch_lost",
         "notify",
         "trigger",
+        "output_limit",
     }
 )
 
@@ -168,6 +171,7 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         redispatch_lost=read_bool(data.get("redispatch_lost", False), "redispatch_lost"),
         notify=_notify(data.get("notify", [])),
         trigger=_trigger_policy(data.get("trigger", {})),
+        output_limit=parse_size(data.get("output_limit", DEFAULT_OUTPUT_LIMIT), "output_limit"),
     )
 
 
@@ -249,6 +253,7 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
         "enabled",
         "description",
         "redispatch_lost",
+        "output_limit",
     ):
         value = getattr(spec, name)
         if value != getattr(defaults, name):

@@ -54,6 +54,8 @@ class Balance(StrEnum):
 
 
 ALL_AGENTS = "*"
+DEFAULT_OUTPUT_LIMIT = 4 * 1024**2
+MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT = 4 * 1024, 1024**3
 
 
 def _fail(field_name: str, message: str) -> SpecError:
@@ -178,6 +180,8 @@ class JobSpec:
     redispatch_lost: bool = False  # load-balance: a run lost with its agent starts again elsewhere
     notify: tuple[Notify, ...] = ()
     trigger: TriggerPolicy = field(default_factory=TriggerPolicy)  # what a trigger caller may change
+    # Output bytes streamed to NATSCHED_LOGS per run; past it only the last quarter is kept.
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
     def __post_init__(self) -> None:
         _check_tokens("name", (self.name,))
@@ -194,6 +198,8 @@ class JobSpec:
             raise _fail("command", "with shell = true, command is one string for /bin/sh -c")
         if self.timeout is not None and self.timeout <= 0:
             raise _fail("timeout", "must be positive (or absent for no timeout)")
+        if not MIN_OUTPUT_LIMIT <= self.output_limit <= MAX_OUTPUT_LIMIT:
+            raise _fail("output_limit", "must be between 4KiB and 1GiB")
         if not 1 <= self.misfire_cap <= 10_000:
             raise _fail("misfire_cap", "must be between 1 and 10000")
         for name in self.env:

@@ -20,6 +20,8 @@ _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?"
     r"\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$"
 )
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _E = TypeVar("_E")
 
 
@@ -37,6 +39,16 @@ def parse_duration(value: object, field: str) -> float:
             d, h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
             return d * 86400 + h * 3600 + m * 60 + s + ms / 1000
     raise SpecError(f"{value!r} is not a duration (use seconds or e.g. '90s', '5m', '1h30m')", field=field)
+
+
+def parse_size(value: object, field: str) -> int:
+    """Bytes from an integer or a string like ``"512KiB"``, ``"4MiB"``, ``"1G"`` (units of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise SpecError(f"{value!r} is not a size (use bytes or e.g. '512KiB', '4MiB', '1GiB')", field=field)
+    return int(match.group(1)) * _UNITS[match.group(2)[:1].lower()]
 
 
 def parse_datetime(value: object, field: str) -> datetime:

@@ -44,6 +44,7 @@ FULL = _job(
     enabled=False,
     description="everything",
     trigger={"env": ["TARGET"], "args": True},
+    output_limit="16MiB",
 )
 
 
@@ -51,6 +52,7 @@ def test_full_spec_round_trips_through_the_wire() -> None:
     spec = parse_job(FULL)
     assert spec.mode is Mode.LOAD_BALANCE and spec.timeout == 3600 and spec.retries.attempts == 3
     assert isinstance(spec.triggers[0], CronTrigger) and isinstance(spec.triggers[1], IntervalTrigger)
+    assert spec.output_limit == 16 * 1024**2
     assert codec.decode_job(codec.encode_job(spec), spec.key) == spec
     assert parse_job(job_to_dict(spec)) == spec
 
@@ -80,6 +82,9 @@ def test_full_spec_round_trips_through_the_wire() -> None:
         ({"enabled": "yes"}, "enabled"),
         ({"colour": "red"}, "colour"),
         ({"command": ["mysql", "-p${secret:db}"]}, "command"),
+        ({"output_limit": "lots"}, "output_limit"),
+        ({"output_limit": 100}, "output_limit"),
+        ({"output_limit": "2GiB"}, "output_limit"),
         ({"trigger": {"env": ["BASH_ENV"]}}, "trigger.env"),
         ({"trigger": {"env": ["LD_PRELOAD"]}}, "trigger.env"),
         ({"trigger": {"env": ["NATSCHED_RUN_ID"]}}, "trigger.env"),
