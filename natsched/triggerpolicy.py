@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from natsched.errors import SpecError, TriggerRefusedError
+from natsched.vocab import RunTrigger
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -94,7 +95,7 @@ class TriggerPolicy:
         if len(set(self.env)) != len(self.env):
             raise SpecError("names a variable twice", field="trigger.env")
 
-    def check(self, job: str, trigger: str, args: tuple[str, ...], env: Mapping[str, str]) -> None:
+    def check(self, job: str, trigger: RunTrigger, args: tuple[str, ...], env: Mapping[str, str]) -> None:
         """Raise :class:`TriggerRefusedError` (one line, naming the field) unless allowed."""
         if args and not self.args:
             raise TriggerRefusedError(
@@ -102,7 +103,7 @@ class TriggerPolicy:
                 field="args",
             )
         for name in env:
-            if trigger == "subject" and name in SUBJECT_ENV:
+            if trigger == RunTrigger.SUBJECT and name in SUBJECT_ENV:
                 continue
             if never_allowed(name):
                 raise TriggerRefusedError(

@@ -133,7 +133,8 @@ class TriggerHandler:
                 raise ApiError(
                     f"job {spec.key} is disabled; enable it with 'natsched jobs enable {spec.key}'"
                 )
-            spec.trigger.check(spec.key, "manual", args, env)  # the job says what a caller may change
+            # The job says what a caller may change; the agent checks again.
+            spec.trigger.check(spec.key, RunTrigger.MANUAL, args, env)
             replies = await self._dispatcher.dispatch(
                 spec, trigger=RunTrigger.MANUAL, args=args, env=env, correlation_id=correlation
             )

@@ -17,6 +17,7 @@ from natsched.master.service import MasterService
 from natsched.secrets import generate_key_file, load_key
 from natsched.settings import ConnectionSettings
 from natsched.subjects import API_SECRETS_LIST, API_SECRETS_SET, SECRETS_BUCKET
+from natsched.vocab import RunState
 from tests.conftest import AgentFactory, eventually
 from tests.helpers import api, apply, job, stream_events, toml_jobs
 
@@ -51,7 +52,7 @@ async def log_text(nc: Client, run_id: str) -> str:
 
 
 async def finals(nc: Client, key: str) -> list[dict[str, Any]]:
-    return [e for e in await stream_events(nc) if e["job"] == key and e["state"] not in ("started", "queued")]
+    return [e for e in await stream_events(nc) if e["job"] == key and not RunState(e["state"]).open]
 
 
 async def test_a_secret_is_used_by_the_run_and_masked_everywhere(

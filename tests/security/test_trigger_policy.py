@@ -21,7 +21,7 @@ from natsched.dispatch import RunRequest, decode_run_reply
 from natsched.embedded import EmbeddedServer
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.master.service import MasterService
-from natsched.vocab import RunTrigger
+from natsched.vocab import RunState, RunTrigger
 from tests.conftest import eventually
 from tests.helpers import api, job, stream_events, toml_jobs
 from tests.security.test_permissions import connect_as, secured, settings
@@ -43,7 +43,7 @@ def in_process_agent(server: EmbeddedServer, tmp_path: Path) -> AgentService:
 
 
 async def finals(nc: Client, key: str) -> list[dict[str, Any]]:
-    return [e for e in await stream_events(nc) if e["job"] == key and e["state"] not in ("started", "queued")]
+    return [e for e in await stream_events(nc) if e["job"] == key and not RunState(e["state"]).open]
 
 
 async def trigger(nc: Client, body: dict[str, Any]) -> dict[str, Any]:
