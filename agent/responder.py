@@ -6,22 +6,28 @@ so the master (or the pool's queue group) tries the next agent. Garbage gets an 
 reply and is logged; it never takes the agent down. A request for a run id this agent
 already took (a master repeating a dispatch after a crash) gets the first answer again
 and runs nothing.
+
+Nothing starts before the agent has won the run's claim (``natsched/claims.py``): a
+dispatch the master gave up on (it withdrew the claim first) is refused, however late
+it arrives, e.g. after the agent was frozen (SIGSTOP) past the dispatch timeout.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
 
 from agent.executor import JobExecutor
 from natsched import codec, subjects
-from natsched.dispatch import RunReply, decode_run_request
+from natsched.claims import claim, open_claims
+from natsched.dispatch import RunReply, RunRequest, decode_run_request
 from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
@@ -43,9 +49,12 @@ class Responder:
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
         self.sync_report: Callable[[], dict[str, Any]] = lambda: {"agent": agent, "report": []}
         self.max_term = 0  # highest leader term seen in a dispatch: the fencing token
+        self._claims: KeyValue | None = None
 
     async def start(self) -> None:
-        self._subs.append(await self._nc.subscribe(subjects.agent_run_subject(self._agent), cb=self._on_run))
+        self._subs.append(
+            await self._nc.subscribe(subjects.agent_run_subject(self._agent), cb=self._serve_runs(None))
+        )
         self._subs.append(
             await self._nc.subscribe(subjects.agent_cancel_subject(self._agent), cb=self._on_cancel)
         )
@@ -55,7 +64,9 @@ class Responder:
         for pool in sorted(self._pools):
             self._subs.append(
                 await self._nc.subscribe(
-                    subjects.pool_run_subject(pool), queue=subjects.pool_queue(pool), cb=self._on_run
+                    subjects.pool_run_subject(pool),
+                    queue=subjects.pool_queue(pool),
+                    cb=self._serve_runs(pool),
                 )
             )
 
@@ -71,7 +82,54 @@ class Responder:
         if msg.reply:
             await self._nc.publish(msg.reply, reply.encode())
 
-    async def _on_run(self, msg: Msg) -> None:
+    async def _refuse(self, msg: Msg, request: RunRequest, reason: str) -> None:
+        await self._reply(msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=reason))
+
+    def _serve_runs(self, pool: str | None) -> Callable[[Msg], Awaitable[None]]:
+        """Run requests on this agent's subject (``pool`` None) or on a pool's queue group."""
+
+        async def on_run(msg: Msg) -> None:
+            await self._on_run(msg, pool)
+
+        return on_run
+
+    def _refusal(self, request: RunRequest) -> str:
+        """Why this agent does not take ``request`` now ("" when it does)."""
+        if request.spec.mode is Mode.LOAD_BALANCE:
+            # Refused, not held (manual runs too): another agent of the pool takes it.
+            paused = self._executor.holds().agent_hold(self._agent)[1]
+            if paused:
+                return paused
+        if self._executor.running >= self._max:
+            return f"busy: {self._executor.running}/{self._max} runs"
+        return ""
+
+    async def _claim(self, request: RunRequest, pool: str | None) -> RunReply | None:
+        """Win the run's claim, or say why not (the reply); None when this agent may start it."""
+        key = (
+            subjects.pool_claim_key(pool, request.run_id)
+            if pool
+            else subjects.agent_claim_key(self._agent, request.run_id)
+        )
+        try:
+            if self._claims is None:
+                self._claims = await open_claims(self._nc.jetstream())
+            result = await claim(self._claims, key, agent=self._agent)
+        except Exception as exc:  # noqa: BLE001 - undecided: run nothing, say why
+            log.warning("run %s not started: claim %s undecided: %r", request.run_id, key, exc)
+            return RunReply(
+                ok=False, agent=self._agent, run_id=request.run_id, reason=f"claim undecided: {exc}"
+            )
+        if result.won:
+            return None
+        holder = result.holder
+        log.warning("run %s not started here: it was %s", request.run_id, holder.describe())
+        if holder.withdrawn:
+            return RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=holder.describe())
+        # Taken already (by us before a restart, or by another member of the pool): it runs there.
+        return RunReply(ok=True, agent=holder.agent, run_id=request.run_id, reason=holder.describe())
+
+    async def _on_run(self, msg: Msg, pool: str | None) -> None:
         try:
             request = decode_run_request(msg.data)
         except CodecError as exc:
@@ -81,9 +139,7 @@ class Responder:
         if request.term < self.max_term:
             reason = f"stale master: term {request.term} < {self.max_term} (another master leads now)"
             log.warning("refused run %s from %s: %s", request.run_id, request.master or "?", reason)
-            await self._reply(
-                msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=reason)
-            )
+            await self._refuse(msg, request, reason)
             return
         self.max_term = request.term
         try:
@@ -91,34 +147,28 @@ class Responder:
             request.spec.trigger.check(request.spec.key, request.trigger, request.args, request.env)
         except TriggerRefusedError as exc:
             log.warning("refused run %s: %s", request.run_id, exc)
-            await self._reply(
-                msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=str(exc))
-            )
+            await self._refuse(msg, request, str(exc))
             return
         known = self._recent.get(request.run_id)
         if known is not None:
             log.info("run %s was already taken here; answering again, not running it twice", request.run_id)
             await self._reply(msg, known)
             return
-        if request.spec.mode is Mode.LOAD_BALANCE:
-            # Refused, not held (manual runs too): another agent of the pool takes it.
-            paused = self._executor.holds().agent_hold(self._agent)[1]
-            if paused:
-                await self._reply(
-                    msg, RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=paused)
-                )
-                return
-        if self._executor.running >= self._max:
-            await self._reply(
-                msg,
-                RunReply(
-                    ok=False,
-                    agent=self._agent,
-                    run_id=request.run_id,
-                    reason=f"busy: {self._executor.running}/{self._max} runs",
-                ),
-            )
+        refusal = self._refusal(request)
+        if refusal:
+            await self._refuse(msg, request, refusal)
             return
+        lost = await self._claim(request, pool)
+        if lost is not None:
+            await self._reply(msg, lost)
+            return
+        reply = await self._launch(request)
+        self._recent[request.run_id] = reply
+        if len(self._recent) > RECENT_RUNS:
+            self._recent.popitem(last=False)
+        await self._reply(msg, reply)
+
+    async def _launch(self, request: RunRequest) -> RunReply:
         try:
             event = await self._executor.launch(
                 request.spec,
@@ -135,12 +185,8 @@ class Responder:
             )
         except Exception as exc:  # a launch bug must not leave the master waiting for nothing
             log.exception("run request %s failed", request.run_id)
-            await self._reply(
-                msg,
-                RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=f"agent error: {exc}"),
-            )
-            return
-        reply = RunReply(
+            return RunReply(ok=False, agent=self._agent, run_id=request.run_id, reason=f"agent error: {exc}")
+        return RunReply(
             ok=event.state in (RunState.STARTED, RunState.QUEUED),
             agent=self._agent,
             run_id=event.run_id,
@@ -148,10 +194,6 @@ class Responder:
             state=event.state.value,
             reason=event.reason,
         )
-        self._recent[request.run_id] = reply
-        if len(self._recent) > RECENT_RUNS:
-            self._recent.popitem(last=False)
-        await self._reply(msg, reply)
 
     async def _on_sync(self, msg: Msg) -> None:
         """``natsched sync-report``: what this agent's cache took in, when (JSON)."""

@@ -33,6 +33,9 @@ class StorageSettings:
     logs_max_bytes: int = 1024**3
     # Chain progress (fan-in state, dedupe claims) outlives any chain run by far.
     chains_max_age: float = 7 * 86400.0
+    # Run claims (natsched/claims.py): a frozen agent holding a dispatch older than this could
+    # start it after its withdrawal expired, so keep them far longer than any freeze.
+    claims_max_age: float = 86400.0
 
 
 async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
@@ -103,6 +106,7 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
         js,
         api.KeyValueConfig(bucket=subjects.CHAINS_BUCKET, history=1, replicas=r, ttl=storage.chains_max_age),
     )
+    await _claims_bucket(js, r, storage.claims_max_age)
     await _stream(
         js,
         api.StreamConfig(
@@ -123,6 +127,31 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
             num_replicas=r,
             max_age=storage.logs_max_age,
             max_bytes=storage.logs_max_bytes,
+            storage=api.StorageType.FILE,
+        ),
+    )
+
+
+async def _claims_bucket(js: JetStreamContext, replicas: int, max_age: float) -> None:
+    """The claims bucket as nats-py would create it, but without rollup headers.
+
+    Agents may write their own claim keys; with ``allow_rollup_hdrs`` (nats-py always sets
+    it) one message with ``Nats-Rollup: all`` on such a key would wipe every claim.
+    """
+    await _stream(
+        js,
+        api.StreamConfig(
+            name=subjects.kv_stream(subjects.CLAIMS_BUCKET),
+            subjects=[subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET) + ">"],
+            allow_direct=True,
+            allow_rollup_hdrs=False,
+            deny_delete=True,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=min(120.0, max_age),
+            max_age=max_age,
+            max_bytes=-1,
+            max_msgs_per_subject=1,
+            num_replicas=replicas,
             storage=api.StorageType.FILE,
         ),
     )

@@ -6,13 +6,15 @@ Each subclass also inherits the builtin it resembles, so generic code keeps work
 
     NatschedError
     ├── ConfigError(ValueError)          bad settings, flags or environment
+    │   └── NameTakenError               another live agent runs under this agent's name
     ├── SpecError(ValueError)            a job definition is invalid (names file, job, field)
     │   ├── JobFileError                 a job file cannot be read or parsed at all
     │   └── TriggerRefusedError          a trigger asks for what its job's policy does not allow
     ├── CodecError(ValueError)           a payload is not what the wire format promises
     │   └── VersionError                 a payload of a protocol version we do not speak
     ├── NotConnectedError(ConnectionError)  NATS is unreachable, or no master answered
-    │   └── NoMasterError                 nobody serves natsched.api.*
+    │   ├── NoMasterError                 nobody serves natsched.api.*
+    │   └── ClaimUndecidedError           NATS did not say who claimed a run (nobody runs it)
     ├── ApiError(RuntimeError)           the master answered a request with an error
     ├── NotFoundError(LookupError)       a job, agent or run that does not exist
     ├── ConflictError(RuntimeError)      someone else changed the thing in between (CAS)
@@ -32,6 +34,10 @@ class NatschedError(Exception):
 
 class ConfigError(NatschedError, ValueError):
     """Settings, flags or environment variables that cannot work."""
+
+
+class NameTakenError(ConfigError):
+    """Another agent with this name is alive (its heartbeat has not expired): refuse to run twice."""
 
 
 class SpecError(NatschedError, ValueError):
@@ -97,6 +103,10 @@ class NotConnectedError(NatschedError, ConnectionError):
 
 class NoMasterError(NotConnectedError):
     """No master answers on natsched.api.*."""
+
+
+class ClaimUndecidedError(NotConnectedError):
+    """Writing or reading a run's claim failed: nobody may start the run on this basis."""
 
 
 class ApiError(NatschedError, RuntimeError):

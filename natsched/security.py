@@ -2,7 +2,7 @@
 
 Roles: ``master`` (everything natsched), ``admin`` (the CLI: API, triggers, reading streams
 and buckets), ``agent`` (one per agent: only its own run/cancel subjects and its pools,
-its own events and heartbeat, read-only jobs), ``trigger`` (may only publish
+its own events, heartbeat and run claims, read-only jobs), ``trigger`` (may only publish
 ``natsched.trigger.<job>`` for the named jobs and read the replies). Each role reads replies
 only on its own inbox prefix (``subjects.*_INBOX``), so no role reads another's replies. ``natsched
 permissions`` prints them; ``nats/`` includes the result.
@@ -111,6 +111,9 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
             subjects.LOGS_SUBJECTS,
             f"$KV.{subjects.AGENTS_BUCKET}.{name}",
             f"$KV.{subjects.STATE_BUCKET}.lock.>",
+            # Its own run claims only: it cannot take or withdraw another agent's runs.
+            *subjects.agent_claims_subjects(name, pools),
+            *_kv_get(subjects.kv_stream(subjects.CLAIMS_BUCKET)),
             *_read_stream(_JOBS),
             *_read_stream(_SETTINGS),  # calendars and pauses, cached for offline use
             *_kv_get(_AGENTS),

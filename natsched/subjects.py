@@ -15,6 +15,10 @@ AGENTS_BUCKET = "natsched_agents"  # key "<agent>", value: msgpack heartbeat, TT
 STATE_BUCKET = "natsched_state"  # leader lease, schedule cursors, overlap locks
 SECRETS_BUCKET = "natsched_secrets"  # key "<name>", value: nonce + AES-GCM ciphertext (secrets.py)
 CHAINS_BUCKET = "natsched_chains"  # chain progress: batch.*, fanin.*, chain.* (expires, see buckets.py)
+# Who starts a dispatched run (natsched/claims.py): keys "agent.<agent>.<run_id>" and
+# "pool.<pool>.<run_id>", written once, by the agent that runs it or by the master that gave up.
+# Nothing else lives here: agents may write their own keys, and no writer may roll the bucket up.
+CLAIMS_BUCKET = "natsched_claims"
 
 # --- Streams ----------------------------------------------------------------------
 EVENTS_STREAM = "NATSCHED_EVENTS"
@@ -207,6 +211,25 @@ def agent_events(agent: str) -> str:
 def events_matching(job: str | None = None, agent: str | None = None, state: str | None = None) -> str:
     """Events of a job (``<group>.<job>``), an agent and a state; None matches any."""
     return f"natsched.event.{agent or '*'}.{job or '*.*'}.{state or '*'}"
+
+
+def agent_claim_key(agent: str, run_id: str) -> str:
+    """CLAIMS_BUCKET key of a run dispatched to one agent (slave, or load-balance by name)."""
+    return f"agent.{_token(agent, 'agent name')}.{_token(run_id, 'run id')}"
+
+
+def pool_claim_key(pool: str, run_id: str) -> str:
+    """CLAIMS_BUCKET key of a run dispatched to a pool's queue group (any member may take it)."""
+    return f"pool.{_token(pool, 'pool name')}.{_token(run_id, 'run id')}"
+
+
+def agent_claims_subjects(agent: str, pools: list[str]) -> list[str]:
+    """The claim keys an agent may write, as KV subjects: its own, and its pools' (permissions)."""
+    prefix = kv_subject_prefix(CLAIMS_BUCKET)
+    return [
+        f"{prefix}agent.{_token(agent, 'agent name')}.*",
+        *(f"{prefix}pool.{_token(pool, 'pool name')}.*" for pool in pools),
+    ]
 
 
 def cursor_key(job_key: str) -> str:

@@ -15,6 +15,12 @@ list is exhausted, the pool's queue group ``natsched.pool.<pool>.run`` is the la
 (any agent of the pool may take it, heartbeat or not); then the run fails with the
 reasons.
 
+An agent starts a run only once it has won the run's claim (``natsched/claims.py``).
+When an agent does not answer within the timeout, the master claims the run itself (a
+withdrawal) before it records the run failed or asks the next agent; if the agent won
+instead, its answer was only late: the run is taken there and asked of nobody else. So a
+dispatch the master gave up on never executes, and a load-balance run executes once.
+
 Overlap of a load-balance job is cluster-wide (a lock in ``natsched_state``, held by the
 running run; see ``agent/locks.py``). For ``replace`` the master cancels the holder
 wherever it runs before dispatching; the new run waits on its agent for the lock.
@@ -26,15 +32,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
+from natsched.claims import claim, open_claims
 from natsched.dispatch import RunReply, RunRequest, decode_run_reply
 from natsched.errors import CodecError, VersionError
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
@@ -162,6 +170,7 @@ class Dispatcher:
         self._master_id = master_id
         self.directory = directory or AgentDirectory(nc)
         self._timeout = timeout
+        self._claims: KeyValue | None = None
 
     async def live_agents(self) -> list[Heartbeat]:
         return await self.directory.live()
@@ -233,7 +242,7 @@ class Dispatcher:
                 *(
                     self._refuse(requests[name], name, refused[name])
                     if name in refused
-                    else self._ask(subjects.agent_run_subject(name), requests[name], name)
+                    else self._ask(_Target.of_agent(name), requests[name])
                     for name in targets
                 )
             )
@@ -255,16 +264,14 @@ class Dispatcher:
         order = load_balance_order(spec, live)
         # A retry goes to another agent when there is one; the one that failed comes last.
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
-        for name in order:
-            reply = await self._ask(subjects.agent_run_subject(name), request, name)
+        targets = [_Target.of_agent(a) for a in order] + [_Target.of_pool(p) for p in spec.targets.pools]
+        for target in targets:
+            reply = await self._ask(target, request)
             if reply.ok or reply.state == RunState.SKIPPED.value:  # skipped by overlap: final
                 return reply
-            reasons.append(f"{name}: {reply.reason}")
-        for pool in spec.targets.pools:
-            reply = await self._ask(subjects.pool_run_subject(pool), request, f"pool {pool}")
-            if reply.ok or reply.state == RunState.SKIPPED.value:
-                return reply
-            reasons.append(f"pool {pool}: {reply.reason}")
+            reasons.append(f"{target.who}: {reply.reason}")
+            if reply.reason.startswith(UNDECIDED):
+                break  # the run may still start there: offering it elsewhere could run it twice
         failed = RunReply(
             ok=False,
             agent="",
@@ -301,32 +308,48 @@ class Dispatcher:
             # A holder whose agent is gone loses the lock once its heartbeat expires.
             log.warning("replace %s: could not cancel %s: %r", spec.key, holder, exc)
 
-    async def _ask(self, subject: str, request: RunRequest, who: str) -> RunReply:
-        reply = await self._ask_once(subject, request, who)
+    async def _ask(self, target: _Target, request: RunRequest) -> RunReply:
+        reply = await self._ask_once(target, request)
         if reply.reason.startswith("stale master") and self._lease is not None and not _leader_work(request):
             # Our view of the term was old (e.g. just after a change of leader): re-read, once.
             # Scheduled slots are the leader's work: a deposed leader's are refused, not retried.
             term = await self._lease.refresh()
             if term > request.term:
-                reply = await self._ask_once(subject, replace(request, term=term), who)
+                reply = await self._ask_once(target, replace(request, term=term))
         return reply
 
-    async def _ask_once(self, subject: str, request: RunRequest, who: str) -> RunReply:
+    async def _ask_once(self, target: _Target, request: RunRequest) -> RunReply:
+        who = target.who
         try:
-            msg = await self._nc.request(subject, request.encode(), timeout=self._timeout)
-        except NoRespondersError:
+            msg = await self._nc.request(target.subject, request.encode(), timeout=self._timeout)
+        except NoRespondersError:  # nobody subscribed, so nobody got it: nothing to withdraw
             return RunReply(ok=False, agent=who, run_id=request.run_id, reason="agent offline")
         except NatsTimeoutError:
-            return RunReply(
-                ok=False,
-                agent=who,
-                run_id=request.run_id,
-                reason=f"agent offline (no answer within {self._timeout:g}s)",
-            )
+            return await self._withdraw(target, request)
         try:
             return decode_run_reply(msg.data)
         except CodecError as exc:
             return RunReply(ok=False, agent=who, run_id=request.run_id, reason=f"bad reply: {exc}")
+
+    async def _withdraw(self, target: _Target, request: RunRequest) -> RunReply:
+        """No answer in time: claim the run ourselves, so that a late agent cannot start it."""
+        who, silent = target.who, f"agent offline (no answer within {self._timeout:g}s)"
+        key = target.claim_key(request.run_id)
+        try:
+            if self._claims is None:
+                self._claims = await open_claims(self._js)
+            result = await claim(self._claims, key, master=self._master_id)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves it undecided
+            log.error("run %s: %s, and its claim %s is undecided: %r", request.run_id, silent, key, exc)
+            return RunReply(
+                ok=False, agent=who, run_id=request.run_id, reason=f"{UNDECIDED} ({silent}): {exc}"
+            )
+        holder = result.holder
+        if result.won or holder.withdrawn:
+            return RunReply(ok=False, agent=who, run_id=request.run_id, reason=f"{silent}; withdrawn")
+        log.info("run %s: %s's answer came late, but it took the run", request.run_id, holder.agent)
+        late = f"taken by {holder.agent} (late answer)"
+        return RunReply(ok=True, agent=holder.agent, run_id=request.run_id, reason=late)
 
     async def _record_failure(self, request: RunRequest | None, reply: RunReply) -> None:
         """The agent could not record it, so the master publishes the run's ``failed`` event."""
@@ -345,6 +368,32 @@ class Dispatcher:
             detail=dict(request.detail),
         )
         await publish_event(self._js, event)
+
+
+UNDECIDED = "claim undecided"
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a run request goes, and the claim key that decides whether it runs there."""
+
+    subject: str
+    who: str
+    name: str
+    is_pool: bool = False
+
+    @classmethod
+    def of_agent(cls, name: str) -> _Target:
+        return cls(subjects.agent_run_subject(name), name, name)
+
+    @classmethod
+    def of_pool(cls, pool: str) -> _Target:
+        return cls(subjects.pool_run_subject(pool), f"pool {pool}", pool, is_pool=True)
+
+    def claim_key(self, run_id: str) -> str:
+        if self.is_pool:
+            return subjects.pool_claim_key(self.name, run_id)
+        return subjects.agent_claim_key(self.name, run_id)
 
 
 def _leader_work(request: RunRequest) -> bool:

@@ -147,3 +147,35 @@ async def test_each_role_works_within_its_permissions(secured: EmbeddedServer, t
 
 async def _cached(agent: AgentService, n: int) -> bool:
     return await agent.cache.count() == n
+
+
+async def test_an_agent_writes_only_its_own_run_claims_and_cannot_roll_the_bucket_up(
+    secured: EmbeddedServer,
+) -> None:
+    async with MasterService(settings(secured, "master")) as master:
+        assert master.nc is not None
+        claims = await master.nc.jetstream().key_value(subjects.CLAIMS_BUCKET)
+        await claims.create(subjects.agent_claim_key("a2", "r0"), b"a2's claim")
+        a1 = await connect_as(secured, "a1")
+        kv = await a1.jetstream().key_value(subjects.CLAIMS_BUCKET)
+        await kv.create(subjects.agent_claim_key("a1", "r1"), b"mine")
+        await kv.create(subjects.pool_claim_key("p", "r2"), b"my pool's")
+        for key in (subjects.agent_claim_key("a2", "r3"), subjects.pool_claim_key("q", "r4")):
+            with pytest.raises(Exception):  # noqa: B017 - denied publish: no ack ever comes
+                await asyncio.wait_for(kv.create(key, b"forged"), 1.5)
+        # One message with a rollup header on its own key would otherwise wipe every claim.
+        with pytest.raises(nats.js.errors.APIError, match="rollup"):
+            await a1.jetstream().publish(
+                subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET) + subjects.agent_claim_key("a1", "r5"),
+                b"wipe",
+                headers={"Nats-Rollup": "all"},
+            )
+        held = await scan(master.nc.jetstream(), subjects.CLAIMS_BUCKET)
+        assert sorted(held) == sorted(
+            [
+                subjects.agent_claim_key("a2", "r0"),
+                subjects.agent_claim_key("a1", "r1"),
+                subjects.pool_claim_key("p", "r2"),
+            ]
+        )
+        await a1.close()

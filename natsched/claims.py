@@ -1,0 +1,94 @@
+"""Who starts a dispatched run: a claim only one party can win.
+
+An agent starts a run the master sent it (slave, or load-balance) only once it has
+*claimed* it: created the run's key in ``natsched_claims`` (``agent.<agent>.<run_id>``,
+or ``pool.<pool>.<run_id>`` when the pool's queue group delivered it). A master that
+gives up on an agent (no answer within the dispatch timeout) creates the same key
+itself, a *withdrawal*, before it records the run failed or offers it to the next agent.
+A KV create is a compare-and-set decided by the server, so exactly one of the two wins,
+whatever the hosts' clocks say and however long a frozen agent sat on the request: an
+agent that loses runs nothing; a master that loses knows the agent has the run.
+
+Every key is written once. The ``nonce`` tells a write of ours whose acknowledgement was
+lost (we won) from an earlier claim by the same agent (a dispatch repeated after a
+crash: answered, not run again).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import asdict, dataclass
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import codec, subjects
+from natsched.errors import ClaimUndecidedError, CodecError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claim:
+    agent: str  # the agent that runs the run; "" when a master withdrew the dispatch
+    master: str = ""  # the master that withdrew it
+    nonce: str
+
+    @property
+    def withdrawn(self) -> bool:
+        return not self.agent
+
+    def describe(self) -> str:
+        if self.withdrawn:
+            return f"withdrawn by master {self.master or '?'} (it gave up waiting for an answer)"
+        return f"taken by agent {self.agent}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    won: bool
+    holder: Claim  # the claim on record: ours when won
+
+
+def encode_claim(claim: Claim) -> bytes:
+    return codec.pack(asdict(claim))
+
+
+def decode_claim(data: bytes | None, key: str) -> Claim:
+    obj = codec.unpack(data or b"", f"claim {key}")
+    obj.pop(codec.VERSION_KEY)
+    try:
+        return Claim(agent=str(obj["agent"]), master=str(obj.get("master", "")), nonce=str(obj["nonce"]))
+    except KeyError as exc:
+        raise CodecError(f"claim {key}: missing {exc}") from None
+
+
+async def open_claims(js: JetStreamContext) -> KeyValue:
+    return await js.key_value(subjects.CLAIMS_BUCKET)
+
+
+async def claim(kv: KeyValue, key: str, *, agent: str = "", master: str = "") -> ClaimResult:
+    """Create ``key`` for ``agent`` (a claim) or ``master`` (a withdrawal); say who holds it.
+
+    Raises :class:`ClaimUndecidedError` when NATS does not tell: then nobody may act as
+    if it had won (the agent runs nothing; the master offers the run to no one else).
+    """
+    mine = Claim(agent=agent, master=master, nonce=secrets.token_hex(8))
+    failure: Exception | None = None
+    try:
+        await kv.create(key, encode_claim(mine))
+        return ClaimResult(True, mine)
+    except KeyWrongLastSequenceError:
+        pass  # someone was first: the record says who
+    except Exception as exc:  # noqa: BLE001 - the write may or may not have landed: read it back
+        failure = exc
+    try:
+        entry = await kv.get(key)
+        holder = decode_claim(entry.value, key)
+    except KeyNotFoundError:
+        raise ClaimUndecidedError(f"claim {key} could not be written: {failure!r}") from None
+    except Exception as exc:  # noqa: BLE001 - unreachable, or a value nobody of ours wrote
+        raise ClaimUndecidedError(f"claim {key} undecided: {failure or exc!r}") from None
+    return ClaimResult(holder.nonce == mine.nonce, holder)
