@@ -50,20 +50,21 @@ class ActiveRun:
 
 
 class LogStreamer:
-    """Output chunks to ``natsched.log.<run_id>`` (stream NATSCHED_LOGS), best effort.
+    """Output chunks to ``natsched.log.<agent>.<run_id>`` (stream NATSCHED_LOGS), best effort.
 
     A core publish, not an acknowledged one: output must never slow a run down. While
     NATS is away chunks are dropped; the run's event still carries the output tail.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
         self.nc: Client | None = None
 
     async def publish(self, run_id: str, chunk: bytes) -> None:
         nc = self.nc
         if nc is not None and nc.is_connected:
             try:
-                await nc.publish(subjects.log_subject(run_id), chunk)
+                await nc.publish(subjects.log_subject(self.agent, run_id), chunk)
             except Exception:  # noqa: BLE001 - logs are best effort
                 log.debug("log chunk of %s dropped", run_id)
 

@@ -124,7 +124,7 @@ class RunJournal:
 
 
 def _held_run(event_json: bytes, launch: bytes | None) -> HeldRun:
-    event = parse_event(event_json)
+    event = parse_event(event_json, None)  # our own record, not received from anyone
     if launch is None or event.state is not RunState.QUEUED:
         return HeldRun(event)
     data = codec.unpack(launch, "queued run")

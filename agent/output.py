@@ -1,4 +1,4 @@
-"""One run's output on its way to ``natsched.log.<run_id>``: secrets masked, size capped.
+"""One run's output on its way to ``natsched.log.<agent>.<run_id>``: secrets masked, size capped.
 
 Masking: the runner hands over output in the pieces the process wrote (coalesced up to
 64 KiB); a secret written in two pieces is masked all the same because

@@ -68,7 +68,7 @@ class AgentService(Service):
         self.journal: RunJournal | None = None
         self.recovery: Recovery | None = None
         self.guardian = Guardian()  # job processes die with this agent, even on kill -9
-        self.logs = LogStreamer()
+        self.logs = LogStreamer(config.name)
         self.executor: JobExecutor | None = None
         self.mirror: MirrorScheduler | None = None
         self.files: FileWatcher | None = None

@@ -82,7 +82,7 @@ async def cron_lateness(url: str, nc: Client, duration: float, jobs: int) -> tup
     async for msg in read_stream(
         nc.jetstream(), subjects.EVENTS_STREAM, "natsched.event.cron.benchcron.*.started", since=since
     ):
-        event = parse_event(msg.data)
+        event = parse_event(msg.data, msg.subject)
         if event.started_at is not None and event.scheduled_at is not None and event.scheduled_at >= since:
             samples.append((event.started_at - event.scheduled_at) * 1000)
     kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)

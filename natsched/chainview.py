@@ -56,7 +56,7 @@ async def read_chain(js: JetStreamContext, chain_id: str) -> ChainView:
     runs: dict[str, RunSummary] = {}
     async for msg in read_stream(js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS, since=since):
         try:
-            event = parse_event(msg.data)
+            event = parse_event(msg.data, msg.subject)
         except CodecError:
             continue
         if in_chain(chain_id, event.run_id, event.detail):

@@ -84,16 +84,60 @@ def tail_text(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
     return data[-limit:].decode("utf-8", errors="replace")
 
 
-def parse_event(data: bytes) -> RunEvent:
-    """A RunEvent from its JSON; CodecError if it is not one."""
+# Field -> the JSON types it may have (None allowed where the field is optional).
+_NUMBER = (int, float)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,),
+    "job": (str,),
+    "agent": (str,),
+    "trigger": (str,),
+    "scheduled_at": (*_NUMBER, type(None)),
+    "started_at": (*_NUMBER, type(None)),
+    "ended_at": (*_NUMBER, type(None)),
+    "exit_code": (int, type(None)),
+    "signal": (int, type(None)),
+    "pid": (int, type(None)),
+    "reason": (str,),
+    "output_tail": (str,),
+    "output_bytes": (int,),
+    "attempt": (int,),
+    "detail": (dict,),
+    "at": _NUMBER,
+    "host": (str,),
+}
+
+
+def parse_event(data: bytes, subject: str | None) -> RunEvent:
+    """A RunEvent from its JSON as received on ``subject``; CodecError if it is not one.
+
+    ``subject=None`` only for a record this process wrote itself (the agent's journal).
+
+    Only what the subject proves is trusted: an agent may publish only on its own
+    ``natsched.event.<agent>.>``, so the agent, job and state in the body must be the
+    subject's. Every field must have its type (``"run_id": 12345`` is refused, not a crash
+    later in a listing).
+    """
     obj = codec.from_json(data, "run event", require_version=True)
     obj.pop("duration", None)
     try:
+        for name, value in obj.items():
+            allowed = _TYPES.get(name)
+            if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+                raise TypeError(f"{name} has the wrong type ({type(value).__name__})")
         obj["state"] = RunState(obj["state"])
         if not isinstance(obj.get("trigger"), str):
             raise TypeError("trigger is not a string")
         obj["trigger"] = run_trigger(obj["trigger"])
+        if not subjects.is_token(obj["run_id"]) or obj.get("attempt", 1) < 1:
+            raise ValueError(f"bad run id or attempt in {subjects.shown(obj['run_id'])}")
         obj["detail"] = {str(k): str(v) for k, v in (obj.get("detail") or {}).items()}
-        return RunEvent(**obj)
+        event = RunEvent(**obj)
+        expected = event.subject
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"run event: {exc}") from None
+    if subject is not None and subject != expected:
+        raise CodecError(
+            f"run event: {subjects.shown(subject)} does not match the body "
+            f"(agent {subjects.shown(event.agent)}, job {subjects.shown(event.job)}, {event.state.value})"
+        )
+    return event

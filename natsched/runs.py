@@ -6,6 +6,7 @@ reading the events stream from that moment on, not from its beginning.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 from nats.js import JetStreamContext
@@ -14,6 +15,8 @@ from natsched import subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
 from natsched.kvscan import read_stream
+
+log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 30.0
 
@@ -72,7 +75,7 @@ async def tail_runs(
         if last >= first:
             async for msg in read_stream(js, subjects.EVENTS_STREAM, subject, from_seq=start):
                 read += 1
-                _add(runs, msg.data)
+                _add(runs, msg.data, msg.subject)
         found = [r for r in runs.values() if state is None or r.latest.state.value == state]
         if len(found) >= want or start <= first:
             found.sort(key=lambda r: r.latest.run_id, reverse=True)
@@ -80,9 +83,9 @@ async def tail_runs(
         window *= 8
 
 
-def _add(runs: dict[str, RunSummary], data: bytes) -> None:
+def _add(runs: dict[str, RunSummary], data: bytes, subject: str) -> None:
     try:
-        event = parse_event(data)
+        event = parse_event(data, subject)
     except CodecError:
         return  # garbage in the stream is not a run
     add_event(runs, event)
@@ -93,8 +96,17 @@ def add_event(runs: dict[str, RunSummary], event: RunEvent) -> None:
     summary = runs.get(event.run_id)
     if summary is None:
         runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
-    else:
+    elif event.agent == summary.latest.agent:
         summary.add(event)
+    else:
+        # A run belongs to the agent of its first event: another agent cannot speak for it.
+        log.warning(
+            "ignoring %s event of run %s from %s: it runs on %s",
+            event.state.value,
+            event.run_id,
+            event.agent,
+            summary.latest.agent,
+        )
 
 
 async def list_runs(
@@ -114,7 +126,7 @@ async def list_runs(
         return (await tail_runs(js, event_filter(job, agent), want=limit, state=state))[0]
     runs: dict[str, RunSummary] = {}
     async for msg in read_stream(js, subjects.EVENTS_STREAM, event_filter(job, agent), since=since):
-        _add(runs, msg.data)
+        _add(runs, msg.data, msg.subject)
     result = [r for r in runs.values() if state is None or r.latest.state.value == state]
     result.sort(key=lambda r: r.latest.run_id, reverse=True)
     return result[:limit]
@@ -125,7 +137,7 @@ async def get_run(js: JetStreamContext, run_id: str) -> RunSummary:
     runs: dict[str, RunSummary] = {}
     async for msg in read_stream(js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS, since=since):
         try:
-            event = parse_event(msg.data)
+            event = parse_event(msg.data, msg.subject)
         except CodecError:
             continue
         if event.run_id == run_id:

@@ -108,7 +108,7 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
     return Permissions(
         publish=[
             f"natsched.event.{name}.>",
-            subjects.LOGS_SUBJECTS,
+            subjects.agent_logs(name),
             f"$KV.{subjects.AGENTS_BUCKET}.{name}",
             f"$KV.{subjects.STATE_BUCKET}.lock.>",
             # Its own run claims only: it cannot take or withdraw another agent's runs.

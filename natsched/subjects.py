@@ -247,9 +247,16 @@ def event_state_filter(state: str) -> str:
     return f"natsched.event.*.*.*.{_token(state, 'run state')}"
 
 
-def log_subject(run_id: str) -> str:
-    """Output chunks of one run, captured by LOGS_STREAM."""
-    return f"natsched.log.{_token(run_id, 'run id')}"
+def log_subject(agent: str, run_id: str) -> str:
+    """Output chunks of one run, captured by LOGS_STREAM. The agent is in the subject (and
+    each agent may publish only under its own name), so readers take a run's output from
+    the agent the run belongs to and no other agent can append to it."""
+    return f"natsched.log.{_token(agent, 'agent name')}.{_token(run_id, 'run id')}"
+
+
+def agent_logs(agent: str) -> str:
+    """Every output chunk an agent may publish (its permission)."""
+    return f"natsched.log.{_token(agent, 'agent name')}.>"
 
 
 def kv_stream(bucket: str) -> str:

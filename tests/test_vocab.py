@@ -63,7 +63,7 @@ def _event_json(**changes: object) -> bytes:
 
 
 def test_events_carry_their_trigger_and_refuse_a_non_text_one() -> None:
-    assert parse_event(_event_json()).trigger is RunTrigger.CRON
-    assert parse_event(_event_json(trigger="from-a-newer-version")).trigger is RunTrigger.UNKNOWN
+    assert parse_event(_event_json(), None).trigger is RunTrigger.CRON
+    assert parse_event(_event_json(trigger="from-a-newer-version"), None).trigger is RunTrigger.UNKNOWN
     with pytest.raises(CodecError):
-        parse_event(_event_json(trigger=5))
+        parse_event(_event_json(trigger=5), None)

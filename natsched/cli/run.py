@@ -60,7 +60,7 @@ async def trigger_and_wait(
 
     async def on_event(msg: Msg) -> None:
         try:
-            event = parse_event(msg.data)
+            event = parse_event(msg.data, msg.subject)
         except CodecError:
             return
         if event.state.final:
@@ -76,7 +76,9 @@ async def trigger_and_wait(
             return 0
         wanted.update(r["run_id"] for r in reply["runs"] if r["ok"])
         if follow and wanted:
-            await print_log(nc, sorted(wanted)[0], follow=True)
+            first = sorted(wanted)[0]
+            agents = {r["run_id"]: r["agent"] for r in reply["runs"] if r["ok"]}
+            await print_log(nc, first, follow=True, agent=agents.get(first))
         if wanted - finals.keys():
             done.clear()
             await done.wait()

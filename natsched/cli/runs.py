@@ -21,11 +21,13 @@ from natsched import subjects
 from natsched.chainview import ChainView, read_chain
 from natsched.cli.common import STATE_COLOURS, ServerOption, age, console, run, settings
 from natsched.connection import connect
-from natsched.errors import CodecError, ConfigError, NatschedError
+from natsched.errors import CodecError, ConfigError, NatschedError, NotFoundError
 from natsched.events import parse_event
 from natsched.jobspec import parse_duration
 from natsched.kvscan import read_stream
 from natsched.runs import get_run, list_runs, run_started_at
+
+FIRST_EVENT_WAIT = 30.0  # logs --follow of a run whose first event is not in the stream yet
 
 app = typer.Typer(help="Runs, newest first, from the events stream.", invoke_without_command=True)
 
@@ -179,7 +181,7 @@ async def _watch_end(nc: Client, run_id: str, done: asyncio.Event) -> Subscripti
 
     async def on_event(msg: Msg) -> None:
         try:
-            if (event := parse_event(msg.data)).run_id == run_id and event.state.final:
+            if (event := parse_event(msg.data, msg.subject)).run_id == run_id and event.state.final:
                 done.set()
         except CodecError:
             pass
@@ -193,15 +195,32 @@ async def _watch_end(nc: Client, run_id: str, done: asyncio.Event) -> Subscripti
     return sub
 
 
-async def print_log(nc: Client, run_id: str, follow: bool) -> None:
-    """Write a run's output to stdout; with ``follow``, keep going until the run ended."""
+async def _run_agent(nc: Client, run_id: str, wait: float) -> str:
+    """The agent a run belongs to (that of its first event), waiting up to ``wait`` for it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return (await get_run(nc.jetstream(), run_id)).latest.agent
+        except NotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def print_log(nc: Client, run_id: str, follow: bool, agent: str | None = None) -> None:
+    """Write a run's output to stdout; with ``follow``, keep going until the run ended.
+
+    Only the chunks of the run's own agent (``natsched.log.<agent>.<run>``) are its output.
+    """
     js = nc.jetstream()
     since = run_started_at(run_id) - 2.0
     done = asyncio.Event()
     end_watch = await _watch_end(nc, run_id, done) if follow else None
     try:
+        agent = agent or await _run_agent(nc, run_id, FIRST_EVENT_WAIT if follow else 0)
+        chunks = subjects.log_subject(agent, run_id)
         printed = 0
-        async for msg in read_stream(js, subjects.LOGS_STREAM, subjects.log_subject(run_id), since=since):
+        async for msg in read_stream(js, subjects.LOGS_STREAM, chunks, since=since):
             sys.stdout.buffer.write(msg.data)
             printed = msg.metadata.sequence.stream
         sys.stdout.flush()
@@ -213,7 +232,7 @@ async def print_log(nc: Client, run_id: str, follow: bool) -> None:
             live.put_nowait(msg)
 
         sub = await js.subscribe(
-            subjects.log_subject(run_id),
+            chunks,
             stream=subjects.LOGS_STREAM,
             cb=on_chunk,
             ordered_consumer=True,

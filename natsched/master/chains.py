@@ -128,7 +128,7 @@ class ChainFollower:
     async def _on_event(self, msg: Msg) -> None:
         try:
             await self._index.ready.wait()
-            await self.handle(parse_event(msg.data))
+            await self.handle(parse_event(msg.data, msg.subject))
         except CodecError:
             pass  # garbage is no completion
         except Exception:  # a bug or NATS hiccup: the event comes back after ack_wait

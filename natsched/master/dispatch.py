@@ -64,7 +64,10 @@ _METRIC: dict[Balance, Callable[[Heartbeat], float]] = {
 }
 
 
-def _identity(hb: Heartbeat) -> AgentIdentity:
+NO_AGENT = "none"  # the agent of a failure the master records for a run that reached no agent
+
+
+def identity_of(hb: Heartbeat) -> AgentIdentity:
     return AgentIdentity(
         name=hb.agent, tags=frozenset(hb.tags), pools=frozenset(hb.pools), groups=frozenset(hb.groups)
     )
@@ -74,7 +77,7 @@ def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
     """Every agent a slave run goes to: named ones (live or not), plus live ones matching tags/pools/*."""
     names = [a for a in spec.targets.agents if a != ALL_AGENTS]
     for hb in live:
-        identity = _identity(hb)
+        identity = identity_of(hb)
         if identity.takes(spec.group, spec.targets):
             names.append(hb.agent)
     return list(dict.fromkeys(names))
@@ -355,7 +358,7 @@ class Dispatcher:
         """The agent could not record it, so the master publishes the run's ``failed`` event."""
         if request is None or not reply.run_id or reply.state:  # the agent published its own event
             return
-        agent = reply.agent if subjects.is_token(reply.agent) else "none"
+        agent = reply.agent if subjects.is_token(reply.agent) else NO_AGENT
         event = RunEvent(
             run_id=reply.run_id,
             job=request.spec.key,

@@ -143,7 +143,7 @@ class LostAgents:
             self._js, subjects.EVENTS_STREAM, subjects.agent_events(agent), since=since
         ):
             try:
-                event = parse_event(msg.data)
+                event = parse_event(msg.data, msg.subject)
             except CodecError:
                 continue
             if event.run_id not in latest or not latest[event.run_id].state.final:

@@ -69,7 +69,7 @@ class Notifier:
     async def _on_event(self, msg: Msg) -> None:
         try:
             await self._index.ready.wait()
-            event = parse_event(msg.data)
+            event = parse_event(msg.data, msg.subject)
             self.on_event(event)
             spec = self._index.jobs.get(event.job)
             kind = outcome(event)

@@ -23,10 +23,10 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
-from natsched.master.dispatch import Dispatcher
+from natsched.master.dispatch import NO_AGENT, Dispatcher, identity_of
 from natsched.master.external import find_job
 from natsched.master.following import EventFollower, follow_events
-from natsched.models import Mode, RetryPolicy
+from natsched.models import ALL_AGENTS, JobSpec, Mode, RetryPolicy
 from natsched.vocab import RETRYABLE_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,20 @@ class RetryFollower:
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            event = parse_event(msg.data)
+            event = parse_event(msg.data, msg.subject)
             spec = await find_job(self._nc, self._jobs, event.job)
         except (CodecError, NotFoundError):
             await msg.ack()  # garbage, or the job is gone: nothing to retry
             return
         if event.attempt > spec.retries.attempts or not spec.enabled or CHAIN_FAILURE in event.detail:
+            await msg.ack()
+            return
+        if not self._could_run(spec, event.agent):
+            # The subject proves which agent reported the failure; one the job does not target
+            # could only have forged it (and a slave retry would go to that agent).
+            log.warning(
+                "ignoring failure of %s run %s from %s: not a target", spec.key, event.run_id, event.agent
+            )
             await msg.ack()
             return
         if msg.metadata.num_delivered <= 1:
@@ -89,6 +97,17 @@ class RetryFollower:
         if await self._claim(event):
             await self._retry(event, spec.mode)
         await msg.ack()
+
+    def _could_run(self, spec: JobSpec, agent: str) -> bool:
+        """Is ``agent`` one the job targets (by name, or by its tags/pools as last seen)?
+
+        ``none`` is the master's own record of a run that reached no agent.
+        """
+        if agent == NO_AGENT or agent in spec.targets.agents or ALL_AGENTS in spec.targets.agents:
+            return True
+        directory = self._dispatcher.directory
+        seen = directory.get(agent) or directory.last_seen.get(agent, (None, 0.0))[0]
+        return seen is not None and identity_of(seen).takes(spec.group, spec.targets)
 
     async def _claim(self, event: RunEvent) -> bool:
         try:

@@ -28,7 +28,7 @@ async def executor(tmp_path: Path) -> AsyncIterator[JobExecutor]:
         outbox = EventOutbox(cache.db)
         await outbox.open()
         executor = JobExecutor(
-            agent="a1", runner=ProcessRunner(), outbox=outbox, logs=LogStreamer(), kill_grace=0.2
+            agent="a1", runner=ProcessRunner(), outbox=outbox, logs=LogStreamer("a1"), kill_grace=0.2
         )
         yield executor
         await executor.shutdown(1.0)

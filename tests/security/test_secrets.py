@@ -32,10 +32,10 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
-async def log_text(nc: Client, run_id: str) -> str:
+async def log_text(nc: Client, run_id: str, agent: str = "s1") -> str:
     chunks: list[bytes] = []
     sub = await nc.jetstream().subscribe(
-        subjects.log_subject(run_id),
+        subjects.log_subject(agent, run_id),
         stream=subjects.LOGS_STREAM,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
