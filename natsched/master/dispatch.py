@@ -48,6 +48,7 @@ from natsched.errors import CodecError, VersionError
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.kvscan import scan
 from natsched.locking import read_holder
+from natsched.master.accepted import AcceptedRuns
 from natsched.master.lease import LeaderLease
 from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode, Overlap
 from natsched.subjects import lock_key
@@ -172,6 +173,7 @@ class Dispatcher:
         self._js = nc.jetstream()
         self._master_id = master_id
         self.directory = directory or AgentDirectory(nc)
+        self.accepted = AcceptedRuns()  # until their own events are on record (for lost agents)
         self._timeout = timeout
         self._claims: KeyValue | None = None
 
@@ -224,7 +226,9 @@ class Dispatcher:
                 if spec.overlap is Overlap.REPLACE:
                     await self._cancel_lock_holder(spec)
                 run = request(base_id or new_run_id())
-                return [await self._load_balance(spec, run, live, avoid=avoid_agents or [])]
+                reply = await self._load_balance(spec, run, live, avoid=avoid_agents or [])
+                self.accepted.note(run, reply)
+                return [reply]
             targets = only_agents if only_agents is not None else slave_targets(spec, live)
             if not targets:
                 return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
@@ -249,6 +253,8 @@ class Dispatcher:
                     for name in targets
                 )
             )
+            for name, reply in zip(targets, replies, strict=True):
+                self.accepted.note(requests[name], reply)
             await asyncio.gather(
                 *(
                     self._record_failure(requests[name], reply)

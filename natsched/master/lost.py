@@ -154,6 +154,10 @@ class LostAgents:
                 open_runs[run_id] = RunEvent(
                     run_id=run_id, job=job, agent=agent, state=RunState.STARTED, trigger=RunTrigger.UNKNOWN
                 )
+        for run_id, event in self._dispatcher.accepted.of(agent).items():
+            # Accepted in its reply, but its own event never reached the stream (it died first).
+            if run_id not in latest and run_id not in open_runs and event.at >= since:
+                open_runs[run_id] = event
         return open_runs
 
     async def _release_locks(self, agent: str) -> None:

@@ -1,0 +1,48 @@
+"""Runs that agents accepted, as the master heard it in their replies.
+
+An agent's own ``started`` (or ``queued``) event reaches the events stream a moment after its
+reply; an agent that dies in between (or whose event waited in memory) leaves a run that
+no event and no heartbeat knows. The leader remembers the accepted runs of each agent (the
+latest ``PER_AGENT``), and closes those with no event on record when the agent is lost.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from natsched import subjects
+from natsched.dispatch import RunReply, RunRequest
+from natsched.events import RunEvent, RunState
+
+PER_AGENT = 1000
+
+
+class AcceptedRuns:
+    def __init__(self, per_agent: int = PER_AGENT) -> None:
+        self._per_agent = per_agent
+        self._runs: dict[str, OrderedDict[str, RunEvent]] = {}
+
+    def note(self, request: RunRequest, reply: RunReply) -> None:
+        if not reply.ok or not subjects.is_token(reply.agent):
+            return
+        run_id = reply.run_id or request.run_id
+        event = RunEvent(
+            run_id=run_id,
+            job=request.spec.key,
+            agent=reply.agent,
+            state=RunState.QUEUED if reply.state == RunState.QUEUED.value else RunState.STARTED,
+            trigger=request.trigger,
+            scheduled_at=request.scheduled_at,
+            attempt=request.attempt,
+            detail=dict(request.detail),
+            pid=reply.pid,
+            reason="accepted by the agent; no event of its own on record",
+        )
+        runs = self._runs.setdefault(reply.agent, OrderedDict())
+        runs[run_id] = event
+        if len(runs) > self._per_agent:
+            runs.popitem(last=False)
+
+    def of(self, agent: str) -> dict[str, RunEvent]:
+        """The runs ``agent`` accepted lately (run id -> what the master knows of it)."""
+        return dict(self._runs.get(agent, {}))
