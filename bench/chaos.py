@@ -1,0 +1,513 @@
+"""Chaos: kill, freeze and restart everything while jobs fire every second; count real executions.
+
+One nats-server, two ``natsched master`` processes, three ``natsched-agent`` processes, and
+jobs firing every second in all three modes plus a chain. Every job appends
+``$NATSCHED_RUN_ID $NATSCHED_AGENT`` to a witness file when it really executes. Faults come
+from a seeded random order (the seed is printed, so a run can be repeated): kill -9 and
+SIGSTOP/SIGCONT of the leading master, kill -9 and SIGSTOP (past the dispatch timeout) of
+agents, kill -9 and restart of nats-server, and a second agent started under a taken name.
+Afterwards the witness files are held against the events stream:
+
+- run ids executed twice, slots (or slot x target) executed by two runs: 0
+- slots with neither an execution nor a recorded failed/lost/skipped run (silent misses): 0
+- executions with no ``started`` event, runs recorded ``succeeded`` that never executed: 0
+- runs left open (queued/started with no final event once everything settled): 0
+- chain: upstream successes followed by no downstream run, or by two executions: 0
+- a second agent with a taken name that was not refused: 0
+
+``tests/faults/test_chaos.py`` runs it for CI; ``python -m bench.chaos --seconds N [--seed S]``
+runs it longer and prints how long each fault took to heal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from natsched import subjects
+from natsched.cli.masters import collect_masters
+from natsched.embedded import EmbeddedServer, free_port
+from natsched.kvscan import read_stream
+from natsched.settings import ConnectionSettings
+
+BIN = Path(sys.executable).parent
+AGENTS = ("a1", "a2", "a3")
+GROUP = "chaos"
+LEASE_TTL = 2.0
+UNRESPONSIVE = 3.0
+AGENT_FREEZE = 6.5  # past the master's 5 s dispatch timeout
+FAULTS = ("kill_leader", "stop_leader", "kill_agent", "stop_agent", "restart_nats", "duplicate_agent")
+COUNTS = (
+    "run ids executed twice",
+    "slots executed by two runs",
+    "silent misses",
+    "executions with no started event",
+    "succeeded but never executed",
+    "runs left open",
+    "chain hops missed or doubled",
+    "duplicate agent names accepted",
+)
+
+
+def jobs_file(witness: Path) -> str:
+    def command(job: str) -> str:
+        line = f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness / job}'
+        return json.dumps(["/bin/sh", "-c", line])
+
+    every = 'triggers = [{ every = "1s" }]\nmisfire = "run-all"\nmisfire_cap = 300\n'
+    everyone = json.dumps(list(AGENTS))
+    return (
+        f'group = "{GROUP}"\n'
+        f'[[jobs]]\nname = "mirror"\nmode = "mirror"\ncommand = {command("mirror")}\n'
+        f"targets = {{ agents = {everyone} }}\n{every}"
+        f'[[jobs]]\nname = "slave"\nmode = "slave"\ncommand = {command("slave")}\n'
+        f"targets = {{ agents = {everyone} }}\n{every}"
+        f'[[jobs]]\nname = "lb"\nmode = "load-balance"\ncommand = {command("lb")}\n'
+        f'targets = {{ pools = ["lb"] }}\nredispatch_lost = true\n{every}'
+        f'[[jobs]]\nname = "chained"\nmode = "load-balance"\ncommand = {command("chained")}\n'
+        f'targets = {{ pools = ["lb"] }}\ntriggers = [{{ after = ["{GROUP}.lb"] }}]\n'
+    )
+
+
+@dataclass
+class Healed:
+    fault: str
+    target: str
+    seconds: float | None  # None: did not heal within the bound
+
+
+@dataclass
+class ChaosResult:
+    seed: int
+    counts: dict[str, int]
+    executions: int
+    slots_checked: int
+    healed: list[Healed] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first few offenders, for the report
+
+
+class Chaos:
+    """The processes of one chaos run, the fault actions and the final accounting."""
+
+    def __init__(self, root: Path, seed: int, say: Callable[[str], None] = print) -> None:
+        self.root = root
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.say = say
+        self.witness = root / "witness"
+        self.witness.mkdir(parents=True, exist_ok=True)
+        self.server = EmbeddedServer(data_dir=root / "nats", port=free_port(), log_file=root / "nats.log")
+        self.env = {
+            **os.environ,
+            "NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5",
+            "NATSCHED_AGENT_SYNC_CHECK_INTERVAL": "0.5",
+        }
+        self.masters: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._log = open(root / "services.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.arrivals: list[tuple[float, dict[str, Any]]] = []  # (received at, event)
+        self.healed: list[Healed] = []
+        self.duplicates_accepted = 0
+
+    # --- processes -----------------------------------------------------------------
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        self.env["NATS_URL"] = self.server.url
+        return subprocess.Popen(
+            argv, env=self.env, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL
+        )
+
+    def start_master(self, name: str) -> None:
+        self.masters[name] = self._spawn(
+            [str(BIN / "natsched"), "master", "--lease-ttl", str(LEASE_TTL),
+             "--unresponsive-after", str(UNRESPONSIVE)]
+        )  # fmt: skip
+
+    def start_agent(self, name: str, state_dir: str | None = None) -> subprocess.Popen[bytes]:
+        proc = self._spawn(
+            [str(BIN / "natsched-agent"), "--name", name, "--pool", "lb",
+             "--state-dir", state_dir or str(self.root / name)]
+        )  # fmt: skip
+        return proc
+
+    def stop(self) -> None:
+        for proc in [*self.agents.values(), *self.masters.values()]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in [*self.agents.values(), *self.masters.values()]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.server.stop()
+        self._log.close()
+
+    # --- observation ---------------------------------------------------------------
+    async def _on_event(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            self.arrivals.append((time.time(), json.loads(msg.data)))
+
+    async def _started_after(
+        self, since: float, check: Callable[[dict[str, Any]], bool], bound: float
+    ) -> float | None:
+        """Seconds from ``since`` until an event matching ``check`` arrived (None past ``bound``)."""
+        deadline = time.time() + bound
+        while time.time() < deadline:
+            for received, event in reversed(self.arrivals):
+                if received < since:
+                    break
+                if event.get("state") == "started" and check(event):
+                    return float(received - since)
+            await asyncio.sleep(0.05)
+        return None
+
+    async def leader_pid(self) -> int | None:
+        for _ in range(50):
+            try:
+                found = await collect_masters(ConnectionSettings(url=self.server.url, connect_timeout=2), 0.5)
+            except Exception:  # noqa: BLE001 - server restarting: ask again
+                found = []
+            leaders = [m for m in found if m.get("leader")]
+            if len(leaders) == 1:
+                return int(str(leaders[0]["master"]).rsplit("-", 2)[1])
+            await asyncio.sleep(0.2)
+        return None
+
+    def _master_named(self, pid: int) -> str | None:
+        return next((name for name, proc in self.masters.items() if proc.pid == pid), None)
+
+    # --- faults --------------------------------------------------------------------
+    async def kill_leader(self) -> None:
+        pid = await self.leader_pid()
+        name = self._master_named(pid) if pid else None
+        if name is None:
+            self.healed.append(Healed("kill_leader", "?", None))
+            return
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        self.masters[name].wait()
+        at = time.time()
+        heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 20)
+        self.healed.append(Healed("kill_leader", name, heal))
+        self.start_master(name)
+
+    async def stop_leader(self) -> None:
+        pid = await self.leader_pid()
+        name = self._master_named(pid) if pid else None
+        if name is None:
+            self.healed.append(Healed("stop_leader", "?", None))
+            return
+        os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
+        at = time.time()
+        await asyncio.sleep(LEASE_TTL + 1.5)
+        heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 20)
+        os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
+        self.healed.append(Healed("stop_leader", name, heal))
+
+    async def kill_agent(self) -> None:
+        name = self.rng.choice(AGENTS)
+        self.agents[name].kill()
+        self.agents[name].wait()
+        await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+        at = time.time()
+        self.agents[name] = self.start_agent(name)
+        heal = await self._started_after(at, lambda e: e["agent"] == name, 20)
+        self.healed.append(Healed("kill_agent", name, heal))
+
+    async def stop_agent(self) -> None:
+        name = self.rng.choice(AGENTS)
+        self.agents[name].send_signal(signal.SIGSTOP)
+        await asyncio.sleep(AGENT_FREEZE)
+        self.agents[name].send_signal(signal.SIGCONT)
+        at = time.time()
+        heal = await self._started_after(at, lambda e: e["agent"] == name, 20)
+        self.healed.append(Healed("stop_agent", name, heal))
+
+    async def restart_nats(self) -> None:
+        self.server.kill()
+        await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+        self.server.start()
+        at = time.time()
+        heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 30)
+        self.healed.append(Healed("restart_nats", "nats-server", heal))
+
+    async def duplicate_agent(self) -> None:
+        name = self.rng.choice(AGENTS)
+        started = time.time()
+        twin = self.start_agent(name, str(self.root / f"twin-{name}-{int(started)}"))
+        try:
+            code: int | None = await asyncio.to_thread(twin.wait, 15)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None or code == 0:
+            self.duplicates_accepted += 1
+            twin.kill()
+            twin.wait()
+        self.healed.append(Healed("duplicate_agent", name, time.time() - started if code else None))
+
+    # --- the run -------------------------------------------------------------------
+    async def run(self, seconds: float) -> ChaosResult:
+        self.server.start()
+        for name in ("m1", "m2"):
+            self.start_master(name)
+        for name in AGENTS:
+            self.agents[name] = self.start_agent(name)
+        nc = await nats.connect(
+            self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=_quiet
+        )
+        try:
+            await nc.subscribe(subjects.EVENTS_SUBJECTS, cb=self._on_event)
+            await self._apply(nc)
+            window_start = time.time() + 3.0
+            await asyncio.sleep(3.0)
+            schedule = self._fault_order(seconds)
+            self.say(f"chaos seed {self.seed}: {', '.join(schedule)}")
+            pause = max(1.0, seconds / max(1, len(schedule)) - 4.0)
+            for fault in schedule:
+                await getattr(self, fault)()
+                await asyncio.sleep(pause)
+            await asyncio.sleep(3.0)  # let the last fault's consequences show
+            window_end = time.time() - 2.0
+            await self._disable(nc)
+            await self._settle(nc)
+            return await self._account(nc, window_start, window_end)
+        finally:
+            await nc.close()
+
+    def _fault_order(self, seconds: float) -> list[str]:
+        """Every fault once, then more at random while they fit (~10 s each), in seeded order."""
+        order = list(FAULTS)
+        while len(order) * 10.0 < seconds:
+            order.append(self.rng.choice(FAULTS))
+        self.rng.shuffle(order)
+        return order
+
+    async def _apply(self, nc: Client) -> None:
+        body = json.dumps({"content": jobs_file(self.witness), "source": "chaos.toml"}).encode()
+        for _ in range(100):
+            try:
+                reply = json.loads((await nc.request(subjects.API_APPLY, body, timeout=5)).data)
+                if reply.get("ok"):
+                    return
+                raise RuntimeError(f"chaos jobs refused: {reply}")
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.3)
+        raise RuntimeError("no master applied the chaos jobs")
+
+    async def _disable(self, nc: Client) -> None:
+        keys = [f"{GROUP}.{job}" for job in ("mirror", "slave", "lb", "chained")]
+        body = json.dumps({"jobs": keys}).encode()
+        for _ in range(50):
+            try:
+                reply = json.loads((await nc.request(subjects.API_JOBS_DISABLE, body, timeout=5)).data)
+                if reply.get("ok"):
+                    return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                pass
+            await asyncio.sleep(0.3)
+        raise RuntimeError("could not disable the chaos jobs")
+
+    async def _settle(self, nc: Client, bound: float = 30.0) -> None:
+        """Until every run has a final event (or ``bound``): lost agents, outboxes, fan-ins."""
+        deadline = time.time() + bound
+        await asyncio.sleep(1.0)
+        while time.time() < deadline:
+            if not _open_runs(await self._events(nc)):
+                return
+            await asyncio.sleep(0.5)
+
+    async def _events(self, nc: Client) -> list[dict[str, Any]]:
+        events = []
+        js = nc.jetstream()
+        async for msg in read_stream(js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS):
+            try:
+                events.append(json.loads(msg.data))
+            except ValueError:
+                continue
+        return events
+
+    async def _account(self, nc: Client, start: float, end: float) -> ChaosResult:
+        events = await self._events(nc)
+        executions: list[tuple[str, str, str]] = []  # (job, run id, agent)
+        for job in ("mirror", "slave", "lb", "chained"):
+            path = self.witness / job
+            for line in path.read_text().splitlines() if path.exists() else []:
+                run_id, _, agent = line.partition(" ")
+                executions.append((f"{GROUP}.{job}", run_id, agent))
+        ledger = Ledger(events, executions, start, end)
+        counts = ledger.counts()
+        counts["duplicate agent names accepted"] = self.duplicates_accepted
+        return ChaosResult(
+            seed=self.seed,
+            counts=counts,
+            executions=len(executions),
+            slots_checked=ledger.slots_checked,
+            healed=self.healed,
+            problems=ledger.problems[:20],
+        )
+
+
+async def _quiet(exc: Exception) -> None:
+    """The observer's own reconnects while nats-server restarts are expected, not news."""
+
+
+def _open_runs(events: list[dict[str, Any]]) -> set[str]:
+    latest: dict[str, str] = {}
+    for event in events:
+        if latest.get(event["run_id"]) in (None, "queued", "started"):
+            latest[event["run_id"]] = event["state"]
+    return {run for run, state in latest.items() if state in ("queued", "started")}
+
+
+class Ledger:
+    """The witness files held against the events: what ran, what was recorded, what is missing."""
+
+    NOT_RUN = ("failed", "timed_out", "killed", "lost", "skipped")
+
+    def __init__(
+        self, events: list[dict[str, Any]], executions: list[tuple[str, str, str]], start: float, end: float
+    ) -> None:
+        self.events = events
+        self.executions = executions
+        self.start, self.end = start, end
+        self.by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for event in events:
+            self.by_run[event["run_id"]].append(event)
+        self.problems: list[str] = []
+        self.slots_checked = 0
+
+    def _note(self, what: str) -> int:
+        self.problems.append(what)
+        return 1
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(COUNTS, 0)
+        ran = Counter(run_id for _, run_id, _ in self.executions)
+        counts["run ids executed twice"] = sum(
+            self._note(f"run {r} executed {n}x") for r, n in ran.items() if n > 1
+        )
+        counts["executions with no started event"] = sum(
+            self._note(f"run {r} executed without a started event")
+            for r in ran
+            if not any(e["state"] == "started" for e in self.by_run.get(r, []))
+        )
+        counts["succeeded but never executed"] = sum(
+            self._note(f"run {r} succeeded but never executed")
+            for r, evs in self.by_run.items()
+            if any(e["state"] == "succeeded" for e in evs)
+            and r not in ran
+            and evs[0]["job"].startswith(GROUP)
+        )
+        counts["runs left open"] = sum(self._note(f"run {r} left open") for r in _open_runs(self.events))
+        counts["slots executed by two runs"], counts["silent misses"] = self._slots(ran)
+        counts["chain hops missed or doubled"] = self._chain(ran)
+        return counts
+
+    def _slot_of(self, run_id: str) -> float | None:
+        return next((e["scheduled_at"] for e in self.by_run.get(run_id, []) if e.get("scheduled_at")), None)
+
+    def _slots(self, ran: Counter[str]) -> tuple[int, int]:
+        executed: dict[tuple[str, float, str], set[str]] = defaultdict(set)
+        for job, run_id, agent in self.executions:
+            slot = self._slot_of(run_id)
+            if slot is not None and job != f"{GROUP}.chained":
+                executed[(job, slot, "" if job == f"{GROUP}.lb" else agent)].add(run_id)
+        recorded: set[tuple[str, float, str]] = set()
+        for event in self.events:
+            if event["state"] in self.NOT_RUN and event.get("scheduled_at"):
+                agent = "" if event["job"] == f"{GROUP}.lb" else event["agent"]
+                recorded.add((event["job"], event["scheduled_at"], agent))
+        doubled = sum(
+            self._note(f"{job} slot {slot:.0f} on {agent or 'the pool'} ran as {sorted(runs)}")
+            for (job, slot, agent), runs in executed.items()
+            if len(runs) > 1
+        )
+        missed = 0
+        for slot in range(int(self.start) + 1, int(self.end)):
+            for job, targets in (
+                (f"{GROUP}.mirror", AGENTS),
+                (f"{GROUP}.slave", AGENTS),
+                (f"{GROUP}.lb", ("",)),
+            ):
+                for agent in targets:
+                    self.slots_checked += 1
+                    key = (job, float(slot), agent)
+                    if key not in executed and key not in recorded:
+                        missed += self._note(
+                            f"{job} slot {slot} on {agent or 'the pool'}: no run, nothing recorded"
+                        )
+        return doubled, missed
+
+    def _chain(self, ran: Counter[str]) -> int:
+        upstream_ok = {
+            e["run_id"] for e in self.events if e["job"] == f"{GROUP}.lb" and e["state"] == "succeeded"
+        }
+        followers: dict[str, set[str]] = defaultdict(set)
+        for event in self.events:
+            if event["job"] == f"{GROUP}.chained":
+                for parent in event.get("detail", {}).get("parents", "").split(","):
+                    followers[parent].add(event["run_id"])
+        bad = 0
+        for parent in upstream_ok:
+            runs = followers.get(parent, set())
+            executed = sum(ran[r] for r in runs)
+            if not runs or executed > 1:
+                bad += self._note(f"upstream {parent}: downstream runs {sorted(runs)}, executed {executed}x")
+        return bad
+
+
+async def run_chaos(seconds: float, seed: int, say: Callable[[str], None] = print) -> ChaosResult:
+    with tempfile.TemporaryDirectory(prefix="natsched-chaos-") as tmp:
+        chaos = Chaos(Path(tmp), seed, say)
+        try:
+            return await chaos.run(seconds)
+        finally:
+            chaos.stop()
+
+
+def print_result(result: ChaosResult, say: Callable[[str], None] = print) -> None:
+    say(f"chaos seed {result.seed}: {result.executions} executions, {result.slots_checked} slots checked")
+    for name in COUNTS:
+        say(f"  {name:36} {result.counts[name]}")
+    for heal in result.healed:
+        took = "did not heal" if heal.seconds is None else f"{heal.seconds:.2f} s"
+        say(f"  healed {heal.fault:16} {heal.target:12} {took}")
+    for problem in result.problems:
+        say(f"  ! {problem}")
+
+
+async def _main(awaitable: Awaitable[ChaosResult]) -> int:
+    result = await awaitable
+    print_result(result)
+    return 1 if any(result.counts.values()) else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    sys.exit(asyncio.run(_main(run_chaos(args.seconds, seed))))
+
+
+if __name__ == "__main__":
+    main()
