@@ -81,7 +81,7 @@ async def test_a_job_gets_a_clean_environment_never_the_agents_credentials(
             [event] = [
                 e for e in await stream_events(admin) if e["run_id"] == run_id and e["state"] == "succeeded"
             ]
-            outputs[name] = {"tail": event["output_tail"], "log": await log_text(admin, run_id)}
+            outputs[name] = {"tail": event["output_tail"], "log": await log_text(admin, run_id, "a1")}
         assert len(witness.read_text().splitlines()) == 2
 
         for name, seen in outputs.items():

@@ -33,7 +33,7 @@ async def test_a_flood_of_output_keeps_head_and_tail_within_the_default_limit(
     [event] = await finals(nc, "cap.flood")
     full = "".join(f"{i}\n" for i in range(1, LINES + 1)).encode()  # what seq printed
     assert event["state"] == "succeeded" and event["output_bytes"] == len(full)
-    stored = (await log_text(nc, run_id)).encode()
+    stored = (await log_text(nc, run_id, "o1")).encode()
     head, marker, tail = stored.partition(b"\n[natsched: ")
     assert marker, "the cut is marked"
     cut_line, _, tail = tail.partition(b"]\n")

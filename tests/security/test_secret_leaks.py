@@ -67,7 +67,7 @@ async def test_a_secret_never_shows_in_ps_and_is_masked_when_written_in_pieces(
             await asyncio.sleep(0.1)
         [event] = await finals(nc, "leak.pieces")
         assert event["state"] == "succeeded" and event["output_tail"] == "***\n"
-        assert await log_text(nc, run_id) == "***\n"
+        assert await log_text(nc, run_id, "s1") == "***\n"
 
 
 @pytest.mark.parametrize("cut", range(1, len(VALUE)))

@@ -32,7 +32,7 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
-async def log_text(nc: Client, run_id: str, agent: str = "s1") -> str:
+async def log_text(nc: Client, run_id: str, agent: str) -> str:
     chunks: list[bytes] = []
     sub = await nc.jetstream().subscribe(
         subjects.log_subject(agent, run_id),
@@ -91,7 +91,7 @@ async def test_a_secret_is_used_by_the_run_and_masked_everywhere(
         digest = hashlib.sha256(VALUE.encode()).hexdigest()
         assert event["state"] == "succeeded"
         assert event["output_tail"] == f"env=***\n{digest}  -\n", "the process got the real value"
-        log = await log_text(nc, run["run_id"])
+        log = await log_text(nc, run["run_id"], "s1")
         assert log == f"env=***\n{digest}  -\n"
         raw_events = json.dumps(await stream_events(nc))
         assert VALUE not in raw_events and VALUE not in caplog.text
