@@ -178,6 +178,24 @@ def lock_key(job_key: str) -> str:
     return f"lock.{job_key}"
 
 
+HELD_RUNS = "held.>"  # STATE_BUCKET: runs of jobs paused with --queue, started on resume
+
+
+def held_runs(job_key: str) -> str:
+    """STATE_BUCKET: the runs of one job held by its pause."""
+    return f"held.{job_key}.*"
+
+
+def held_run_key(job_key: str, held_id: str) -> str:
+    """STATE_BUCKET key of one run held by its job's pause (``--queue``)."""
+    return f"held.{job_key}.{held_id}"
+
+
+def held_run_job(key: str) -> str:
+    """``held.<group>.<job>.<id>`` -> ``<group>.<job>``."""
+    return key[len("held.") :].rsplit(".", 1)[0]
+
+
 def retry_key(run_id: str) -> str:
     """STATE_BUCKET key claiming the retry of a failed run (one master schedules it)."""
     return f"retry.{run_id}"

@@ -44,7 +44,7 @@ from natsched.errors import CodecError, ConflictError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.master.dispatch import Dispatcher, publish_event
 from natsched.master.following import ACK_WAIT, EventFollower, follow_events
-from natsched.master.holding import Holding
+from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import JobSpec
@@ -248,12 +248,11 @@ class ChainFollower:
             # now); dispatching again with the same run ids is safe, agents run each id once.
         base = derived_run_id(claim, parents[0] if parents else chain_id)
 
+        detail = {"chain_id": chain_id, "parents": ",".join(parents), "upstream": upstream}
+
         async def dispatch() -> None:
             replies = await self._dispatcher.dispatch(
-                spec,
-                trigger=RunTrigger.EVENT,
-                base_id=base,
-                detail={"chain_id": chain_id, "parents": ",".join(parents), "upstream": upstream},
+                spec, trigger=RunTrigger.EVENT, base_id=base, detail=detail
             )
             self.dispatched += 1
             for reply in replies:
@@ -266,7 +265,8 @@ class ChainFollower:
                     reply.agent or "-",
                 )
 
-        if await self._holding.admit(spec, RunTrigger.EVENT, dispatch):
+        held = HeldRun(trigger=RunTrigger.EVENT, base_id=base, detail=detail)
+        if await self._holding.admit(spec, held):
             await dispatch()
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self._state.update(claim, codec.pack({"at": self._clock(), "done": True}), last=revision)

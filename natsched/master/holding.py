@@ -3,48 +3,96 @@
 Every run the master decides on its own (a schedule slot, a chain step, a subject
 message) asks ``admit`` first. A held-back run is either recorded ``skipped`` with the
 reason (agent ``none``: it never reached one) or, for a job paused with ``mode = "queue"``,
-kept and started when the pause is lifted. Queued runs live in this master's memory (at
-most ``MAX_QUEUED`` per job); a master that stops while holding them logs how many it drops.
+kept and started when the pause is lifted.
+
+Queued runs are kept in ``natsched_state`` (key ``held.<group>.<job>.<id>``, at most
+``MAX_QUEUED`` per job), not in a master's memory, so a master that stops or crashes drops
+none: the leader starts them once the pause is lifted (also a leader that took over later),
+each taken with a compare-and-set delete so two masters never start one twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from natsched import codec
+from natsched import codec, subjects
 from natsched.calendars import PAUSE_JOB_PREFIX, Holds
+from natsched.dispatch import RunReply
 from natsched.errors import CodecError, SpecError
 from natsched.events import RunEvent, RunState, new_run_id
-from natsched.master.dispatch import publish_event
+from natsched.kvscan import scan
+from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
-from natsched.vocab import RunTrigger
+from natsched.vocab import RunTrigger, run_trigger
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 100
 
-Start = Callable[[], Coroutine[Any, Any, Any]]
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HeldRun:
+    """What to dispatch for a run: now if admitted, or when its job's pause is lifted."""
+
+    trigger: RunTrigger
+    scheduled_at: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    detail: dict[str, str] = field(default_factory=dict)
+    base_id: str | None = None
+
+    def encode(self) -> bytes:
+        return codec.pack(
+            {
+                "trigger": self.trigger.value,
+                "scheduled_at": self.scheduled_at,
+                "env": self.env,
+                "detail": self.detail,
+                "base_id": self.base_id,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes, key: str) -> HeldRun:
+        obj = codec.unpack(data, key)
+        try:
+            return cls(
+                trigger=run_trigger(str(obj["trigger"])),
+                scheduled_at=None if obj.get("scheduled_at") is None else float(obj["scheduled_at"]),
+                env={str(k): str(v) for k, v in (obj.get("env") or {}).items()},
+                detail={str(k): str(v) for k, v in (obj.get("detail") or {}).items()},
+                base_id=None if obj.get("base_id") is None else str(obj["base_id"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CodecError(f"{key}: not a held run ({exc})") from None
 
 
 class Holding:
     def __init__(
-        self, settings: KeyValue, js: JetStreamContext, *, clock: Callable[[], float] = time.time
+        self,
+        settings: KeyValue,
+        state: KeyValue,
+        js: JetStreamContext,
+        dispatcher: Dispatcher,
+        index: JobIndex,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._kv = settings
+        self._state = state
         self._js = js
+        self._dispatcher = dispatcher
+        self._index = index
         self._clock = clock
         self.holds = Holds()
-        self._queued: dict[str, list[Start]] = {}
-        self._spawn: Callable[[Coroutine[Any, Any, Any], str], object] = lambda coro, name: None
-
-    def on_release(self, spawn: Callable[[Coroutine[Any, Any, Any], str], object]) -> None:
-        """How to start queued runs when their pause is lifted (a task the service owns)."""
-        self._spawn = spawn
+        self.lifted = asyncio.Event()  # a job pause went: the leader looks at the held runs
 
     async def watch(self) -> None:
         watcher = await self._kv.watchall()
@@ -59,29 +107,21 @@ class Holding:
                 log.warning("ignoring setting %s: %s", entry.key, exc)
                 continue
             if entry.key.startswith(PAUSE_JOB_PREFIX) and deleted:
-                self._release(entry.key[len(PAUSE_JOB_PREFIX) :])
+                self.lifted.set()
 
-    def _release(self, job: str) -> None:
-        starts = self._queued.pop(job, [])
-        if starts:
-            log.info("%s resumed: starting %d queued run(s)", job, len(starts))
-        for start in starts:
-            self._spawn(start(), f"resumed-{job}")
-
-    async def admit(
-        self, spec: JobSpec, trigger: RunTrigger, start: Start, *, at: float | None = None
-    ) -> bool:
-        """True: go ahead now. False: held back (recorded skipped, or queued to run on resume)."""
+    async def admit(self, spec: JobSpec, run: HeldRun) -> bool:
+        """True: go ahead now. False: held back (recorded skipped, or kept to run on resume)."""
+        at = run.scheduled_at
         action, reason = self.holds.job_hold(
-            spec.calendar, spec.key, trigger, self._clock() if at is None else at
+            spec.calendar, spec.key, run.trigger, self._clock() if at is None else at
         )
         if not action:
             return True
         if action == "queue":
-            queue = self._queued.setdefault(spec.key, [])
-            if len(queue) < MAX_QUEUED:
-                queue.append(start)
-                log.info("%s %s run queued: %s", spec.key, trigger, reason)
+            held = await scan(self._js, subjects.STATE_BUCKET, subjects.held_runs(spec.key))
+            if len(held) < MAX_QUEUED:
+                await self._state.put(subjects.held_run_key(spec.key, new_run_id()), run.encode())
+                log.info("%s %s run queued: %s", spec.key, run.trigger, reason)
                 return False
             reason = f"{reason}; {MAX_QUEUED} runs already queued"
         event = RunEvent(
@@ -89,13 +129,58 @@ class Holding:
             job=spec.key,
             agent="none",
             state=RunState.SKIPPED,
-            trigger=trigger,
+            trigger=run.trigger,
             scheduled_at=at,
             reason=reason,
         )
-        log.info("%s %s run skipped: %s", spec.key, trigger, reason)
+        log.info("%s %s run skipped: %s", spec.key, run.trigger, reason)
         await publish_event(self._js, event)
         return False
 
-    def dropped(self) -> int:
-        return sum(len(q) for q in self._queued.values())
+    async def release_lifted(self) -> None:
+        """The leader's duty: start the held runs whose job is no longer paused, now and on
+        every lifted pause (oldest first, each taken by a compare-and-set delete)."""
+        while True:
+            self.lifted.clear()
+            try:
+                await self._release()
+            except Exception as exc:  # noqa: BLE001 - NATS trouble: tried again at the next lift
+                log.warning("held runs not released now: %r", exc)
+                await asyncio.sleep(1.0)
+                self.lifted.set()
+            await self.lifted.wait()
+
+    async def _release(self) -> None:
+        held = await scan(self._js, subjects.STATE_BUCKET, subjects.HELD_RUNS)
+        for key, entry in sorted(held.items(), key=lambda item: item[1].revision):
+            job = subjects.held_run_job(key)
+            if job in self.holds.job_pauses:
+                continue
+            try:
+                await self._state.delete(key, last=entry.revision)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                continue  # another master took it
+            spec = self._index.jobs.get(job)
+            try:
+                run = HeldRun.decode(entry.value, key)
+            except CodecError as exc:
+                log.warning("dropped held run %s: %s", key, exc)
+                continue
+            if spec is None:
+                log.warning("held run %s dropped: job %s no longer exists", key, job)
+                continue
+            log.info("%s resumed: starting a queued %s run", job, run.trigger)
+            replies = await self._dispatch(spec, run)
+            for reply in replies:
+                if not reply.ok:
+                    log.warning("resumed %s run: %s on %s", job, reply.reason, reply.agent or "-")
+
+    async def _dispatch(self, spec: JobSpec, run: HeldRun) -> list[RunReply]:
+        return await self._dispatcher.dispatch(
+            spec,
+            trigger=run.trigger,
+            scheduled_at=run.scheduled_at,
+            env=run.env,
+            detail=run.detail,
+            base_id=run.base_id,
+        )

@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from natsched import subjects
 from natsched.master.dispatch import Dispatcher
-from natsched.master.holding import Holding
+from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
 from natsched.triggers.subject import SubjectTrigger
@@ -122,9 +122,10 @@ class SubjectTriggers:
 
     async def _start(self, spec: JobSpec, subject: str, body: str) -> None:
         try:
-            if await self._holding.admit(
-                spec, RunTrigger.SUBJECT, lambda: self._dispatch(spec, subject, body)
-            ):
+            held = HeldRun(
+                trigger=RunTrigger.SUBJECT, env=_message_env(subject, body), detail={"subject": subject}
+            )
+            if await self._holding.admit(spec, held):
                 await self._dispatch(spec, subject, body)
         except Exception:  # a dispatch bug must not stop the subscription
             log.exception("%s from %s: dispatch failed", spec.key, subject)
@@ -135,7 +136,7 @@ class SubjectTriggers:
         replies = await self._dispatcher.dispatch(
             spec,
             trigger=RunTrigger.SUBJECT,
-            env={"NATSCHED_MESSAGE": body, "NATSCHED_SUBJECT": subject},
+            env=_message_env(subject, body),
             detail={"subject": subject},
         )
         for reply in replies:
@@ -147,3 +148,7 @@ class SubjectTriggers:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _message_env(subject: str, body: str) -> dict[str, str]:
+    return {"NATSCHED_MESSAGE": body, "NATSCHED_SUBJECT": subject}

@@ -27,7 +27,7 @@ from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
-from natsched.master.holding import Holding
+from natsched.master.holding import HeldRun, Holding
 from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
 from natsched.master.lease import DEFAULT_TTL, LeaderLease
@@ -118,8 +118,14 @@ class MasterService(Service):
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
         self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
         await self.retries.start()
-        self.holding = Holding(await js.key_value(subjects.SETTINGS_BUCKET), js, clock=self._clock)
-        self.holding.on_release(lambda coro, name: self.spawn(coro, name=name))
+        self.holding = Holding(
+            await js.key_value(subjects.SETTINGS_BUCKET),
+            state,
+            js,
+            self.dispatcher,
+            self.index,
+            clock=self._clock,
+        )
         self.spawn(self.holding.watch(), name="settings-watch", critical=True)
         self.chains = ChainFollower(
             self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher, self.holding
@@ -180,7 +186,7 @@ class MasterService(Service):
         """A fresh scheduler each time: it reloads the cursors the previous leader advanced,
         so the slots of the gap follow each job's misfire policy."""
         assert self.lease is not None and self.chains is not None and self.lost is not None
-        assert self.index is not None
+        assert self.index is not None and self.holding is not None
         self.scheduler = MasterScheduler(
             self.index, state, self._fire, clock=self._clock, may_claim=self.lease.held
         )
@@ -188,6 +194,7 @@ class MasterService(Service):
             group.create_task(self.scheduler.run())
             group.create_task(self.chains.expire_fanins())
             group.create_task(self.lost.run())
+            group.create_task(self.holding.release_lifted())
 
     async def _status(self, msg: Msg) -> None:
         """``natsched.masters.status``: every master answers (no queue group)."""
@@ -212,7 +219,7 @@ class MasterService(Service):
 
     async def _dispatch(self, due: Due) -> None:
         assert self.holding is not None
-        if await self.holding.admit(due.spec, due.trigger, lambda: self._dispatch_now(due), at=due.slot):
+        if await self.holding.admit(due.spec, HeldRun(trigger=due.trigger, scheduled_at=due.slot)):
             await self._dispatch_now(due)
 
     async def _dispatch_now(self, due: Due) -> None:
@@ -229,8 +236,6 @@ class MasterService(Service):
             self.metrics.close()
         if self.lease is not None:
             await self.lease.release()  # a standby takes over now, not after the lease expires
-        if self.holding is not None and self.holding.dropped():
-            log.warning("dropping %d queued run(s) of paused jobs", self.holding.dropped())
         if self.triggers is not None:
             await self.triggers.close()
         if self.inbound is not None:
