@@ -33,7 +33,7 @@ from agent.runner import ProcessRunner
 from agent.secretstore import SecretStore
 from agent.sync import JobSync
 from natsched import subjects
-from natsched.connection import connect
+from natsched.connection import close_quietly, connect
 from natsched.errors import ConfigError
 from natsched.models import Heartbeat
 from natsched.secrets import load_key
@@ -137,16 +137,13 @@ class AgentService(Service):
             # Runs get the grace period to finish; their final events still go out (or to the outbox).
             await self.executor.shutdown(self.config.shutdown_grace)
         if self.outbox is not None:
-            await self.outbox.flush(FLUSH_TIMEOUT)
+            # Cut off from NATS, waiting changes nothing: the events stay in the SQLite outbox.
+            connected = self.nc is not None and self.nc.is_connected
+            await self.outbox.flush(FLUSH_TIMEOUT if connected else 0)
         if self.journal is not None:
             await self.journal.flush()
         self.guardian.close()
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.drain(), 5.0)
-            except Exception:  # noqa: BLE001 - shutting down: a failed drain changes nothing
-                log.debug("drain failed; closing", exc_info=True)
-                await self.nc.close()
+        await close_quietly(self.nc, FLUSH_TIMEOUT)
         await self.cache.close()
 
     async def synced(self, timeout: float) -> None:
@@ -175,8 +172,10 @@ class AgentService(Service):
             on_reconnect=self._on_reconnect,
             on_disconnect=self._on_disconnect,
             on_error=self.credential.on_error,
+            on_closed=self.connection_closed,
         )
         self.connected_since = time.time()
+        self.watch_connection(self.nc)
         js = self.nc.jetstream()
         self.logs.nc = self.nc
         assert self.outbox is not None and self.mirror is not None

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 10
 MAX_OUTSTANDING_PINGS = 2
 RECONNECT_WAIT = 0.5
+CLOSED_CHECK_INTERVAL = 0.5
+RECONNECT_MAX = 2.0  # bounded: a server back after a restart is found within ~2 s
 # A command's first connect gives up after this many connect timeouts.
 FIRST_CONNECT_BOUND = 3
 
@@ -72,6 +74,89 @@ async def _log_error(exc: Exception) -> None:
     log.warning("nats: %s", exc or type(exc).__name__)
 
 
+# Errors that mean "the server is unreachable or the link dropped": while they repeat, the
+# reconnect loop is logged once per outage, not at every attempt.
+_LINK_ERRORS = (
+    OSError,
+    TimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.StaleConnectionError,
+    NoServersError,
+)
+
+
+class Reconnecting:
+    """A service connection's state changes, logged once each, and reconnects that back off.
+
+    nats-py waits ``reconnect_time_wait`` between attempts on one server and reports every
+    failed attempt to ``error_cb``: at a fixed 0.5 s an outage wrote two lines a second. Each
+    failed attempt here stretches the wait by half, up to ``RECONNECT_MAX``; the first
+    success puts it back to ``RECONNECT_WAIT``.
+    """
+
+    def __init__(self, nc: Client, where: str) -> None:
+        self._nc = nc
+        self._where = where
+        self.failures = 0
+
+    async def error(self, exc: Exception) -> None:
+        if not isinstance(exc, _LINK_ERRORS):
+            await _log_error(exc)  # permissions, slow consumer...: each one says something new
+            return
+        self.failures += 1
+        wait = float(self._nc.options.get("reconnect_time_wait", RECONNECT_WAIT))
+        self._nc.options["reconnect_time_wait"] = min(RECONNECT_MAX, max(RECONNECT_WAIT, wait * 1.5))
+        if self.failures == 1:
+            log.warning(
+                "nats: %s; retrying %s (every %g-%gs, quiet until it changes)",
+                exc or type(exc).__name__,
+                self._where,
+                RECONNECT_WAIT,
+                RECONNECT_MAX,
+            )
+        else:
+            log.debug("nats: attempt %d failed: %s", self.failures, exc or type(exc).__name__)
+
+    def connected(self) -> None:
+        if self.failures:
+            log.info("nats: connected to %s after %d failed attempt(s)", self._where, self.failures)
+        self.failures = 0
+        self._nc.options["reconnect_time_wait"] = RECONNECT_WAIT
+
+
+def _callbacks(
+    nc: Client,
+    state: Reconnecting | None,
+    on_reconnect: Callable[[], Awaitable[None]] | None,
+    on_disconnect: Callable[[], Awaitable[None]] | None,
+    on_error: Callable[[Exception], Awaitable[None]] | None,
+    on_closed: Callable[[str], Awaitable[None]] | None,
+) -> dict[str, Any]:
+    async def error_cb(exc: Exception) -> None:
+        await (state.error(exc) if state is not None else _log_error(exc))
+        if on_error is not None:
+            await on_error(exc)
+
+    async def reconnected_cb() -> None:
+        if state is not None:
+            state.connected()
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    async def closed_cb() -> None:
+        if on_closed is not None:
+            await on_closed(str(nc.last_error or "closed"))
+
+    callbacks: dict[str, Any] = {
+        "error_cb": error_cb,
+        "reconnected_cb": reconnected_cb,
+        "closed_cb": closed_cb,
+    }
+    if on_disconnect is not None:
+        callbacks["disconnected_cb"] = on_disconnect
+    return callbacks
+
+
 async def connect(
     settings: ConnectionSettings,
     *,
@@ -79,25 +164,20 @@ async def connect(
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     on_error: Callable[[Exception], Awaitable[None]] | None = None,
+    on_closed: Callable[[str], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect to NATS.
 
     ``forever=False`` (commands): try each server once, raise NotConnectedError with the
     reason. ``forever=True`` (services): retry the first connect and every later
-    reconnect without limit; run it in a task you own if you must not block.
+    reconnect without limit, backing off (:class:`Reconnecting`); run it in a task you own
+    if you must not block. ``on_closed(reason)``: the client closed the connection for good
+    (the server refused a protocol line, or ``close()`` was called) and will not reconnect.
     """
     options = connect_options(settings)
-
-    async def error_cb(exc: Exception) -> None:
-        await _log_error(exc)
-        if on_error is not None:
-            await on_error(exc)
-
-    options["error_cb"] = error_cb
-    if on_reconnect is not None:
-        options["reconnected_cb"] = on_reconnect
-    if on_disconnect is not None:
-        options["disconnected_cb"] = on_disconnect
+    nc = Client()
+    state = Reconnecting(nc, settings.describe()) if forever else None
+    options.update(_callbacks(nc, state, on_reconnect, on_disconnect, on_error, on_closed))
     if forever:
         options["max_reconnect_attempts"] = -1
         options["allow_reconnect"] = True
@@ -107,12 +187,44 @@ async def connect(
         options["allow_reconnect"] = False
     try:
         if forever:
-            return await nats.connect(**options)
+            await nc.connect(**options)
+            assert state is not None
+            state.connected()
+            return nc
         async with asyncio.timeout(FIRST_CONNECT_BOUND * settings.connect_timeout + 1):
-            return await nats.connect(**options)
+            await nc.connect(**options)
+            return nc
     except (NoServersError, OSError, TimeoutError) as exc:
         raise NotConnectedError(
             f"cannot reach NATS at {settings.describe()}: {exc or type(exc).__name__}"
         ) from None
     except nats.errors.Error as exc:
         raise NotConnectedError(f"NATS at {settings.describe()} refused the connection: {exc}") from None
+
+
+async def closed_for_good(nc: Client, interval: float = CLOSED_CHECK_INTERVAL) -> str:
+    """Return (with the reason) once the client closed the connection and stopped reconnecting.
+
+    ``closed_cb`` alone is not enough: nats-py skips it when the server closes the connection
+    while the client is reconnecting (e.g. replaying a subscription the server refuses).
+    """
+    while not nc.is_closed:  # noqa: ASYNC110 - nats-py offers no event to wait on
+        await asyncio.sleep(interval)
+    return str(nc.last_error or "closed")
+
+
+async def close_quietly(nc: Client | None, timeout: float) -> None:
+    """Leave NATS at shutdown without hanging or raising: drain (flush what we published) when
+    connected, else close at once; a connection cut off has nothing to flush."""
+    if nc is None or nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. the server went away meanwhile
+            log.debug("drain failed (%r); closing", exc)
+    try:
+        await asyncio.wait_for(nc.close(), 1.0)
+    except Exception as exc:  # noqa: BLE001 - the socket is already gone: closed enough
+        log.debug("close failed: %r", exc)

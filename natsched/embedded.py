@@ -7,12 +7,15 @@ sync code is what pytest fixtures and signal handlers want.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from natsched.errors import ServerError
@@ -20,6 +23,27 @@ from natsched.errors import ServerError
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 MAX_PAYLOAD = 8 * 1024 * 1024  # room for applying big job files in one request
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when the process starting it dies,
+    even by kill -9 (Linux ``PR_SET_PDEATHSIG``); None where there is no such thing.
+
+    Call Popen from the main thread: the signal follows the thread that forked.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the prctl: too late to be told
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
 
 
 def find_binary() -> str:
@@ -75,6 +99,7 @@ class EmbeddedServer:
         log_file: Path | None = None,
         sync_always: bool = True,
         extra_config: str = "",
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
@@ -82,6 +107,7 @@ class EmbeddedServer:
         self.log_file = log_file
         self.sync_always = sync_always
         self.extra_config = extra_config  # e.g. authorization or tls blocks
+        self.die_with_parent = die_with_parent  # `natsched up`: the server goes when up goes
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,6 +147,7 @@ class EmbeddedServer:
                 stderr=out,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=dies_with_parent() if self.die_with_parent else None,
             )
         finally:
             if self.log_file:

@@ -15,7 +15,10 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self
 
-from natsched.errors import NatschedError
+from nats.aio.client import Client
+
+from natsched.connection import closed_for_good
+from natsched.errors import NatschedError, NotConnectedError
 
 log = logging.getLogger(__name__)
 CANCEL_ROUNDS = 20
@@ -28,6 +31,7 @@ class Service:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: asyncio.Future[BaseException] | None = None
+        self.stopping = False  # leaving the context: a closed connection is expected now
 
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, name: str, critical: bool = False
@@ -53,6 +57,25 @@ class Service:
         if critical and self.failed is not None and not self.failed.done():
             self.failed.set_result(exc)
 
+    async def connection_closed(self, reason: str) -> None:
+        """The NATS client closed the connection for good (it will not reconnect): stop the
+        service with one line and a non-zero exit, so a supervisor (systemd) restarts it."""
+        if self.stopping or self.failed is None or self.failed.done():
+            return
+        self.failed.set_result(
+            NotConnectedError(
+                f"the connection to NATS was closed for good ({reason}); exiting to be restarted"
+            )
+        )
+
+    def watch_connection(self, nc: Client) -> None:
+        """Stop the service (one line, non-zero exit) if ``nc`` is ever closed for good."""
+
+        async def watch() -> None:
+            await self.connection_closed(await closed_for_good(nc))
+
+        self.spawn(watch(), name="connection-watch")
+
     async def start(self) -> None:
         """Override: connect and spawn tasks."""
 
@@ -77,6 +100,7 @@ class Service:
         try:
             await self.start()
         except BaseException:
+            self.stopping = True
             await self.cancel_tasks()
             await self.stop()
             raise
@@ -85,6 +109,7 @@ class Service:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.stopping = True
         await self.cancel_tasks()
         await self.stop()
 

@@ -27,7 +27,7 @@ from natsched.cli.common import ServerOption, console, fail, run, settings
 from natsched.cli.services import agent_executable
 from natsched.client import AdminClient
 from natsched.connection import connect
-from natsched.embedded import EmbeddedServer
+from natsched.embedded import EmbeddedServer, dies_with_parent
 from natsched.errors import NatschedError, NoMasterError
 from natsched.settings import ConnectionSettings
 
@@ -58,7 +58,13 @@ class Child:
         self.log_file = log_file
         with open(log_file, "ab") as out:
             self.process = subprocess.Popen(
-                argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+                argv,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                preexec_fn=dies_with_parent(),  # no threads yet: see dies_with_parent
             )
 
     def stop(self) -> None:
@@ -117,6 +123,20 @@ async def show_activity(
         await nc.close()
 
 
+def stop_like_ctrl_c() -> None:
+    """SIGTERM (systemd, kill) and SIGHUP (the terminal closed) stop everything as Ctrl-C does.
+
+    Each becomes a SIGINT to ourselves, so the one Ctrl-C path (asyncio's handler, then the
+    ordered stop of agent, master, server) serves them all.
+    """
+
+    def as_ctrl_c(signum: int, frame: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, as_ctrl_c)
+
+
 def up(
     server: ServerOption = None,
     port: Annotated[int, typer.Option(help="port for the embedded nats-server")] = 4222,
@@ -130,6 +150,7 @@ def up(
 ) -> None:
     """Start nats-server, a master and a local agent with example jobs; show runs until Ctrl-C."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    stop_like_ctrl_c()
     jobs_file = jobs or default_jobs_file()
     try:
         example = (str(jobs_file), read_job_file(jobs_file)) if jobs_file else None
@@ -141,7 +162,10 @@ def up(
             console.print(f"using the NATS server at {conn.describe()}")
         else:
             embedded = EmbeddedServer(
-                data_dir=data_dir / "nats", port=port, log_file=data_dir / "nats-server.log"
+                data_dir=data_dir / "nats",
+                port=port,
+                log_file=data_dir / "nats-server.log",
+                die_with_parent=True,
             )
             try:
                 embedded.start()

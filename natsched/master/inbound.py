@@ -78,6 +78,7 @@ class SubjectTriggers:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         index.on_change(self._changed.set)
+        self._changed.set()  # the jobs the index holds already (loaded, or applied meanwhile)
 
     async def run(self) -> None:
         """Follow the job index: subscribe to new subjects, drop the ones no job names any more."""

@@ -8,6 +8,7 @@ it makes sure every bucket and stream exists and answers ``natsched.api.>`` in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.buckets import StorageSettings, ensure_all
-from natsched.connection import connect
+from natsched.connection import close_quietly, connect
 from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
     from natsched.metrics import Metrics
 
 log = logging.getLogger(__name__)
-DRAIN_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 2.0  # SIGTERM to exit within 3 s, connected or not
+RELEASE_TIMEOUT = 0.5
 
 
 def new_master_id() -> str:
@@ -94,7 +96,8 @@ class MasterService(Service):
 
     async def start(self) -> None:
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
-        self.nc = await connect(self.settings, forever=True)
+        self.nc = await connect(self.settings, forever=True, on_closed=self.connection_closed)
+        self.watch_connection(self.nc)
         js = self.nc.jetstream()
         await ensure_all(js, self.storage)
         jobs = await js.key_value(subjects.JOBS_BUCKET)
@@ -234,16 +237,13 @@ class MasterService(Service):
     async def stop(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
-        if self.lease is not None:
-            await self.lease.release()  # a standby takes over now, not after the lease expires
+        if self.lease is not None and self.nc is not None and self.nc.is_connected:
+            # A standby takes over now, not after the lease expires; cut off, it cannot be told.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RELEASE_TIMEOUT):
+                    await self.lease.release()
         if self.triggers is not None:
             await self.triggers.close()
         if self.inbound is not None:
             await self.inbound.close()
-        if self.nc is None or self.nc.is_closed:
-            return
-        try:
-            await asyncio.wait_for(self.nc.drain(), DRAIN_TIMEOUT)
-        except Exception:  # noqa: BLE001 - e.g. reconnecting: nothing left to flush, just close
-            log.debug("drain failed; closing", exc_info=True)
-            await self.nc.close()
+        await close_quietly(self.nc, DRAIN_TIMEOUT)
