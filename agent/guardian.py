@@ -15,16 +15,18 @@ registration costs one small pipe write on the agent's side.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Runs as `python -I -S guardian.py`: the standard library only, no site, no agent package.
-_GUARD = __file__
+# Runs as `python -I -S guard_process.py`: a few standard modules, no site, no agent package.
+_GUARD = str(Path(__file__).with_name("guard_process.py"))
 
 
 class Guardian:
@@ -58,7 +60,7 @@ class Guardian:
         self._groups.discard(pgid)
         self._send(f"-{pgid}\n")
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """At a clean stop: the guardian kills what is still registered (nothing, normally) and exits."""
         process, self._process = self._process, None
         if process is None:
@@ -67,10 +69,10 @@ class Guardian:
             with contextlib.suppress(OSError):
                 process.stdin.close()
         try:
-            process.wait(2.0)
+            await asyncio.to_thread(process.wait, 2.0)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            await asyncio.to_thread(process.wait)
 
     def _send(self, line: str) -> None:
         process = self._process
@@ -85,27 +87,3 @@ class Guardian:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 process.wait(1.0)
             self.start()
-
-
-def _guard() -> None:  # pragma: no cover - runs in the guardian process
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)  # only the agent's end (EOF) ends the guardian
-    groups: set[int] = set()
-    for line in sys.stdin.buffer:
-        try:
-            pgid = int(line[1:])
-        except ValueError:
-            continue
-        if line.startswith(b"+"):
-            groups.add(pgid)
-        else:
-            groups.discard(pgid)
-    for pgid in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-
-
-if __name__ == "__main__":
-    _guard()

@@ -142,7 +142,7 @@ class AgentService(Service):
             await self.outbox.flush(FLUSH_TIMEOUT if connected else 0)
         if self.journal is not None:
             await self.journal.flush()
-        self.guardian.close()
+        await self.guardian.close()
         await close_quietly(self.nc, FLUSH_TIMEOUT)
         await self.cache.close()
 

@@ -1,0 +1,85 @@
+"""The run journal: after a crash, the next agent closes what was going and queues what waited.
+
+No NATS needed: events wait in the SQLite outbox and are read back from there. The crash is
+simulated by abandoning an executor (no shutdown) and opening a new one on the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from agent.cache import JobCache
+from agent.executor import JobExecutor, LogStreamer
+from agent.journal import RunJournal
+from agent.outbox import EventOutbox
+from agent.recovery import Recovery
+from agent.runner import ProcessRunner
+from natsched.jobspec import parse_job
+from natsched.models import JobSpec
+from natsched.vocab import RunTrigger
+
+
+def spec(seconds: float, overlap: str = "queue") -> JobSpec:
+    return parse_job(
+        {
+            "name": "j",
+            "group": "jr",
+            "command": ["sleep", str(seconds)],
+            "overlap": overlap,
+            "targets": {"agents": ["*"]},
+        }
+    )
+
+
+async def executor_on(cache: JobCache) -> tuple[JobExecutor, Recovery]:
+    outbox = EventOutbox(cache.db)
+    await outbox.open()
+    journal = RunJournal(cache.db)
+    left = await journal.open()
+    executor = JobExecutor(
+        agent="a1", runner=ProcessRunner(), outbox=outbox, logs=LogStreamer("a1"), journal=journal
+    )
+    return executor, Recovery(left, executor)
+
+
+async def events(executor: JobExecutor) -> list[dict[str, Any]]:
+    await executor.outbox.flush(1.0)
+    async with executor.outbox._db.execute("SELECT payload FROM outbox ORDER BY id") as cursor:
+        return [json.loads(row[0]) for row in await cursor.fetchall()]
+
+
+async def test_after_a_crash_the_running_run_is_lost_and_the_queued_ones_run(tmp_path: Path) -> None:
+    async with JobCache(tmp_path / "cache.sqlite") as cache:
+        crashed, _ = await executor_on(cache)
+        finished = await crashed.launch(spec(0.05, "allow"), trigger=RunTrigger.MANUAL)
+        await asyncio.wait_for(asyncio.gather(*crashed._waiters), 5)  # ended normally: not in the journal
+        going = await crashed.launch(spec(30), trigger=RunTrigger.MANUAL)
+        waiting = [await crashed.launch(spec(0.05), trigger=RunTrigger.MANUAL) for _ in range(2)]
+        assert going.state == "started" and [w.state for w in waiting] == ["queued", "queued"]
+        assert crashed.journal is not None
+        await crashed.journal.flush()
+        assert going.pid is not None
+        os.killpg(going.pid, signal.SIGKILL)  # what the guardian does when the agent dies
+        for task in [*crashed._queued, *crashed._waiters]:
+            task.cancel()  # the crashed agent is gone: none of its tasks goes on
+        await asyncio.gather(*crashed._queued, *crashed._waiters, return_exceptions=True)
+
+        restarted, recovery = await executor_on(cache)
+        await recovery.at_start()
+        async with asyncio.timeout(10):
+            while restarted.running or restarted._queued:  # noqa: ASYNC110 - polling the outcome
+                await asyncio.sleep(0.02)
+            await asyncio.gather(*restarted._waiters)
+        states = {(e["run_id"], e["state"]): e for e in await events(restarted)}
+        assert (finished.run_id, "lost") not in states, "a run that ended is not reported again"
+        lost = states[(going.run_id, "lost")]
+        assert "stopped while the run was going" in lost["reason"]
+        for run in waiting:
+            assert (run.run_id, "succeeded") in states, "queued again after the restart, and ran"
+        assert restarted.journal is not None
+        assert await restarted.journal.open() == [], "nothing left over"
