@@ -48,6 +48,8 @@ class AgentConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     heartbeat_interval: float = 3.0
     max_concurrency: int = 64
+    # Runs of one job that may wait on this agent (overlap queue, --queue pause); more are skipped.
+    max_queued: int = 100
     # Load-balance order among a pool's agents (lower first), when a job balances by priority.
     priority: int = 100
     # How often the cache's position is checked against the bucket's stream (catches a
@@ -71,6 +73,8 @@ class AgentConfig:
             raise ConfigError("agent config: heartbeat_interval must be between 0.2 and 60 seconds")
         if self.max_concurrency < 1:
             raise ConfigError("agent config: max_concurrency must be at least 1")
+        if self.max_queued < 0:
+            raise ConfigError("agent config: max_queued cannot be negative")
 
     def identity(self) -> AgentIdentity:
         return AgentIdentity(name=self.name, tags=self.tags, pools=self.pools, groups=self.groups)
@@ -134,7 +138,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for name in ("sync_check_interval", "shutdown_grace", "kill_grace"):
             if name in out:
                 out[name] = float(out[name])
-        for name in ("max_concurrency", "priority", "metrics_port"):
+        for name in ("max_concurrency", "max_queued", "priority", "metrics_port"):
             if name in out:
                 out[name] = int(out[name])
     except ValueError as exc:

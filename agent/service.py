@@ -101,6 +101,7 @@ class AgentService(Service):
             logs=self.logs,
             kill_grace=self.config.kill_grace,
             journal=self.journal,
+            max_queued=self.config.max_queued,
         )
         key = load_key(self.config.secret_key_file) if self.config.secret_key_file else None
         self.executor.secrets = SecretStore(key)
