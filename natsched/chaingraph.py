@@ -8,7 +8,7 @@ to one chain run (they have no common root, so their completions never meet).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from natsched.errors import SpecError
 from natsched.models import JobSpec
@@ -95,3 +95,45 @@ def check_chain_graph(jobs: Mapping[str, JobSpec]) -> None:
                     "job, so they never complete in one chain run",
                     field="triggers.wait",
                 ).located(source="", job=key)
+
+
+def check_chain_change(
+    jobs: Mapping[str, JobSpec],
+    changed: Iterable[str],
+    removed: Iterable[str],
+    dependents: Callable[[str], Iterable[str]],
+) -> None:
+    """``check_chain_graph(jobs)`` for a few changed or removed jobs of a graph that was valid.
+
+    Only what a change can break is checked: the changed jobs, every job downstream of a
+    changed or removed one, and their upstreams (for cycles and fan-in roots). ``jobs`` is
+    the graph after the change; ``dependents(key)`` names the jobs that named ``key`` before
+    it (the master's index), so 100k unchanged jobs are neither walked nor decoded.
+    """
+    changed = set(changed)
+    named_by_changed: dict[str, set[str]] = {}  # the edges the change adds
+    for key in changed:
+        for upstream in _upstreams(jobs[key]) if key in jobs else ():
+            named_by_changed.setdefault(upstream, set()).add(key)
+
+    def downstream(key: str) -> Iterator[str]:
+        for other in {*dependents(key), *named_by_changed.get(key, ())}:
+            spec = jobs.get(other)
+            if spec is not None and key in _upstreams(spec):
+                yield other
+
+    affected: set[str] = set()
+    stack = [*changed, *removed]
+    while stack:
+        key = stack.pop()
+        if key not in affected:
+            affected.add(key)
+            stack.extend(downstream(key))
+    closure: set[str] = set()
+    stack = [key for key in affected if key in jobs]
+    while stack:
+        key = stack.pop()
+        if key not in closure:
+            closure.add(key)
+            stack.extend(upstream for upstream in _upstreams(jobs[key]) if upstream in jobs)
+    check_chain_graph({key: jobs[key] for key in closure})

@@ -20,12 +20,11 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import __version__, codec, subjects
-from natsched.chaingraph import check_chain_graph, event_triggers
-from natsched.errors import ApiError, CodecError, JobFileError, NatschedError, NotFoundError, SpecError
+from natsched.chaingraph import check_chain_change
+from natsched.errors import ApiError, JobFileError, NatschedError, SpecError
 from natsched.jobfile import parse_job_document
 from natsched.jobspec import job_to_dict, parse_job
-from natsched.kvscan import KvValue, scan
-from natsched.master.apply import execute_plan, jobs_after, plan_apply, raise_conflicts
+from natsched.master.apply import JobsAfter, execute_plan, plan_apply, raise_conflicts
 from natsched.master.jobindex import JobIndex
 from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
@@ -34,7 +33,6 @@ from natsched.models import AgentIdentity, JobSpec
 from natsched.runs import get_run
 
 log = logging.getLogger(__name__)
-INDEX_WAIT = 2.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 LIST_LIMIT = 5000
@@ -45,21 +43,6 @@ def _as_str(body: dict[str, Any], name: str, default: str | None = None) -> str:
     if not isinstance(value, str) or not value:
         raise ApiError(f"request field {name!r} must be a non-empty string")
     return value
-
-
-def upstream_users(keys: list[str], others: dict[str, KvValue]) -> dict[str, list[str]]:
-    """For each of ``keys``, the jobs among ``others`` whose event triggers name it."""
-    users: dict[str, list[str]] = {}
-    for other, stored in sorted(others.items()):
-        try:
-            spec = codec.decode_job(stored.value, other)
-        except CodecError:
-            continue
-        for trigger in event_triggers(spec):
-            for key in keys:
-                if key in trigger.after and other not in users.get(key, []):
-                    users.setdefault(key, []).append(other)
-    return users
 
 
 def _as_keys(body: dict[str, Any]) -> list[str]:
@@ -80,8 +63,8 @@ class AdminApi:
         agents: KeyValue,
         master_id: str,
         nc: Client | None = None,
+        index: JobIndex,
         settings: KeyValue | None = None,
-        index: JobIndex | None = None,
         secrets: SecretsApi | None = None,
     ) -> None:
         self._index = index
@@ -102,7 +85,7 @@ class AdminApi:
         }
         self.settings_api: SettingsApi | None = None
         if settings is not None:
-            self.settings_api = SettingsApi(js, settings, self._all_jobs)
+            self.settings_api = SettingsApi(js, settings, index)
             self.handlers.update(self.settings_api.handlers())
         if secrets is not None:
             self.handlers.update(secrets.handlers())
@@ -138,13 +121,14 @@ class AdminApi:
         if fmt not in (None, "toml", "json"):
             raise ApiError("request field 'format' must be 'toml' or 'json'")
         job_file = parse_job_document(content, source=source, fmt=fmt)
-        stored = await self._all_jobs()
-        current = {k: v for k, v in stored.items() if k.partition(".")[0] in job_file.groups}
+        await self._index.sync()  # plan over everything acknowledged, also through another master
+        current = self._index.in_groups(job_file.groups)
         plan = plan_apply(job_file, current, prune=body.get("prune", False))
+        after = JobsAfter(self._index.jobs, plan)
         try:
-            after = jobs_after(plan, stored)
-            check_chain_graph(after)
-            check_calendars_exist(after, await calendar_names(self._js))
+            check_chain_change(after, after.changed, after.removed, self._index.dependents)
+            if any(spec.calendar is not None for spec in after.changed.values()):
+                check_calendars_exist(after.changed, await calendar_names(self._js))
         except SpecError as exc:
             raise exc.located(source=source) from None
         dry_run: bool = body.get("dry_run", False)
@@ -155,28 +139,16 @@ class AdminApi:
         return {"dry_run": dry_run, **plan.summary()}
 
     async def _index_synced(self) -> None:
-        """Reply only once this master's job index has the change, so a trigger sent right
-        after the reply (served by this master) starts the new definition."""
-        if self._index is None:
-            return
-        info = await self._js.stream_info(subjects.kv_stream(subjects.JOBS_BUCKET))
-        if not await self._index.caught_up(info.state.last_seq, INDEX_WAIT):
-            log.warning("job index is behind the bucket (seq %d); replying anyway", info.state.last_seq)
+        """Reply only once this master's job index has the change, so a request sent right
+        after the reply (served by this master) sees the new definition."""
+        try:
+            await self._index.sync()
+        except NatschedError as exc:
+            log.warning("%s; replying anyway", exc)
 
-    async def _all_jobs(self) -> dict[str, KvValue]:
-        return await scan(self._js, subjects.JOBS_BUCKET)
-
-    async def _resolve(self, name: str, jobs: dict[str, KvValue] | None = None) -> str:
+    async def _resolve(self, name: str) -> str:
         """A full key from ``<group>.<job>`` or a bare job name that is unique across groups."""
-        jobs = await self._all_jobs() if jobs is None else jobs
-        if name in jobs:
-            return name
-        matches = sorted(k for k in jobs if k.partition(".")[2] == name)
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise ApiError(f"job name {name!r} is ambiguous: {', '.join(matches)}; give <group>.<job>")
-        raise NotFoundError(f"no job {subjects.shown(name)}")
+        return self._index.resolve(name)
 
     async def _agent_identity(self, name: str) -> tuple[AgentIdentity, bool]:
         if not subjects.is_token(name):  # checked before it becomes part of a KV read's subject
@@ -202,19 +174,19 @@ class AdminApi:
         group = body.get("group")
         agent_name = body.get("agent")
         identity, agent_known = (await self._agent_identity(agent_name)) if agent_name else (None, True)
+        await self._index.sync()
+        entries = self._index.entries
+        keys = self._index.group_keys(group) if group else entries
         rows: list[dict[str, Any]] = []
         invalid: list[str] = []
-        for key, stored in sorted((await self._all_jobs()).items()):
-            if group and key.partition(".")[0] != group:
+        for key in sorted(keys):
+            stored = entries[key]
+            if stored.spec is None:
+                invalid.append(f"{key}: {stored.error}")
                 continue
-            try:
-                spec = codec.decode_job(stored.value, key)
-            except CodecError as exc:
-                invalid.append(f"{key}: {exc}")
+            if identity is not None and not identity.takes(stored.spec.group, stored.spec.targets):
                 continue
-            if identity is not None and not identity.takes(spec.group, spec.targets):
-                continue
-            rows.append(_summary(spec, stored.revision))
+            rows.append(_summary(stored.spec, stored.revision))
         return {
             "jobs": rows[:LIST_LIMIT],
             "truncated": len(rows) > LIST_LIMIT,
@@ -223,20 +195,21 @@ class AdminApi:
         }
 
     async def get_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        await self._index.sync()
         key = await self._resolve(_as_str(body, "job"))
-        entry = await self._jobs.get(key)
-        spec = codec.decode_job(entry.value or b"", key)
-        return {"key": key, "revision": entry.revision, "spec": job_to_dict(spec)}
+        spec = self._index.spec(key)
+        return {"key": key, "revision": self._index.entries[key].revision, "spec": job_to_dict(spec)}
 
     async def delete_jobs(self, body: dict[str, Any]) -> dict[str, Any]:
-        jobs = await self._all_jobs()
-        keys = [await self._resolve(name, jobs) for name in _as_keys(body)]
-        remaining = {k: v for k, v in jobs.items() if k not in keys}
-        for key, dependents in upstream_users(keys, remaining).items():
-            raise ApiError(
-                f"job {key} is upstream of {', '.join(dependents)} (triggers.after); "
-                "change or delete those first, or delete them together"
-            )
+        await self._index.sync()
+        keys = [await self._resolve(name) for name in _as_keys(body)]
+        for key in keys:
+            dependents = sorted(self._index.dependents(key) - set(keys))
+            if dependents:
+                raise ApiError(
+                    f"job {key} is upstream of {', '.join(dependents)} (triggers.after); "
+                    "change or delete those first, or delete them together"
+                )
         for key in keys:
             await self._jobs.delete(key)
         await self._index_synced()
@@ -244,18 +217,18 @@ class AdminApi:
         return {"deleted": keys}
 
     async def _set_enabled(self, body: dict[str, Any], enabled: bool) -> dict[str, Any]:
-        jobs = await self._all_jobs()
-        keys = [await self._resolve(name, jobs) for name in _as_keys(body)]
+        await self._index.sync()
+        keys = [await self._resolve(name) for name in _as_keys(body)]
         changed: list[str] = []
         for key in keys:
-            stored = jobs[key]
-            spec = codec.decode_job(stored.value, key)
+            spec = self._index.spec(key)
             if spec.enabled == enabled:
                 continue
             data = job_to_dict(spec)
             data["enabled"] = enabled
+            revision = self._index.entries[key].revision
             try:
-                await self._jobs.update(key, codec.encode_job(parse_job(data)), last=stored.revision)
+                await self._jobs.update(key, codec.encode_job(parse_job(data)), last=revision)
             except KeyWrongLastSequenceError:
                 raise ApiError(f"job {key} changed while updating it; try again") from None
             changed.append(key)

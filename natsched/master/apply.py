@@ -8,17 +8,17 @@ silently overwriting the other person's change.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec
-from natsched.errors import CodecError, ConflictError
+from natsched.errors import ConflictError
 from natsched.jobfile import JobFile
 from natsched.jobspec import job_to_dict
-from natsched.kvscan import KvValue
+from natsched.master.jobindex import Stored
 from natsched.models import JobSpec
 
 # JetStream's error codes for "expected last subject sequence" mismatches.
@@ -45,47 +45,54 @@ class ApplyPlan:
         return [spec for spec, _ in self.updated]
 
 
-def _same(spec: JobSpec, stored: bytes) -> bool:
-    try:
-        current: dict[str, Any] = codec.unpack(stored, spec.key)
-    except CodecError:
-        return False  # garbage in the bucket: overwrite it with the valid definition
-    current.pop(codec.VERSION_KEY, None)
-    return current == job_to_dict(spec)
+def _same(spec: JobSpec, stored: Stored) -> bool:
+    # Garbage in the bucket (no spec) is never the same: overwrite it with the valid definition.
+    return stored.spec is not None and job_to_dict(stored.spec) == job_to_dict(spec)
 
 
-def jobs_after(plan: ApplyPlan, stored: dict[str, KvValue]) -> dict[str, JobSpec]:
-    """Every job the bucket holds once ``plan`` is written (undecodable entries left out)."""
-    jobs: dict[str, JobSpec] = {}
-    for key, value in stored.items():
-        try:
-            jobs[key] = codec.decode_job(value.value, key)
-        except CodecError:
-            continue
-    for key, _ in plan.deleted:
-        jobs.pop(key, None)
-    for spec in [*plan.created, *plan.updated_specs]:
-        jobs[spec.key] = spec
-    return jobs
+class JobsAfter(Mapping[str, JobSpec]):
+    """Every job the bucket holds once ``plan`` is written, as a view over ``jobs`` (nothing copied)."""
+
+    def __init__(self, jobs: Mapping[str, JobSpec], plan: ApplyPlan) -> None:
+        self._jobs = jobs
+        self.changed = {spec.key: spec for spec in [*plan.created, *plan.updated_specs]}
+        self.removed = {key for key, _ in plan.deleted}
+
+    def __getitem__(self, key: str) -> JobSpec:
+        if key in self.changed:
+            return self.changed[key]
+        if key in self.removed:
+            raise KeyError(key)
+        return self._jobs[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.changed or (key not in self.removed and key in self._jobs)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.changed
+        yield from (k for k in self._jobs if k not in self.changed and k not in self.removed)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
-def plan_apply(job_file: JobFile, current: dict[str, KvValue], *, prune: bool) -> ApplyPlan:
+def plan_apply(job_file: JobFile, current: Mapping[str, Stored], *, prune: bool) -> ApplyPlan:
     """What applying ``job_file`` over ``current`` (the bucket's keys in its groups) changes."""
     plan = ApplyPlan()
     for spec in job_file.jobs:
         stored = current.get(spec.key)
         if stored is None:
             plan.created.append(spec)
-        elif _same(spec, stored.value):
+        elif _same(spec, stored):
             plan.unchanged.append(spec.key)
         else:
             plan.updated.append((spec, stored.revision))
     if prune:
         wanted = {spec.key for spec in job_file.jobs}
-        for key, stored in sorted(current.items()):
+        for key in sorted(current):
             group = key.partition(".")[0]
             if group in job_file.groups and key not in wanted:
-                plan.deleted.append((key, stored.revision))
+                plan.deleted.append((key, current[key].revision))
     return plan
 
 

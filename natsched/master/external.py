@@ -15,15 +15,11 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.errors import ApiError, CodecError, NatschedError, NotFoundError
-from natsched.kvscan import scan
+from natsched.errors import ApiError, CodecError, NatschedError
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
-from natsched.models import JobSpec
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
@@ -49,46 +45,19 @@ def parse_trigger_body(body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str,
     return tuple(args), dict(env), correlation
 
 
-async def find_job(nc: Client, jobs: KeyValue, name: str) -> JobSpec:
-    """A job by ``<group>.<job>`` or by a bare name that is unique across groups."""
-    if not subjects.is_job_ref(name):  # also keeps a 4 KB name out of the KV read's subject
-        raise NotFoundError(f"no job {subjects.shown(name)}: not a job name")
-    if "." in name:
-        try:
-            entry = await jobs.get(name)
-        except (KeyNotFoundError, ValueError):
-            raise NotFoundError(f"no job {name!r}") from None
-        if entry.value is None:
-            raise NotFoundError(f"no job {name!r}")
-        return codec.decode_job(entry.value, name)
-    matches = {
-        k: v
-        for k, v in (await scan(nc.jetstream(), subjects.JOBS_BUCKET)).items()
-        if k.partition(".")[2] == name
-    }
-    if len(matches) > 1:
-        raise ApiError(f"job name {name!r} is ambiguous: {', '.join(sorted(matches))}; use <group>.<job>")
-    if not matches:
-        raise NotFoundError(f"no job {name!r}")
-    key, stored = next(iter(matches.items()))
-    return codec.decode_job(stored.value, key)
-
-
 class TriggerHandler:
     """Handles each trigger in its own task (bounded), so a slow agent delays no other trigger."""
 
     def __init__(
         self,
         nc: Client,
-        jobs: KeyValue,
+        index: JobIndex,
         dispatcher: Dispatcher,
         *,
-        index: JobIndex | None = None,
         concurrency: int = 256,
     ) -> None:
         self._nc = nc
         self._index = index
-        self._jobs = jobs
         self._dispatcher = dispatcher
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,16 +76,6 @@ class TriggerHandler:
         finally:
             self._slots.release()
 
-    def _cached(self, name: str) -> JobSpec | None:
-        """The definition from the master's watched index (no KV read on the hot path).
-
-        The index follows the bucket within milliseconds; a trigger sent by another client
-        in that window after an apply may still start the previous definition.
-        """
-        if self._index is None or not self._index.ready.is_set():
-            return None
-        return self._index.jobs.get(name)
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -128,7 +87,7 @@ class TriggerHandler:
             name = subjects.job_from_trigger_subject(msg.subject)
             body = codec.from_json(msg.data, f"trigger {subjects.shown(name)}", strict=True)
             args, env, correlation = parse_trigger_body(body)
-            spec = self._cached(name) or await find_job(self._nc, self._jobs, name)
+            spec = await self._index.find(name)  # from memory; a miss first catches up with the bucket
             if not spec.enabled:
                 raise ApiError(
                     f"job {spec.key} is disabled; enable it with 'natsched jobs enable {spec.key}'"

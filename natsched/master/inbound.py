@@ -74,25 +74,39 @@ class SubjectTriggers:
         self._holding = holding
         self._subs: dict[str, Subscription] = {}
         self._wanted: dict[str, list[tuple[JobSpec, SubjectTrigger]]] = {}
+        self._subjects_of: dict[str, set[str]] = {}  # job key -> the subjects it listens on
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        index.on_change(self._changed.set)
-        self._changed.set()  # the jobs the index holds already (loaded, or applied meanwhile)
+        index.on_keys(self._on_keys)
+        self._on_keys(list(index.jobs))  # the jobs the index holds already (loaded, or applied meanwhile)
+
+    def _on_keys(self, keys: list[str]) -> None:
+        """Update what each subject starts for the changed jobs only (100k others stay untouched)."""
+        for key in keys:
+            for subject in self._subjects_of.pop(key, set()):
+                # New lists, never changed in place: a message handler may be walking the old one.
+                left = [(spec, t) for spec, t in self._wanted.get(subject, []) if spec.key != key]
+                if left:
+                    self._wanted[subject] = left
+                else:
+                    self._wanted.pop(subject, None)
+            spec = self._index.jobs.get(key)
+            if spec is None or not spec.enabled:
+                continue
+            for trigger in spec.triggers:
+                if isinstance(trigger, SubjectTrigger):
+                    self._wanted[trigger.subject] = [*self._wanted.get(trigger.subject, []), (spec, trigger)]
+                    self._subjects_of.setdefault(key, set()).add(trigger.subject)
+        self._changed.set()
 
     async def run(self) -> None:
         """Follow the job index: subscribe to new subjects, drop the ones no job names any more."""
+        await self._index.ready.wait()  # subscribe for the whole picture, not a partial one
         while True:
             await self._changed.wait()
             self._changed.clear()
-            wanted: dict[str, list[tuple[JobSpec, SubjectTrigger]]] = {}
-            for spec in self._index.jobs.values():
-                if not spec.enabled:
-                    continue
-                for trigger in spec.triggers:
-                    if isinstance(trigger, SubjectTrigger):
-                        wanted.setdefault(trigger.subject, []).append((spec, trigger))
-            self._wanted = wanted
+            wanted = self._wanted
             for subject in sorted(set(self._subs) - set(wanted)):
                 await self._subs.pop(subject).unsubscribe()
             for subject in sorted(set(wanted) - set(self._subs)):
@@ -100,7 +114,11 @@ class SubjectTriggers:
                     self._subs[subject] = await self._nc.subscribe(
                         subject, queue=QUEUE, cb=self._handler(subject)
                     )
-                    log.info("listening on %s for %s", subject, ", ".join(j.key for j, _ in wanted[subject]))
+                    log.info(
+                        "listening on %s for %s",
+                        subject,
+                        ", ".join(j.key for j, _ in wanted.get(subject, [])),
+                    )
                 except Exception as exc:  # noqa: BLE001 - e.g. no permission: say so, keep the others
                     log.error("cannot subscribe to %s: %r", subject, exc)
 

@@ -24,8 +24,8 @@ from natsched import codec, subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
 from natsched.master.dispatch import NO_AGENT, Dispatcher, identity_of
-from natsched.master.external import find_job
 from natsched.master.following import EventFollower, follow_events
+from natsched.master.jobindex import JobIndex
 from natsched.models import ALL_AGENTS, JobSpec, Mode, RetryPolicy
 from natsched.vocab import RETRYABLE_STATES, RunTrigger
 
@@ -45,9 +45,9 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
 
 
 class RetryFollower:
-    def __init__(self, nc: Client, jobs: KeyValue, state: KeyValue, dispatcher: Dispatcher) -> None:
+    def __init__(self, nc: Client, index: JobIndex, state: KeyValue, dispatcher: Dispatcher) -> None:
         self._nc = nc
-        self._jobs = jobs
+        self._index = index
         self._state = state
         self._dispatcher = dispatcher
         self.retried = 0
@@ -67,7 +67,7 @@ class RetryFollower:
     async def _handle(self, msg: Msg) -> None:
         try:
             event = parse_event(msg.data, msg.subject)
-            spec = await find_job(self._nc, self._jobs, event.job)
+            spec = await self._index.find(event.job)
         except (CodecError, NotFoundError):
             await msg.ack()  # garbage, or the job is gone: nothing to retry
             return
@@ -95,7 +95,7 @@ class RetryFollower:
             await msg.nak(delay=delay)
             return
         if await self._claim(event):
-            await self._retry(event, spec.mode)
+            await self._retry(event, spec)
         await msg.ack()
 
     def _could_run(self, spec: JobSpec, agent: str) -> bool:
@@ -118,8 +118,9 @@ class RetryFollower:
         except KeyWrongLastSequenceError:
             return False  # another delivery (or master) already dispatched this retry
 
-    async def _retry(self, event: RunEvent, mode: Mode) -> None:
-        spec = await find_job(self._nc, self._jobs, event.job)
+    async def _retry(self, event: RunEvent, spec: JobSpec) -> None:
+        """Dispatch the retry with the definition read when the redelivery came in (from the index)."""
+        mode = spec.mode
         self.retried += 1
         replies = await self._dispatcher.dispatch(
             spec,

@@ -117,9 +117,9 @@ class MasterService(Service):
             secrets=SecretsApi(await js.key_value(SECRETS_BUCKET), self._secret_key),
         )
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
-        self.triggers = TriggerHandler(self.nc, jobs, self.dispatcher, index=self.index)
+        self.triggers = TriggerHandler(self.nc, self.index, self.dispatcher)
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
-        self.retries = RetryFollower(self.nc, jobs, state, self.dispatcher)
+        self.retries = RetryFollower(self.nc, self.index, state, self.dispatcher)
         await self.retries.start()
         self.holding = Holding(
             await js.key_value(subjects.SETTINGS_BUCKET),

@@ -19,7 +19,8 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.calendars import CALENDAR_PREFIX, PAUSE_AGENT_PREFIX, PAUSE_JOB_PREFIX, Pause, parse_calendar
 from natsched.errors import ApiError, CodecError, NotFoundError, SpecError
-from natsched.kvscan import KvValue, scan
+from natsched.kvscan import scan
+from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
 
 
@@ -43,10 +44,10 @@ def check_calendars_exist(jobs: Mapping[str, JobSpec], names: set[str]) -> None:
 
 
 class SettingsApi:
-    def __init__(self, js: JetStreamContext, settings: KeyValue, all_jobs: Any) -> None:
+    def __init__(self, js: JetStreamContext, settings: KeyValue, index: JobIndex) -> None:
         self._js = js
         self._kv = settings
-        self._all_jobs = all_jobs  # () -> awaitable dict[str, KvValue]
+        self._index = index
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -86,7 +87,8 @@ class SettingsApi:
         name = body.get("name")
         if not isinstance(name, str) or not subjects.is_token(name):
             raise ApiError("request field 'name' must be a calendar name")
-        users = _calendar_users(name, await self._all_jobs())
+        await self._index.sync()
+        users = _calendar_users(name, self._index.jobs)
         if users:
             raise ApiError(f"calendar {name} is used by {', '.join(users)}; change those jobs first")
         try:
@@ -112,7 +114,9 @@ class SettingsApi:
 
     async def pause(self, body: dict[str, Any]) -> dict[str, Any]:
         key = self._pause_key(body)
-        if body.get("job") and str(body["job"]) not in await self._all_jobs():
+        if body.get("job"):
+            await self._index.sync()
+        if body.get("job") and str(body["job"]) not in self._index.entries:
             raise NotFoundError(f"no job {body['job']!r}")
         try:
             pause = Pause(mode=body.get("mode", "skip"), note=str(body.get("note", "")), since=time.time())
@@ -131,13 +135,9 @@ class SettingsApi:
         return {"resumed": key.split(".", 2)[2]}
 
 
-def _calendar_users(name: str, jobs: dict[str, KvValue]) -> list[str]:
-    users = []
-    for key, stored in sorted(jobs.items()):
-        try:
-            spec = codec.decode_job(stored.value, key)
-        except CodecError:
-            continue
-        if spec.calendar is not None and name in (*spec.calendar.only, *spec.calendar.skip):
-            users.append(key)
-    return users
+def _calendar_users(name: str, jobs: Mapping[str, JobSpec]) -> list[str]:
+    return [
+        key
+        for key, spec in sorted(jobs.items())
+        if spec.calendar is not None and name in (*spec.calendar.only, *spec.calendar.skip)
+    ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from nats.aio.client import Client
 
-from natsched import subjects
+from natsched import codec, subjects
+from natsched.jobspec import parse_job
 from natsched.kvscan import scan
 from natsched.master.service import MasterService
+from natsched.models import JobSpec
 from tests.helpers import api, apply, job, toml_jobs
 
 
@@ -124,3 +127,31 @@ async def test_jobs_list_get_enable_disable_delete(master: MasterService, nc: Cl
     assert set(await _bucket(nc)) == {"g.a"}
     missing = await api(nc, subjects.API_JOBS_DELETE, {"jobs": ["zzz"]})
     assert missing["ok"] is False and "zzz" in missing["error"]
+
+
+async def test_apply_of_one_job_decodes_only_that_job(
+    master: MasterService, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many jobs stored, an apply reads the master's index: it decodes nothing but the
+    changed job (once, when the index takes in the write), and the reply already shows it."""
+    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    stored = 500
+    for i in range(stored):
+        spec = parse_job(
+            {"name": f"j{i}", "group": "many", "command": ["true"], "targets": {"agents": ["*"]}}
+        )
+        await kv.put(spec.key, codec.encode_job(spec))
+    assert len((await api(nc, subjects.API_JOBS_LIST, {"group": "many"}))["jobs"]) == stored
+    decoded: list[str] = []
+    decode = codec.decode_job
+
+    def counting_decode(data: bytes, key: str) -> JobSpec:
+        decoded.append(key)
+        return decode(data, key)
+
+    monkeypatch.setattr(codec, "decode_job", counting_decode)
+    result = await apply(nc, toml_jobs(job("j7", command=["echo", "changed"]), group="many"))
+    assert result["updated"] == ["many.j7"]
+    assert decoded == ["many.j7"]
+    shown = await api(nc, subjects.API_JOBS_GET, {"job": "many.j7"})
+    assert shown["spec"]["command"] == ["echo", "changed"]

@@ -17,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from natsched import subjects
 from natsched.embedded import EmbeddedServer
 from natsched.master.api import AdminApi
+from natsched.master.jobindex import JobIndex
 from natsched.master.requests import FIELDS
 from natsched.master.secrets_api import SecretsApi
 from natsched.master.service import MasterService
@@ -130,6 +131,7 @@ async def test_every_api_handler_has_a_request_schema(master: MasterService, nc:
         jobs=await js.key_value(subjects.JOBS_BUCKET),
         agents=await js.key_value(subjects.AGENTS_BUCKET),
         master_id="schema-check",
+        index=JobIndex(await js.key_value(subjects.JOBS_BUCKET)),
         settings=await js.key_value(subjects.SETTINGS_BUCKET),
         secrets=SecretsApi(await js.key_value(subjects.SECRETS_BUCKET), None),
     )
