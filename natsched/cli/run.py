@@ -75,6 +75,9 @@ async def trigger_and_wait(
         if not (wait or follow):
             return 0
         wanted.update(r["run_id"] for r in reply["runs"] if r["ok"])
+        # A target that never started the run (offline, refused, skipped) is a failed outcome
+        # too: one success elsewhere must not hide it from a script checking the exit code.
+        refused = [r for r in reply["runs"] if not r["ok"]]
         if follow and wanted:
             first = sorted(wanted)[0]
             agents = {r["run_id"]: r["agent"] for r in reply["runs"] if r["ok"]}
@@ -82,9 +85,22 @@ async def trigger_and_wait(
         if wanted - finals.keys():
             done.clear()
             await done.wait()
-        return _exit_code([finals[run_id] for run_id in sorted(wanted)])
+        code = _exit_code([finals[run_id] for run_id in sorted(wanted)])
+        never_started = _refused_code(refused)
+        return code or never_started
     finally:
         await nc.close()
+
+
+def _refused_code(refused: list[dict[str, Any]]) -> int:
+    """Print each target whose run never started; 1 if there is one."""
+    for target in refused:
+        console.print(
+            f"{target['run_id'] or '-'} on {target['agent'] or '-'}: {target['state'] or 'failed'}"
+            + (f" — {target['reason']}" if target.get("reason") else ""),
+            highlight=False,
+        )
+    return 1 if refused else 0
 
 
 def _print_started(reply: dict[str, Any], job: str) -> None:

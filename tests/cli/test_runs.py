@@ -112,3 +112,29 @@ def test_run_wait_exit_code_and_cancel(
     assert code == 0 and "cancel sent" in out, out
     runs = _wait_runs(url, lambda rs: any(r["run_id"] == run_id and r["state"] == "killed" for r in rs))
     assert runs
+
+
+def test_run_wait_fails_when_any_target_did_not_succeed(
+    nats_server: EmbeddedServer, master_process: Process, spawn: Callable[..., Process], tmp_path: Path
+) -> None:
+    """One target succeeding must not hide another that was offline: exit 1, each outcome printed."""
+    url = nats_server.url
+    spawn("natsched-agent", "--name", "w1", "--state-dir", str(tmp_path / "w1"), url=url)
+    jobs_file = tmp_path / "jobs.toml"
+    jobs_file.write_text(
+        toml_jobs(
+            job("both", mode="slave", targets={"agents": ["w1", "ghost"]}, command=["echo", "hi"]),
+            job("one", mode="slave", targets={"agents": ["w1"]}, command=["echo", "hi"]),
+            group="cli",
+        )
+    )
+    assert natsched("apply", "-f", str(jobs_file), url=url)[0] == 0
+    deadline = time.monotonic() + 15
+    while "w1" not in natsched("agents", "--json", url=url)[1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    code, out = natsched("run", "cli.both", "--wait", url=url)
+    assert code == 1, out
+    assert "on w1: succeeded" in out and "on ghost: failed — agent offline" in out
+    code, out = natsched("run", "cli.one", "--wait", url=url)
+    assert code == 0 and "on w1: succeeded" in out, out
