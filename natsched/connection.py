@@ -133,7 +133,10 @@ def _callbacks(
     on_closed: Callable[[str], Awaitable[None]] | None,
 ) -> dict[str, Any]:
     async def error_cb(exc: Exception) -> None:
-        await (state.error(exc) if state is not None else _log_error(exc))
+        if state is not None:
+            await state.error(exc)
+        else:  # a command: its failure becomes one line of error; each attempt is noise before it
+            log.debug("nats: %s", exc or type(exc).__name__)
         if on_error is not None:
             await on_error(exc)
 

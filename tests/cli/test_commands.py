@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from natsched.cli.app import app
 from natsched.embedded import EmbeddedServer, free_port
-from tests.conftest import Process
+from tests.conftest import BIN, Process
 from tests.helpers import job, toml_jobs
 
 runner = CliRunner()
@@ -126,3 +127,17 @@ def test_agents_lists_live_agents(
     code, out = natsched("agents", url=nats_server.url)
     assert code == 0 and "db1" in out and "1 live agent(s)" in out
     assert agent.terminate() == 0, agent.output()
+
+
+def test_unreachable_server_is_one_line_of_error() -> None:
+    """No 'nats: [Errno 111] Connect call failed' lines from each attempt before the error.
+
+    A real process: pytest's log capture would swallow the lines a user sees on stderr.
+    """
+    url = f"nats://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [str(BIN / "natsched"), "--server", url, "jobs", "list"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("error: cannot reach NATS"), done.stderr
