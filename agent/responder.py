@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from agent.executor import JobExecutor
+from agent.fencing import TermFence
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
 from natsched.dispatch import RunReply, RunRequest, decode_run_request
@@ -48,7 +49,7 @@ class Responder:
         self._subs: list[Subscription] = []
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
         self.sync_report: Callable[[], dict[str, Any]] = lambda: {"agent": agent, "report": []}
-        self.max_term = 0  # highest leader term seen in a dispatch: the fencing token
+        self.fence = TermFence(nc.jetstream())  # the leader's term, from the lease
         self._claims: KeyValue | None = None
 
     async def start(self) -> None:
@@ -136,12 +137,11 @@ class Responder:
             log.warning("bad run request on %s: %s", msg.subject, exc)
             await self._reply(msg, RunReply(ok=False, agent=self._agent, reason=str(exc)))
             return
-        if request.term < self.max_term:
-            reason = f"stale master: term {request.term} < {self.max_term} (another master leads now)"
+        reason = await self.fence.refusal(request.term)
+        if reason:
             log.warning("refused run %s from %s: %s", request.run_id, request.master or "?", reason)
             await self._refuse(msg, request, reason)
             return
-        self.max_term = request.term
         try:
             # The master checked this too; the agent is the last line before a root process.
             request.spec.trigger.check(request.spec.key, request.trigger, request.args, request.env)

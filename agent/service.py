@@ -188,7 +188,7 @@ class AgentService(Service):
         if self.files is not None:
             self.sync.listeners.append(self.files.on_change)
         assert self.executor is not None
-        self.executor.locks = ClusterLocks(js, self.config.name)
+        self.executor.locks = ClusterLocks(self.nc, self.config.name)
         if self.recovery is not None:
             await self.recovery.once_connected(self.executor.locks)
         self.executor.secrets.js = js

@@ -110,7 +110,7 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
             f"natsched.event.{name}.>",
             subjects.agent_logs(name),
             f"$KV.{subjects.AGENTS_BUCKET}.{name}",
-            f"$KV.{subjects.STATE_BUCKET}.lock.>",
+            subjects.lock_subject(name),  # overlap locks, taken by a master in this agent's name
             # Its own run claims only: it cannot take or withdraw another agent's runs.
             *subjects.agent_claims_subjects(name, pools),
             *_kv_get(subjects.kv_stream(subjects.CLAIMS_BUCKET)),

@@ -173,6 +173,15 @@ PAUSES = "pause.>"  # SETTINGS_BUCKET: every job and agent pause
 FANINS = "fanin.>"  # CHAINS_BUCKET: every fan-in that still waits
 
 
+LOCK_PREFIX = "natsched.lock"  # agents ask a master for cluster-wide locks (master/locks.py)
+LOCK_ALL = f"{LOCK_PREFIX}.*"
+
+
+def lock_subject(agent: str) -> str:
+    """Where ``agent`` asks the masters (queue group) to take or free a cluster-wide lock."""
+    return f"{LOCK_PREFIX}.{_token(agent, 'agent name')}"
+
+
 def lock_key(job_key: str) -> str:
     """STATE_BUCKET key of a load-balance job's cluster-wide overlap lock."""
     return f"lock.{job_key}"

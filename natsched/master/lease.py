@@ -11,7 +11,8 @@ not changed for ``ttl`` seconds is expired (no comparison of wall clocks across 
 Standbys poll every ``min(1 s, ttl / 5)``, so they take over within ttl + 1 s.
 
 The ``term`` goes up by one with every change of leader and is the fencing token: every
-dispatch carries it, and agents refuse a term lower than one they have seen. A leader that
+dispatch carries it, and agents refuse a term lower than one the lease showed them (or above
+the lease's: agent/fencing.py). A leader that
 was frozen (SIGSTOP, a VM pause) finds on waking that its last renewal is older than
 ``ttl`` on the monotonic clock, which counts the frozen time, and stops scheduling before
 it claims anything. A graceful stop writes ``released`` so a standby takes over at once.

@@ -32,6 +32,7 @@ from natsched.master.holding import HeldRun, Holding
 from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
 from natsched.master.lease import DEFAULT_TTL, LeaderLease
+from natsched.master.locks import LockService
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.notify import Notifier, SmtpSettings
 from natsched.master.retries import RetryFollower
@@ -148,6 +149,7 @@ class MasterService(Service):
             self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
         )
         self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
+        await LockService(self.nc, state, await js.key_value(subjects.AGENTS_BUCKET)).start()
         await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
         self.spawn(self._follow_leadership(state), name="leadership", critical=True)
         self.spawn(self.lease.run(), name="leader-lease", critical=True)

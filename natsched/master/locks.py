@@ -1,0 +1,116 @@
+"""Cluster-wide overlap locks for load-balance jobs, kept by the masters for the agents.
+
+The lock is the key ``lock.<group>.<job>`` in ``natsched_state``, taken with ``create``
+(compare-and-set), held by one run, and deleted when that run ends. Agents do not write it:
+they ask a master on ``natsched.lock.<agent>`` (``agent/locks.py``), and an agent may
+publish only on its own name, so the holder the master records is the agent that asked,
+proven by the subject. No agent can name another (live) agent as the holder and block
+the job, nor release a lock another agent holds. A lock whose holder agent has no
+heartbeat any more (the agent died) is stale and taken over with ``update(last=revision)``,
+so a dead agent never blocks a job forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import codec, subjects
+from natsched.errors import CodecError
+from natsched.locking import LockHolder, read_holder
+from natsched.subjects import lock_key
+
+log = logging.getLogger(__name__)
+OPERATIONS = ("acquire", "release")
+
+
+def decode_lock_request(subject: str, data: bytes) -> tuple[str, str, str, str]:
+    """(agent, op, job key, run id) of a lock request; the agent is the subject's."""
+    agent = subject.rpartition(".")[2]
+    body = codec.unpack(data, "lock request")
+    op, job, run_id = body.get("op"), body.get("job"), body.get("run_id")
+    if not subjects.is_token(agent) or op not in OPERATIONS or not subjects.is_token(run_id):
+        raise CodecError(f"lock request: bad agent, op or run id ({subjects.shown(body)})")
+    try:
+        subjects.split_job_key(str(job) if isinstance(job, str) else "")
+    except ValueError:
+        raise CodecError(f"lock request: bad job {subjects.shown(job)}") from None
+    return agent, str(op), str(job), str(run_id)
+
+
+class LockService:
+    def __init__(self, nc: Client, state: KeyValue, agents: KeyValue) -> None:
+        self._nc = nc
+        self._state = state
+        self._agents = agents
+
+    async def start(self) -> None:
+        await self._nc.subscribe(subjects.LOCK_ALL, queue=subjects.API_QUEUE, cb=self.handle)
+
+    async def handle(self, msg: Msg) -> None:
+        reply: dict[str, Any]
+        try:
+            agent, op, job, run_id = decode_lock_request(msg.subject, msg.data)
+            if op == "acquire":
+                holder = await self.acquire(agent, job, run_id)
+                reply = {"ok": True, "holder": None if holder is None else [holder.run_id, holder.agent]}
+            else:
+                await self.release(agent, job, run_id)
+                reply = {"ok": True}
+        except CodecError as exc:
+            log.warning("%s", exc)
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - NATS trouble: the agent retries or says why
+            log.warning("lock request on %s failed: %r", msg.subject, exc)
+            reply = {"ok": False, "error": f"lock not decided: {exc!r}"}
+        if msg.reply:
+            await self._nc.publish(msg.reply, codec.pack(reply))
+
+    async def acquire(self, agent: str, job: str, run_id: str) -> LockHolder | None:
+        """None if ``run_id`` on ``agent`` now holds the lock of ``job``, else who holds it."""
+        value = codec.pack({"run_id": run_id, "agent": agent, "since": time.time()})
+        for _ in range(3):  # released in between: try again, a few times
+            try:
+                await self._state.create(lock_key(job), value)
+                return None
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._state.get(lock_key(job))
+            except KeyNotFoundError:
+                continue
+            holder = read_holder(entry.value)
+            if holder.run_id == run_id and holder.agent == agent:
+                return None  # asked again (a repeated request): it holds it already
+            if holder.agent and await self._alive(holder.agent):
+                return holder
+            try:
+                await self._state.update(lock_key(job), value, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                return LockHolder(run_id="?", agent="")  # changed hands just now
+            log.warning("%s took over the lock of %s from %s (agent gone)", agent, job, holder)
+            return None
+        return LockHolder(run_id="?", agent="")
+
+    async def release(self, agent: str, job: str, run_id: str) -> None:
+        """Delete the lock if ``run_id`` on ``agent`` holds it (nobody else's)."""
+        try:
+            entry = await self._state.get(lock_key(job))
+        except KeyNotFoundError:
+            return
+        holder = read_holder(entry.value)
+        if holder.run_id == run_id and holder.agent == agent:
+            await self._state.delete(lock_key(job), last=entry.revision)
+
+    async def _alive(self, agent: str) -> bool:
+        try:
+            entry = await self._agents.get(agent)
+        except KeyNotFoundError:
+            return False
+        return bool(entry.value)
