@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
@@ -24,7 +25,13 @@ from natsched.chaingraph import check_chain_change
 from natsched.errors import ApiError, JobFileError, NatschedError, SpecError
 from natsched.jobfile import parse_job_document
 from natsched.jobspec import job_to_dict, parse_job
-from natsched.master.apply import JobsAfter, execute_plan, plan_apply, raise_conflicts
+from natsched.master.apply import (
+    JobsAfter,
+    check_no_past_once,
+    execute_plan,
+    plan_apply,
+    raise_conflicts,
+)
 from natsched.master.jobindex import JobIndex
 from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
@@ -126,6 +133,7 @@ class AdminApi:
         plan = plan_apply(job_file, current, prune=body.get("prune", False))
         after = JobsAfter(self._index.jobs, plan)
         try:
+            check_no_past_once(plan, current, datetime.now(UTC))
             check_chain_change(after, after.changed, after.removed, self._index.dependents)
             if any(spec.calendar is not None for spec in after.changed.values()):
                 check_calendars_exist(after.changed, await calendar_names(self._js))

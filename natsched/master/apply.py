@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec
-from natsched.errors import ConflictError
+from natsched.errors import ConflictError, SpecError
 from natsched.jobfile import JobFile
 from natsched.jobspec import job_to_dict
 from natsched.master.jobindex import Stored
 from natsched.models import JobSpec
+from natsched.triggers.once import OnceTrigger
 
 # JetStream's error codes for "expected last subject sequence" mismatches.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -94,6 +96,25 @@ def plan_apply(job_file: JobFile, current: Mapping[str, Stored], *, prune: bool)
             if group in job_file.groups and key not in wanted:
                 plan.deleted.append((key, current[key].revision))
     return plan
+
+
+def check_no_past_once(plan: ApplyPlan, current: Mapping[str, Stored], now: datetime) -> None:
+    """Refuse a new or changed ``at`` that has already passed: it would be stored and never fire.
+
+    A job whose ``at`` was already stored (it fired, or was skipped) stays acceptable, so
+    re-applying yesterday's file is not an error.
+    """
+    for spec in [*plan.created, *plan.updated_specs]:
+        stored = current.get(spec.key)
+        before = stored.spec.triggers if stored is not None and stored.spec is not None else ()
+        for trigger in spec.triggers:
+            if isinstance(trigger, OnceTrigger) and trigger.at <= now and trigger not in before:
+                raise SpecError(
+                    f"{trigger.at.isoformat()} is in the past, so the job would never run; "
+                    "give a later time, or use 'natsched run' to start it now",
+                    job=spec.name,
+                    field="triggers.at",
+                )
 
 
 async def execute_plan(kv: KeyValue, plan: ApplyPlan) -> list[str]:

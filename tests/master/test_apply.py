@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from nats.aio.client import Client
 
@@ -155,3 +157,27 @@ async def test_apply_of_one_job_decodes_only_that_job(
     assert decoded == ["many.j7"]
     shown = await api(nc, subjects.API_JOBS_GET, {"job": "many.j7"})
     assert shown["spec"]["command"] == ["echo", "changed"]
+
+
+async def test_an_at_in_the_past_is_refused_unless_it_was_already_stored(
+    master: MasterService, nc: Client
+) -> None:
+    """A one-shot time that has passed would be stored and never fire: refused, nothing written."""
+    past = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    result = await apply(nc, toml_jobs(job("late", triggers=[{"at": past}]), job("ok"), group="g"))
+    assert not result["ok"]
+    assert "job 'late': field 'triggers.at'" in result["error"] and "in the past" in result["error"]
+    assert await _bucket(nc) == {}
+
+    # A job stored when its time was still ahead (written here directly): re-applying its file,
+    # or changing another field, is not refused.
+    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    stored = parse_job({**job("once", triggers=[{"at": past}]), "group": "g"}, source="test")
+    await kv.put("g.once", codec.encode_job(stored))
+    assert (await apply(nc, toml_jobs(job("once", triggers=[{"at": past}]), group="g")))["unchanged"] == [
+        "g.once"
+    ]
+    changed = toml_jobs(job("once", command=["echo", "x"], triggers=[{"at": past}]), group="g")
+    assert (await apply(nc, changed))["updated"] == ["g.once"]
+    assert (await apply(nc, toml_jobs(job("soon", triggers=[{"at": future}]), group="g")))["ok"]
