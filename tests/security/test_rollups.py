@@ -20,6 +20,7 @@ BUCKETS = [
     subjects.STATE_BUCKET,
     subjects.SECRETS_BUCKET,
     subjects.CHAINS_BUCKET,
+    subjects.CLAIMS_BUCKET,
 ]
 
 
