@@ -12,6 +12,7 @@ from natsched.jobspec import parse_job
 from natsched.kvscan import scan
 from natsched.master.service import MasterService
 from natsched.models import JobSpec
+from natsched.settings import ConnectionSettings
 from tests.helpers import api, apply, job, toml_jobs
 
 
@@ -181,3 +182,19 @@ async def test_an_at_in_the_past_is_refused_unless_it_was_already_stored(
     changed = toml_jobs(job("once", command=["echo", "x"], triggers=[{"at": past}]), group="g")
     assert (await apply(nc, changed))["updated"] == ["g.once"]
     assert (await apply(nc, toml_jobs(job("soon", triggers=[{"at": future}]), group="g")))["ok"]
+
+
+async def test_a_change_is_seen_by_the_next_request_on_any_master(
+    conn: ConnectionSettings, nc: Client
+) -> None:
+    """Read-your-writes with two masters (each request goes to either): right after an apply's
+    reply, a trigger or a jobs get answers from the new definition, never the previous one."""
+    async with MasterService(conn), MasterService(conn):
+        for i in range(12):
+            enabled = i % 2 == 1
+            spec = job("flip", mode="slave", enabled=enabled, targets={"agents": ["nobody"]})
+            assert (await apply(nc, toml_jobs(spec, job(f"new{i}"), group="rw")))["ok"]
+            reply = await api(nc, f"{subjects.TRIGGER_PREFIX}.rw.flip", {})
+            assert ("is disabled" in reply.get("error", "")) is not enabled, (i, reply)
+            shown = await api(nc, subjects.API_JOBS_GET, {"job": f"rw.new{i}"})
+            assert shown["ok"] and shown["key"] == f"rw.new{i}", shown

@@ -1,0 +1,72 @@
+"""The master's job index against a real bucket whose watcher misbehaves as seen in the field:
+the "initial values done" marker arriving before the values, and live updates arriving late."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from nats.aio.client import Client
+from nats.js import api as js_api
+from nats.js.kv import KeyValue
+
+from natsched import codec, subjects
+from natsched.jobspec import parse_job
+from natsched.master.jobindex import JobIndex
+
+
+class MisbehavingWatch:
+    """A real bucket whose watcher yields the marker before the initial values and holds every
+    later update back for ``lag`` seconds."""
+
+    def __init__(self, kv: KeyValue, lag: float) -> None:
+        self._kv = kv
+        self._lag = lag
+
+    async def status(self) -> KeyValue.BucketStatus:
+        return await self._kv.status()
+
+    async def watchall(self) -> AsyncIterator[Any]:
+        watcher = await self._kv.watchall()
+        return self._reordered(watcher)
+
+    async def _reordered(self, watcher: Any) -> AsyncIterator[Any]:
+        initial = []
+        async for entry in watcher:
+            if entry is None:
+                break
+            initial.append(entry)
+        yield None
+        await asyncio.sleep(0.05)  # a reader that trusted the marker acts now, on nothing
+        for entry in initial:
+            yield entry
+        async for entry in watcher:
+            await asyncio.sleep(self._lag)
+            yield entry
+
+
+def encoded(name: str, *command: str) -> bytes:
+    spec = parse_job({"name": name, "group": "g", "command": list(command), "targets": {"agents": ["*"]}})
+    return codec.encode_job(spec)
+
+
+async def test_ready_only_with_the_initial_values_and_a_miss_catches_up(nc: Client) -> None:
+    kv = await nc.jetstream().create_key_value(js_api.KeyValueConfig(bucket=subjects.JOBS_BUCKET))
+    for i in range(20):
+        await kv.put(f"g.j{i}", encoded(f"j{i}", "true"))
+    index = JobIndex(cast(KeyValue, MisbehavingWatch(kv, lag=0.3)))
+    watch = asyncio.create_task(index.watch())
+    try:
+        async with asyncio.timeout(10):
+            await index.wait_ready()
+            assert len(index.jobs) == 20, "ready before the initial values were in"
+            # Created a moment ago (say through another master): not in memory yet, but found.
+            await kv.put("g.new", encoded("new", "echo", "1"))
+            assert (await index.find("g.new")).command == ("echo", "1")
+            # Changed: sync() (what every API request does first) returns only with the change in.
+            await kv.put("g.new", encoded("new", "echo", "2"))
+            await index.sync()
+            assert index.jobs["g.new"].command == ("echo", "2")
+    finally:
+        watch.cancel()
