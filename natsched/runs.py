@@ -27,9 +27,11 @@ class RunSummary:
 
     latest: RunEvent
     states: list[str] = field(default_factory=list)
+    detail: dict[str, str] = field(default_factory=dict)  # every event's trigger detail, merged
 
     def add(self, event: RunEvent) -> None:
         self.states.append(event.state.value)
+        self.detail.update(event.detail)
         if event.state.final or not self.latest.state.final:
             keep_start = self.latest.started_at
             self.latest = event
@@ -95,7 +97,7 @@ def add_event(runs: dict[str, RunSummary], event: RunEvent) -> None:
     """Fold one event into the run summaries by run id."""
     summary = runs.get(event.run_id)
     if summary is None:
-        runs[event.run_id] = RunSummary(latest=event, states=[event.state.value])
+        runs[event.run_id] = RunSummary(latest=event, states=[event.state.value], detail=dict(event.detail))
     elif event.agent == summary.latest.agent:
         summary.add(event)
     else:

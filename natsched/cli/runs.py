@@ -147,6 +147,29 @@ def show_chain(chain_id: str, as_json: bool, server: str | None) -> None:
     console.print(tree)
 
 
+# What a run's trigger detail means, in the order an operator looks for it; other keys follow.
+_DETAIL_LABELS = {
+    "file": "file",
+    "subject": "subject",
+    "correlation_id": "correlation id",
+    "chain_id": "chain",
+    "parents": "chain parents",
+    "upstream": "upstream",
+    "retry_of": "retry of",
+    "lost_run": "re-dispatch of lost run",
+    "batch": "batch",
+    "batch_size": "batch size",
+    "late_ms": "late (ms)",
+}
+
+
+def detail_lines(detail: dict[str, str]) -> list[str]:
+    """``  file: /in/a.csv`` lines for a run's trigger detail (file, subject, correlation, chain)."""
+    known = [key for key in _DETAIL_LABELS if key in detail]
+    others = sorted(key for key in detail if key not in _DETAIL_LABELS)
+    return [f"  {_DETAIL_LABELS.get(key, key)}: {detail[key]}" for key in [*known, *others]]
+
+
 @app.command()
 def show(run_id: Annotated[str, typer.Argument(help="run id")], server: ServerOption = None) -> None:
     """One run: every state it went through, times, exit code, output tail."""
@@ -167,6 +190,8 @@ def show(run_id: Annotated[str, typer.Argument(help="run id")], server: ServerOp
         f"ended: {_when(e.ended_at)}  exit: {e.exit_code}  pid: {e.pid}",
         highlight=False,
     )
+    for line in detail_lines(summary.detail):
+        console.print(line, highlight=False)
     if e.reason:
         console.print(f"reason: {e.reason}", highlight=False)
     if e.output_tail:

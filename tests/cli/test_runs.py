@@ -136,5 +136,16 @@ def test_run_wait_fails_when_any_target_did_not_succeed(
     code, out = natsched("run", "cli.both", "--wait", url=url)
     assert code == 1, out
     assert "on w1: succeeded" in out and "on ghost: failed — agent offline" in out
-    code, out = natsched("run", "cli.one", "--wait", url=url)
+    code, out = natsched("run", "cli.one", "--wait", "--correlation-id", "order-42", url=url)
     assert code == 0 and "on w1: succeeded" in out, out
+
+    # runs show names what started the run: here the caller's correlation id.
+    code, out = natsched("runs", "show", out.split()[0], url=url)
+    assert code == 0 and "trigger: manual" in out and "correlation id: order-42" in out, out
+
+
+def test_runs_show_labels_trigger_detail_in_a_fixed_order() -> None:
+    from natsched.cli.runs import detail_lines
+
+    lines = detail_lines({"zz": "1", "parents": "r1,r2", "chain_id": "r0", "file": "/in/a.csv"})
+    assert lines == ["  file: /in/a.csv", "  chain: r0", "  chain parents: r1,r2", "  zz: 1"]
