@@ -1,7 +1,8 @@
 """``natsched-agent --check``: is this agent ready to run? One line per check, stop at the first failure.
 
 Checks: the config, the state directory, the connection (bounded), reading the jobs
-bucket, writing this agent's heartbeat key, and subscribing to its run subject. The last
+bucket, writing this agent's heartbeat key (refused, as the agent would be, while a live
+agent elsewhere has the name), and subscribing to its run subject. The last
 two are what the agent's credential must allow for *this* name: an agent claiming another
 agent's name is refused there, in one line.
 """
@@ -14,11 +15,12 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 
+from agent import nameguard
 from agent.config import AgentConfig
 from agent.heartbeat import sample_load
 from natsched import codec, subjects
 from natsched.connection import connect
-from natsched.errors import CheckFailed, NatschedError
+from natsched.errors import CheckFailed, NameTakenError, NatschedError
 from natsched.kvscan import scan
 from natsched.settings import ConnectionSettings
 
@@ -82,7 +84,13 @@ async def _heartbeat(nc: Client, config: AgentConfig, errors: list[str]) -> None
     )
     try:
         kv = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
-        await asyncio.wait_for(kv.put(config.name, codec.encode_heartbeat(heartbeat)), 3)
+        # Written as the agent would (refused while a live agent has the name), then deleted, so
+        # the probe is not taken for a live agent.
+        data = codec.encode_heartbeat(heartbeat)
+        revision = await asyncio.wait_for(nameguard.take(kv, heartbeat, data), 3)
+        await asyncio.wait_for(kv.delete(config.name, last=revision), 3)
+    except NameTakenError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a denied publish shows up as a timeout plus an error
         await asyncio.sleep(SETTLE)
         _raise_denied(errors, config.name)

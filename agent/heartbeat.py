@@ -9,40 +9,71 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
 import psutil
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
+from agent import nameguard
 from natsched import PROTOCOL_VERSION, __version__, codec, subjects
+from natsched.errors import NameTakenError
 from natsched.models import Heartbeat
 
 log = logging.getLogger(__name__)
 
 
 class HeartbeatPublisher:
+    """Heartbeats with compare-and-set on the key (see ``agent/nameguard.py``)."""
+
     def __init__(
         self, js: JetStreamContext, *, build: Callable[[], Awaitable[Heartbeat]], interval: float
     ) -> None:
         self._js = js
         self._build = build
         self._interval = interval
+        self._kv: KeyValue | None = None
+        self._revision: int | None = None
         self.sent = 0
 
+    async def take_name(self) -> None:
+        """The first heartbeat: raises NameTakenError when a live agent elsewhere has this name.
+
+        Any other failure waits for the heartbeat loop (which takes the name then); a credential
+        that may not write this key is caught by the agent's credential watch.
+        """
+        try:
+            await self._send()
+        except NameTakenError:
+            raise
+        except BucketNotFoundError:
+            log.info("bucket %s does not exist yet; heartbeat waits for a master", subjects.AGENTS_BUCKET)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("first heartbeat not sent: %r", exc)
+
+    async def _send(self) -> None:
+        if self._kv is None:
+            self._kv = await self._js.key_value(subjects.AGENTS_BUCKET)
+        heartbeat = await self._build()
+        data = codec.encode_heartbeat(heartbeat)
+        if self._revision is None:
+            self._revision = await nameguard.take(self._kv, heartbeat, data)
+        else:
+            self._revision = await nameguard.renew(self._kv, heartbeat, data, self._revision)
+        self.sent += 1
+
     async def run(self) -> None:
-        kv = None
         while True:
             started = time.monotonic()
             try:
-                if kv is None:
-                    kv = await self._js.key_value(subjects.AGENTS_BUCKET)
-                heartbeat = await self._build()
-                await kv.put(heartbeat.agent, codec.encode_heartbeat(heartbeat))
-                self.sent += 1
+                await self._send()
             except BucketNotFoundError:
                 log.info("bucket %s does not exist yet; heartbeat waits for a master", subjects.AGENTS_BUCKET)
+            except NameTakenError:
+                raise  # stops the agent: another one runs under this name
             except Exception as exc:  # noqa: BLE001 - NATS hiccups must not stop the heartbeat
                 log.debug("heartbeat not sent: %r", exc)
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
@@ -83,4 +114,6 @@ def sample_load(
         runs=runs or {},
         connected_since=connected_since,
         priority=priority,
+        host=socket.gethostname(),
+        pid=os.getpid(),
     )

@@ -178,6 +178,8 @@ class AgentService(Service):
         self.connected_since = time.time()
         self.watch_connection(self.nc)
         js = self.nc.jetstream()
+        heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
+        await heartbeat.take_name()  # before anything else: one agent per name
         self.logs.nc = self.nc
         assert self.outbox is not None and self.mirror is not None
         self.outbox.attach(self.nc)
@@ -210,7 +212,6 @@ class AgentService(Service):
             raise ConfigError(self.credential.fatal)
         self.connected.set()
         log.info("agent %s connected", self.config.name)
-        heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
         self.spawn(self.sync.run(), name="job-sync", critical=True)
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
         self.spawn(self.holds.run(js), name="settings-watch", critical=True)

@@ -250,3 +250,6 @@ class Heartbeat:
     priority: int = 100  # load-balance order among a pool's agents: lower first
     # run id -> job key of the runs going on (at most 1000): what becomes "lost" if the agent dies
     runs: Mapping[str, str] = field(default_factory=dict)
+    # Where this agent process runs: a second agent with the same name names it when it refuses.
+    host: str = ""
+    pid: int = 0

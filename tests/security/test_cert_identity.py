@@ -56,8 +56,6 @@ async def test_the_certificate_decides_which_agent_name_is_allowed(
 ) -> None:
     async with MasterService(as_identity(mapped_server, certs, "master")):
         agent_conn = as_identity(mapped_server, certs, "a1")
-        async with AgentService(AgentConfig(name="a1", state_dir=tmp_path / "a1"), agent_conn) as agent:
-            await agent.synced(10)  # its own name: works end to end
 
         def check(name: str) -> tuple[int, str]:
             env = {
@@ -76,7 +74,10 @@ async def test_the_certificate_decides_which_agent_name_is_allowed(
             )
             return result.returncode, result.stdout + result.stderr
 
+        # Checked before a1 runs: the check refuses a name whose agent heartbeated within the TTL.
         assert check("a1")[0] == 0
+        async with AgentService(AgentConfig(name="a1", state_dir=tmp_path / "a1"), agent_conn) as agent:
+            await agent.synced(10)  # its own name: works end to end
         code, out = check("a2")  # a1's certificate claiming a2's name
         assert code == 1 and "FAIL credential does not allow agent name 'a2'" in out, out
 

@@ -1,0 +1,109 @@
+"""One agent per name: the heartbeat key is written with compare-and-set.
+
+Two agents with one name would both run every mirror job and answer each other's run
+requests. So the first heartbeat *creates* the key ``natsched_agents/<name>``; when it is
+there already, the agent refuses to start, in one line naming where the other one runs
+(host, pid, since), unless that heartbeat is a previous run of this very agent (same host,
+process gone, e.g. after kill -9 and a restart). The bucket's TTL removes the key of an
+agent silent for longer than the TTL, so such a name is free again. Later heartbeats
+update the key only from the revision this agent wrote last: an agent that was silent
+past the TTL (frozen, cut off) and finds its name taken over by another stops instead of
+running beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+
+import psutil
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from natsched import codec
+from natsched.buckets import AGENT_TTL
+from natsched.errors import CodecError, NameTakenError
+from natsched.models import Heartbeat
+
+log = logging.getLogger(__name__)
+STARTUP_SLACK = 2.0  # seconds between a process's creation and its agent's started_at
+
+
+def where(heartbeat: Heartbeat) -> str:
+    since = datetime.fromtimestamp(heartbeat.started_at, UTC).isoformat(timespec="seconds")
+    return f"host {heartbeat.host or '?'}, pid {heartbeat.pid or '?'}, since {since}"
+
+
+def taken(heartbeat: Heartbeat) -> NameTakenError:
+    return NameTakenError(
+        f"agent name {heartbeat.agent!r} is taken: it runs on {where(heartbeat)}; stop that agent "
+        f"or use another --name (a name is free {AGENT_TTL:g} s after its agent's last heartbeat)"
+    )
+
+
+def _alive(pid: int, started_at: float) -> bool:
+    """Is ``pid`` the process that wrote a heartbeat started at ``started_at`` (not a reused pid)?"""
+    try:
+        return bool(psutil.Process(pid).create_time() <= started_at + STARTUP_SLACK)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def is_ours(holder: Heartbeat) -> bool:
+    """The holder is this process, or an agent of this host whose process is gone."""
+    if holder.host != socket.gethostname():
+        return False
+    return holder.pid == os.getpid() or not _alive(holder.pid, holder.started_at)
+
+
+async def _holder(kv: KeyValue, name: str) -> tuple[Heartbeat, int] | None:
+    try:
+        entry = await kv.get(name)
+    except KeyNotFoundError:  # also a deleted key
+        return None
+    try:
+        return codec.decode_heartbeat(entry.value or b"", name), entry.revision or 0
+    except CodecError as exc:  # unreadable (another version?): not proof of a live agent
+        log.warning("heartbeat key %s is unreadable (%s); taking it over", name, exc)
+        return None
+
+
+async def take(kv: KeyValue, heartbeat: Heartbeat, data: bytes) -> int:
+    """Write the first heartbeat (the name is ours from now on); its revision.
+
+    Raises :class:`NameTakenError` when a live agent elsewhere holds the name.
+    """
+    for _ in range(3):  # the key may change under us (expire, be taken) between read and write
+        held = await _holder(kv, heartbeat.agent)
+        try:
+            if held is None:
+                return await kv.create(heartbeat.agent, data)
+            holder, revision = held
+            if not is_ours(holder):
+                raise taken(holder)
+            log.info("agent %s takes its name back from a previous run (%s)", heartbeat.agent, where(holder))
+            return await kv.update(heartbeat.agent, data, last=revision)
+        except KeyWrongLastSequenceError:
+            continue
+    held = await _holder(kv, heartbeat.agent)
+    raise taken(held[0]) if held else NameTakenError(f"agent name {heartbeat.agent!r} keeps changing hands")
+
+
+async def renew(kv: KeyValue, heartbeat: Heartbeat, data: bytes, revision: int) -> int:
+    """A later heartbeat, written only over our own last one; the new revision."""
+    try:
+        return await kv.update(heartbeat.agent, data, last=revision)
+    except KeyWrongLastSequenceError:
+        pass
+    held = await _holder(kv, heartbeat.agent)
+    if held is None:  # expired (silent past the TTL, or the bucket was recreated): take it again
+        return await take(kv, heartbeat, data)
+    holder, current = held
+    if is_ours(holder):  # our own write whose acknowledgement was lost, or a tool's rewrite
+        return await kv.update(heartbeat.agent, data, last=current)
+    raise NameTakenError(
+        f"agent name {heartbeat.agent!r} was taken over by the agent on {where(holder)} "
+        "while this one was silent past the heartbeat TTL; stopping"
+    )
