@@ -106,7 +106,11 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
         js,
         api.KeyValueConfig(bucket=subjects.CHAINS_BUCKET, history=1, replicas=r, ttl=storage.chains_max_age),
     )
-    await _claims_bucket(js, r, storage.claims_max_age)
+    # Agents write their own claim keys here, so it holds nothing else (and refuses rollups, as all).
+    await _kv(
+        js,
+        api.KeyValueConfig(bucket=subjects.CLAIMS_BUCKET, history=1, replicas=r, ttl=storage.claims_max_age),
+    )
     await _stream(
         js,
         api.StreamConfig(
@@ -127,31 +131,6 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
             num_replicas=r,
             max_age=storage.logs_max_age,
             max_bytes=storage.logs_max_bytes,
-            storage=api.StorageType.FILE,
-        ),
-    )
-
-
-async def _claims_bucket(js: JetStreamContext, replicas: int, max_age: float) -> None:
-    """The claims bucket as nats-py would create it, but without rollup headers.
-
-    Agents may write their own claim keys; with ``allow_rollup_hdrs`` (nats-py always sets
-    it) one message with ``Nats-Rollup: all`` on such a key would wipe every claim.
-    """
-    await _stream(
-        js,
-        api.StreamConfig(
-            name=subjects.kv_stream(subjects.CLAIMS_BUCKET),
-            subjects=[subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET) + ">"],
-            allow_direct=True,
-            allow_rollup_hdrs=False,
-            deny_delete=True,
-            discard=api.DiscardPolicy.NEW,
-            duplicate_window=min(120.0, max_age),
-            max_age=max_age,
-            max_bytes=-1,
-            max_msgs_per_subject=1,
-            num_replicas=replicas,
             storage=api.StorageType.FILE,
         ),
     )
