@@ -37,6 +37,7 @@ class HeartbeatPublisher:
         self._interval = interval
         self._kv: KeyValue | None = None
         self._revision: int | None = None
+        self._key = ""  # the agent's name, once a heartbeat was written
         self.sent = 0
 
     async def take_name(self) -> None:
@@ -58,6 +59,7 @@ class HeartbeatPublisher:
         if self._kv is None:
             self._kv = await self._js.key_value(subjects.AGENTS_BUCKET)
         heartbeat = await self._build()
+        self._key = heartbeat.agent
         data = codec.encode_heartbeat(heartbeat)
         if self._revision is None:
             self._revision = await nameguard.take(self._kv, heartbeat, data)
@@ -77,6 +79,19 @@ class HeartbeatPublisher:
             except Exception as exc:  # noqa: BLE001 - NATS hiccups must not stop the heartbeat
                 log.debug("heartbeat not sent: %r", exc)
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+    async def withdraw(self, timeout: float) -> None:
+        """On a clean stop: delete our heartbeat, so masters and ``natsched agents`` drop this
+        agent at once instead of after the TTL. Only our own latest write (compare-and-set on
+        its revision): a heartbeat another process wrote since under this name stays."""
+        if self._kv is None or self._revision is None or not self._key:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._kv.delete(self._key, last=self._revision)
+            log.info("heartbeat %s withdrawn", self._key)
+        except Exception as exc:  # noqa: BLE001 - then it expires with the TTL, as after a crash
+            log.info("heartbeat %s not withdrawn (%r); it expires with the bucket's TTL", self._key, exc)
 
 
 def sample_load(

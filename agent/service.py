@@ -75,6 +75,7 @@ class AgentService(Service):
         self.responder: Responder | None = None
         self.credential = CredentialWatch(config.name, config.pools)
         self.holds: HoldsSync
+        self.heartbeat: HeartbeatPublisher | None = None
         self.metrics: Metrics | None = None
 
     @property
@@ -143,6 +144,8 @@ class AgentService(Service):
             await self.outbox.flush(FLUSH_TIMEOUT if connected else 0)
         if self.journal is not None:
             await self.journal.flush()
+        if self.heartbeat is not None and self.nc is not None and self.nc.is_connected:
+            await self.heartbeat.withdraw(FLUSH_TIMEOUT)
         await self.guardian.close()
         await close_quietly(self.nc, FLUSH_TIMEOUT)
         await self.cache.close()
@@ -179,6 +182,7 @@ class AgentService(Service):
         self.watch_connection(self.nc)
         js = self.nc.jetstream()
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
+        self.heartbeat = heartbeat
         await heartbeat.take_name()  # before anything else: one agent per name
         self.logs.nc = self.nc
         assert self.outbox is not None and self.mirror is not None
