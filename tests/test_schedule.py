@@ -42,18 +42,20 @@ def spec(every: str = "10s", misfire: str = "skip", **extra: object) -> JobSpec:
     )
 
 
-@pytest.fixture(params=["kv", "sqlite"])
+@pytest.fixture(params=["kv", "kv-first-read", "sqlite"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """``await stores()``: another scheduler's view of one backend; ``await stores(restart=True)``:
     a restarted process's. The agent's SQLite file has one writer (its one scheduler), so there
     only a restart opens the file anew."""
-    if request.param == "kv":
+    if request.param.startswith("kv"):
         server: EmbeddedServer = request.getfixturevalue("nats_server")
         nc = await nats.connect(server.url)
         state = await nc.jetstream().create_key_value(js_api.KeyValueConfig(bucket=subjects.STATE_BUCKET))
+        # "kv-first-read": a new leader reads every cursor in one go (the master's way).
+        js = nc.jetstream() if request.param == "kv-first-read" else None
 
         async def kv_store(restart: bool = False) -> CursorStore:
-            return KvCursors(state)
+            return KvCursors(state, js=js)
 
         yield kv_store
         await nc.close()

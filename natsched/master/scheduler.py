@@ -13,11 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.errors import CodecError
+from natsched.kvscan import KvValue, scan
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec, Mode
 from natsched.schedule import Due, Schedule, Scheduler
@@ -33,25 +35,50 @@ def master_scheduled(spec: JobSpec) -> bool:
     return spec.enabled and spec.mode is not Mode.MIRROR and bool(time_triggers(spec))
 
 
-class KvCursors:
-    """Per-job last fired slot in ``natsched_state``, advanced with compare-and-set."""
+def _slot(value: bytes | None, key: str) -> float | None:
+    try:
+        return float(codec.unpack(value or b"", f"cursor {key}")["slot"])
+    except (CodecError, KeyError, TypeError, ValueError):
+        return None
 
-    def __init__(self, state: KeyValue, *, may_claim: Callable[[], bool] = lambda: True) -> None:
+
+class KvCursors:
+    """Per-job last fired slot in ``natsched_state``, advanced with compare-and-set.
+
+    With ``js``, the first load reads every cursor in one go (a new leader with 100k jobs
+    does not make 100k round trips before it fires anything); each job's first load is
+    served from that read, later ones from the bucket. A stale revision only costs a CAS retry.
+    """
+
+    def __init__(
+        self,
+        state: KeyValue,
+        *,
+        js: JetStreamContext | None = None,
+        may_claim: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._state = state
+        self._js = js
         self._may_claim = may_claim
         self._revisions: dict[str, int] = {}
+        self._first_read: dict[str, KvValue] | None = None
 
     async def load(self, key: str) -> float | None:
+        if self._js is not None and self._first_read is None:
+            prefix = subjects.cursor_key("")
+            read = await scan(self._js, subjects.STATE_BUCKET, f"{prefix}>")
+            self._first_read = {k[len(prefix) :]: v for k, v in read.items()}
+        if self._first_read is not None and key not in self._revisions:
+            first = self._first_read.pop(key, None)
+            self._revisions[key] = first.revision if first is not None else 0
+            return None if first is None else _slot(first.value, key)
         try:
             entry = await self._state.get(subjects.cursor_key(key))
         except KeyNotFoundError:
             self._revisions[key] = 0
             return None
         self._revisions[key] = entry.revision or 0
-        try:
-            return float(codec.unpack(entry.value or b"", f"cursor {key}")["slot"])
-        except (CodecError, KeyError, TypeError, ValueError):
-            return None
+        return _slot(entry.value, key)
 
     async def claim(self, due: Sequence[Due]) -> list[Due]:
         """Claim each slot; the CASes of different jobs run concurrently, one job's in order."""
@@ -103,10 +130,11 @@ class MasterScheduler:
         *,
         clock: Callable[[], float] = time.time,
         may_claim: Callable[[], bool] = lambda: True,
+        js: JetStreamContext | None = None,
     ) -> None:
         self._index = index
         self._fire_one = fire
-        self.cursors = KvCursors(state, may_claim=may_claim)
+        self.cursors = KvCursors(state, js=js, may_claim=may_claim)
         self.core = Scheduler(Schedule(master_scheduled), self.cursors, self._lookup, self._fire, clock=clock)
 
     @property

@@ -191,9 +191,14 @@ class MasterService(Service):
         """A fresh scheduler each time: it reloads the cursors the previous leader advanced,
         so the slots of the gap follow each job's misfire policy."""
         assert self.lease is not None and self.chains is not None and self.lost is not None
-        assert self.index is not None and self.holding is not None
+        assert self.index is not None and self.holding is not None and self.nc is not None
         self.scheduler = MasterScheduler(
-            self.index, state, self._fire, clock=self._clock, may_claim=self.lease.held
+            self.index,
+            state,
+            self._fire,
+            clock=self._clock,
+            may_claim=self.lease.held,
+            js=self.nc.jetstream(),
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run())
