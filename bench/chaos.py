@@ -107,14 +107,18 @@ class ChaosResult:
 class Chaos:
     """The processes of one chaos run, the fault actions and the final accounting."""
 
-    def __init__(self, root: Path, seed: int, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, root: Path, seed: int, say: Callable[[str], None] = print, cluster: bool = False
+    ) -> None:
         self.root = root
         self.seed = seed
         self.rng = random.Random(seed)
         self.say = say
         self.witness = root / "witness"
         self.witness.mkdir(parents=True, exist_ok=True)
-        self.server = EmbeddedServer(data_dir=root / "nats", port=free_port(), log_file=root / "nats.log")
+        self.servers = _servers(root, cluster)
+        self.url = ",".join(server.url for server in self.servers)
+        self.replicas = "3" if cluster else "1"
         self.env = {
             **os.environ,
             "NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5",
@@ -129,7 +133,7 @@ class Chaos:
 
     # --- processes -----------------------------------------------------------------
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        self.env["NATS_URL"] = self.server.url
+        self.env["NATS_URL"] = self.url
         return subprocess.Popen(
             argv, env=self.env, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL
         )
@@ -137,7 +141,7 @@ class Chaos:
     def start_master(self, name: str) -> None:
         self.masters[name] = self._spawn(
             [str(BIN / "natsched"), "master", "--lease-ttl", str(LEASE_TTL),
-             "--unresponsive-after", str(UNRESPONSIVE)]
+             "--unresponsive-after", str(UNRESPONSIVE), "--replicas", self.replicas]
         )  # fmt: skip
 
     def start_agent(self, name: str, state_dir: str | None = None) -> subprocess.Popen[bytes]:
@@ -158,7 +162,8 @@ class Chaos:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         self._log.close()
 
     # --- observation ---------------------------------------------------------------
@@ -183,7 +188,7 @@ class Chaos:
     async def leader_pid(self) -> int | None:
         for _ in range(50):
             try:
-                found = await collect_masters(ConnectionSettings(url=self.server.url, connect_timeout=2), 0.5)
+                found = await collect_masters(ConnectionSettings(url=self.url, connect_timeout=2), 0.5)
             except Exception:  # noqa: BLE001 - server restarting: ask again
                 found = []
             leaders = [m for m in found if m.get("leader")]
@@ -242,12 +247,14 @@ class Chaos:
         self.healed.append(Healed("stop_agent", name, heal))
 
     async def restart_nats(self) -> None:
-        self.server.kill()
+        """kill -9 one nats-server (the only one, or a random node of the cluster), then restart it."""
+        server = self.rng.choice(self.servers)
+        server.kill()
         await asyncio.sleep(self.rng.uniform(1.0, 3.0))
-        self.server.start()
+        server.start()
         at = time.time()
         heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 30)
-        self.healed.append(Healed("restart_nats", "nats-server", heal))
+        self.healed.append(Healed("restart_nats", f"nats-server:{server.port}", heal))
 
     async def duplicate_agent(self) -> None:
         name = self.rng.choice(AGENTS)
@@ -265,13 +272,14 @@ class Chaos:
 
     # --- the run -------------------------------------------------------------------
     async def run(self, seconds: float) -> ChaosResult:
-        self.server.start()
+        for server in self.servers:
+            server.start()
         for name in ("m1", "m2"):
             self.start_master(name)
         for name in AGENTS:
             self.agents[name] = self.start_agent(name)
         nc = await nats.connect(
-            self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=_quiet
+            self.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=_quiet
         )
         try:
             await nc.subscribe(subjects.EVENTS_SUBJECTS, cb=self._on_event)
@@ -302,7 +310,8 @@ class Chaos:
 
     async def _apply(self, nc: Client) -> None:
         body = json.dumps({"content": jobs_file(self.witness), "source": "chaos.toml"}).encode()
-        for _ in range(100):
+        deadline = time.monotonic() + 90  # a cluster on a busy machine may take a while to elect
+        while time.monotonic() < deadline:
             try:
                 reply = json.loads((await nc.request(subjects.API_APPLY, body, timeout=5)).data)
                 if reply.get("ok"):
@@ -474,9 +483,34 @@ class Ledger:
         return bad
 
 
-async def run_chaos(seconds: float, seed: int, say: Callable[[str], None] = print) -> ChaosResult:
+def _servers(root: Path, cluster: bool) -> list[EmbeddedServer]:
+    if not cluster:
+        return [EmbeddedServer(data_dir=root / "nats", port=free_port(), log_file=root / "nats.log")]
+    nodes = ("n1", "n2", "n3")
+    routes = {name: free_port() for name in nodes}
+    servers = []
+    for name in nodes:
+        others = ", ".join(f"nats://127.0.0.1:{routes[o]}" for o in nodes if o != name)
+        cluster_block = (
+            f"server_name: {name}\ncluster {{\n  name: natsched-chaos\n  listen: 127.0.0.1:{routes[name]}\n"
+            f"  routes: [{others}]\n}}\n"
+        )
+        servers.append(
+            EmbeddedServer(
+                data_dir=root / name,
+                port=free_port(),
+                log_file=root / f"{name}.log",
+                extra_config=cluster_block,
+            )
+        )
+    return servers
+
+
+async def run_chaos(
+    seconds: float, seed: int, say: Callable[[str], None] = print, *, cluster: bool = False
+) -> ChaosResult:
     with tempfile.TemporaryDirectory(prefix="natsched-chaos-") as tmp:
-        chaos = Chaos(Path(tmp), seed, say)
+        chaos = Chaos(Path(tmp), seed, say, cluster)
         try:
             return await chaos.run(seconds)
         finally:
@@ -504,9 +538,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster, replicas 3")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    sys.exit(asyncio.run(_main(run_chaos(args.seconds, seed))))
+    sys.exit(asyncio.run(_main(run_chaos(args.seconds, seed, cluster=args.cluster))))
 
 
 if __name__ == "__main__":
