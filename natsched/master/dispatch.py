@@ -84,22 +84,33 @@ def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_balance_order(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
-    """The candidates of a load-balance job, in the order they are asked (see module doc)."""
+def load_balance_order(
+    spec: JobSpec, live: list[Heartbeat], sent: Mapping[str, int] | None = None
+) -> list[str]:
+    """The candidates of a load-balance job, in the order they are asked (see module doc).
+
+    ``sent``: runs this master started on each agent since that agent's last heartbeat. A
+    heartbeat is up to an interval old, so without them a burst of runs all goes to the
+    agent that looked idle: they count as running (and as load) until the next heartbeat.
+    """
+    sent = sent or {}
     pools = set(spec.targets.pools)
     candidates = [
         hb
         for hb in live
         if pools.intersection(hb.pools)
-        and hb.running < hb.max_concurrency
+        and hb.running + sent.get(hb.agent, 0) < hb.max_concurrency
         and (not hb.groups or spec.group in hb.groups)
     ]
     if spec.balance is Balance.PRIORITY:
         failover = {name: index for index, name in enumerate(spec.targets.agents)}
         candidates.sort(key=lambda hb: (failover.get(hb.agent, len(failover)), hb.priority, hb.agent))
-    else:
+    elif spec.balance in (Balance.RUNNING, Balance.LOAD):
         metric = _METRIC[spec.balance]
-        candidates.sort(key=lambda hb: (metric(hb), hb.priority, hb.agent))
+        candidates.sort(key=lambda hb: (metric(hb) + sent.get(hb.agent, 0), hb.priority, hb.agent))
+    else:  # a percentage has no per-run share: among equal figures, the one given fewer runs first
+        metric = _METRIC[spec.balance]
+        candidates.sort(key=lambda hb: (metric(hb), sent.get(hb.agent, 0), hb.priority, hb.agent))
     return [hb.agent for hb in candidates]
 
 
@@ -118,6 +129,12 @@ class AgentDirectory:
         # kept when the heartbeat expires, for the leader's lost-agent check.
         self.last_seen: dict[str, tuple[Heartbeat, float]] = {}
         self.incompatible: dict[str, str] = {}  # agent -> why (a heartbeat of a newer protocol)
+        # Runs this master started on each agent since its last heartbeat arrived (load balancing).
+        self.sent: dict[str, int] = {}
+
+    def note_started(self, agent: str) -> None:
+        """A run was accepted by ``agent``: it counts as running there until its next heartbeat."""
+        self.sent[agent] = self.sent.get(agent, 0) + 1
 
     def get(self, agent: str) -> Heartbeat | None:
         """The latest heartbeat seen from ``agent`` (None if it is not live)."""
@@ -146,6 +163,7 @@ class AgentDirectory:
                 continue
             try:
                 self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
+                self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
                 self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
                 self.incompatible.pop(entry.key, None)
             except VersionError as exc:
@@ -228,6 +246,8 @@ class Dispatcher:
                 run = request(base_id or new_run_id())
                 reply = await self._load_balance(spec, run, live, avoid=avoid_agents or [])
                 self.accepted.note(run, reply)
+                if reply.ok and reply.agent:
+                    self.directory.note_started(reply.agent)
                 return [reply]
             targets = only_agents if only_agents is not None else slave_targets(spec, live)
             if not targets:
@@ -255,6 +275,8 @@ class Dispatcher:
             )
             for name, reply in zip(targets, replies, strict=True):
                 self.accepted.note(requests[name], reply)
+                if reply.ok:
+                    self.directory.note_started(name)
             await asyncio.gather(
                 *(
                     self._record_failure(requests[name], reply)
@@ -270,7 +292,7 @@ class Dispatcher:
         self, spec: JobSpec, request: RunRequest, live: list[Heartbeat], *, avoid: list[str]
     ) -> RunReply:
         reasons: list[str] = []
-        order = load_balance_order(spec, live)
+        order = load_balance_order(spec, live, self.directory.sent)
         # A retry goes to another agent when there is one; the one that failed comes last.
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
         targets = [_Target.of_agent(a) for a in order] + [_Target.of_pool(p) for p in spec.targets.pools]
