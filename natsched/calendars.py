@@ -153,6 +153,18 @@ class Pause:
             raise SpecError(f"pause mode {self.mode!r} is not 'skip' or 'queue'", field="mode")
 
 
+def pause_from(value: Mapping[str, Any]) -> Pause:
+    """A pause as the API stores it; anything else is an error, so a garbage entry in the
+    settings bucket is skipped (with a warning) instead of pausing a job or an agent."""
+    unknown = sorted(str(k)[:40] for k in set(value) - {"mode", "note", "since", "v"})  # v: protocol
+    if unknown or "mode" not in value:
+        raise SpecError(f"not a pause (fields {unknown or 'without mode'})")
+    note, since = value.get("note", ""), value.get("since", 0.0)
+    if not isinstance(note, str) or isinstance(since, bool) or not isinstance(since, int | float):
+        raise SpecError("not a pause (note must be a string, since a time)")
+    return Pause(mode=value["mode"], note=note, since=float(since))
+
+
 @dataclass(kw_only=True, slots=True)
 class Holds:
     """Every calendar and pause, as last read from the settings bucket."""
@@ -176,11 +188,7 @@ class Holds:
                 if value is None:
                     table.pop(target, None)
                 else:
-                    table[target] = Pause(
-                        mode=value.get("mode", "skip"),
-                        note=str(value.get("note", "")),
-                        since=float(value.get("since", 0)),
-                    )
+                    table[target] = pause_from(value)
 
     def job_hold(
         self, rule: CalendarRule | None, job: str, trigger: RunTrigger, ts: float

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import msgpack
 
-from natsched import PROTOCOL_VERSION
+from natsched import PROTOCOL_VERSION, subjects
 from natsched.errors import CodecError, SpecError, VersionError
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.models import Heartbeat, JobSpec
@@ -141,9 +141,39 @@ def encode_heartbeat(heartbeat: Heartbeat) -> bytes:
     return pack(asdict(heartbeat))
 
 
+def _fits(value: object, annotation: str) -> bool:
+    """Does a wire value have the type a Heartbeat field is annotated with?"""
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
+    if annotation == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation == "tuple[str, ...]":  # tags, pools, groups: names
+        return isinstance(value, list | tuple) and all(subjects.is_token(v) for v in value)
+    if annotation == "Mapping[str, str]":
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+    return True  # a type this check does not know: the dataclass decides
+
+
+_HEARTBEAT_TYPES = {f.name: str(f.type) for f in fields(Heartbeat)}
+
+
 def decode_heartbeat(data: bytes, key: str) -> Heartbeat:
+    """A heartbeat from the agents bucket, every field of its type and naming its own key:
+    agents write this bucket, so one bad entry must be skipped, not trusted."""
     obj = unpack(data, f"heartbeat {key}")
     obj.pop(VERSION_KEY)
+    unknown = sorted(repr(k)[:40] for k in set(obj) - set(_HEARTBEAT_TYPES))
+    if unknown:
+        raise CodecError(f"heartbeat {key}: unknown field(s) {', '.join(unknown[:5])}")
+    for name, value in obj.items():
+        if not _fits(value, _HEARTBEAT_TYPES[name]):
+            raise CodecError(f"heartbeat {key}: field {name!r} is not a {_HEARTBEAT_TYPES[name]}")
+    if obj.get("agent") != key:
+        raise CodecError(f"heartbeat {key}: names agent {subjects.shown(obj.get('agent'), 40)}, not {key}")
     try:
         for name in ("tags", "pools", "groups"):
             obj[name] = tuple(obj.get(name, ()))

@@ -11,15 +11,18 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import nats
 import pytest
 from nats.aio.client import Client
 
 from agent.config import AgentConfig
 from natsched import codec, subjects
+from natsched.calendars import Holds
 from natsched.embedded import EmbeddedServer
-from natsched.errors import ConfigError
+from natsched.errors import CodecError, ConfigError, SpecError
 from natsched.jobspec import parse_job
+from natsched.models import Heartbeat
 from tests.conftest import Process, eventually
 from tests.helpers import api, job, toml_jobs
 
@@ -101,3 +104,24 @@ def test_limits_are_documented_and_apply_to_agent_config_and_job_files() -> None
         parse_job(job("j" * (limit + 1), group="g"))
     with pytest.raises(ValueError, match="longer than"):
         parse_job(job("j", group="g", triggers=[{"subject": "a." * 200}]))
+
+
+def test_a_heartbeat_or_pause_of_the_wrong_shape_is_refused_not_trusted() -> None:
+    real = Heartbeat(
+        agent="a1", version="1", protocol=1, sent_at=1.0, started_at=1.0, load1=0.1,
+        cpu_percent=1.0, memory_percent=1.0, running=0, max_concurrency=4, pools=("p",),
+    )  # fmt: skip
+    assert codec.decode_heartbeat(codec.encode_heartbeat(real), "a1") == real
+    with pytest.raises(CodecError, match="names agent"):
+        codec.decode_heartbeat(codec.encode_heartbeat(real), "a2")  # a1's heartbeat under a2's key
+    for field, wrong in (("agent", 5), ("running", "x"), ("load1", float("nan")), ("pools", ["a b"])):
+        forged = codec.pack({**msgpack.unpackb(codec.encode_heartbeat(real)), field: wrong})
+        with pytest.raises(CodecError, match=field):
+            codec.decode_heartbeat(forged, "a1")
+    holds = Holds()
+    holds.apply("pause.agent.a1", {"v": 1, "mode": "queue", "note": "n", "since": 1.0})
+    assert holds.agent_hold("a1", "scheduled")[0] == "queue"
+    for garbage in ({"v": 1}, {"mode": "skip", "x": 1}, {"mode": "skip", "note": 5}, {"mode": ["skip"]}):
+        with pytest.raises(SpecError):
+            holds.apply("pause.agent.a2", garbage)
+    assert holds.agent_hold("a2", "scheduled") == ("", "")
