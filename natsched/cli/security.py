@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from natsched import security, tls
-from natsched.cli.common import console, fail
+from natsched import passwords, security, tls
+from natsched.cli.common import console, err_console, fail
 from natsched.errors import ConfigError
 from natsched.subjects import is_token
 
@@ -60,7 +60,13 @@ def permissions(
         list[str] | None,
         typer.Option("--trigger-job", help="<group>.<job> the trigger user may start (repeatable)"),
     ] = None,
-    password: Annotated[str, typer.Option(help="password placeholder written for every user")] = "CHANGE-ME",
+    credentials_dir: Annotated[
+        Path,
+        typer.Option(
+            "--credentials-dir",
+            help="each user's generated password: <user>.env (mode 0600); an existing file is kept",
+        ),
+    ] = Path("natsched-credentials"),
     certs: Annotated[
         bool,
         typer.Option(
@@ -68,23 +74,36 @@ def permissions(
         ),
     ] = False,
 ) -> None:
-    """Print the nats-server authorization block: master, admin, one user per agent, trigger."""
-    users: dict[str, tuple[str, security.Permissions]] = {
-        "natsched-master": (password, security.master()),
-        "natsched-admin": (password, security.admin()),
+    """Print the nats-server authorization block: master, admin, one user per agent, trigger.
+
+    Each user gets its own generated password, also written to <credentials-dir>/<user>.env.
+    """
+    roles: dict[str, security.Permissions] = {
+        "natsched-master": security.master(),
+        "natsched-admin": security.admin(),
     }
     try:
         for value in agent or []:
             name, pools = _agent_spec(value)
-            users[f"agent-{name}"] = (password, security.agent(name, pools))
+            roles[f"agent-{name}"] = security.agent(name, pools)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     if trigger_job:
-        users["natsched-trigger"] = (password, security.trigger(trigger_job))
+        roles["natsched-trigger"] = security.trigger(trigger_job)
     if certs:  # the identity names natsched tls init --identity gave the certificates
-        mapped = {
-            user.removeprefix("natsched-").removeprefix("agent-"): perms for user, (_, perms) in users.items()
-        }
+        mapped = {u.removeprefix("natsched-").removeprefix("agent-"): perms for u, perms in roles.items()}
         print(security.cert_users_block(mapped), end="")
         return
-    print(security.users_block(users), end="")
+    try:
+        found, created = passwords.ensure_credentials(credentials_dir, list(roles))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    print(security.users_block({user: (found[user], perms) for user, perms in roles.items()}), end="")
+    err_console.print(
+        f"a distinct password per user, in {credentials_dir}/<user>.env (mode 0600; "
+        f"new: {', '.join(p.name for p in created) or 'none'}, the others kept); give each service "
+        "only its own file (systemd EnvironmentFile=). The block above holds them all: keep that "
+        "file mode 0600, readable by nats-server only.",
+        highlight=False,
+        markup=False,
+    )

@@ -23,6 +23,7 @@ from natsched.embedded import EmbeddedServer
 from natsched.errors import CodecError, ConfigError, SpecError
 from natsched.jobspec import parse_job
 from natsched.models import Heartbeat
+from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.helpers import api, job, toml_jobs
 
@@ -120,8 +121,8 @@ def test_a_heartbeat_or_pause_of_the_wrong_shape_is_refused_not_trusted() -> Non
             codec.decode_heartbeat(forged, "a1")
     holds = Holds()
     holds.apply("pause.agent.a1", {"v": 1, "mode": "queue", "note": "n", "since": 1.0})
-    assert holds.agent_hold("a1", "scheduled")[0] == "queue"
+    assert holds.agent_hold("a1", RunTrigger.CRON)[0] == "queue"
     for garbage in ({"v": 1}, {"mode": "skip", "x": 1}, {"mode": "skip", "note": 5}, {"mode": ["skip"]}):
         with pytest.raises(SpecError):
             holds.apply("pause.agent.a2", garbage)
-    assert holds.agent_hold("a2", "scheduled") == ("", "")
+    assert holds.agent_hold("a2", RunTrigger.CRON) == ("", "")

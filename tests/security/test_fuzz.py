@@ -26,7 +26,6 @@ from nats.aio.client import Client
 from natsched import subjects
 from natsched.embedded import EmbeddedServer
 from natsched.master.requests import FIELDS
-from natsched.secrets import SECRETS_BUCKET
 from tests.conftest import Process, eventually
 from tests.helpers import api, apply, job, toml_jobs
 
@@ -37,7 +36,7 @@ BUCKETS = (
     subjects.SETTINGS_BUCKET,
     subjects.AGENTS_BUCKET,
     subjects.STATE_BUCKET,
-    SECRETS_BUCKET,
+    subjects.SECRETS_BUCKET,
     subjects.CHAINS_BUCKET,
 )
 # Keys that mean something to natsched, besides random ones.
@@ -46,10 +45,14 @@ MEANINGFUL_KEYS = {
     subjects.SETTINGS_BUCKET: ["calendar.c1", "pause.agent.f1", "pause.job.fz.witness"],
     subjects.AGENTS_BUCKET: ["a9", "f2"],
     subjects.STATE_BUCKET: ["cursor.fz.witness", "lock.fz.witness", "lock.fz.ghost"],
-    SECRETS_BUCKET: ["s1"],
+    subjects.SECRETS_BUCKET: ["s1"],
     subjects.CHAINS_BUCKET: ["batch.x", "fanin.x", "chain.x"],
 }
-WATCHED = (subjects.JOBS_BUCKET, subjects.SETTINGS_BUCKET, SECRETS_BUCKET)  # only the API writes these
+WATCHED = (
+    subjects.JOBS_BUCKET,
+    subjects.SETTINGS_BUCKET,
+    subjects.SECRETS_BUCKET,
+)  # only the API writes these
 
 
 class Garbage:
@@ -176,12 +179,15 @@ class Garbage:
 
 
 def could_start_a_run(payload: bytes) -> bool:
-    """A body a trigger rightly accepts (empty, or an object of allowed fields): not garbage."""
+    """A body a trigger rightly accepts (empty, or changing nothing the job forbids): not garbage."""
     try:
         body = json.loads(payload) if payload.strip() else {}
     except (ValueError, RecursionError):
         return False
-    return isinstance(body, dict) and set(body) <= {"v", "correlation_id"}
+    harmless = {"v", "correlation_id"}  # and no arguments or variables: the job as defined
+    return isinstance(body, dict) and all(
+        k in harmless or (k in ("args", "env") and not body[k]) for k in body
+    )
 
 
 async def stream_last_seq(nc: Client, stream: str) -> int:
@@ -189,19 +195,23 @@ async def stream_last_seq(nc: Client, stream: str) -> int:
 
 
 async def send_all(nc: Client, targets: dict[str, list[str]], garbage: Garbage) -> list[str]:
-    """Every payload to every subject as a request; the subjects that did not answer one."""
-    silent: list[str] = []
+    """Every payload to every subject as a request; what went wrong: a request nobody
+    answered, or garbage that a trigger accepted."""
+    problems: list[str] = []
     for subject, fields in targets.items():
         for payload in garbage.payloads(fields):
             if subject.endswith(".fz.witness") and could_start_a_run(payload):
                 continue
             try:
-                await nc.request(subject, payload, timeout=5)
+                reply = await nc.request(subject, payload, timeout=5)
             except nats.errors.MaxPayloadError:
                 continue
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                silent.append(f"{subject}: {type(exc).__name__} after {payload[:60]!r}")
-    return silent
+                problems.append(f"{subject}: {type(exc).__name__} after {payload[:60]!r}")
+                continue
+            if subject.startswith(subjects.TRIGGER_PREFIX) and json.loads(reply.data).get("ok"):
+                problems.append(f"{subject} accepted {payload[:200]!r}")
+    return problems
 
 
 async def forge_heartbeats(nc: Client, garbage: Garbage) -> None:
@@ -283,11 +293,11 @@ async def test_garbage_everywhere_changes_nothing_and_runs_nothing(
     )
     await asyncio.sleep(0.5)  # the services take the bucket garbage in
     before = {b: await stream_last_seq(nc, subjects.kv_stream(b)) for b in WATCHED}
-    silent = await send_all(nc, targets, garbage)
+    problems = await send_all(nc, targets, garbage)
     await asyncio.sleep(1.0)  # anything started by mistake has time to show
 
     context = f"seed {seed}"
-    assert not silent, (context, silent[:10])
+    assert not problems, (context, problems[:10])
     assert master_process.popen.poll() is None, (context, master_process.output()[-3000:])
     assert agent.popen.poll() is None, (context, agent.output()[-3000:])
     assert (await api(nc, subjects.API_PING, {}))["ok"], context
