@@ -18,6 +18,7 @@ Each subclass also inherits the builtin it resembles, so generic code keeps work
     ├── ApiError(RuntimeError)           the master answered a request with an error
     ├── NotFoundError(LookupError)       a job, agent or run that does not exist
     ├── ConflictError(RuntimeError)      someone else changed the thing in between (CAS)
+    ├── IndexNotReady(TimeoutError)      the master's job index did not catch up with the bucket in time
     ├── ServerError(RuntimeError)        the embedded nats-server could not start
     ├── RunError(RuntimeError)           a process could not be started
     ├── SecretError                      a secret cannot be used (never holds its value)
@@ -123,6 +124,10 @@ class NotFoundError(NatschedError, LookupError):
 
 class ConflictError(NatschedError, RuntimeError):
     """A compare-and-set failed: someone else changed the value in between."""
+
+
+class IndexNotReady(NatschedError, TimeoutError):
+    """The master's job index did not catch up with the jobs bucket in time."""
 
 
 class ServerError(NatschedError, RuntimeError):

@@ -23,17 +23,13 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.chaingraph import event_triggers
-from natsched.errors import ApiError, CodecError, NatschedError, NotFoundError
+from natsched.errors import ApiError, CodecError, IndexNotReady, NotFoundError
 from natsched.models import JobSpec
 from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
 SYNC_WAIT = 5.0  # seconds a request waits for the index to catch up with the bucket
 READY_WAIT = 30.0  # seconds a request waits for the first full read (100k jobs take a few)
-
-
-class IndexNotReady(NatschedError, TimeoutError):
-    """The master's job index did not catch up with the bucket in time."""
 
 
 @dataclass(frozen=True, slots=True)
