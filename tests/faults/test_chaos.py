@@ -1,0 +1,30 @@
+"""The chaos suite: faults at random while jobs fire every second; real executions counted.
+
+Two masters, three agents and one nats-server as real processes; see ``bench/chaos.py`` for
+what is done to them and what is counted. The seed is printed (and taken from
+``NATSCHED_CHAOS_SEED`` when set), so a failing run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from bench.chaos import COUNTS, print_result, run_chaos
+
+pytestmark = pytest.mark.faults
+SECONDS = 60.0
+
+
+@pytest.mark.timeout(240)
+async def test_nothing_runs_twice_and_nothing_is_lost_under_faults() -> None:
+    seed = int(os.environ.get("NATSCHED_CHAOS_SEED") or random.randrange(1_000_000))
+    print(f"chaos seed {seed} (repeat with NATSCHED_CHAOS_SEED={seed})")
+    result = await run_chaos(SECONDS, seed)
+    print_result(result)
+    assert result.executions > 0 and result.slots_checked > 0, "the jobs ran and slots were checked"
+    assert {name: result.counts[name] for name in COUNTS} == dict.fromkeys(COUNTS, 0), (
+        f"seed {seed}: {result.problems}"
+    )
