@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,6 +23,8 @@ from natsched.errors import NatschedError, NotConnectedError
 log = logging.getLogger(__name__)
 CANCEL_ROUNDS = 20
 CANCEL_WAIT = 0.25
+RESTART_MIN = 0.5
+RESTART_MAX = 5.0
 
 
 class Service:
@@ -67,6 +69,34 @@ class Service:
                 f"the connection to NATS was closed for good ({reason}); exiting to be restarted"
             )
         )
+
+    def keep_running(self, work: Callable[[], Coroutine[Any, Any, Any]], *, name: str) -> asyncio.Task[Any]:
+        """A critical task that NATS trouble does not end: ``work()`` is started again (after
+        0.5 s, doubling to 5 s) when it fails with anything but a NatschedError.
+
+        JetStream is unavailable for seconds when a cluster node goes (no stream leader: every
+        KV write fails with NoStreamResponseError, a new watch times out): a watch or the
+        leader's duties must outlive that, not stop the service.
+        """
+
+        async def keep() -> None:
+            loop = asyncio.get_running_loop()
+            delay = RESTART_MIN
+            while True:
+                started = loop.time()
+                try:
+                    await work()
+                    return
+                except NatschedError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - NATS trouble, most likely: start over
+                    if loop.time() - started > RESTART_MAX * 2:
+                        delay = RESTART_MIN  # it ran fine for a while: a new episode
+                    log.warning("%s failed (%r); starting it again in %gs", name, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(RESTART_MAX, delay * 2)
+
+        return self.spawn(keep(), name=name, critical=True)
 
     def watch_connection(self, nc: Client) -> None:
         """Stop the service (one line, non-zero exit) if ``nc`` is ever closed for good."""

@@ -93,7 +93,9 @@ def generate(
     paths = {"ca": directory / "ca.pem"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(kind: str, common_name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> None:
+    def leaf(
+        kind: str, common_name: str, usage: list[x509.ObjectIdentifier], sans: list[x509.GeneralName]
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
@@ -103,7 +105,7 @@ def generate(
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -113,10 +115,13 @@ def generate(
         paths[kind].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(paths[f"{kind}-key"], key)
 
-    leaf("server", hosts[0] if hosts else "localhost", ExtendedKeyUsageOID.SERVER_AUTH, _sans(hosts))
-    leaf("client", client_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    # A cluster route is a TLS client of the node it dials: the server certificate that a node
+    # presents there needs client-auth usage too, or the route fails ("incompatible key usage").
+    server_usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    leaf("server", hosts[0] if hosts else "localhost", server_usage, _sans(hosts))
+    leaf("client", client_name, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     for name in identities or []:
-        leaf(name, name, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.RFC822Name(cert_identity(name))])
+        leaf(name, name, [ExtendedKeyUsageOID.CLIENT_AUTH], [x509.RFC822Name(cert_identity(name))])
     return paths
 
 
@@ -129,4 +134,13 @@ def server_tls_block(paths: dict[str, Path], *, verify_clients: bool = True, map
     return (
         f'tls {{\n  cert_file: "{paths["server"]}"\n  key_file: "{paths["server-key"]}"\n'
         f'  ca_file: "{paths["ca"]}"{verify}\n  timeout: 2\n}}\n'
+    )
+
+
+def route_tls_block(paths: dict[str, Path]) -> str:
+    """The ``tls {}`` block for a cluster's routes (``cluster-tls.conf``): each node presents the
+    server certificate (server and client usage) and verifies the others' against the CA."""
+    return (
+        f'tls {{\n  cert_file: "{paths["server"]}"\n  key_file: "{paths["server-key"]}"\n'
+        f'  ca_file: "{paths["ca"]}"\n  verify: true\n  timeout: 2\n}}\n'
     )

@@ -40,7 +40,12 @@ def tls_init(
     for kind, path in paths.items():
         console.print(f"{kind:11} {path}", highlight=False)
     console.print(
-        "\nnats-server tls block:\n" + tls.server_tls_block(paths, map_users=map_users), highlight=False
+        "\nnats-server tls block (tls.conf):\n" + tls.server_tls_block(paths, map_users=map_users),
+        highlight=False,
+    )
+    console.print(
+        "cluster routes tls block (cluster-tls.conf, for nats/cluster/):\n" + tls.route_tls_block(paths),
+        highlight=False,
     )
 
 

@@ -106,7 +106,7 @@ class MasterService(Service):
         self.lease = LeaderLease(state, self.master_id, ttl=self._lease_ttl)
         self.dispatcher = Dispatcher(self.nc, master_id=self.master_id, lease=self.lease)
         self.index = JobIndex(jobs)
-        self.spawn(self.index.watch(), name="job-index", critical=True)
+        self.keep_running(self.index.watch, name="job-index")
         api = AdminApi(
             js=js,
             jobs=jobs,
@@ -130,12 +130,12 @@ class MasterService(Service):
             self.index,
             clock=self._clock,
         )
-        self.spawn(self.holding.watch(), name="settings-watch", critical=True)
+        self.keep_running(self.holding.watch, name="settings-watch")
         self.chains = ChainFollower(
             self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher, self.holding
         )
         await self.chains.start()
-        self.spawn(self.chains.watch_fanins(), name="fan-in-watch", critical=True)
+        self.keep_running(self.chains.watch_fanins, name="fan-in-watch")
         self.notifier = Notifier(self.nc, self.index, self._smtp)
         await self.notifier.start()
         for follower in (self.retries.following, self.chains.following, self.notifier.following):
@@ -144,11 +144,11 @@ class MasterService(Service):
         if self._metrics_port is not None:
             self._start_metrics(self._metrics_port)
         self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
-        self.spawn(self.inbound.run(), name="subject-triggers", critical=True)
+        self.keep_running(self.inbound.run, name="subject-triggers")
         self.lost = LostAgents(
             self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
         )
-        self.spawn(self.dispatcher.directory.watch(), name="agent-directory", critical=True)
+        self.keep_running(self.dispatcher.directory.watch, name="agent-directory")
         await LockService(self.nc, state, await js.key_value(subjects.AGENTS_BUCKET)).start()
         await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
         self.spawn(self._follow_leadership(state), name="leadership", critical=True)
@@ -181,7 +181,7 @@ class MasterService(Service):
             self.lease.changed.clear()
             leading = self.lease.is_leader.is_set()
             if leading and self._leader_task is None:
-                self._leader_task = self.spawn(self._lead(state), name="leader-duties", critical=True)
+                self._leader_task = self.keep_running(lambda: self._lead(state), name="leader-duties")
             elif not leading and self._leader_task is not None:
                 self._leader_task.cancel()
                 self._leader_task = None
