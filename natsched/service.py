@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
+import nats.errors
 from nats.aio.client import Client
 
 from natsched.connection import closed_for_good
@@ -129,12 +130,25 @@ class Service:
         self.failed = asyncio.get_running_loop().create_future()
         try:
             await self.start()
-        except BaseException:
+        except BaseException as exc:
             self.stopping = True
             await self.cancel_tasks()
             await self.stop()
-            raise
+            failure = self._start_failure(exc)
+            if failure is exc:
+                raise
+            raise failure from None
         return self
+
+    def _start_failure(self, exc: BaseException) -> BaseException:
+        """What a failed start reports: NATS trouble as one NotConnectedError line, not a traceback."""
+        if isinstance(exc, NatschedError) or not isinstance(exc, Exception):
+            return exc
+        if self.failed is not None and self.failed.done() and isinstance(self.failed.result(), NatschedError):
+            return self.failed.result()  # e.g. the connection was closed for good meanwhile
+        if isinstance(exc, nats.errors.Error | OSError | TimeoutError):
+            return NotConnectedError(f"could not start: NATS: {exc or type(exc).__name__}")
+        return exc
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -148,6 +162,16 @@ class Service:
         assert self.failed is not None, "enter the service first"
         error = await self.failed
         raise error
+
+
+def _quiet_about_lost_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """nats-py closes a connection the server refused in a task nobody awaits; when the socket
+    is already gone that task ends with ConnectionResetError, which asyncio would print as a
+    traceback after the service's own one-line error. A lost connection is no bug."""
+    if isinstance(context.get("exception"), ConnectionError):
+        log.debug("%s: %r", context.get("message"), context.get("exception"))
+        return
+    loop.default_exception_handler(context)
 
 
 async def serve(service: Service) -> None:
@@ -165,6 +189,7 @@ async def serve(service: Service) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.set_exception_handler(_quiet_about_lost_connections)
     try:
         async with service:
             await service.run_forever()
