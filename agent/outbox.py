@@ -14,6 +14,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import re
 from collections.abc import Callable
 
 import aiosqlite
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 2.0
 RETRY_DELAY = 0.5
 BATCH = 256
+# Far above any subject natsched builds (names are at most 64 characters), far below
+# nats-server's 4 KB max_control_line.
+MAX_PUBLISH_NAME = 1024
+_SPACE = re.compile(r"\s")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -37,6 +42,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 _Row = tuple[str, str, bytes]  # subject, msg id, payload
+
+
+def _publishable(subject: str, msg_id: str) -> bool:
+    """Could the server take this event? A subject or id over the limits (a row stored by an
+    older version, before names were bounded) makes nats-server close the connection."""
+    if all(len(text) <= MAX_PUBLISH_NAME and not _SPACE.search(text) for text in (subject, msg_id)):
+        return True
+    log.warning("dropping an event the server cannot take: %s… (%d bytes)", subject[:80], len(subject))
+    return False
 
 
 class EventOutbox:
@@ -92,10 +106,20 @@ class EventOutbox:
             return 0
         assert self._nc is not None
         js = self._nc.jetstream()
-        results = await asyncio.gather(
-            *(js.publish(s, p, headers={MSG_ID_HEADER: m}, timeout=PUBLISH_TIMEOUT) for s, m, p in rows),
-            return_exceptions=True,
+        # An unpublishable row counts as sent (dropped): resending it forever would hold back
+        # every event queued behind it, and sending it would cost the connection.
+        keep = [_publishable(subject, msg_id) for subject, msg_id, _ in rows]
+        sent = iter(
+            await asyncio.gather(
+                *(
+                    js.publish(s, p, headers={MSG_ID_HEADER: m}, timeout=PUBLISH_TIMEOUT)
+                    for (s, m, p), ok in zip(rows, keep, strict=True)
+                    if ok
+                ),
+                return_exceptions=True,
+            )
         )
+        results = [next(sent) if ok else None for ok in keep]
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
                 log.debug("event %s not published yet: %r", rows[index][1], result)

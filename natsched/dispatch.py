@@ -6,10 +6,11 @@ the master decided on, even if its cache has not caught up with a change yet.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from natsched import codec
+from natsched import codec, subjects
 from natsched.errors import CodecError, SpecError
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.models import JobSpec
@@ -49,9 +50,53 @@ class RunRequest:
         )
 
 
+def _text(value: object, limit: int = 4096) -> bool:
+    return isinstance(value, str) and len(value) <= limit and "\0" not in value
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
+def _texts(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(_text(v) for v in value)
+
+
+def _text_map(value: object) -> bool:
+    return isinstance(value, dict) and all(_text(k, 256) and _text(v) for k, v in value.items())
+
+
+# Each field's shape: the run id and the rest end up in subjects, headers, argv and the
+# environment, so a value of the wrong type or size is refused in the reply, not met later
+# as an exception in a callback (no reply at all) or as a message the server rejects.
+_REQUEST_FIELDS: dict[str, Callable[[object], bool]] = {
+    "run_id": subjects.is_token,
+    "scheduled_at": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+    "attempt": _count,
+    "args": _texts,
+    "env": _text_map,
+    "correlation_id": lambda v: _text(v, 200),
+    "master": lambda v: _text(v, 256),
+    "detail": _text_map,
+    "term": _count,
+}
+
+
+def _check_request_fields(obj: dict[str, Any]) -> None:
+    known = {f.name for f in fields(RunRequest)}
+    unknown = sorted(repr(k)[:40] for k in set(obj) - known)
+    if unknown:
+        raise CodecError(f"run request: unknown field(s) {', '.join(unknown[:5])}")
+    for name, value in obj.items():
+        check = _REQUEST_FIELDS.get(name)
+        if check is not None and not check(value):
+            raise CodecError(f"run request: field {name!r} has the wrong type or size")
+
+
 def decode_run_request(data: bytes) -> RunRequest:
     obj = codec.unpack(data, "run request")
     obj.pop(codec.VERSION_KEY)
+    _check_request_fields(obj)
     try:
         spec = parse_job(obj.pop("spec"), source="run request")
         if not isinstance(obj.get("trigger"), str):

@@ -8,7 +8,10 @@ the connection and the master stayed up, disconnected for good.
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -17,15 +20,17 @@ import pytest
 from nats.aio.client import Client
 
 from agent.config import AgentConfig
+from agent.outbox import _SCHEMA as outbox_schema
 from natsched import codec, subjects
 from natsched.calendars import Holds
 from natsched.embedded import EmbeddedServer
 from natsched.errors import CodecError, ConfigError, SpecError
 from natsched.jobspec import parse_job
+from natsched.master.service import MasterService
 from natsched.models import Heartbeat
 from natsched.vocab import RunTrigger
-from tests.conftest import Process, eventually
-from tests.helpers import api, job, toml_jobs
+from tests.conftest import AgentFactory, Process, eventually
+from tests.helpers import api, apply, job, stream_events, toml_jobs
 
 HUGE = "x" * 4500  # with the subject around it, over the server's 4 KB control line
 
@@ -126,3 +131,31 @@ def test_a_heartbeat_or_pause_of_the_wrong_shape_is_refused_not_trusted() -> Non
         with pytest.raises(SpecError):
             holds.apply("pause.agent.a2", garbage)
     assert holds.agent_hold("a2", RunTrigger.CRON) == ("", "")
+
+
+async def test_a_poisoned_event_left_in_the_outbox_is_dropped_not_replayed(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """An older agent stored an event under a ~5 KB subject; replaying it after the upgrade
+    would make the server close the connection, at every restart."""
+    state_dir = tmp_path / "agent-o1"
+    state_dir.mkdir()
+    with sqlite3.connect(state_dir / "agent-o1.sqlite") as db:
+        db.executescript(outbox_schema)
+        db.execute(
+            "INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
+            (f"natsched.event.o1.g.{HUGE}.started", f"{HUGE}.started", b"{}"),
+        )
+    agent = await start_agent("o1", state_dir=state_dir)
+    assert (await apply(nc, toml_jobs(job("after", mode="slave", targets={"agents": ["o1"]}), group="g")))[
+        "ok"
+    ]
+    reply = json.loads((await nc.request(f"{subjects.TRIGGER_PREFIX}.g.after", b"{}", timeout=10)).data)
+    assert reply["ok"], reply
+
+    async def published() -> bool:
+        return any(e["run_id"] == reply["runs"][0]["run_id"] for e in await stream_events(nc))
+
+    await eventually(published, 10, "the new run's events reach the stream past the poisoned one")
+    assert agent.outbox is not None and agent.outbox.depth == 0
+    assert agent.nc is not None and agent.nc.is_connected

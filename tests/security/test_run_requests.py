@@ -1,0 +1,73 @@
+"""Run requests that decode but carry fields of the wrong type or shape (issue 15, item 8):
+refused in the reply, nothing runs, the agent keeps its connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from nats.aio.client import Client
+
+from natsched import codec, subjects
+from natsched.jobspec import job_to_dict, parse_job
+from natsched.master.service import MasterService
+from tests.conftest import AgentFactory
+from tests.helpers import job
+
+
+def request(witness: Path, **changes: Any) -> bytes:
+    line = f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}'
+    spec = parse_job(job("w", group="g", mode="slave", targets={"agents": ["r1"]}, command=line, shell=True))
+    body: dict[str, Any] = {
+        "run_id": "18f0000000-abcdef012345",
+        "spec": job_to_dict(spec),
+        "trigger": "manual",
+        "scheduled_at": None,
+        "attempt": 1,
+        "args": [],
+        "env": {},
+        "correlation_id": "",
+        "master": "m",
+        "detail": {},
+        "term": 0,
+    }
+    body.update(changes)
+    return codec.pack(body)
+
+
+async def test_a_run_request_of_the_wrong_shape_is_refused_and_runs_nothing(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    await start_agent("r1")
+    witness = tmp_path / "witness"
+    hostile: dict[str, dict[str, Any]] = {
+        "long-run-id": {"run_id": "r" * 5000},
+        "crlf-run-id": {"run_id": "18f0000000-a\r\nNats-Msg-Id: x"},
+        "int-run-id": {"run_id": 12345},
+        "args-types": {"args": [1, None]},
+        "env-types": {"env": {"A": 1}},
+        "attempt-type": {"attempt": "1"},
+        "term-type": {"term": "9"},
+        "scheduled-type": {"scheduled_at": "now"},
+        "detail-types": {"detail": {"retry_of": ["x"]}},
+        "correlation-type": {"correlation_id": {"a": 1}},
+        "unknown-field": {"dryrun": True},
+    }
+    for name, changes in hostile.items():
+        reply = msgpack.unpackb(
+            (await nc.request(subjects.agent_run_subject("r1"), request(witness, **changes), timeout=5)).data
+        )
+        assert reply["ok"] is False, (name, reply)
+        assert "\n" not in reply["reason"] and len(reply["reason"]) < 400, (name, reply["reason"][:400])
+    await asyncio.sleep(0.5)
+    assert not witness.exists(), witness.read_text()
+    sync = await nc.request(subjects.agent_sync_subject("r1"), b"", timeout=5)
+    assert json.loads(sync.data)["agent"] == "r1"
+    # the same request, well-formed, runs: the refusals were for the shape, not the job
+    good = msgpack.unpackb(
+        (await nc.request(subjects.agent_run_subject("r1"), request(witness), timeout=5)).data
+    )
+    assert good["ok"] is True, good
