@@ -31,14 +31,8 @@ from tests.helpers import api, apply, job, toml_jobs
 
 PER_KIND = 3  # payloads of each kind per subject: ~1,000 messages in all, a few seconds
 KV_WRITES = 12  # garbage values per bucket
-BUCKETS = (
-    subjects.JOBS_BUCKET,
-    subjects.SETTINGS_BUCKET,
-    subjects.AGENTS_BUCKET,
-    subjects.STATE_BUCKET,
-    subjects.SECRETS_BUCKET,
-    subjects.CHAINS_BUCKET,
-)
+# Every bucket subjects.py names, so a bucket added later is fuzzed too.
+BUCKETS = sorted(value for name, value in vars(subjects).items() if name.endswith("_BUCKET"))
 # Keys that mean something to natsched, besides random ones.
 MEANINGFUL_KEYS = {
     subjects.JOBS_BUCKET: ["fz.ghost", "fz.witness2"],
@@ -231,7 +225,7 @@ async def write_buckets(nc: Client, garbage: Garbage) -> None:
     js = nc.jetstream()
     for bucket in BUCKETS:
         kv = await js.key_value(bucket)
-        keys = MEANINGFUL_KEYS[bucket] + [
+        keys = MEANINGFUL_KEYS.get(bucket, []) + [
             garbage.rng.choice(["fz", "g", "x-1"]) + "." + str(i) for i in range(KV_WRITES)
         ]
         for key in keys:
@@ -289,6 +283,7 @@ async def test_garbage_everywhere_changes_nothing_and_runs_nothing(
             subjects.agent_sync_subject("f1"): [],
             subjects.pool_run_subject("p"): ["spec", "run_id"],
             subjects.MASTERS_STATUS: [],
+            subjects.lock_subject("f1"): ["job", "run_id", "lock", "release"],
         }
     )
     await asyncio.sleep(0.5)  # the services take the bucket garbage in
