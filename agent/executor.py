@@ -339,7 +339,7 @@ class JobExecutor:
         started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
         run = ActiveRun(event=started, process=process, masker=masker, output=output)
         self.active.setdefault(spec.key, {})[event.run_id] = run
-        await self.publish(started)
+        await self.publish(started, locked=self._cluster_locked(spec))
         task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
         self._waiters.add(task)
         task.add_done_callback(self._waiters.discard)
@@ -361,7 +361,11 @@ class JobExecutor:
         await self._release_lock(spec, run.event.run_id)
 
     async def publish(
-        self, event: RunEvent, queued: tuple[JobSpec, tuple[str, ...], Mapping[str, str]] | None = None
+        self,
+        event: RunEvent,
+        queued: tuple[JobSpec, tuple[str, ...], Mapping[str, str]] | None = None,
+        *,
+        locked: bool = False,
     ) -> None:
         """To the outbox, and to the journal that a restart reads (an end is committed first)."""
         journal = self.journal
@@ -369,7 +373,7 @@ class JobExecutor:
             if event.state.final:
                 await journal.ended(event.run_id)
             elif event.state is RunState.STARTED:
-                journal.started(event)
+                journal.started(event, locked=locked)
             elif queued is not None:
                 journal.queued(event, *queued)
         await self.outbox.publish(event)

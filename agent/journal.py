@@ -52,6 +52,7 @@ class HeldRun:
     """A row left from before: its last event and, for a queued run, how to start it."""
 
     event: RunEvent
+    locked: bool = False  # a started run holding its job's cluster-wide lock
     spec: JobSpec | None = None
     args: tuple[str, ...] = ()
     env: Mapping[str, str] | None = None
@@ -81,9 +82,10 @@ class RunJournal:
                 self._write(_DELETE, (run_id,))
         return left
 
-    def started(self, event: RunEvent) -> None:
+    def started(self, event: RunEvent, *, locked: bool = False) -> None:
         self._held.add(event.run_id)
-        self._write(_UPSERT, (event.run_id, event.state.value, event.to_json(), None))
+        launch = codec.pack({"locked": True}) if locked else None
+        self._write(_UPSERT, (event.run_id, event.state.value, event.to_json(), launch))
 
     def queued(self, event: RunEvent, spec: JobSpec, args: tuple[str, ...], env: Mapping[str, str]) -> None:
         self._held.add(event.run_id)
@@ -125,13 +127,15 @@ class RunJournal:
 
 def _held_run(event_json: bytes, launch: bytes | None) -> HeldRun:
     event = parse_event(event_json, None)  # our own record, not received from anyone
-    if launch is None or event.state is not RunState.QUEUED:
+    if launch is None:
         return HeldRun(event)
-    data = codec.unpack(launch, "queued run")
+    data = codec.unpack(launch, "held run")
+    if event.state is not RunState.QUEUED:
+        return HeldRun(event, locked=bool(data.get("locked")))
     try:
         spec = codec.decode_job(bytes(data["spec"]), event.job)
         args = tuple(str(a) for a in data.get("args") or ())
         env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"queued run: {exc}") from None
-    return HeldRun(event, spec, args, env)
+    return HeldRun(event, spec=spec, args=args, env=env)

@@ -60,10 +60,11 @@ class Recovery:
                 else:
                     await self._queue_again(held)
             else:
-                await self._close(held.event)
+                await self._close(held)
         self._left = []
 
     async def once_connected(self, locks: ClusterLocks) -> None:
+        """Release the cluster locks of the lost runs; queue the load-balance runs again."""
         locked, self._locked = self._locked, []
         for event in locked:
             with contextlib.suppress(Exception):  # a lock left behind goes with a takeover
@@ -72,15 +73,16 @@ class Recovery:
         for held in waiting:
             await self._queue_again(held)
 
-    async def _close(self, started: RunEvent) -> None:
-        executor = self._executor
+    async def _close(self, held: HeldRun) -> None:
+        started, executor = held.event, self._executor
         killed = kill_leftovers(started.pid, started.started_at or 0.0) if started.pid else 0
         reason = f"agent {executor.agent} stopped while the run was going (restarted since)"
         reason += f"; {killed} leftover process(es) killed" if killed else "; its processes ended with it"
         log.warning("run %s of %s: %s", started.run_id, started.job, reason)
         await executor.outbox.publish(started)  # it may never have gone out (deduplicated if it did)
         await executor.publish(started.moved_to(RunState.LOST, reason=reason, ended_at=time.time()))
-        self._locked.append(started)  # released only if this run still holds it
+        if held.locked:
+            self._locked.append(started)  # released only if this run still holds it
 
     async def _queue_again(self, held: HeldRun) -> None:
         event = held.event

@@ -195,8 +195,8 @@ class AgentService(Service):
             self.sync.listeners.append(self.files.on_change)
         assert self.executor is not None
         self.executor.locks = ClusterLocks(self.nc, self.config.name)
-        if self.recovery is not None:
-            await self.recovery.once_connected(self.executor.locks)
+        if self.recovery is not None:  # lock requests go to a master: not in the way of starting
+            self.spawn(self.recovery.once_connected(self.executor.locks), name="recovery")
         self.executor.secrets.js = js
         self.responder = Responder(
             self.nc,

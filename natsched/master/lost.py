@@ -14,6 +14,11 @@ directly from the bucket: a newer one than the watch delivered means it is alive
 - a lost run of a job with ``redispatch_lost = true`` (load-balance) is started again on
   another agent of the pool (``trigger = "lost"``, ``detail.lost_run``).
 
+An agent that restarted (a heartbeat with another start time) lost whatever its previous
+life had going: once its new life had ``RESTART_SETTLE`` seconds to record its own events,
+the runs the previous life left open are closed the same way (lost, their locks released,
+re-dispatched if the job says so), also when it came back before it looked unresponsive.
+
 An agent that comes back sends what it really did: a run it finished while cut off
 publishes its final event from its outbox, which becomes the run's latest state (the run
 shows ``started → lost → succeeded``): reconciled, not counted twice.
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 UNRESPONSIVE_AFTER = 10.0
 CHECK_INTERVAL = 0.5
 LOOKBACK = 86400.0  # at most this far back for the runs of a lost agent
+RESTART_SETTLE = 5.0  # after an agent restarted: time for its new life's own events to land
 
 
 class LostAgents:
@@ -66,6 +72,8 @@ class LostAgents:
         self._reconnects = self._nc.stats["reconnects"]
         self._deaf = False
         self._agents: KeyValue | None = None
+        self._lives: dict[str, Heartbeat] = {}  # each agent's latest heartbeat of its current life
+        self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
 
     def _hearing(self) -> bool:
         """False while disconnected; after a reconnect, silence is counted from then."""
@@ -109,6 +117,7 @@ class LostAgents:
                 continue
             now = time.monotonic()
             for agent, (heartbeat, seen_at) in list(directory.last_seen.items()):
+                self._note_life(heartbeat, now)
                 silent = now - max(seen_at, self._hearing_since)
                 if silent <= self.unresponsive_after:
                     if agent in self.down:
@@ -123,20 +132,61 @@ class LostAgents:
                 except Exception:  # noqa: BLE001 - tried again on the next pass
                     log.exception("could not close the runs of lost agent %s", agent)
                     self.down.discard(agent)
+            await self._close_previous_lives(now)
+
+    def _note_life(self, heartbeat: Heartbeat, now: float) -> None:
+        """A heartbeat with another start time: the agent restarted, so whatever its previous
+        life left open is over (its processes died with it). Closed once the new life had
+        time to record its own events (its journal closes what it knew, see agent/recovery.py)."""
+        known = self._lives.get(heartbeat.agent)
+        self._lives[heartbeat.agent] = heartbeat
+        if (
+            known is not None
+            and known.started_at != heartbeat.started_at
+            and heartbeat.agent not in self._restarted
+        ):
+            self._restarted[heartbeat.agent] = (known, now + RESTART_SETTLE)
+
+    async def _close_previous_lives(self, now: float) -> None:
+        for agent, (previous, due) in list(self._restarted.items()):
+            if now < due:
+                continue
+            del self._restarted[agent]
+            try:
+                await self.close_previous_life(previous, self._lives[agent].started_at)
+            except Exception:  # noqa: BLE001 - tried again later
+                log.exception("could not close the runs of the previous life of agent %s", agent)
+                self._restarted[agent] = (previous, now + RESTART_SETTLE)
+
+    async def close_previous_life(self, previous: Heartbeat, restarted_at: float) -> None:
+        agent = previous.agent
+        open_runs = await self._open_runs(agent, previous, before=restarted_at)
+        if open_runs:
+            reason = f"agent {agent} restarted while the run was going (its processes ended with it)"
+            log.warning("%s: closing %d run(s) of its previous life", reason, len(open_runs))
+            await self._close(open_runs, reason, agent, only=set(open_runs))
 
     async def mark_lost(self, heartbeat: Heartbeat, silent: float) -> None:
         agent = heartbeat.agent
         reason = f"agent {agent} unresponsive for {silent:.0f}s (no heartbeat)"
         log.warning("%s: closing its runs", reason)
-        open_runs = await self._open_runs(agent, heartbeat)
+        await self._close(await self._open_runs(agent, heartbeat), reason, agent)
+
+    async def _close(
+        self, open_runs: dict[str, RunEvent], reason: str, agent: str, only: set[str] | None = None
+    ) -> None:
+        """Record the runs lost, release their (or, ``only`` None, all the agent's) locks, redo."""
         for event in open_runs.values():
             await publish_event(self._js, event.moved_to(RunState.LOST, reason=reason))
-        await self._release_locks(agent)
+        await self._release_locks(agent, only)
         for event in open_runs.values():
             await self._redispatch(event)
 
-    async def _open_runs(self, agent: str, heartbeat: Heartbeat) -> dict[str, RunEvent]:
-        """Runs of ``agent`` queued or started and with no final event (events since it started)."""
+    async def _open_runs(
+        self, agent: str, heartbeat: Heartbeat, *, before: float | None = None
+    ) -> dict[str, RunEvent]:
+        """Runs of ``agent`` queued or started and with no final event (events since it started);
+        with ``before`` (the agent's clock), only those whose last event came before it."""
         since = max(heartbeat.started_at, time.time() - LOOKBACK) - 5.0
         latest: dict[str, RunEvent] = {}
         async for msg in read_stream(
@@ -148,7 +198,9 @@ class LostAgents:
                 continue
             if event.run_id not in latest or not latest[event.run_id].state.final:
                 latest[event.run_id] = event
-        open_runs = {run_id: e for run_id, e in latest.items() if e.state.open}
+        open_runs = {
+            run_id: e for run_id, e in latest.items() if e.state.open and (before is None or e.at < before)
+        }
         for run_id, job in heartbeat.runs.items():  # started too recently for the stream read? no: listed
             if run_id not in latest:
                 open_runs[run_id] = RunEvent(
@@ -160,9 +212,10 @@ class LostAgents:
                 open_runs[run_id] = event
         return open_runs
 
-    async def _release_locks(self, agent: str) -> None:
+    async def _release_locks(self, agent: str, runs: set[str] | None = None) -> None:
         for key, value in (await scan(self._js, subjects.STATE_BUCKET, subjects.LOCKS)).items():
-            if read_holder(value.value).agent == agent:
+            holder = read_holder(value.value)
+            if holder.agent == agent and (runs is None or holder.run_id in runs):
                 try:
                     await self._state.delete(key, last=value.revision)
                     log.info("released %s held by lost agent %s", key, agent)

@@ -96,6 +96,11 @@ async def test_a_job_dies_with_its_agent_and_the_redispatched_copy_runs_alone(
             return any(e["state"] == "started" for e in await events_of(nc, "orph.long"))
 
         await eventually(on_record, 10, "the run's started event")
+
+        async def executing() -> bool:
+            return (first["run_id"], "victim", "start") in executions(witness)
+
+        await eventually(executing, 10, "the job executing (its witness line)")
         [started] = [e for e in await events_of(nc, "orph.long") if e["state"] == "started"]
         victim.kill()  # kill -9 mid-run (the job leads its own session: the signal misses it)
 
@@ -162,6 +167,11 @@ async def test_a_restarted_agent_reports_the_run_it_was_running_and_queues_the_w
         return (runs[0], "started") in states and all((r, "queued") in states for r in runs[1:])
 
     await eventually(recorded, 10, "one run started, two queued behind it")
+
+    async def executing() -> bool:
+        return (runs[0], "phoenix", "start") in executions(witness)
+
+    await eventually(executing, 10, "the first run executing (its witness line)")
     [started] = [e for e in await events_of(nc, "rs.q") if e["state"] == "started"]
     agent.kill()
 
@@ -194,3 +204,51 @@ async def test_a_restarted_agent_reports_the_run_it_was_running_and_queues_the_w
     print("executions:", done)
     assert [r[0] for r in done if r[2] == "start"] == runs, "each run executed once, in order"
     assert (runs[0], "phoenix", "end") not in done
+
+
+async def test_a_restarted_agent_frees_the_cluster_lock_of_the_run_it_lost(
+    master: MasterService,
+    nats_server: EmbeddedServer,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "locked"
+    agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk")
+
+    async def agent_up() -> bool:
+        return master.dispatcher is not None and master.dispatcher.directory.get("locked") is not None
+
+    await eventually(agent_up, 15, "agent heartbeating")
+    await apply(
+        nc,
+        toml_jobs(
+            job(
+                "one",
+                mode="load-balance",
+                targets={"pools": ["lk"]},
+                command=["sleep", "30"],
+                overlap="forbid",
+            ),
+            group="lk",
+        ),
+    )
+    first = json.loads((await nc.request("natsched.trigger.lk.one", b"{}", timeout=10)).data)["runs"][0]
+    assert first["state"] == "started", first
+    agent.kill()
+    agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk")
+
+    async def closed() -> bool:
+        return any(
+            e["state"] == "lost" and e["run_id"] == first["run_id"] for e in await events_of(nc, "lk.one")
+        )
+
+    await eventually(closed, 15, "the restarted agent recorded its run lost")
+
+    async def runs_again() -> bool:
+        reply = json.loads((await nc.request("natsched.trigger.lk.one", b"{}", timeout=10)).data)
+        return bool(reply["runs"][0]["state"] == "started")
+
+    # Before the fix the lost run kept the lock while its (live) agent heartbeated: every run
+    # after it was skipped "overlap forbid" until the agent stopped.
+    await eventually(runs_again, 10, "the job runs again (its lock was freed)")

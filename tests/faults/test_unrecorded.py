@@ -36,6 +36,7 @@ class DoomedAgent:
         self.nc = nc
         self.name = name
         self.accepted: list[str] = []
+        self.started_at = time.time()
         self._beat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -50,12 +51,11 @@ class DoomedAgent:
 
     async def _heartbeat(self) -> None:
         kv = await self.nc.jetstream().key_value(subjects.AGENTS_BUCKET)
-        started = time.time()
         while True:
             heartbeat = sample_load(
-                agent=self.name, started_at=started, running=0, max_concurrency=8,
+                agent=self.name, started_at=self.started_at, running=0, max_concurrency=8,
                 tags=frozenset(), pools=frozenset(), groups=frozenset(), jobs_cached=1,
-                synced_revision=0, connected_since=started,
+                synced_revision=0, connected_since=self.started_at,
             )  # fmt: skip
             await kv.put(self.name, codec.encode_heartbeat(heartbeat))
             await asyncio.sleep(0.5)
@@ -97,3 +97,28 @@ async def test_a_run_accepted_by_an_agent_that_died_before_its_event_is_closed_l
         await eventually(closed, 15, "the accepted run recorded lost")
         [lost] = [e for e in await stream_events(nc) if e["run_id"] == run["run_id"]]
         assert lost["agent"] == "doomed" and lost["job"] == "un.w" and "unresponsive" in lost["reason"]
+
+
+async def test_a_run_of_an_agent_that_restarted_before_anyone_noticed_is_closed_lost(
+    master: MasterService, nc: Client, doomed: DoomedAgent
+) -> None:
+    await doomed.start()
+
+    async def known() -> bool:
+        return master.dispatcher is not None and master.dispatcher.directory.get("doomed") is not None
+
+    await eventually(known, 10, "the agent heartbeating")
+    await apply(nc, toml_jobs(job("w", mode="slave", targets={"agents": ["doomed"]}), group="rs"))
+    reply = json.loads((await nc.request("natsched.trigger.rs.w", b"{}", timeout=10)).data)
+    [run] = reply["runs"]
+    assert run["ok"], reply
+    # A new life at once (a crash and a restart well within the unresponsive period), with no
+    # record of the run: only the master knows it was accepted.
+    doomed.started_at = time.time()
+
+    async def closed() -> bool:
+        return any(e["run_id"] == run["run_id"] for e in await stream_events(nc) if e["state"] == "lost")
+
+    await eventually(closed, 15, "the run of the previous life recorded lost")
+    [lost] = [e for e in await stream_events(nc) if e["run_id"] == run["run_id"]]
+    assert "restarted" in lost["reason"], lost
