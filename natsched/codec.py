@@ -68,7 +68,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def _check_strict(obj: object, what: str) -> None:
+def check_strict(obj: object, what: str) -> None:
     """No nesting deeper than MAX_DEPTH, no NUL character in any key or string (iterative:
     the check must not itself recurse on hostile input)."""
     stack: list[tuple[object, int]] = [(obj, 1)]
@@ -110,7 +110,7 @@ def from_json(
     if not isinstance(obj, dict):
         raise CodecError(f"{what}: expected a JSON object, got {type(obj).__name__}")
     if strict:
-        _check_strict(obj, what)
+        check_strict(obj, what)
     if require_version or VERSION_KEY in obj:
         _check_version(obj, what)
     obj.pop(VERSION_KEY, None)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natsched.errors import JobFileError, SpecError
+from natsched import codec
+from natsched.errors import CodecError, JobFileError, SpecError
 from natsched.jobspec import parse_job
 from natsched.models import JobSpec
 
@@ -49,8 +50,14 @@ def detect_format(source: str, content: str) -> str:
 def _decode(content: str, fmt: str, source: str) -> Mapping[str, Any]:
     try:
         doc = json.loads(content) if fmt == "json" else tomllib.loads(content)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise JobFileError(f"not valid {fmt.upper()}: {exc}", source=source) from None
+        # Bounded depth and no NUL anywhere, before any validation recurses into it.
+        codec.check_strict(doc, "the document")
+    except CodecError as exc:
+        raise JobFileError(str(exc), source=source) from None
+    except ValueError as exc:  # a decode error, or an int of more than 4300 digits
+        raise JobFileError(f"not valid {fmt.upper()}: {str(exc)[:200]}", source=source) from None
+    except RecursionError:
+        raise JobFileError(f"not valid {fmt.upper()}: nested too deeply", source=source) from None
     if not isinstance(doc, dict):
         raise JobFileError("the document must be a table/object with a 'jobs' list", source=source)
     return doc

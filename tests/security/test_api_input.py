@@ -100,6 +100,18 @@ async def test_nan_nul_and_deep_nesting_are_refused(
     refused(await api(nc, subjects.API_APPLY, deep), "nested")
     nested = b'{"calendar": {"name": "c", "x": ' + b"[" * 40 + b"]" * 40 + b"}}"
     refused(await api(nc, subjects.API_CALENDARS_SET, nested), "nested")
+    # The same inside a job file (a string, so the request itself is fine): TOML and JSON.
+    deep_files = {
+        "toml": "a = " + "[" * 50_000 + "]" * 50_000,
+        "json": '{"jobs": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    }
+    for fmt, content in deep_files.items():
+        refused(await api(nc, subjects.API_APPLY, {"content": content, "format": fmt}), "nested")
+    match = "{a = " * 40 + "1" + " }" * 40
+    deep_match = toml_jobs(job("m"), group="g") + f'triggers = [{{ subject = "x.y", match = {match} }}]\n'
+    refused(await apply(nc, deep_match), "nested")
+    huge_int = {"content": '{"jobs": [], "x": ' + "9" * 5000 + "}", "format": "json"}
+    refused(await api(nc, subjects.API_APPLY, huge_int), "not valid JSON")
     assert await job_keys(nc) == []
     assert (await api(nc, subjects.API_PING, {}))["ok"]
 
