@@ -3,11 +3,17 @@
 Values are stored as the raw msgpack bytes from KV and decoded when used, so a cold
 sync of 100k definitions does not pay for 100k full validations, and an agent keeps
 running its mirror jobs from here while the master or NATS is down.
+
+Two sources: ``jobs`` (the master's, written only by the sync, with the time the master
+wrote each) and ``local_jobs`` (the agent's own job files, see ``agent/localjobs.py``,
+with each file's modification time). ``get`` and ``all`` give the *effective* job of a
+key by the group's replication mode (:func:`effective`); ``keys`` and ``count`` are the
+master's only, which is what the sync compares with the bucket.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +21,7 @@ import aiosqlite
 
 from natsched import codec
 from natsched.errors import NotOpenError
+from natsched.groupsettings import Replication
 from natsched.models import JobSpec
 
 _SCHEMA = """
@@ -35,19 +42,45 @@ CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS local_jobs (
+    key      TEXT PRIMARY KEY,
+    file     TEXT NOT NULL,
+    modified REAL NOT NULL,
+    mode     TEXT NOT NULL,
+    value    BLOB NOT NULL
+);
 """
 
 
 @dataclass(frozen=True, slots=True)
 class CachedJob:
     key: str
-    revision: int
+    revision: int  # the bucket's revision; 0 for a local job
     mode: str
     value: bytes
+    modified: float = 0.0  # when the master wrote it, or the local file's mtime (epoch seconds)
+    origin: str = ""  # "" for the master's; the job file's path for a local job
 
     def spec(self) -> JobSpec:
         """Decode and validate (raises CodecError on a bad value)."""
         return codec.decode_job(self.value, self.key)
+
+    @property
+    def group(self) -> str:
+        return self.key.partition(".")[0]
+
+
+def effective(master: CachedJob | None, local: CachedJob | None, mode: Replication) -> CachedJob | None:
+    """Which definition of one key the agent uses: strict -> the master's only; easy -> the
+    local one unless the master's was written later than the local file was modified."""
+    if local is None or mode is Replication.STRICT:
+        return master
+    if master is None or local.modified > master.modified:
+        return local
+    return master
+
+
+ReplicationOf = Callable[[str], Replication]  # a group's replication mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +94,10 @@ class SyncPosition:
 class JobCache:
     """``async with JobCache(path) as cache``; every write is one transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, replication: ReplicationOf | None = None) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._replication: ReplicationOf = replication or (lambda group: Replication.EASY)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -77,6 +111,10 @@ class JobCache:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.executescript(_SCHEMA)
+        async with self._db.execute("PRAGMA table_info(jobs)") as cursor:
+            columns = {row[1] for row in await cursor.fetchall()}
+        if "modified" not in columns:  # a cache written by an older agent
+            await self._db.execute("ALTER TABLE jobs ADD COLUMN modified REAL NOT NULL DEFAULT 0")
         await self._db.commit()
 
     async def close(self) -> None:
@@ -100,21 +138,70 @@ class JobCache:
         async with self.db.execute("SELECT key FROM jobs") as cursor:
             return {row[0] for row in await cursor.fetchall()}
 
-    async def get(self, key: str) -> CachedJob | None:
+    async def master_get(self, key: str) -> CachedJob | None:
         async with self.db.execute(
-            "SELECT key, revision, mode, value FROM jobs WHERE key = ?", (key,)
+            "SELECT key, revision, mode, value, modified FROM jobs WHERE key = ?", (key,)
         ) as cur:
             row = await cur.fetchone()
-        return CachedJob(row[0], row[1], row[2], row[3]) if row else None
+        return CachedJob(row[0], row[1], row[2], row[3], row[4]) if row else None
+
+    async def local_get(self, key: str) -> CachedJob | None:
+        async with self.db.execute(
+            "SELECT key, mode, value, modified, file FROM local_jobs WHERE key = ?", (key,)
+        ) as cur:
+            row = await cur.fetchone()
+        return CachedJob(row[0], 0, row[1], row[2], row[3], row[4]) if row else None
+
+    async def get(self, key: str) -> CachedJob | None:
+        """The effective definition of ``key`` (the master's or a local one, see module doc)."""
+        master = await self.master_get(key)
+        local = await self.local_get(key)
+        if local is None:
+            return master
+        return effective(master, local, self._replication(local.group))
+
+    async def local_all(self) -> list[CachedJob]:
+        async with self.db.execute(
+            "SELECT key, mode, value, modified, file FROM local_jobs ORDER BY key"
+        ) as cursor:
+            return [CachedJob(r[0], 0, r[1], r[2], r[3], r[4]) for r in await cursor.fetchall()]
 
     async def all(self, mode: str | None = None) -> list[CachedJob]:
-        query = "SELECT key, revision, mode, value FROM jobs"
+        """Every effective definition (of ``mode``), by key."""
+        query = "SELECT key, revision, mode, value, modified FROM jobs"
         args: tuple[str, ...] = ()
         if mode is not None:
             query += " WHERE mode = ?"
             args = (mode,)
         async with self.db.execute(query + " ORDER BY key", args) as cursor:
-            return [CachedJob(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
+            jobs = {r[0]: CachedJob(r[0], r[1], r[2], r[3], r[4]) for r in await cursor.fetchall()}
+        local = await self.local_all()
+        if not local:
+            return list(jobs.values())
+        for job in local:
+            master = jobs.get(job.key)
+            if master is None:  # of another mode, perhaps
+                master = await self.master_get(job.key)
+            chosen = effective(master, job, self._replication(job.group))
+            if chosen is None or (mode is not None and chosen.mode != mode):
+                jobs.pop(job.key, None)
+            else:
+                jobs[job.key] = chosen
+        return [jobs[key] for key in sorted(jobs)]
+
+    async def replace_local(self, jobs: Iterable[CachedJob]) -> None:
+        """The agent's local jobs, all of them, in one transaction."""
+        db = self.db
+        try:
+            await db.execute("DELETE FROM local_jobs")
+            await db.executemany(
+                "INSERT INTO local_jobs (key, file, modified, mode, value) VALUES (?, ?, ?, ?, ?)",
+                [(j.key, j.origin, j.modified, j.mode, j.value) for j in jobs],
+            )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
 
     async def position(self) -> SyncPosition | None:
         async with self.db.execute(
@@ -146,10 +233,10 @@ class JobCache:
                 await db.execute("DELETE FROM seen")
             await db.executemany("INSERT OR REPLACE INTO seen (key, seq) VALUES (?, ?)", seen.items())
             await db.executemany(
-                "INSERT INTO jobs (key, revision, mode, value) VALUES (?, ?, ?, ?) "
+                "INSERT INTO jobs (key, revision, mode, value, modified) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET revision=excluded.revision, mode=excluded.mode, "
-                "value=excluded.value",
-                [(j.key, j.revision, j.mode, j.value) for j in upserts],
+                "value=excluded.value, modified=excluded.modified",
+                [(j.key, j.revision, j.mode, j.value, j.modified) for j in upserts],
             )
             await db.executemany("DELETE FROM jobs WHERE key = ?", [(k,) for k in deletes])
             await db.executemany(

@@ -35,6 +35,9 @@ def run_agent(
     pool: Annotated[list[str] | None, typer.Option("--pool", help="pool to serve (repeatable)")] = None,
     group: Annotated[list[str] | None, typer.Option("--group", help="only these job groups")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="where the SQLite cache lives")] = None,
+    jobs_dir: Annotated[
+        Path | None, typer.Option(help="the agent's own job files (mirror mode, this agent only)")
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", envvar="NATSCHED_AGENT_CONFIG", help="agent config file (TOML)"),
@@ -56,6 +59,7 @@ def run_agent(
             pools=_list(pool),
             groups=_list(group),
             state_dir=state_dir,
+            jobs_dir=jobs_dir,
         )
         settings = ConnectionSettings.from_env(url=server, creds=creds)
         if check:

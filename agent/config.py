@@ -9,6 +9,7 @@ Precedence: flag > environment > file > default. Example file::
     state_dir = "/var/lib/natsched"
     heartbeat_interval = 3
     max_concurrency = 64
+    jobs_dir = "/etc/natsched/jobs.d"  # the agent's own jobs (mirror mode, this agent only)
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class AgentConfig:
     secret_key_file: Path | None = None
     # Prometheus metrics on this port (off when unset).
     metrics_port: int | None = None
+    # The agent's own job files (*.toml, *.json), run in mirror mode here only (agent/localjobs.py).
+    jobs_dir: Path | None = None
+    local_scan_interval: float = 1.0
 
     def __post_init__(self) -> None:
         try:
@@ -129,13 +133,13 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     for name in ("tags", "pools", "groups"):
         if name in out:
             out[name] = _as_set(out[name], name)
-    for name in ("state_dir", "secret_key_file"):
+    for name in ("state_dir", "secret_key_file", "jobs_dir"):
         if out.get(name) is not None:
             out[name] = Path(out[name])
     try:
         if "heartbeat_interval" in out:
             out["heartbeat_interval"] = float(out["heartbeat_interval"])
-        for name in ("sync_check_interval", "shutdown_grace", "kill_grace"):
+        for name in ("sync_check_interval", "shutdown_grace", "kill_grace", "local_scan_interval"):
             if name in out:
                 out[name] = float(out[name])
         for name in ("max_concurrency", "max_queued", "priority", "metrics_port"):

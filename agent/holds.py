@@ -41,6 +41,7 @@ class HoldsSync:
         self._entries: dict[str, Any] = {}
         self.holds = Holds()
         self.listeners: list[Any] = []  # called with the agent names whose pause was lifted
+        self.on_entries: list[Any] = []  # called with every entry (e.g. group settings), after each change
 
     async def load(self) -> None:
         async with self._db.execute("SELECT value FROM meta WHERE name = ?", (META_KEY,)) as cursor:
@@ -51,6 +52,8 @@ class HoldsSync:
             except ValueError:
                 self._entries = {}
         self.holds = holds_from(self._entries)
+        for listener in self.on_entries:
+            listener(self._entries)
 
     async def run(self, js: JetStreamContext) -> None:
         """Follow the settings bucket; start over (a full reload) after any failure."""
@@ -96,5 +99,7 @@ class HoldsSync:
             "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (META_KEY, json.dumps(entries))
         )
         await self._db.commit()
+        for listener in self.on_entries:
+            listener(entries)
         for listener in self.listeners:
             listener(lifted)

@@ -49,6 +49,7 @@ class Responder:
         self._subs: list[Subscription] = []
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
         self.sync_report: Callable[[], dict[str, Any]] = lambda: {"agent": agent, "report": []}
+        self.local_report: Callable[[], Awaitable[dict[str, Any]]] | None = None  # agent-local jobs
         self.fence = TermFence(nc.jetstream())  # the leader's term, from the lease
         self._claims: KeyValue | None = None
 
@@ -198,7 +199,10 @@ class Responder:
     async def _on_sync(self, msg: Msg) -> None:
         """``natsched sync-report``: what this agent's cache took in, when (JSON)."""
         if msg.reply:
-            await self._nc.publish(msg.reply, codec.to_json(self.sync_report()))
+            report = self.sync_report()
+            if self.local_report is not None:
+                report["local"] = await self.local_report()
+            await self._nc.publish(msg.reply, codec.to_json(report))
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

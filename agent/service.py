@@ -20,10 +20,12 @@ from agent.config import AgentConfig
 from agent.credential import CredentialWatch
 from agent.executor import JobExecutor, LogStreamer
 from agent.files import FileWatcher
+from agent.groups import GroupTable
 from agent.guardian import Guardian
 from agent.heartbeat import HeartbeatPublisher, sample_load
 from agent.holds import HoldsSync
 from agent.journal import RunJournal
+from agent.localjobs import LocalJobs
 from agent.locks import ClusterLocks
 from agent.mirror import MirrorScheduler
 from agent.outbox import EventOutbox
@@ -57,7 +59,9 @@ class AgentService(Service):
         self.settings = settings.with_name(f"natsched-agent-{config.name}").with_inbox(
             subjects.agent_inbox(config.name)
         )
-        self.cache = JobCache(config.cache_path)
+        self.groups = GroupTable()  # replicated group settings (natsched_settings group.<group>)
+        self.cache = JobCache(config.cache_path, self.groups.replication)
+        self.local: LocalJobs | None = None
         self.nc: Client | None = None
         self.sync: JobSync | None = None
         self.connected = asyncio.Event()
@@ -107,6 +111,7 @@ class AgentService(Service):
         key = load_key(self.config.secret_key_file) if self.config.secret_key_file else None
         self.executor.secrets = SecretStore(key)
         self.holds = HoldsSync(self.cache.db)
+        self.holds.on_entries.append(self.groups.update)
         await self.holds.load()
         self.executor.holds = lambda: self.holds.holds
         self.holds.listeners.append(lambda _lifted: self._release_held())
@@ -122,6 +127,18 @@ class AgentService(Service):
             self.metrics.outbox_depth.set_function(lambda: float(self.outbox.depth if self.outbox else 0))
             self.metrics.serve(self.config.metrics_port)
         self.files = FileWatcher(self.cache, self.executor)
+        self.local = LocalJobs(
+            self.cache,
+            self.config.jobs_dir,
+            agent=self.config.name,
+            replication=self.groups.replication,
+            interval=self.config.local_scan_interval,
+        )
+        await self.local.load()
+        await self.local.scan()  # before the mirror starts: local jobs run without NATS
+        self.local.listeners += [self.mirror.on_change, self.files.on_change]
+        self.groups.listeners.append(self.local.group_changed)
+        self.spawn(self.local.run(), name="local-jobs", critical=True)
         self.spawn(self.mirror.run(), name="mirror-scheduler", critical=True)
         self.spawn(self.files.run(), name="file-triggers", critical=True)
         self.spawn(self.outbox.run(), name="event-outbox", critical=True)
@@ -206,6 +223,8 @@ class AgentService(Service):
             max_concurrency=self.config.max_concurrency,
         )
         self.responder.sync_report = self._sync_report
+        if self.local is not None:
+            self.responder.local_report = self.local.report
         await self.responder.start()
         # A credential of another agent is caught here, before a heartbeat or a sync happens.
         try:

@@ -134,7 +134,10 @@ class JobSync:
             value = codec.unpack(msg.data, f"job {key}")
             if not wanted(key, value, self._identity):
                 return _Change(key, seq, pending, None)
-            return _Change(key, seq, pending, CachedJob(key, seq, str(value.get("mode", "mirror")), msg.data))
+            # When the master wrote it: in easy replication, a newer local job wins over it.
+            modified = meta.timestamp.timestamp() if meta.timestamp else 0.0
+            job = CachedJob(key, seq, str(value.get("mode", "mirror")), msg.data, modified)
+            return _Change(key, seq, pending, job)
         except (CodecError, SpecError, TypeError) as exc:
             log.warning("skipping malformed job definition %s (revision %d): %s", key, seq, exc)
             return _Change(key, seq, pending, _MALFORMED)

@@ -46,6 +46,9 @@ API_RESUME = f"{API_PREFIX}.resume"
 API_SECRETS_SET = f"{API_PREFIX}.secrets.set"
 API_SECRETS_LIST = f"{API_PREFIX}.secrets.list"
 API_SECRETS_DELETE = f"{API_PREFIX}.secrets.delete"
+API_SETTINGS_SET = f"{API_PREFIX}.settings.set"  # a group's replicated settings
+API_SETTINGS_GET = f"{API_PREFIX}.settings.get"
+API_SETTINGS_DELETE = f"{API_PREFIX}.settings.delete"
 MASTERS_STATUS = "natsched.masters.status"  # every master answers (no queue group): leader, term
 
 # --- Triggers and dispatch ---------------------------------------------------------
@@ -170,11 +173,17 @@ def job_from_trigger_subject(subject: str) -> str:
 LEASE_KEY = "leader"  # STATE_BUCKET: the leader lease (lease.py)
 LOCKS = "lock.>"  # STATE_BUCKET: every cluster-wide overlap lock
 PAUSES = "pause.>"  # SETTINGS_BUCKET: every job and agent pause
+GROUP_SETTINGS_PREFIX = "group."  # SETTINGS_BUCKET: group.<group> = a group's replicated settings
 FANINS = "fanin.>"  # CHAINS_BUCKET: every fan-in that still waits
 
 
 LOCK_PREFIX = "natsched.lock"  # agents ask a master for cluster-wide locks (master/locks.py)
 LOCK_ALL = f"{LOCK_PREFIX}.*"
+
+
+def group_settings_key(group: str) -> str:
+    """SETTINGS_BUCKET key of a group's settings (replication mode, env, user, cwd)."""
+    return f"{GROUP_SETTINGS_PREFIX}{_token(group, 'group name')}"
 
 
 def lock_subject(agent: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from natsched import codec, subjects
 from natsched.cli.common import ServerOption, age, console, err_console, run, settings
+from natsched.cli.syncreport import ask_all, local_problems, local_summary
 from natsched.connection import connect
 from natsched.errors import CodecError, NotFoundError, VersionError
 from natsched.kvscan import scan
@@ -19,9 +20,12 @@ from natsched.models import Heartbeat
 from natsched.settings import ConnectionSettings
 
 
-async def read_agents(conn: ConnectionSettings) -> tuple[list[Heartbeat], list[str]]:
+async def read_agents(
+    conn: ConnectionSettings, reports: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[Heartbeat], list[str]]:
     """Every heartbeat in the agents bucket, and why the others could not be read
-    (``<agent>: incompatible: ...`` for an agent of another protocol version)."""
+    (``<agent>: incompatible: ...`` for an agent of another protocol version). With
+    ``reports``, also each live agent's sync report (its local jobs), into that dict."""
     nc = await connect(conn.with_name("natsched-cli"))
     try:
         js = nc.jetstream()
@@ -29,6 +33,8 @@ async def read_agents(conn: ConnectionSettings) -> tuple[list[Heartbeat], list[s
             entries = await scan(js, subjects.AGENTS_BUCKET)
         except Exception as exc:  # the bucket's stream is missing: no master ever ran here
             raise NotFoundError(f"no agents bucket ({exc}); has a master started on this server?") from None
+        if reports is not None:
+            reports.update(await ask_all(nc, sorted(entries)))
     finally:
         await nc.close()
     heartbeats: list[Heartbeat] = []
@@ -48,10 +54,12 @@ def agents(
     server: ServerOption = None,
 ) -> None:
     """List live agents with their load and how long since they were last seen."""
-    heartbeats, bad = run(read_agents(settings(server)))
+    reports: dict[str, dict[str, Any]] = {}
+    heartbeats, bad = run(read_agents(settings(server), reports))
     if as_json:
         unreadable = [{"agent": p.split(":", 1)[0], "problem": p.split(": ", 1)[1]} for p in bad]
-        console.print_json(json.dumps([asdict(h) for h in heartbeats] + unreadable))
+        rows = [asdict(h) | {"local": reports.get(h.agent, {}).get("local")} for h in heartbeats]
+        console.print_json(json.dumps(rows + unreadable))
         return
     now = time.time()
     table = Table(
@@ -62,6 +70,7 @@ def agents(
         "mem%",
         "running",
         "jobs",
+        "local",
         "rev",
         "tags",
         "pools",
@@ -78,6 +87,7 @@ def agents(
             f"{hb.memory_percent:.0f}",
             f"{hb.running}/{hb.max_concurrency}",
             str(hb.jobs_cached),
+            local_summary(reports.get(hb.agent, {})),
             str(hb.synced_revision),
             ",".join(hb.tags) or "-",
             ",".join(hb.pools) or "-",
@@ -85,6 +95,9 @@ def agents(
             age(max(0.0, now - hb.started_at)),
         )
     console.print(table)
+    for hb in heartbeats:
+        for line in local_problems(hb.agent, reports.get(hb.agent, {})):
+            err_console.print(f"[yellow]{line}[/]", highlight=False, markup=True)
     for problem in bad:
         err_console.print(f"[yellow]agent {problem}[/]", highlight=False)
     console.print(f"{len(heartbeats)} live agent(s)", highlight=False)

@@ -12,6 +12,7 @@ from natsched.cli.agents import agents
 from natsched.cli.apply import apply
 from natsched.cli.calendars import app as calendars_app
 from natsched.cli.calendars import pause, resume
+from natsched.cli.groups import app as settings_app
 from natsched.cli.jobs import app as jobs_app
 from natsched.cli.run import cancel, run_job
 from natsched.cli.runs import app as runs_app
@@ -78,6 +79,7 @@ app.command()(permissions)
 app.add_typer(master_app, name="master")
 app.add_typer(calendars_app, name="calendars")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(settings_app, name="settings")
 app.command()(status)
 app.command("sync-report")(sync_report)
 app.command()(pause)

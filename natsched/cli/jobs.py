@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from natsched import subjects
-from natsched.cli.common import ServerOption, call_api, console, err_console, run
-from natsched.errors import SpecError
+from natsched.cli.agents import read_agents
+from natsched.cli.common import ServerOption, call_api, console, err_console, run, settings
+from natsched.errors import NatschedError, SpecError
 from natsched.triggers.registry import parse_trigger
 
 app = typer.Typer(help="List, show, delete, enable and disable jobs.", no_args_is_help=True)
@@ -36,8 +37,9 @@ def list_jobs(
     """List job definitions."""
     body: dict[str, Any] = {k: v for k, v in (("group", group), ("agent", agent)) if v}
     result = run(call_api(server, subjects.API_JOBS_LIST, body))
+    local = run(_local_jobs(server, group, agent))
     if as_json:
-        console.print_json(json.dumps(result["jobs"]))
+        console.print_json(json.dumps([{**j, "origin": "master"} for j in result["jobs"]] + local))
         return
     if agent and not result.get("agent_known"):
         err_console.print(f"note: agent {agent!r} has no live heartbeat; matched by name only")
@@ -54,11 +56,40 @@ def list_jobs(
             command,
         )
     console.print(table)
+    if local:
+        console.print(f"jobs agents define themselves ({len(local)}):", highlight=False)
+        mine = Table("job", "origin", "state", "triggers", "command", box=None)
+        for row in local:
+            command = row["command"] if isinstance(row["command"], str) else " ".join(row["command"])
+            state = row["state"] + (f" ({row['reason']})" if row["reason"] else "")
+            triggers = "; ".join(_trigger_text(t, row["group"]) for t in row["triggers"]) or "-"
+            mine.add_row(row["key"], row["origin"], state, triggers, command)
+        console.print(mine)
     for problem in result.get("invalid", []):
         err_console.print(f"[yellow]invalid definition in bucket:[/] {problem}", highlight=False)
     if result.get("truncated"):
         err_console.print("list truncated; filter with --group or --agent")
     console.print(f"{len(result['jobs'])} job(s)", highlight=False)
+
+
+async def _local_jobs(server: str | None, group: str | None, agent: str | None) -> list[dict[str, Any]]:
+    """The jobs live agents define themselves (asked from each), marked with their origin."""
+    reports: dict[str, dict[str, Any]] = {}
+    try:
+        await read_agents(settings(server), reports)
+    except NatschedError:  # no agents bucket yet: no agent to ask
+        return []
+    rows: list[dict[str, Any]] = []
+    for name, report in sorted(reports.items()):
+        if agent and name != agent:
+            continue
+        for job in (report.get("local") or {}).get("jobs", []):
+            job_group = str(job["key"]).partition(".")[0]
+            if group and job_group != group:
+                continue
+            origin = f"agent {name}: {job['file']}"
+            rows.append({**job, "group": job_group, "agent": name, "origin": origin})
+    return rows
 
 
 @app.command()

@@ -26,7 +26,7 @@ from natsched.events import RunEvent, parse_event
 TRIGGER_TIMEOUT = 30.0
 
 
-def _env_pairs(values: list[str] | None) -> dict[str, str]:
+def env_pairs(values: list[str] | None) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in values or []:
         name, sep, value = item.partition("=")
@@ -146,7 +146,7 @@ def run_job(
         body["args"] = arg
     if env:
         try:
-            body["env"] = _env_pairs(env)
+            body["env"] = env_pairs(env)
         except ConfigError as exc:
             raise fail(str(exc)) from None
     if correlation_id:

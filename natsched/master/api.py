@@ -32,6 +32,7 @@ from natsched.master.apply import (
     plan_apply,
     raise_conflicts,
 )
+from natsched.master.groups_api import GroupSettingsApi
 from natsched.master.jobindex import JobIndex
 from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
@@ -94,6 +95,7 @@ class AdminApi:
         if settings is not None:
             self.settings_api = SettingsApi(js, settings, index)
             self.handlers.update(self.settings_api.handlers())
+            self.handlers.update(GroupSettingsApi(js, settings).handlers())
         if secrets is not None:
             self.handlers.update(secrets.handlers())
 

@@ -1,0 +1,72 @@
+"""``natsched settings set|show|delete``: a group's replicated settings (natsched_settings)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from natsched import subjects
+from natsched.cli.common import ServerOption, call_api, console, fail, run
+from natsched.cli.run import env_pairs
+from natsched.errors import ConfigError
+
+app = typer.Typer(
+    help="A group's replicated settings: replication strict|easy, env, user, cwd.", no_args_is_help=True
+)
+GroupArg = Annotated[str, typer.Argument(help="group name")]
+
+
+@app.command("set")
+def set_settings(
+    group: GroupArg,
+    replication: Annotated[
+        str, typer.Option(help="strict: only the master's jobs; easy: agents' local jobs kept, newer wins")
+    ] = "easy",
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeatable)")] = None,
+    user: Annotated[str | None, typer.Option(help="default user of the group's jobs")] = None,
+    cwd: Annotated[str | None, typer.Option(help="default working directory of the group's jobs")] = None,
+    server: ServerOption = None,
+) -> None:
+    """Set (replace) a group's settings; every agent applies them, also while NATS is down."""
+    try:
+        settings: dict[str, Any] = {"replication": replication, "env": env_pairs(env)}
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    settings.update({k: v for k, v in (("user", user), ("cwd", cwd)) if v is not None})
+    result = run(call_api(server, subjects.API_SETTINGS_SET, {"group": group, "settings": settings}))
+    console.print(f"group {group}: {_describe(result['settings'])}", highlight=False)
+
+
+@app.command()
+def show(
+    group: Annotated[str | None, typer.Argument(help="group name (default: every group)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    server: ServerOption = None,
+) -> None:
+    """Show group settings."""
+    result = run(call_api(server, subjects.API_SETTINGS_GET, {"group": group} if group else {}))
+    if as_json:
+        console.print_json(json.dumps(result["groups"]))
+        return
+    for entry in result["groups"]:
+        console.print(f"group {entry['group']}: {_describe(entry)}", highlight=False)
+    if not result["groups"]:
+        console.print("no group settings (every group: replication easy)", highlight=False)
+
+
+@app.command()
+def delete(group: GroupArg, server: ServerOption = None) -> None:
+    """Delete a group's settings (back to the defaults: replication easy, nothing else)."""
+    run(call_api(server, subjects.API_SETTINGS_DELETE, {"group": group}))
+    console.print(f"group {group}: settings deleted", highlight=False)
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    if "invalid" in entry:
+        return f"invalid: {entry['invalid']}"
+    parts = [f"replication {entry['replication']}"]
+    parts += [f"{k}={v}" for k, v in sorted(entry.get("env", {}).items())]
+    parts += [f"{k} {entry[k]}" for k in ("user", "cwd") if k in entry]
+    return ", ".join(parts)

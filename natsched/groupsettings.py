@@ -1,0 +1,99 @@
+"""A group's replicated settings: stored in ``natsched_settings`` under ``group.<group>``.
+
+They reach every agent (cached in SQLite with the calendars and pauses, so they apply
+while NATS is down) and say:
+
+- ``replication``: ``easy`` (default) or ``strict``. Strict: the master's definitions are
+  the whole truth for the group on every agent, a job an agent defines locally in that
+  group is refused. Easy: a local job is kept; a master definition of the same name
+  replaces it only when it was written later than the local file was modified.
+- ``env``: variables every job of the group gets; a job's own ``env`` overrides them (by
+  name). Same rules as a job's ``env`` (``${NAME}`` expanded on the agent, secrets).
+- ``user``, ``cwd``: defaults for jobs that do not set their own.
+
+Precedence, lowest first: the agent's pass-through variables, the group's ``env``, the
+job's ``env``, a trigger's allowed ``env``, ``NATSCHED_*``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from natsched.errors import SpecError
+from natsched.parsing import read_str
+from natsched.secrets import references
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_FIELDS = frozenset({"replication", "env", "user", "cwd"})
+MAX_ENV = 256
+
+
+class Replication(StrEnum):
+    """How an agent treats the jobs it defines locally in a group."""
+
+    EASY = "easy"
+    STRICT = "strict"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupSettings:
+    group: str
+    replication: Replication = Replication.EASY
+    env: Mapping[str, str] = field(default_factory=dict)
+    user: str | None = None
+    cwd: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.env) > MAX_ENV:
+            raise SpecError(f"at most {MAX_ENV} variables", field="env")
+        for name, value in self.env.items():
+            if not _ENV_NAME.match(name):
+                raise SpecError(f"{name[:64]!r} is not a variable name", field="env")
+            if not isinstance(value, str) or "\0" in value:
+                raise SpecError(f"value of {name!r} must be a string without NUL", field="env")
+        if self.cwd is not None and not self.cwd.startswith("/"):
+            raise SpecError(f"{self.cwd!r} must be an absolute path", field="cwd")
+        for name in ("user", "cwd"):
+            value = getattr(self, name)
+            if value is not None and (not value or "\0" in value):
+                raise SpecError("must be a non-empty string without NUL", field=name)
+
+    @property
+    def secret_names(self) -> set[str]:
+        return references(self.env.values())
+
+
+def parse_group_settings(data: Mapping[str, Any], group: str) -> GroupSettings:
+    """Validate a settings mapping (from ``natsched settings set`` or the bucket)."""
+    if not isinstance(data, Mapping):
+        raise SpecError("must be a table", field="settings")
+    unknown = sorted(set(data) - _FIELDS - {"group", "v"})
+    if unknown:
+        raise SpecError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_FIELDS))}")
+    raw_mode = data.get("replication", Replication.EASY.value)
+    if raw_mode not in {m.value for m in Replication}:
+        raise SpecError(f"{raw_mode!r} is not one of strict, easy", field="replication")
+    env = data.get("env", {})
+    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
+        raise SpecError('must be a table of NAME = "value"', field="env")
+    return GroupSettings(
+        group=group,
+        replication=Replication(raw_mode),
+        env={str(k): v for k, v in env.items()},
+        user=None if data.get("user") is None else read_str(data["user"], "user"),
+        cwd=None if data.get("cwd") is None else read_str(data["cwd"], "cwd"),
+    )
+
+
+def group_settings_to_dict(settings: GroupSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"group": settings.group, "replication": settings.replication.value}
+    if settings.env:
+        out["env"] = dict(settings.env)
+    for name in ("user", "cwd"):
+        if getattr(settings, name) is not None:
+            out[name] = getattr(settings, name)
+    return out
