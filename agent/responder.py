@@ -28,10 +28,10 @@ from agent.executor import JobExecutor
 from agent.fencing import TermFence
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
-from natsched.dispatch import RunReply, RunRequest, decode_run_request
 from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
+from natsched.runmessages import RunReply, RunRequest, decode_run_request
 
 log = logging.getLogger(__name__)
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from natsched import subjects
-from natsched.dispatch import RunReply, RunRequest
 from natsched.events import RunEvent, RunState
+from natsched.runmessages import RunReply, RunRequest
 
 PER_AGENT = 1000
 

@@ -42,10 +42,11 @@ from natsched import codec, subjects
 from natsched.chaingraph import event_triggers
 from natsched.errors import CodecError, ConflictError
 from natsched.events import RunEvent, RunState, parse_event
-from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.dispatch import Dispatcher
 from natsched.master.following import ACK_WAIT, EventFollower, follow_events
 from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
+from natsched.master.recording import publish_event
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import JobSpec
 from natsched.triggers.event import EventTrigger

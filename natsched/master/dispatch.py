@@ -37,142 +37,26 @@ from dataclasses import dataclass, replace
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
-from natsched.dispatch import RunReply, RunRequest, decode_run_reply
-from natsched.errors import CodecError, VersionError
-from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
-from natsched.kvscan import scan
+from natsched.errors import CodecError
+from natsched.events import RunState, new_run_id
 from natsched.locking import read_holder
 from natsched.master.accepted import AcceptedRuns
+from natsched.master.directory import AgentDirectory, load_balance_order, slave_targets
 from natsched.master.lease import LeaderLease
-from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec, Mode, Overlap
+from natsched.master.recording import record_failure
+from natsched.models import Heartbeat, JobSpec, Mode, Overlap
+from natsched.runmessages import RunReply, RunRequest, decode_run_reply
 from natsched.subjects import lock_key
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0
-_METRIC: dict[Balance, Callable[[Heartbeat], float]] = {
-    Balance.LOAD: lambda hb: hb.load1,
-    Balance.CPU: lambda hb: hb.cpu_percent,
-    Balance.MEMORY: lambda hb: hb.memory_percent,
-    Balance.RUNNING: lambda hb: float(hb.running),
-}
-
-
-NO_AGENT = "none"  # the agent of a failure the master records for a run that reached no agent
-
-
-def identity_of(hb: Heartbeat) -> AgentIdentity:
-    return AgentIdentity(
-        name=hb.agent, tags=frozenset(hb.tags), pools=frozenset(hb.pools), groups=frozenset(hb.groups)
-    )
-
-
-def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
-    """Every agent a slave run goes to: named ones (live or not), plus live ones matching tags/pools/*."""
-    names = [a for a in spec.targets.agents if a != ALL_AGENTS]
-    for hb in live:
-        identity = identity_of(hb)
-        if identity.takes(spec.group, spec.targets):
-            names.append(hb.agent)
-    return list(dict.fromkeys(names))
-
-
-def load_balance_order(
-    spec: JobSpec, live: list[Heartbeat], sent: Mapping[str, int] | None = None
-) -> list[str]:
-    """The candidates of a load-balance job, in the order they are asked (see module doc).
-
-    ``sent``: runs this master started on each agent since that agent's last heartbeat. A
-    heartbeat is up to an interval old, so without them a burst of runs all goes to the
-    agent that looked idle: they count as running (and as load) until the next heartbeat.
-    """
-    sent = sent or {}
-    pools = set(spec.targets.pools)
-    candidates = [
-        hb
-        for hb in live
-        if pools.intersection(hb.pools)
-        and hb.running + sent.get(hb.agent, 0) < hb.max_concurrency
-        and (not hb.groups or spec.group in hb.groups)
-    ]
-    if spec.balance is Balance.PRIORITY:
-        failover = {name: index for index, name in enumerate(spec.targets.agents)}
-        candidates.sort(key=lambda hb: (failover.get(hb.agent, len(failover)), hb.priority, hb.agent))
-    elif spec.balance in (Balance.RUNNING, Balance.LOAD):
-        metric = _METRIC[spec.balance]
-        candidates.sort(key=lambda hb: (metric(hb) + sent.get(hb.agent, 0), hb.priority, hb.agent))
-    else:  # a percentage has no per-run share: among equal figures, the one given fewer runs first
-        metric = _METRIC[spec.balance]
-        candidates.sort(key=lambda hb: (metric(hb), sent.get(hb.agent, 0), hb.priority, hb.agent))
-    return [hb.agent for hb in candidates]
-
-
-class AgentDirectory:
-    """The live agents, kept current by watching the agents bucket (no read per dispatch).
-
-    A heartbeat that expires from the TTL bucket arrives as a delete marker and removes
-    the agent. Until the watch has caught up, ``live`` falls back to reading the bucket.
-    """
-
-    def __init__(self, nc: Client) -> None:
-        self._js = nc.jetstream()
-        self._agents: dict[str, Heartbeat] = {}
-        self._ready = False
-        # Every agent ever seen by this master: last heartbeat and when it arrived (monotonic),
-        # kept when the heartbeat expires, for the leader's lost-agent check.
-        self.last_seen: dict[str, tuple[Heartbeat, float]] = {}
-        self.incompatible: dict[str, str] = {}  # agent -> why (a heartbeat of a newer protocol)
-        # Runs this master started on each agent since its last heartbeat arrived (load balancing).
-        self.sent: dict[str, int] = {}
-
-    def note_started(self, agent: str) -> None:
-        """A run was accepted by ``agent``: it counts as running there until its next heartbeat."""
-        self.sent[agent] = self.sent.get(agent, 0) + 1
-
-    def get(self, agent: str) -> Heartbeat | None:
-        """The latest heartbeat seen from ``agent`` (None if it is not live)."""
-        return self._agents.get(agent)
-
-    async def live(self) -> list[Heartbeat]:
-        if self._ready:
-            return list(self._agents.values())
-        live: list[Heartbeat] = []
-        for key, entry in (await scan(self._js, subjects.AGENTS_BUCKET)).items():
-            try:
-                live.append(codec.decode_heartbeat(entry.value, key))
-            except CodecError as exc:
-                log.warning("ignoring agent %s: %s", key, exc)
-        return live
-
-    async def watch(self) -> None:
-        kv = await self._js.key_value(subjects.AGENTS_BUCKET)
-        watcher = await kv.watchall()
-        async for entry in watcher:
-            if entry is None:
-                self._ready = True
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._agents.pop(entry.key, None)
-                continue
-            try:
-                self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
-                self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
-                self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
-                self.incompatible.pop(entry.key, None)
-            except VersionError as exc:
-                log.warning("agent %s is incompatible: %s", entry.key, exc)
-                self.incompatible[entry.key] = f"incompatible: {exc}"
-                self._agents.pop(entry.key, None)
-            except CodecError as exc:
-                log.warning("ignoring agent %s: %s", entry.key, exc)
-                self._agents.pop(entry.key, None)
 
 
 class Dispatcher:
@@ -223,7 +107,6 @@ class Dispatcher:
         """
         started = time.perf_counter()
         try:
-            live = await self.live_agents()
 
             def request(run_id: str, extra: Mapping[str, str] | None = None) -> RunRequest:
                 return RunRequest(
@@ -240,53 +123,65 @@ class Dispatcher:
                     term=self._lease.term if self._lease else 0,
                 )
 
+            live = await self.live_agents()
             if spec.mode is Mode.LOAD_BALANCE:
-                if spec.overlap is Overlap.REPLACE:
-                    await self._cancel_lock_holder(spec)
-                run = request(base_id or new_run_id())
-                reply = await self._load_balance(spec, run, live, avoid=avoid_agents or [])
-                self.accepted.note(run, reply)
-                if reply.ok and reply.agent:
-                    self.directory.note_started(reply.agent)
-                return [reply]
+                return [await self._dispatch_one(spec, request(base_id or new_run_id()), live, avoid_agents)]
             targets = only_agents if only_agents is not None else slave_targets(spec, live)
-            if not targets:
-                return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
-            refused = {
-                name: self.directory.incompatible[name]
-                for name in targets
-                if name in self.directory.incompatible
-            }
-            batch = (
-                {"batch": base_id or new_run_id(), "batch_size": str(len(targets))}
-                if len(targets) > 1
-                else {}
-            )
-            requests = {
-                name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
-            }
-            replies = await asyncio.gather(
-                *(
-                    self._refuse(requests[name], name, refused[name])
-                    if name in refused
-                    else self._ask(_Target.of_agent(name), requests[name])
-                    for name in targets
-                )
-            )
-            for name, reply in zip(targets, replies, strict=True):
-                self.accepted.note(requests[name], reply)
-                if reply.ok:
-                    self.directory.note_started(name)
-            await asyncio.gather(
-                *(
-                    self._record_failure(requests[name], reply)
-                    for name, reply in zip(targets, replies, strict=True)
-                    if not reply.ok
-                )
-            )
-            return list(replies)
+            return await self._dispatch_each(spec, targets, request, base_id)
         finally:
             self.on_dispatch(time.perf_counter() - started)
+
+    async def _dispatch_one(
+        self, spec: JobSpec, run: RunRequest, live: list[Heartbeat], avoid: list[str] | None
+    ) -> RunReply:
+        """Load-balance: the run goes to the first agent of the pool that takes it."""
+        if spec.overlap is Overlap.REPLACE:
+            await self._cancel_lock_holder(spec)
+        reply = await self._load_balance(spec, run, live, avoid=avoid or [])
+        self.accepted.note(run, reply)
+        if reply.ok and reply.agent:
+            self.directory.note_started(reply.agent)
+        return reply
+
+    async def _dispatch_each(
+        self,
+        spec: JobSpec,
+        targets: list[str],
+        request: Callable[[str, Mapping[str, str] | None], RunRequest],
+        base_id: str | None,
+    ) -> list[RunReply]:
+        """Slave: one run per target, all asked at once; a target that fails gets a failed event."""
+        if not targets:
+            return [RunReply(ok=False, agent="", reason="no live agent matches the job's targets")]
+        refused = {
+            name: self.directory.incompatible[name] for name in targets if name in self.directory.incompatible
+        }
+        batch = (
+            {"batch": base_id or new_run_id(), "batch_size": str(len(targets))} if len(targets) > 1 else {}
+        )
+        requests = {
+            name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
+        }
+        replies = await asyncio.gather(
+            *(
+                self._refuse(requests[name], name, refused[name])
+                if name in refused
+                else self._ask(_Target.of_agent(name), requests[name])
+                for name in targets
+            )
+        )
+        for name, reply in zip(targets, replies, strict=True):
+            self.accepted.note(requests[name], reply)
+            if reply.ok:
+                self.directory.note_started(name)
+        await asyncio.gather(
+            *(
+                record_failure(self._js, requests[name], reply)
+                for name, reply in zip(targets, replies, strict=True)
+                if not reply.ok
+            )
+        )
+        return list(replies)
 
     async def _load_balance(
         self, spec: JobSpec, request: RunRequest, live: list[Heartbeat], *, avoid: list[str]
@@ -309,7 +204,7 @@ class Dispatcher:
             run_id=request.run_id,
             reason="no agent accepted the run (" + "; ".join(reasons) + ")",
         )
-        await self._record_failure(request, failed)
+        await record_failure(self._js, request, failed)
         return failed
 
     async def _refuse(self, request: RunRequest, agent: str, reason: str) -> RunReply:
@@ -382,24 +277,6 @@ class Dispatcher:
         late = f"taken by {holder.agent} (late answer)"
         return RunReply(ok=True, agent=holder.agent, run_id=request.run_id, reason=late)
 
-    async def _record_failure(self, request: RunRequest | None, reply: RunReply) -> None:
-        """The agent could not record it, so the master publishes the run's ``failed`` event."""
-        if request is None or not reply.run_id or reply.state:  # the agent published its own event
-            return
-        agent = reply.agent if subjects.is_token(reply.agent) else NO_AGENT
-        event = RunEvent(
-            run_id=reply.run_id,
-            job=request.spec.key,
-            agent=agent,
-            state=RunState.FAILED,
-            trigger=request.trigger,
-            scheduled_at=request.scheduled_at,
-            reason=reply.reason,
-            attempt=request.attempt,
-            detail=dict(request.detail),
-        )
-        await publish_event(self._js, event)
-
 
 UNDECIDED = "claim undecided"
 
@@ -429,11 +306,3 @@ class _Target:
 
 def _leader_work(request: RunRequest) -> bool:
     return request.trigger.scheduled
-
-
-async def publish_event(js: JetStreamContext, event: RunEvent) -> None:
-    """An event the master records itself (a run that never reached an agent)."""
-    try:
-        await js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
-    except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
-        log.warning("could not record %s run %s: %r", event.state.value, event.run_id, exc)

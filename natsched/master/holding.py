@@ -25,13 +25,14 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.calendars import PAUSE_JOB_PREFIX, Holds
-from natsched.dispatch import RunReply
 from natsched.errors import CodecError, SpecError
 from natsched.events import RunEvent, RunState, new_run_id
 from natsched.kvscan import scan
-from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
+from natsched.master.recording import publish_event
 from natsched.models import JobSpec
+from natsched.runmessages import RunReply
 from natsched.vocab import RunTrigger, run_trigger
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,9 @@ from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.kvscan import read_stream, scan
 from natsched.locking import read_holder
-from natsched.master.dispatch import Dispatcher, publish_event
+from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
+from natsched.master.recording import publish_event
 from natsched.models import Heartbeat, Mode
 from natsched.vocab import RunTrigger
 

@@ -23,9 +23,11 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.errors import CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
-from natsched.master.dispatch import NO_AGENT, Dispatcher, identity_of
+from natsched.master.directory import identity_of
+from natsched.master.dispatch import Dispatcher
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
+from natsched.master.recording import NO_AGENT
 from natsched.models import ALL_AGENTS, JobSpec, Mode, RetryPolicy
 from natsched.vocab import RETRYABLE_STATES, RunTrigger
 

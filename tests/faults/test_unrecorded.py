@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 
 from agent.heartbeat import sample_load
 from natsched import codec, subjects
-from natsched.dispatch import RunReply, decode_run_request
 from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
+from natsched.runmessages import RunReply, decode_run_request
 from natsched.settings import ConnectionSettings
 from tests.conftest import eventually
 from tests.helpers import apply, job, stream_events, toml_jobs

@@ -11,9 +11,9 @@ import pytest
 
 from natsched import codec, subjects
 from natsched.client import AdminClient
-from natsched.dispatch import RunRequest, decode_run_reply
 from natsched.events import new_run_id
 from natsched.kvscan import scan
+from natsched.runmessages import RunRequest, decode_run_reply
 from natsched.vocab import RunTrigger
 from tests.conftest import eventually
 from tests.helpers import job, toml_jobs

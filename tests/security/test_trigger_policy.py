@@ -17,10 +17,10 @@ from nats.aio.client import Client
 from agent.config import AgentConfig
 from agent.service import AgentService
 from natsched import codec, subjects
-from natsched.dispatch import RunRequest, decode_run_reply
 from natsched.embedded import EmbeddedServer
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.master.service import MasterService
+from natsched.runmessages import RunRequest, decode_run_reply
 from natsched.vocab import RunState, RunTrigger
 from tests.conftest import eventually
 from tests.helpers import api, job, stream_events, toml_jobs

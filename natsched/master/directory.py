@@ -1,0 +1,135 @@
+"""The live agents as the master sees them (heartbeats), and who a run goes to.
+
+``AgentDirectory`` follows the agents bucket; ``slave_targets`` and
+``load_balance_order`` pick, from its live heartbeats, the agents a run is offered to
+(the selection rule is in ``dispatch.py``'s docstring).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from nats.aio.client import Client
+
+from natsched import codec, subjects
+from natsched.errors import CodecError, VersionError
+from natsched.kvscan import scan
+from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec
+
+log = logging.getLogger(__name__)
+
+_METRIC: dict[Balance, Callable[[Heartbeat], float]] = {
+    Balance.LOAD: lambda hb: hb.load1,
+    Balance.CPU: lambda hb: hb.cpu_percent,
+    Balance.MEMORY: lambda hb: hb.memory_percent,
+    Balance.RUNNING: lambda hb: float(hb.running),
+}
+
+
+def identity_of(hb: Heartbeat) -> AgentIdentity:
+    return AgentIdentity(
+        name=hb.agent, tags=frozenset(hb.tags), pools=frozenset(hb.pools), groups=frozenset(hb.groups)
+    )
+
+
+def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
+    """Every agent a slave run goes to: named ones (live or not), plus live ones matching tags/pools/*."""
+    names = [a for a in spec.targets.agents if a != ALL_AGENTS]
+    for hb in live:
+        identity = identity_of(hb)
+        if identity.takes(spec.group, spec.targets):
+            names.append(hb.agent)
+    return list(dict.fromkeys(names))
+
+
+def load_balance_order(
+    spec: JobSpec, live: list[Heartbeat], sent: Mapping[str, int] | None = None
+) -> list[str]:
+    """The candidates of a load-balance job, in the order they are asked (see module doc).
+
+    ``sent``: runs this master started on each agent since that agent's last heartbeat. A
+    heartbeat is up to an interval old, so without them a burst of runs all goes to the
+    agent that looked idle: they count as running (and as load) until the next heartbeat.
+    """
+    sent = sent or {}
+    pools = set(spec.targets.pools)
+    candidates = [
+        hb
+        for hb in live
+        if pools.intersection(hb.pools)
+        and hb.running + sent.get(hb.agent, 0) < hb.max_concurrency
+        and (not hb.groups or spec.group in hb.groups)
+    ]
+    if spec.balance is Balance.PRIORITY:
+        failover = {name: index for index, name in enumerate(spec.targets.agents)}
+        candidates.sort(key=lambda hb: (failover.get(hb.agent, len(failover)), hb.priority, hb.agent))
+    elif spec.balance in (Balance.RUNNING, Balance.LOAD):
+        metric = _METRIC[spec.balance]
+        candidates.sort(key=lambda hb: (metric(hb) + sent.get(hb.agent, 0), hb.priority, hb.agent))
+    else:  # a percentage has no per-run share: among equal figures, the one given fewer runs first
+        metric = _METRIC[spec.balance]
+        candidates.sort(key=lambda hb: (metric(hb), sent.get(hb.agent, 0), hb.priority, hb.agent))
+    return [hb.agent for hb in candidates]
+
+
+class AgentDirectory:
+    """The live agents, kept current by watching the agents bucket (no read per dispatch).
+
+    A heartbeat that expires from the TTL bucket arrives as a delete marker and removes
+    the agent. Until the watch has caught up, ``live`` falls back to reading the bucket.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._js = nc.jetstream()
+        self._agents: dict[str, Heartbeat] = {}
+        self._ready = False
+        # Every agent ever seen by this master: last heartbeat and when it arrived (monotonic),
+        # kept when the heartbeat expires, for the leader's lost-agent check.
+        self.last_seen: dict[str, tuple[Heartbeat, float]] = {}
+        self.incompatible: dict[str, str] = {}  # agent -> why (a heartbeat of a newer protocol)
+        # Runs this master started on each agent since its last heartbeat arrived (load balancing).
+        self.sent: dict[str, int] = {}
+
+    def note_started(self, agent: str) -> None:
+        """A run was accepted by ``agent``: it counts as running there until its next heartbeat."""
+        self.sent[agent] = self.sent.get(agent, 0) + 1
+
+    def get(self, agent: str) -> Heartbeat | None:
+        """The latest heartbeat seen from ``agent`` (None if it is not live)."""
+        return self._agents.get(agent)
+
+    async def live(self) -> list[Heartbeat]:
+        if self._ready:
+            return list(self._agents.values())
+        live: list[Heartbeat] = []
+        for key, entry in (await scan(self._js, subjects.AGENTS_BUCKET)).items():
+            try:
+                live.append(codec.decode_heartbeat(entry.value, key))
+            except CodecError as exc:
+                log.warning("ignoring agent %s: %s", key, exc)
+        return live
+
+    async def watch(self) -> None:
+        kv = await self._js.key_value(subjects.AGENTS_BUCKET)
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:
+                self._ready = True
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._agents.pop(entry.key, None)
+                continue
+            try:
+                self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
+                self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
+                self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
+                self.incompatible.pop(entry.key, None)
+            except VersionError as exc:
+                log.warning("agent %s is incompatible: %s", entry.key, exc)
+                self.incompatible[entry.key] = f"incompatible: {exc}"
+                self._agents.pop(entry.key, None)
+            except CodecError as exc:
+                log.warning("ignoring agent %s: %s", entry.key, exc)
+                self._agents.pop(entry.key, None)

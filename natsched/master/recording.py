@@ -1,0 +1,43 @@
+"""Run events the master records itself: runs that never reached an agent (offline, refused,
+no agent accepted) and runs it closes (lost, fan-in timeouts).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+
+from natsched import subjects
+from natsched.events import MSG_ID_HEADER, RunEvent, RunState
+from natsched.runmessages import RunReply, RunRequest
+
+log = logging.getLogger(__name__)
+NO_AGENT = "none"  # the agent of a failure the master records for a run that reached no agent
+
+
+async def publish_event(js: JetStreamContext, event: RunEvent) -> None:
+    """An event the master records itself (a run that never reached an agent)."""
+    try:
+        await js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
+    except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
+        log.warning("could not record %s run %s: %r", event.state.value, event.run_id, exc)
+
+
+async def record_failure(js: JetStreamContext, request: RunRequest | None, reply: RunReply) -> None:
+    """The agent could not record it, so the master publishes the run's ``failed`` event."""
+    if request is None or not reply.run_id or reply.state:  # the agent published its own event
+        return
+    agent = reply.agent if subjects.is_token(reply.agent) else NO_AGENT
+    event = RunEvent(
+        run_id=reply.run_id,
+        job=request.spec.key,
+        agent=agent,
+        state=RunState.FAILED,
+        trigger=request.trigger,
+        scheduled_at=request.scheduled_at,
+        reason=reply.reason,
+        attempt=request.attempt,
+        detail=dict(request.detail),
+    )
+    await publish_event(js, event)
