@@ -3,9 +3,10 @@
 Roles: ``master`` (everything natsched), ``admin`` (the CLI: API, triggers, reading streams
 and buckets), ``agent`` (one per agent: only its own run/cancel subjects and its pools,
 its own events, heartbeat and run claims, read-only jobs), ``trigger`` (may only publish
-``natsched.trigger.<job>`` for the named jobs and read the replies). Each role reads replies
-only on its own inbox prefix (``subjects.*_INBOX``), so no role reads another's replies. ``natsched
-permissions`` prints them; ``nats/`` includes the result.
+``natsched.trigger.<job>`` for the named jobs and read the replies), ``web`` (``natsched web``
+by default: reads streams and buckets and the read-only API requests; no trigger, no change).
+Each role reads replies only on its own inbox prefix (``subjects.*_INBOX``), so no role reads
+another's replies. ``natsched permissions`` prints them; ``nats/`` includes the result.
 """
 
 from __future__ import annotations
@@ -99,7 +100,40 @@ def admin() -> Permissions:
             *_read_stream(_AGENTS),
             *_read_stream(subjects.kv_stream(subjects.CHAINS_BUCKET)),  # runs --chain: fan-ins waiting
         ],
-        subscribe=[_INBOX(subjects.ADMIN_INBOX), subjects.EVENTS_SUBJECTS],
+        # The web inbox and heartbeat updates too: ``natsched web --actions`` runs with an admin login.
+        subscribe=[
+            _INBOX(subjects.ADMIN_INBOX),
+            _INBOX(subjects.WEB_INBOX),
+            subjects.EVENTS_SUBJECTS,
+            subjects.kv_updates(subjects.AGENTS_BUCKET),
+        ],
+    )
+
+
+# API requests that only read: what the web role may ask a master.
+WEB_API = (subjects.API_PING, subjects.API_JOBS_LIST, subjects.API_JOBS_GET, subjects.API_CALENDARS_LIST)
+
+
+def web() -> Permissions:
+    """``natsched web``'s default: everything the dashboard shows, nothing that changes a thing.
+
+    No trigger, no admin request that writes, no secrets bucket, no state bucket; its replies
+    arrive on its own inbox prefix.
+    """
+    return Permissions(
+        publish=[
+            *WEB_API,
+            subjects.MASTERS_STATUS,
+            *_read_stream(subjects.EVENTS_STREAM),
+            *_read_stream(subjects.LOGS_STREAM),
+            *_read_stream(_AGENTS),
+            *_read_stream(subjects.kv_stream(subjects.CHAINS_BUCKET)),  # fan-ins waiting
+        ],
+        subscribe=[
+            _INBOX(subjects.WEB_INBOX),
+            subjects.EVENTS_SUBJECTS,
+            subjects.kv_updates(subjects.AGENTS_BUCKET),
+        ],
     )
 
 

@@ -66,6 +66,7 @@ NOTIFY_DURABLE = "natsched-notify"  # durable consumer on final run events, for 
 MASTER_INBOX = "_INBOX_master"
 ADMIN_INBOX = "_INBOX_admin"  # the CLI's default (natsched commands, --inbox-prefix to change)
 TRIGGER_INBOX = "_INBOX_trigger"
+WEB_INBOX = "_INBOX_web"  # natsched web (read-only role by default)
 
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace, and short:
 # nats-server closes a connection whose control line (subject, reply, sizes) passes
@@ -303,3 +304,8 @@ def kv_stream(bucket: str) -> str:
 def kv_subject_prefix(bucket: str) -> str:
     """Subject prefix of a KV bucket's keys in its stream."""
     return f"$KV.{bucket}."
+
+
+def kv_updates(bucket: str) -> str:
+    """Every key's updates of a bucket, as a core subscription sees them (natsched web's live view)."""
+    return f"{kv_subject_prefix(bucket)}>"

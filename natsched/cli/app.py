@@ -23,6 +23,7 @@ from natsched.cli.services import agent, master_app
 from natsched.cli.status import status
 from natsched.cli.syncreport import sync_report
 from natsched.cli.up import up
+from natsched.cli.web import app as web_app
 
 app = typer.Typer(
     name="natsched",
@@ -82,6 +83,7 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(settings_app, name="settings")
 app.command()(status)
 app.command("sync-report")(sync_report)
+app.add_typer(web_app, name="web")
 app.command()(pause)
 app.command()(resume)
 app.command(

@@ -79,13 +79,14 @@ def permissions(
         ),
     ] = False,
 ) -> None:
-    """Print the nats-server authorization block: master, admin, one user per agent, trigger.
+    """Print the nats-server authorization block: master, admin, web, one user per agent, trigger.
 
     Each user gets its own generated password, also written to <credentials-dir>/<user>.env.
     """
     roles: dict[str, security.Permissions] = {
         "natsched-master": security.master(),
         "natsched-admin": security.admin(),
+        "natsched-web": security.web(),  # natsched web, read-only
     }
     try:
         for value in agent or []:

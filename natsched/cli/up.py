@@ -25,6 +25,7 @@ from natsched.cli.activity import ActivityFeed
 from natsched.cli.apply import print_result, read_job_file, send_apply
 from natsched.cli.common import ServerOption, console, fail, run, settings
 from natsched.cli.services import agent_executable
+from natsched.cli.web import DEFAULT_LISTEN, parse_listen, web_url
 from natsched.client import AdminClient
 from natsched.connection import connect
 from natsched.embedded import EmbeddedServer, dies_with_parent
@@ -123,6 +124,24 @@ async def show_activity(
         await nc.close()
 
 
+def start_web(stack: ExitStack, listen: str, data_dir: Path, env: dict[str, str]) -> None:
+    """The web view, with admin actions (the embedded server has one local user). Not one of
+    the children ``up`` watches: a busy port or a failed web view leaves the scheduler running."""
+    if not listen:
+        return
+    try:
+        host, port = parse_listen(listen)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except (NatschedError, OSError) as exc:
+        console.print(f"web view not started: {listen}: {exc} (choose another with --web-listen)")
+        return
+    argv = [sys.executable, "-m", "natsched", "web", "--listen", listen, "--actions"]
+    web = Child("web", argv, data_dir / "web.log", env)
+    stack.callback(web.stop)
+    console.print(f"web view on {web_url(listen)} (log {data_dir / 'web.log'})", highlight=False)
+
+
 def stop_like_ctrl_c() -> None:
     """SIGTERM (systemd, kill) and SIGHUP (the terminal closed) stop everything as Ctrl-C does.
 
@@ -147,6 +166,9 @@ def up(
     agent_name: Annotated[str, typer.Option(help="name of the local agent")] = socket.gethostname().split(
         "."
     )[0],
+    web_listen: Annotated[
+        str, typer.Option(help="where the web view listens (natsched web); '' for none")
+    ] = DEFAULT_LISTEN,
 ) -> None:
     """Start nats-server, a master and a local agent with example jobs; show runs until Ctrl-C."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +209,7 @@ def up(
             env,
         )
         stack.callback(agent.stop)  # stopped first: ExitStack unwinds in reverse
+        start_web(stack, web_listen, data_dir, env)
         console.print(
             f"master and agent {agent_name!r} started (logs in {data_dir}); Ctrl-C stops everything"
         )

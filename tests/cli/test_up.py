@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -28,9 +29,21 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen[bytes], timeout: 
     raise AssertionError(f"{text!r} not seen within {timeout}s; output so far:\n{path.read_text()}")
 
 
+def _web_answers(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                assert reply.status == 200
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"the web view at {url} did not answer"
+            time.sleep(0.2)
+
+
 def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     out_file = tmp_path / "up.out"
-    port = free_port()
+    port, web_port = free_port(), free_port()
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("NATS_URL", None)
     with open(out_file, "wb") as out:
@@ -44,6 +57,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
                 str(tmp_path / "data"),
                 "--agent-name",
                 "local",
+                "--web-listen",
+                f"127.0.0.1:{web_port}",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -54,6 +69,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         _wait_for(out_file, "agent local joined", up)
         _wait_for(out_file, "3 created", up)
         _wait_for(out_file, "agent local synced: 3 job(s) cached", up)
+        _wait_for(out_file, f"web view on http://127.0.0.1:{web_port}/", up)
+        _web_answers(f"http://127.0.0.1:{web_port}/api/session")
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3  # nats-server, master, agent
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
