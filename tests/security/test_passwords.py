@@ -16,7 +16,7 @@ import nats
 from natsched.embedded import EmbeddedServer, free_port
 
 BIN = Path(sys.executable).parent
-USERS = {"natsched-master", "natsched-admin", "agent-a1", "agent-a2", "natsched-trigger"}
+USERS = {"natsched-master", "natsched-admin", "natsched-web", "agent-a1", "agent-a2", "natsched-trigger"}
 
 
 def permissions(tmp_path: Path, *agents: str) -> tuple[str, str]:
