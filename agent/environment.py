@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import socket
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 _REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -109,3 +109,25 @@ def build_env(
     if extra:
         env.update(extra)
     return Environment(env, unknown)
+
+
+def expand_argv(
+    command: tuple[str, ...],
+    env: Mapping[str, str],
+    visible: Mapping[str, str],
+    hidden: Iterable[str] = (),
+) -> tuple[tuple[str, ...], list[str]]:
+    """A job's argv with ``${NAME}`` and ``$$`` expanded as in its ``env`` (no shell involved).
+
+    Names are looked up in the run's environment, then ``visible`` (agent variables that are
+    not credentials). A variable holding a secret (``hidden`` values) expands to nothing and
+    is reported unknown: argv is public (``ps``), a secret only reaches a process in its
+    environment. Each element stays one argument whatever the values hold.
+    """
+    secrets = [value for value in hidden if value]
+    lookup = {
+        **{k: v for k, v in visible.items() if not any(x in v for x in secrets)},
+        **{k: v for k, v in env.items() if not any(x in v for x in secrets)},
+    }
+    unknown: list[str] = []
+    return tuple(expand(arg, lookup, unknown) for arg in command), unknown

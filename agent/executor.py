@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from agent.environment import build_env, clean_base, expandable
+from agent.environment import build_env, clean_base, expand_argv, expandable
 from agent.journal import RunJournal
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
@@ -27,6 +28,7 @@ from natsched import subjects
 from natsched.calendars import Holds
 from natsched.errors import SecretError
 from natsched.events import RunEvent, RunState, new_run_id, tail_text
+from natsched.groupsettings import GroupSettings
 from natsched.models import JobSpec, Mode, Overlap
 from natsched.secrets import Masker, references, substitute
 from natsched.vocab import RunTrigger
@@ -38,6 +40,7 @@ REPLACE_EXTRA_WAIT = 10.0
 # Runs of one job that may wait here (overlap queue, cluster lock, agent paused with --queue);
 # more are recorded skipped: a trigger storm must not pile up runs in memory.
 MAX_QUEUED = 100
+HOSTNAME = socket.gethostname()  # every job gets it as $HOSTNAME
 
 
 @dataclass(slots=True)
@@ -96,6 +99,7 @@ class JobExecutor:
         self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
         self.holds: Callable[[], Holds] = Holds  # calendars and pauses (set by the service)
         self.secrets = SecretStore(None)  # the service gives it the key and, once connected, NATS
+        self.group_settings: Callable[[str], GroupSettings | None] = lambda group: None  # set by the service
         self._held: list[tuple[JobSpec, RunEvent, tuple[str, ...], Mapping[str, str]]] = []
 
     def running_runs(self, limit: int) -> dict[str, str]:
@@ -292,11 +296,15 @@ class JobExecutor:
     ) -> RunEvent:
         extra = {"NATSCHED_RUN_ID": event.run_id, "NATSCHED_JOB": spec.key, "NATSCHED_AGENT": self.agent}
         extra.update({f"NATSCHED_{k.upper()}": v for k, v in event.detail.items()})
+        # The group's replicated settings (natsched/groupsettings.py): its env under the job's
+        # own (a job variable of the same name wins), its user and cwd when the job has none.
+        group = self.group_settings(spec.group)
         # Secrets only from the definition's env (never argv: see natsched/secrets.py); a
         # trigger's env or args are passed as they are.
-        wanted = references(spec.env.values())
+        job_env = {**(group.env if group else {}), **spec.env}
+        wanted = references(job_env.values())
         masker = Masker(())
-        job_env = dict(spec.env)
+        secret_values: list[str] = []
         if wanted:
             try:
                 values = await self.secrets.resolve(wanted)
@@ -307,22 +315,24 @@ class JobExecutor:
                 await self._release_lock(spec, event.run_id)
                 return failed
             masker = Masker(values.values())
+            secret_values = list(values.values())
             job_env = {k: substitute(v, values) for k, v in job_env.items()}
-        env, unknown = build_env(
-            job_env,
-            clean_base(self.base_env),
-            extra,
-            visible=expandable(self.base_env),
-            literal=trigger_env,
-        )
+        # HOSTNAME (the host's name) reaches every job; ${NATSCHED_AGENT} & co. may be named.
+        base = {**clean_base(self.base_env), "HOSTNAME": HOSTNAME}
+        visible = {**expandable(self.base_env), **extra}
+        env, unknown = build_env(job_env, base, extra, visible=visible, literal=trigger_env)
+        command = spec.command
+        if not spec.shell:  # with a shell, the shell expands ${NAME} from the environment itself
+            command, missing = expand_argv(spec.command, env, visible, hidden=secret_values)
+            unknown += [name for name in missing if name not in unknown]
         if unknown:
             log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
         process_spec = ProcessSpec(
-            argv=spec.command + args,
+            argv=command + args,  # a caller's args are data: never expanded
             shell=spec.shell,
             env=env,
-            cwd=spec.cwd,
-            user=spec.user,
+            cwd=spec.cwd or (group.cwd if group else None),
+            user=spec.user or (group.user if group else None),
             timeout=spec.timeout,
             kill_grace=self.kill_grace,
         )

@@ -114,6 +114,7 @@ class AgentService(Service):
         self.holds.on_entries.append(self.groups.update)
         await self.holds.load()
         self.executor.holds = lambda: self.holds.holds
+        self.executor.group_settings = self.groups.of
         self.holds.listeners.append(lambda _lifted: self._release_held())
         self.recovery = Recovery(left, self.executor)
         await self.recovery.at_start()
