@@ -24,6 +24,10 @@ CLAIMS_BUCKET = "natsched_claims"
 EVENTS_STREAM = "NATSCHED_EVENTS"
 EVENTS_SUBJECTS = "natsched.event.>"
 LOGS_STREAM = "NATSCHED_LOGS"
+# Subject-trigger messages, kept while no master runs; its subjects are the enabled jobs'
+# patterns (master/subjectstream.py), or only SUBJECTS_IDLE when no job has one.
+SUBJECTS_STREAM = "NATSCHED_SUBJECTS"
+SUBJECTS_IDLE = "natsched.subjects.idle"  # nobody publishes here: a stream needs one subject
 LOGS_SUBJECTS = "natsched.log.>"
 
 # --- Admin API (served by the master in a queue group) -----------------------------
@@ -55,7 +59,7 @@ MASTERS_STATUS = "natsched.masters.status"  # every master answers (no queue gro
 TRIGGER_PREFIX = "natsched.trigger"
 TRIGGER_ALL = f"{TRIGGER_PREFIX}.>"
 TRIGGER_QUEUE = "natsched-master"  # one master handles each trigger
-SUBJECT_TRIGGER_QUEUE = "natsched-subjects"  # masters on operator subjects (subject triggers)
+SUBJECT_TRIGGER_QUEUE = "natsched-subjects"  # durable consumer on SUBJECTS_STREAM, shared by masters
 CHAINS_DURABLE = "natsched-chains"  # durable consumer on final run events, shared by masters
 RETRIES_DURABLE = "natsched-retries"  # durable consumer on failed runs, shared by masters
 NOTIFY_DURABLE = "natsched-notify"  # durable consumer on final run events, for notifications

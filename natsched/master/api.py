@@ -37,8 +37,10 @@ from natsched.master.jobindex import JobIndex
 from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
 from natsched.master.settings_api import SettingsApi, calendar_names, check_calendars_exist
+from natsched.master.subjectstream import check_subjects_free, other_streams
 from natsched.models import AgentIdentity, JobSpec
 from natsched.runs import get_run
+from natsched.triggers.subject import SubjectTrigger
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,8 @@ class AdminApi:
             check_chain_change(after, after.changed, after.removed, self._index.dependents)
             if any(spec.calendar is not None for spec in after.changed.values()):
                 check_calendars_exist(after.changed, await calendar_names(self._js))
+            if any(isinstance(t, SubjectTrigger) for spec in after.changed.values() for t in spec.triggers):
+                check_subjects_free(after.changed, await other_streams(self._js))
         except SpecError as exc:
             raise exc.located(source=source) from None
         dry_run: bool = body.get("dry_run", False)

@@ -43,9 +43,15 @@ class EventFollower:
         handler: Callable[[Msg], Awaitable[None]],
         *,
         ack_wait: float = ACK_WAIT,
+        stream: str = subjects.EVENTS_STREAM,
+        everything: bool = False,
     ) -> None:
+        """``everything``: no filter, every message of ``stream`` from its first (a stream
+        natsched made for this consumer, whose subjects change: subject triggers)."""
         self._js = js
         self.durable = durable
+        self._stream = stream
+        self._everything = everything
         # Sorted: the same states give the same consumer config from every master.
         self._filters = [subjects.event_state_filter(state) for state in sorted(states)]
         self._handler = handler
@@ -57,31 +63,33 @@ class EventFollower:
         config = api.ConsumerConfig(
             durable_name=self.durable,
             deliver_group=self.durable,
-            deliver_policy=api.DeliverPolicy.NEW,
+            deliver_policy=api.DeliverPolicy.ALL if self._everything else api.DeliverPolicy.NEW,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
             max_ack_pending=MAX_ACK_PENDING,
-            filter_subjects=self._filters,
+            filter_subjects=None if self._everything else self._filters,
         )
         try:
-            info = await self._js.consumer_info(subjects.EVENTS_STREAM, self.durable)
+            info = await self._js.consumer_info(self._stream, self.durable)
         except NotFoundError:
             info = None
         filters = sorted(info.config.filter_subjects or []) if info is not None else []
-        if info is not None and (info.config.ack_wait != self.ack_wait or filters != sorted(self._filters)):
+        wanted = [] if self._everything else sorted(self._filters)
+        if info is not None and (info.config.ack_wait != self.ack_wait or filters != wanted):
             # A consumer made by an older master (ack_wait 60 s): update it in place, keeping
             # its position and deliver subject, so no event is skipped or delivered twice.
             updated = info.config
             updated.ack_wait = self.ack_wait
-            updated.filter_subjects = self._filters
-            updated.filter_subject = None
-            await self._js.add_consumer(subjects.EVENTS_STREAM, config=updated)
+            if not self._everything:
+                updated.filter_subjects = self._filters
+                updated.filter_subject = None
+            await self._js.add_consumer(self._stream, config=updated)
             log.info("consumer %s updated to ack_wait %gs", self.durable, self.ack_wait)
         await self._js.subscribe(
-            subjects.EVENTS_SUBJECTS,
+            ">" if self._everything else subjects.EVENTS_SUBJECTS,  # ">": whatever the stream holds
             queue=self.durable,
             durable=self.durable,
-            stream=subjects.EVENTS_STREAM,
+            stream=self._stream,
             config=config,
             manual_ack=True,
             cb=self._deliver,

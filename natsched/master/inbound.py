@@ -1,37 +1,44 @@
 """Subject triggers: a job starts on every message published to a subject the operator names.
 
-Masters subscribe to each subject pattern named by an enabled job in one queue group
-(``natsched-subjects``), so each message starts the job once. These are core NATS
-messages: one published while no master runs is not seen (publish through JetStream and
-a stream if that matters). The body reaches the process as ``$NATSCHED_MESSAGE`` (UTF-8,
-at most the trigger's ``max_bytes``) and the subject as ``$NATSCHED_SUBJECT``; with a
-``match`` table only JSON bodies whose fields equal those values start the job. A body
-that is too big, not text, or not matching is logged in one line and starts nothing.
-The master's NATS user needs subscribe permission on these subjects.
+The patterns of the enabled jobs are the subjects of the stream ``NATSCHED_SUBJECTS``
+(``master/subjectstream.py``), so a message published while no master runs is kept, and the
+masters share one durable consumer on it (``natsched-subjects``): each message starts its
+jobs once, also across a master crash (its run ids derive from the message's stream
+sequence, so a redelivery repeats the same runs and agents run each id once). A plain
+publish is enough; a JetStream publish (or a request) gets the stream's acknowledgement.
+The body reaches the process as ``$NATSCHED_MESSAGE`` (UTF-8, at most the trigger's
+``max_bytes``) and the subject as ``$NATSCHED_SUBJECT``; with a ``match`` table only JSON
+bodies whose fields equal those values start the job. A body that is too big, not text, or
+not matching is logged in one line and starts nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from natsched import subjects
+from natsched.master import subjectstream
 from natsched.master.dispatch import Dispatcher
+from natsched.master.following import EventFollower
 from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
+from natsched.master.subjectstream import SubjectStream, subject_matches
 from natsched.models import JobSpec
 from natsched.triggers.subject import SubjectTrigger
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
+UNMATCHED_TRIES = 3  # deliveries of a message no job of ours matches, before it is dropped
+UNMATCHED_DELAY = 1.0
 
 
 def field_at(body: Any, path: str) -> Any:
@@ -66,20 +73,27 @@ def refusal(trigger: SubjectTrigger, data: bytes) -> str:
 
 class SubjectTriggers:
     def __init__(
-        self, nc: Client, index: JobIndex, dispatcher: Dispatcher, holding: Holding, *, concurrency: int = 256
+        self, nc: Client, index: JobIndex, dispatcher: Dispatcher, holding: Holding, *, replicas: int = 1
     ) -> None:
         self._nc = nc
         self._index = index
         self._dispatcher = dispatcher
         self._holding = holding
-        self._subs: dict[str, Subscription] = {}
+        self.stream = SubjectStream(nc.jetstream(), replicas=replicas)
+        self.following: EventFollower | None = None
         self._wanted: dict[str, list[tuple[JobSpec, SubjectTrigger]]] = {}
         self._subjects_of: dict[str, set[str]] = {}  # job key -> the subjects it listens on
         self._changed = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
         index.on_keys(self._on_keys)
         self._on_keys(list(index.jobs))  # the jobs the index holds already (loaded, or applied meanwhile)
+
+    async def start(self) -> None:
+        """The stream (as it is: the patterns follow once the index is complete) and our consumer."""
+        await self.stream.ensure(None)
+        self.following = EventFollower(
+            self._nc.jetstream(), QUEUE, (), self._on_message, stream=subjectstream.STREAM, everything=True
+        )
+        await self.following.start()
 
     def _on_keys(self, keys: list[str]) -> None:
         """Update what each subject starts for the changed jobs only (100k others stay untouched)."""
@@ -101,72 +115,70 @@ class SubjectTriggers:
         self._changed.set()
 
     async def run(self) -> None:
-        """Follow the job index: subscribe to new subjects, drop the ones no job names any more."""
-        await self._index.ready.wait()  # subscribe for the whole picture, not a partial one
+        """Follow the job index: the stream captures exactly the patterns jobs listen on."""
+        await self._index.ready.wait()  # the whole picture, not a partial one
         while True:
             await self._changed.wait()
             self._changed.clear()
-            wanted = self._wanted
-            for subject in sorted(set(self._subs) - set(wanted)):
-                await self._subs.pop(subject).unsubscribe()
-            for subject in sorted(set(wanted) - set(self._subs)):
-                try:
-                    self._subs[subject] = await self._nc.subscribe(
-                        subject, queue=QUEUE, cb=self._handler(subject)
-                    )
-                    log.info(
-                        "listening on %s for %s",
-                        subject,
-                        ", ".join(j.key for j, _ in wanted.get(subject, [])),
-                    )
-                except Exception as exc:  # noqa: BLE001 - e.g. no permission: say so, keep the others
-                    log.error("cannot subscribe to %s: %r", subject, exc)
+            await self.stream.ensure(list(self._wanted))
 
-    def _handler(self, pattern: str) -> Callable[[Msg], Awaitable[None]]:
-        async def on_message(msg: Msg) -> None:
-            await self._on_message(pattern, msg)
-
-        return on_message
-
-    async def _on_message(self, pattern: str, msg: Msg) -> None:
-        for spec, trigger in self._wanted.get(pattern, []):
+    async def _on_message(self, msg: Msg) -> None:
+        await self._index.ready.wait()
+        matched = [
+            pair
+            for pattern, pairs in list(self._wanted.items())
+            if subject_matches(pattern, msg.subject)
+            for pair in pairs
+        ]
+        if not matched:
+            # Another master may have added the pattern from a newer view of the jobs than ours.
+            if msg.metadata.num_delivered < UNMATCHED_TRIES:
+                await msg.nak(delay=UNMATCHED_DELAY)
+                return
+            log.warning("%s: no enabled job listens on it (any more); message dropped", msg.subject)
+        for spec, trigger in matched:
             why = refusal(trigger, msg.data)
             if why:
-                log.warning("%s on %s does not start %s: %s", msg.subject, pattern, spec.key, why)
+                log.warning("%s on %s does not start %s: %s", msg.subject, trigger.subject, spec.key, why)
                 continue
-            await self._slots.acquire()
-            task = asyncio.create_task(self._start(spec, msg.subject, msg.data.decode("utf-8")))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            await self._start(spec, msg.subject, msg.data.decode("utf-8"), message_run_id(msg, spec, trigger))
+        await msg.ack()
 
-    async def _start(self, spec: JobSpec, subject: str, body: str) -> None:
+    async def _start(self, spec: JobSpec, subject: str, body: str, base_id: str) -> None:
         try:
             held = HeldRun(
-                trigger=RunTrigger.SUBJECT, env=_message_env(subject, body), detail={"subject": subject}
+                trigger=RunTrigger.SUBJECT,
+                env=_message_env(subject, body),
+                detail={"subject": subject},
+                base_id=base_id,
             )
             if await self._holding.admit(spec, held):
-                await self._dispatch(spec, subject, body)
-        except Exception:  # a dispatch bug must not stop the subscription
+                await self._dispatch(spec, subject, body, base_id)
+        except Exception:  # a dispatch bug must not stop the others
             log.exception("%s from %s: dispatch failed", spec.key, subject)
-        finally:
-            self._slots.release()
 
-    async def _dispatch(self, spec: JobSpec, subject: str, body: str) -> None:
+    async def _dispatch(self, spec: JobSpec, subject: str, body: str, base_id: str) -> None:
         replies = await self._dispatcher.dispatch(
             spec,
             trigger=RunTrigger.SUBJECT,
             env=_message_env(subject, body),
             detail={"subject": subject},
+            base_id=base_id,
         )
         for reply in replies:
             if not reply.ok:
                 log.warning("%s from %s: %s on %s", spec.key, subject, reply.reason, reply.agent or "-")
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Nothing of ours outlives the follower's task (the service cancels it)."""
+
+
+def message_run_id(msg: Msg, spec: JobSpec, trigger: SubjectTrigger) -> str:
+    """The same run id on every delivery of one stored message (time prefix: when it was stored)."""
+    meta = msg.metadata
+    stored = meta.timestamp.timestamp()
+    claim = f"{subjectstream.STREAM}.{meta.sequence.stream}.{stored:.6f}.{spec.key}.{trigger.subject}"
+    return f"{int(stored * 1000):x}-{hashlib.sha256(claim.encode()).hexdigest()[:12]}"
 
 
 def _message_env(subject: str, body: str) -> dict[str, str]:

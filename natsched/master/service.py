@@ -143,7 +143,12 @@ class MasterService(Service):
             self.spawn(follower.run(), name=f"{follower.durable}-acks", critical=True)
         if self._metrics_port is not None:
             self._start_metrics(self._metrics_port)
-        self.inbound = SubjectTriggers(self.nc, self.index, self.dispatcher, self.holding)
+        self.inbound = SubjectTriggers(
+            self.nc, self.index, self.dispatcher, self.holding, replicas=self.storage.replicas
+        )
+        await self.inbound.start()
+        assert self.inbound.following is not None
+        self.spawn(self.inbound.following.run(), name="subject-trigger-acks", critical=True)
         self.keep_running(self.inbound.run, name="subject-triggers")
         self.lost = LostAgents(
             self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after

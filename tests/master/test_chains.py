@@ -369,7 +369,7 @@ async def test_a_raw_publish_on_an_operator_subject_starts_the_job_with_its_body
 
     async def listening() -> bool:
         assert master.inbound is not None
-        return {"orders.*", "payments.>"} <= set(master.inbound._subs)
+        return {"orders.*", "payments.>"} <= set(master.inbound.stream.subjects)
 
     await eventually(listening, 10, "master subscribed to the job subjects")
     # What any NATS client does: a plain publish, no natsched code.

@@ -1,0 +1,60 @@
+"""The subject-trigger stream: pattern matching and overlap, and apply refusing a pattern
+that another stream already captures."""
+
+from __future__ import annotations
+
+import pytest
+from nats.aio.client import Client
+from nats.js import api as js_api
+
+from natsched import subjects
+from natsched.master.service import MasterService
+from natsched.master.subjectstream import patterns_overlap, subject_matches
+from tests.helpers import api, apply, job, toml_jobs
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "expected"),
+    [
+        ("orders.*", "orders.new", True),
+        ("orders.*", "orders.new.eu", False),
+        ("orders.>", "orders.new.eu", True),
+        ("orders.>", "orders", False),
+        ("orders.new", "orders.new", True),
+        ("*.new", "payments.new", True),
+        ("orders.*.eu", "orders.x.us", False),
+    ],
+)
+def test_subject_matches(pattern: str, subject: str, expected: bool) -> None:
+    assert subject_matches(pattern, subject) is expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("orders.*", "orders.>", True),
+        ("orders.*", "orders.new", True),
+        ("orders.*", "payments.*", False),
+        ("orders", "orders.>", False),
+        ("*.new", "orders.*", True),
+        ("a.b.c", "a.*", False),
+        (">", "anything.at.all", True),
+    ],
+)
+def test_patterns_overlap(a: str, b: str, expected: bool) -> None:
+    assert patterns_overlap(a, b) is expected
+    assert patterns_overlap(b, a) is expected
+
+
+async def test_apply_refuses_a_pattern_that_another_stream_captures(
+    master: MasterService, nc: Client
+) -> None:
+    await nc.jetstream().add_stream(js_api.StreamConfig(name="ORDERS", subjects=["orders.>"]))
+    taken = job("on-order", triggers=[{"subject": "orders.*"}])
+    reply = await apply(nc, toml_jobs(taken, group="ov"))
+    assert not reply["ok"]
+    assert "'orders.>' of stream ORDERS" in reply["error"], reply
+    listed = await api(nc, subjects.API_JOBS_LIST, {"group": "ov"})
+    assert not listed["jobs"], "nothing written"
+    free = job("on-payment", triggers=[{"subject": "payments.*"}])
+    assert (await apply(nc, toml_jobs(free, group="ov")))["ok"]
