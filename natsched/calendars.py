@@ -81,6 +81,11 @@ def parse_calendar(data: Mapping[str, Any], name: str | None = None) -> Calendar
     unknown = sorted(set(data) - {"name", "timezone", "dates", "weekdays", "windows", "description", "v"})
     if unknown:
         raise SpecError(f"unknown field(s) {', '.join(unknown)}", field=unknown[0])
+    for field_name in ("dates", "weekdays", "windows"):
+        if not isinstance(data.get(field_name, []), list):
+            raise SpecError("must be a list", field=field_name)
+    if not isinstance(data.get("name", ""), str) or not isinstance(data.get("timezone", ""), str):
+        raise SpecError("name and timezone must be strings", field="name")
     try:
         dates = frozenset(date.fromisoformat(str(d)) for d in data.get("dates", []))
     except ValueError as exc:

@@ -71,6 +71,8 @@ async def test_wrong_types_and_unknown_fields_are_refused_and_change_nothing(
     refused(await api(nc, subjects.API_JOBS_DISABLE, {"jobs": [1]}), "'jobs'")
     refused(await api(nc, subjects.API_JOBS_LIST, {"group": ["g"]}), "'group'")
     refused(await api(nc, subjects.API_RUNS_CANCEL, {"run_id": {"$gt": ""}}), "'run_id'")
+    for field in ("dates", "weekdays", "windows"):
+        refused(await api(nc, subjects.API_CALENDARS_SET, {"calendar": {"name": "c", field: 5}}), field)
     refused(await api(nc, subjects.API_RUNS_CANCEL, {"run_id": "f" * 60}), "not a natsched run id")
     settings = await nc.jetstream().key_value(subjects.SETTINGS_BUCKET)
     with pytest.raises(KeyNotFoundError):
