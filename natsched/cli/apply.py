@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from natsched import subjects
 from natsched.cli.common import ServerOption, console, fail, run, settings
@@ -43,9 +44,15 @@ async def send_apply(
 
 def print_result(result: dict[str, Any]) -> None:
     marks = {"created": ("+", "green"), "updated": ("~", "yellow"), "deleted": ("-", "red")}
+    changes = result.get("changes", {})
     for kind, (mark, colour) in marks.items():
         for key in result.get(kind, []):
-            console.print(f"[{colour}]{mark} {key}[/] ({kind})", highlight=False)
+            what = escape("; ".join(changes.get(key, [])))
+            console.print(
+                f"[{colour}]{mark} {key}[/]" + (f": {what}" if what else f" ({kind})"),
+                highlight=False,
+                markup=True,
+            )
     counts = ", ".join(
         f"{len(result.get(k, []))} {k}" for k in ("created", "updated", "unchanged", "deleted")
     )

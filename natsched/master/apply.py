@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec
 from natsched.errors import ConflictError, SpecError
+from natsched.jobdiff import field_changes
 from natsched.jobfile import JobFile
 from natsched.jobspec import job_to_dict
 from natsched.master.jobindex import Stored
@@ -33,13 +35,15 @@ class ApplyPlan:
     updated: list[tuple[JobSpec, int]] = field(default_factory=list)  # (new spec, revision seen)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[tuple[str, int]] = field(default_factory=list)  # (key, revision seen)
+    changes: dict[str, list[str]] = field(default_factory=dict)  # updated key -> field changes
 
-    def summary(self) -> dict[str, list[str]]:
+    def summary(self) -> dict[str, Any]:
         return {
             "created": [s.key for s in self.created],
             "updated": [s.key for s in self.updated_specs],
             "unchanged": list(self.unchanged),
             "deleted": [k for k, _ in self.deleted],
+            "changes": self.changes,
         }
 
     @property
@@ -89,6 +93,8 @@ def plan_apply(job_file: JobFile, current: Mapping[str, Stored], *, prune: bool)
             plan.unchanged.append(spec.key)
         else:
             plan.updated.append((spec, stored.revision))
+            before = job_to_dict(stored.spec) if stored.spec is not None else {}
+            plan.changes[spec.key] = field_changes(before, job_to_dict(spec))
     if prune:
         wanted = {spec.key for spec in job_file.jobs}
         for key in sorted(current):

@@ -141,3 +141,17 @@ def test_unreachable_server_is_one_line_of_error() -> None:
     assert done.returncode == 1
     assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith("error: cannot reach NATS"), done.stderr
+
+
+def test_apply_dry_run_prints_a_per_field_diff(
+    nats_server: EmbeddedServer, master_process: Process, tmp_path: Path
+) -> None:
+    url = nats_server.url
+    jobs_file = tmp_path / "jobs.toml"
+    jobs_file.write_text(toml_jobs(job("job", timeout="1h", triggers=[{"cron": "0 2 * * *"}]), group="g"))
+    assert natsched("apply", "-f", str(jobs_file), url=url)[0] == 0
+    jobs_file.write_text(toml_jobs(job("job", timeout="2h", triggers=[{"cron": "0 3 * * *"}]), group="g"))
+    code, out = natsched("apply", "-f", str(jobs_file), "--dry-run", url=url)
+    assert code == 0
+    assert '~ g.job: triggers[0].cron "0 2 * * *" -> "0 3 * * *"; timeout 1h -> 2h' in out, out
+    assert "dry run, nothing written: 0 created, 1 updated" in out

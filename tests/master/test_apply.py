@@ -198,3 +198,18 @@ async def test_a_change_is_seen_by_the_next_request_on_any_master(
             assert ("is disabled" in reply.get("error", "")) is not enabled, (i, reply)
             shown = await api(nc, subjects.API_JOBS_GET, {"job": f"rw.new{i}"})
             assert shown["ok"] and shown["key"] == f"rw.new{i}", shown
+
+
+async def test_dry_run_names_each_changed_field_of_an_updated_job(master: MasterService, nc: Client) -> None:
+    await apply(
+        nc, toml_jobs(job("a", timeout="1h", triggers=[{"cron": "0 2 * * *"}], env={"A": "1"}), group="g")
+    )
+    changed = toml_jobs(job("a", timeout="2h", triggers=[{"cron": "0 3 * * *"}], env={"B": "2"}), group="g")
+    result = await apply(nc, changed, dry_run=True)
+    assert result["updated"] == ["g.a"]
+    assert result["changes"]["g.a"] == [
+        'triggers[0].cron "0 2 * * *" -> "0 3 * * *"',
+        "timeout 1h -> 2h",
+        'env.B (none) -> "2"',
+        'env.A "1" -> (none)',
+    ]
