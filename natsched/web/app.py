@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import nats.errors
 from nats.aio.client import Client
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -61,6 +62,8 @@ def _error(exc: Exception) -> JSONResponse:
     if isinstance(exc, NatschedError):
         status = 404 if isinstance(exc, NotFoundError) else 503 if isinstance(exc, NotConnectedError) else 400
         return JSONResponse({"error": str(exc).splitlines()[0]}, status)
+    if isinstance(exc, nats.errors.Error):  # e.g. no stream yet (no master ever ran), a lost link
+        return JSONResponse({"error": f"NATS: {exc}".splitlines()[0]}, 503)
     log.exception("web request failed")
     return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
 

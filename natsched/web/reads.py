@@ -124,7 +124,8 @@ async def agents(nc: Client, paused: dict[str, dict[str, Any]]) -> list[dict[str
 
 async def overview(nc: Client) -> dict[str, Any]:
     paused = await pauses(nc)
-    found_masters, found_agents = await asyncio.gather(masters(nc), agents(nc, paused))
+    found_masters = await masters(nc)
+    found_agents = await agents(nc, paused)
     recent = await list_runs(nc.jetstream(), since=time.time() - RECENT, limit=RECENT_LIMIT)
     counts = {state.value: 0 for state in RunState}
     for run in recent:
