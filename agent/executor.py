@@ -83,6 +83,9 @@ class JobExecutor:
         kill_grace: float = 5.0,
         journal: RunJournal | None = None,
         max_queued: int = MAX_QUEUED,
+        secrets: SecretStore | None = None,
+        holds: Callable[[], Holds] = Holds,
+        group_settings: Callable[[str], GroupSettings | None] = lambda group: None,
     ) -> None:
         self.agent = agent
         self.journal = journal
@@ -97,9 +100,9 @@ class JobExecutor:
         self._queued: dict[asyncio.Task[Any], RunEvent] = {}  # waiting their turn
         self.base_env: Mapping[str, str] = os.environ  # only its pass-through part reaches a job
         self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
-        self.holds: Callable[[], Holds] = Holds  # calendars and pauses (set by the service)
-        self.secrets = SecretStore(None)  # the service gives it the key and, once connected, NATS
-        self.group_settings: Callable[[str], GroupSettings | None] = lambda group: None  # set by the service
+        self.holds = holds  # the calendars and pauses in force now
+        self.secrets = secrets or SecretStore(None)  # gets NATS once connected, to read values
+        self.group_settings = group_settings  # replicated per-group settings (env, user, cwd)
         self._held: list[tuple[JobSpec, RunEvent, tuple[str, ...], Mapping[str, str]]] = []
 
     def running_runs(self, limit: int) -> dict[str, str]:

@@ -39,7 +39,15 @@ RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
 
 class Responder:
     def __init__(
-        self, nc: Client, executor: JobExecutor, *, agent: str, pools: frozenset[str], max_concurrency: int
+        self,
+        nc: Client,
+        executor: JobExecutor,
+        *,
+        agent: str,
+        pools: frozenset[str],
+        max_concurrency: int,
+        sync_report: Callable[[], dict[str, Any]] | None = None,
+        local_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._nc = nc
         self._executor = executor
@@ -48,8 +56,8 @@ class Responder:
         self._max = max_concurrency
         self._subs: list[Subscription] = []
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
-        self.sync_report: Callable[[], dict[str, Any]] = lambda: {"agent": agent, "report": []}
-        self.local_report: Callable[[], Awaitable[dict[str, Any]]] | None = None  # agent-local jobs
+        self.sync_report = sync_report or (lambda: {"agent": agent, "report": []})
+        self.local_report = local_report  # agent-local jobs, when the agent has a jobs_dir
         self.fence = TermFence(nc.jetstream())  # the leader's term, from the lease
         self._claims: KeyValue | None = None
 

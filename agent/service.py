@@ -99,6 +99,10 @@ class AgentService(Service):
         self.journal = RunJournal(self.cache.db)
         left = await self.journal.open()
         self.guardian.start()
+        self.holds = HoldsSync(self.cache.db)
+        self.holds.on_entries.append(self.groups.update)
+        await self.holds.load()
+        key = load_key(self.config.secret_key_file) if self.config.secret_key_file else None
         self.executor = JobExecutor(
             agent=self.config.name,
             runner=ProcessRunner(guardian=self.guardian),
@@ -107,14 +111,10 @@ class AgentService(Service):
             kill_grace=self.config.kill_grace,
             journal=self.journal,
             max_queued=self.config.max_queued,
+            secrets=SecretStore(key),
+            holds=lambda: self.holds.holds,
+            group_settings=self.groups.of,
         )
-        key = load_key(self.config.secret_key_file) if self.config.secret_key_file else None
-        self.executor.secrets = SecretStore(key)
-        self.holds = HoldsSync(self.cache.db)
-        self.holds.on_entries.append(self.groups.update)
-        await self.holds.load()
-        self.executor.holds = lambda: self.holds.holds
-        self.executor.group_settings = self.groups.of
         self.holds.listeners.append(lambda _lifted: self._release_held())
         self.recovery = Recovery(left, self.executor)
         await self.recovery.at_start()
@@ -222,10 +222,9 @@ class AgentService(Service):
             agent=self.config.name,
             pools=self.config.pools,
             max_concurrency=self.config.max_concurrency,
+            sync_report=self._sync_report,
+            local_report=self.local.report if self.local is not None else None,
         )
-        self.responder.sync_report = self._sync_report
-        if self.local is not None:
-            self.responder.local_report = self.local.report
         await self.responder.start()
         # A credential of another agent is caught here, before a heartbeat or a sync happens.
         try:
