@@ -105,7 +105,17 @@ class AdminApi:
         """Answer one request; every failure becomes an error reply, never a crash."""
         reply = await self._answer(msg)
         if msg.reply:
-            await msg.respond(codec.to_json(reply))
+            data = codec.to_json(reply)
+            limit = self._nc.max_payload if self._nc is not None else len(data)
+            if len(data) > limit:  # nats-py would refuse to send it and the caller wait in vain
+                data = codec.to_json(
+                    {
+                        "ok": False,
+                        "error": f"the reply is {len(data):,} bytes, over the server's max_payload "
+                        f"({limit:,}); ask for less at once (e.g. jobs list --group)",
+                    }
+                )
+            await msg.respond(data)
 
     async def _answer(self, msg: Msg) -> dict[str, Any]:
         handler = self.handlers.get(msg.subject)

@@ -176,3 +176,17 @@ async def test_a_huge_job_file_is_a_one_line_error(
     assert "Traceback" not in text and "max_payload" in text, text[-2000:]
     assert len(text.strip().splitlines()) == 1, text[-2000:]
     assert await job_keys(nc) == []
+
+
+async def test_a_reply_over_max_payload_is_an_error_reply_not_silence(
+    master: MasterService, nc: Client
+) -> None:
+    # "é" is 2 bytes in the request (raw UTF-8) but 6 in the master's JSON reply (\u00e9):
+    # the stored job fits, the full definition in a jobs.get reply does not.
+    big = toml_jobs(job("big"), group="g") + f'description = "{"é" * 1_500_000}"\n'
+    body = json.dumps({"content": big}, ensure_ascii=False).encode()
+    assert len(body) < nc.max_payload
+    reply = await api(nc, subjects.API_APPLY, body, timeout=30)
+    assert reply["ok"], reply
+    refused(await api(nc, subjects.API_JOBS_GET, {"job": "g.big"}, timeout=30), "max_payload")
+    assert (await api(nc, subjects.API_PING, {}))["ok"]
