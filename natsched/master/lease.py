@@ -94,6 +94,7 @@ class LeaderLease:
         return self.is_leader.is_set() and self._clock() - self._renewed_at < self.ttl
 
     async def run(self) -> None:
+        trouble = ""  # the kind of error of the last failed pass: logged once, not every second
         while True:
             try:
                 if self.is_leader.is_set():
@@ -102,10 +103,15 @@ class LeaderLease:
                 else:
                     await self._stand_by()
                     await asyncio.sleep(self.poll_interval)
+                if trouble:
+                    log.info("lease: NATS answers again")
+                trouble = ""
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS trouble: a leader that cannot renew steps down
-                log.warning("lease: %r", exc)
+                if type(exc).__name__ != trouble:
+                    log.warning("lease: %r (quiet until it changes)", exc)
+                trouble = type(exc).__name__
                 if self.is_leader.is_set() and not self.held():
                     self._step_down("could not renew the lease in time")
                 await asyncio.sleep(self.poll_interval)

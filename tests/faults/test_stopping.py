@@ -100,18 +100,23 @@ async def test_a_master_whose_connection_the_server_closed_exits_nonzero_in_one_
 async def test_reconnect_attempts_are_logged_once_per_state_change(
     nats_server: EmbeddedServer, spawn: Callable[..., Process], tmp_path: Path
 ) -> None:
+    master = spawn("natsched", "master", url=nats_server.url, log_name="master.log")
+    await asyncio.to_thread(wait_for_api, nats_server.url, master)
     agent = spawn("natsched-agent", "--name", "a1", "--state-dir", str(tmp_path / "a1"), url=nats_server.url)
     await eventually(lambda: _connected(agent, "agent a1 connected"), 15, "the agent connected")
-    before = len(agent.output().splitlines())
+    before = {p: len(p.output().splitlines()) for p in (master, agent)}
     nats_server.kill()
     await asyncio.sleep(5)  # at the old fixed 0.5 s: ~10 attempts, each logged
     nats_server.start()
     await eventually(lambda: _connected(agent, "reconnected"), 15, "the agent reconnected")
-    await asyncio.sleep(0.5)
-    lines = agent.output().splitlines()[before:]
-    noise = [line for line in lines if "nats:" in line]
-    assert len(noise) <= 2, "\n".join(lines)
+    await asyncio.sleep(1)
+    lines = agent.output().splitlines()[before[agent] :]
+    noise = [line for line in lines if "natsched.connection" in line]
+    assert len(noise) <= 2, "\n".join(lines)  # the outage and its end
     assert len([line for line in lines if "reconnected" in line]) == 1, "\n".join(lines)
+    lines = master.output().splitlines()[before[master] :]
+    noise = [line for line in lines if "natsched.connection" in line or "lease:" in line]
+    assert len(noise) <= 5, "\n".join(lines)  # the outage and its end; the lease's trouble and its end
 
 
 def _up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
