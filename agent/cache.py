@@ -138,6 +138,22 @@ class JobCache:
         async with self.db.execute("SELECT key FROM jobs") as cursor:
             return {row[0] for row in await cursor.fetchall()}
 
+    async def revisions(self) -> dict[str, int]:
+        """The master's definitions held: key -> revision."""
+        async with self.db.execute("SELECT key, revision FROM jobs") as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def present(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` the master's definitions held here include."""
+        wanted = list(keys)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(f"SELECT key FROM jobs WHERE key IN ({marks})", chunk) as cursor:
+                found.update(row[0] for row in await cursor.fetchall())
+        return found
+
     async def master_get(self, key: str) -> CachedJob | None:
         async with self.db.execute(
             "SELECT key, revision, mode, value, modified FROM jobs WHERE key = ?", (key,)

@@ -14,6 +14,7 @@ it arrives, e.g. after the agent was frozen (SIGSTOP) past the dispatch timeout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from natsched.runmessages import RunReply, RunRequest, decode_run_request
 
 log = logging.getLogger(__name__)
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
+RESYNC_TIMEOUT = 30.0  # natsched sync: how long an agent may take to catch up with the bucket
 
 
 class Responder:
@@ -48,6 +50,7 @@ class Responder:
         max_concurrency: int,
         sync_report: Callable[[], dict[str, Any]] | None = None,
         local_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        resync: Callable[[bool, float], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._nc = nc
         self._executor = executor
@@ -58,6 +61,9 @@ class Responder:
         self._recent: OrderedDict[str, RunReply] = OrderedDict()
         self.sync_report = sync_report or (lambda: {"agent": agent, "report": []})
         self.local_report = local_report  # agent-local jobs, when the agent has a jobs_dir
+        # `natsched sync`: re-read the bucket now (full or not), within a timeout.
+        self.resync = resync
+        self._resyncs: set[asyncio.Task[None]] = set()
         self.fence = TermFence(nc.jetstream())  # the leader's term, from the lease
         self._claims: KeyValue | None = None
 
@@ -81,6 +87,8 @@ class Responder:
             )
 
     async def stop(self) -> None:
+        for task in list(self._resyncs):
+            task.cancel()
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -206,11 +214,44 @@ class Responder:
 
     async def _on_sync(self, msg: Msg) -> None:
         """``natsched sync-report``: what this agent's cache took in, when (JSON)."""
-        if msg.reply:
-            report = self.sync_report()
-            if self.local_report is not None:
-                report["local"] = await self.local_report()
-            await self._nc.publish(msg.reply, codec.to_json(report))
+        if not msg.reply:
+            return
+        try:
+            body = codec.from_json(msg.data, "sync request", strict=True) if msg.data.strip() else {}
+            unknown = sorted(set(body) - {"sync", "full", "timeout"})
+            if unknown:
+                raise CodecError(f"unknown field(s) {', '.join(unknown)}; allowed: full, sync, timeout")
+            timeout = body.get("timeout", RESYNC_TIMEOUT)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 300:
+                raise CodecError("'timeout' must be a number of seconds, at most 300")
+        except CodecError as exc:
+            await self._nc.publish(
+                msg.reply, codec.to_json({"ok": False, "agent": self._agent, "error": str(exc)})
+            )
+            return
+        if body.get("sync") is True and self.resync is not None:
+            # In a task of its own: a resync may take seconds, other requests go on meanwhile.
+            task = asyncio.create_task(
+                self._answer_resync(msg.reply, body.get("full") is True, float(timeout))
+            )
+            self._resyncs.add(task)
+            task.add_done_callback(self._resyncs.discard)
+            return
+        report = self.sync_report()
+        if self.local_report is not None:
+            report["local"] = await self.local_report()
+        await self._nc.publish(msg.reply, codec.to_json(report))
+
+    async def _answer_resync(self, reply: str, full: bool, timeout: float) -> None:
+        assert self.resync is not None
+        try:
+            result = {"ok": True, **await self.resync(full, timeout)}
+        except Exception as exc:  # noqa: BLE001 - not caught up in time, NATS trouble: say so
+            result = {"ok": False, "error": str(exc) or type(exc).__name__}
+        try:
+            await self._nc.publish(reply, codec.to_json({"agent": self._agent, **result}))
+        except Exception:  # noqa: BLE001 - the asker is gone or NATS is: nothing more to do
+            log.debug("resync answer not sent", exc_info=True)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

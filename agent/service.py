@@ -36,7 +36,7 @@ from agent.secretstore import SecretStore
 from agent.sync import JobSync
 from natsched import subjects
 from natsched.connection import close_quietly, connect
-from natsched.errors import ConfigError
+from natsched.errors import ConfigError, NotConnectedError
 from natsched.models import Heartbeat
 from natsched.secrets import load_key
 from natsched.service import Service
@@ -224,6 +224,7 @@ class AgentService(Service):
             max_concurrency=self.config.max_concurrency,
             sync_report=self._sync_report,
             local_report=self.local.report if self.local is not None else None,
+            resync=self._resync,
         )
         await self.responder.start()
         # A credential of another agent is caught here, before a heartbeat or a sync happens.
@@ -259,6 +260,13 @@ class AgentService(Service):
             "full_resyncs": sync.full_resyncs if sync else 0,
             "report": list(sync.report) if sync else [],
         }
+
+    async def _resync(self, full: bool, timeout: float) -> dict[str, Any]:
+        """``natsched sync``: re-read the jobs bucket now; what changed, the revision reached."""
+        if self.sync is None:
+            raise NotConnectedError("not connected to NATS yet")
+        log.info("agent %s: %s resync asked for", self.config.name, "a full" if full else "a")
+        return await self.sync.resync(full=full, timeout=timeout)
 
     def _release_held(self) -> None:
         if self.executor is not None:

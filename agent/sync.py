@@ -85,6 +85,7 @@ class _Change(NamedTuple):
     seq: int
     pending: int
     job: CachedJob | None | object  # a job to keep, None to drop, _MALFORMED to leave as it is
+    untargeted: bool = False  # dropped because it no longer targets this agent (not deleted)
 
 
 class JobSync:
@@ -110,6 +111,44 @@ class JobSync:
         self.report: collections.deque[dict[str, Any]] = collections.deque(maxlen=REPORT_ENTRIES)
         self._force_full = False
         self.last_sync_seconds = 0.0
+        self.entries = 0  # report entries ever recorded (the deque keeps the last REPORT_ENTRIES)
+        self._kick = asyncio.Event()  # `natsched sync`: start a new session now
+        self._waiting: list[tuple[int, asyncio.Event]] = []  # (after session n, set once caught up)
+        self._sessions = 0
+
+    async def resync(self, *, full: bool, timeout: float) -> dict[str, Any]:
+        """Re-read the bucket now (from the cache's position, or everything with ``full``) and
+        return what changed and the revision reached (``natsched sync``)."""
+        first_entry = self.entries
+        caught_up = asyncio.Event()
+        waiter = (self._sessions, caught_up)  # only a session that starts after this call counts
+        self._waiting.append(waiter)
+        self._force_full = self._force_full or full
+        self._kick.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await caught_up.wait()
+        except TimeoutError:
+            raise TimeoutError(f"not caught up with {subjects.JOBS_BUCKET} within {timeout:g}s") from None
+        finally:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+        new = min(self.entries - first_entry, len(self.report))
+        return {
+            "full": full,
+            "revision": self.position.last_seq if self.position else 0,
+            "changes": list(self.report)[len(self.report) - new :],
+        }
+
+    async def _wait_kick(self) -> None:
+        await self._kick.wait()
+        raise _Restart("a resync was asked for (natsched sync)")
+
+    def _caught_up(self, session: int) -> None:
+        for after, event in self._waiting:
+            if session > after:
+                event.set()
+        self._waiting = [(after, event) for after, event in self._waiting if not event.is_set()]
 
     async def run(self) -> None:
         while True:
@@ -133,7 +172,7 @@ class JobSync:
         try:
             value = codec.unpack(msg.data, f"job {key}")
             if not wanted(key, value, self._identity):
-                return _Change(key, seq, pending, None)
+                return _Change(key, seq, pending, None, untargeted=True)
             # When the master wrote it: in easy replication, a newer local job wins over it.
             modified = meta.timestamp.timestamp() if meta.timestamp else 0.0
             job = CachedJob(key, seq, str(value.get("mode", "mirror")), msg.data, modified)
@@ -165,6 +204,9 @@ class JobSync:
             or position.last_seq > state.last_seq
         )
         self._force_full = False
+        self._kick.clear()  # this session is the one asked for
+        self._sessions += 1
+        session = self._sessions
         start = time.perf_counter()
         inbox = _Inbox()
 
@@ -206,9 +248,11 @@ class JobSync:
                     self.last_sync_seconds,
                 )
             self.synced.set()
+            self._caught_up(session)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._apply_batches(inbox, created, until=None))
                 tg.create_task(self._check_stream(created))
+                tg.create_task(self._wait_kick())
         except* _Restart as group:
             raise group.exceptions[0] from None
         finally:
@@ -220,12 +264,14 @@ class JobSync:
     async def _full_resync(self, inbox: _Inbox, created: str, target: int) -> None:
         keep: dict[str, CachedJob] = {}
         malformed: set[str] = set()
+        untargeted: set[str] = set()
         seen: dict[str, int] = {}
         last_seq = 0
         caught_up = target == 0
         while not caught_up:
             for change in await inbox.take():
                 last_seq = seen[change.key] = change.seq
+                untargeted.discard(change.key)
                 if isinstance(change.job, CachedJob):
                     keep[change.key] = change.job
                     malformed.discard(change.key)
@@ -233,42 +279,56 @@ class JobSync:
                     malformed.add(change.key)
                 else:
                     keep.pop(change.key, None)
+                    if change.untargeted:
+                        untargeted.add(change.key)
                 caught_up = caught_up or change.pending == 0 or change.seq >= target
-        gone = await self._cache.keys() - keep.keys() - malformed
+        before = await self._cache.revisions()
+        gone = set(before) - keep.keys() - malformed
         position = SyncPosition(created, max(last_seq, target))
         await self._cache.apply(keep.values(), gone, position, seen=seen, replace_seen=True)
         self.position = position  # only once committed: tests and heartbeats read it
-        removed = sorted(gone)[:REPORT_KEYS]
-        self.report.append(
-            {"at": time.time(), "kind": "full resync", "jobs": len(keep), "removed": removed,
-             "revision": position.last_seq}
-        )  # fmt: skip
+        changed = sorted(k for k, job in keep.items() if before.get(k) != job.revision)
+        self._record("full resync", changed, gone - untargeted, gone & untargeted, len(keep))
         self._notify(set(keep) | gone)
+
+    def _record(
+        self, kind: str, changed: list[str], deleted: set[str], untargeted: set[str], count: int
+    ) -> None:
+        """One sync report entry (``natsched sync-report``): only keys this agent's cache held
+        count as ``deleted`` or ``untargeted`` (a job that no longer targets this agent)."""
+        self.report.append(
+            {"at": time.time(), "kind": kind, "changed": changed[:REPORT_KEYS],
+             "deleted": sorted(deleted)[:REPORT_KEYS], "untargeted": sorted(untargeted)[:REPORT_KEYS],
+             "count": count, "revision": self.position.last_seq if self.position else 0}
+        )  # fmt: skip
+        self.entries += 1
 
     async def _apply_batches(self, inbox: _Inbox, created: str, until: int | None) -> None:
         """Apply live changes in batches (one transaction each); return once ``until`` is reached."""
         while True:
             upserts: dict[str, CachedJob] = {}
             deletes: set[str] = set()
+            untargeted: set[str] = set()
             seen: dict[str, int] = {}
             batch = await inbox.take()
             for change in batch:
                 seen[change.key] = change.seq
+                untargeted.discard(change.key)
                 if isinstance(change.job, CachedJob):
                     upserts[change.key] = change.job
                     deletes.discard(change.key)
                 elif change.job is None:
                     deletes.add(change.key)
                     upserts.pop(change.key, None)
+                    if change.untargeted:
+                        untargeted.add(change.key)
+            held = await self._cache.present(deletes) if deletes else set()
             position = SyncPosition(created, batch[-1].seq)
             await self._cache.apply(upserts.values(), deletes, position, seen=seen)
             self.position = position
-            if upserts or deletes:
-                self.report.append(
-                    {"at": time.time(), "kind": "changes", "changed": sorted(upserts)[:REPORT_KEYS],
-                     "deleted": sorted(deletes)[:REPORT_KEYS], "count": len(upserts) + len(deletes),
-                     "revision": position.last_seq}
-                )  # fmt: skip
+            if upserts or held:
+                count = len(upserts) + len(held)
+                self._record("changes", sorted(upserts), held - untargeted, held & untargeted, count)
             self._notify(set(upserts) | deletes)
             if until is not None and position.last_seq >= until:
                 return

@@ -21,7 +21,7 @@ from natsched.cli.secret_commands import app as secrets_app
 from natsched.cli.security import permissions, tls_app
 from natsched.cli.services import agent, master_app
 from natsched.cli.status import status
-from natsched.cli.syncreport import sync_report
+from natsched.cli.syncreport import sync, sync_report
 from natsched.cli.up import up
 from natsched.cli.web import app as web_app
 
@@ -83,6 +83,7 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(settings_app, name="settings")
 app.command()(status)
 app.command("sync-report")(sync_report)
+app.command()(sync)
 app.add_typer(web_app, name="web")
 app.command()(pause)
 app.command()(resume)
