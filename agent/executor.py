@@ -341,6 +341,12 @@ class JobExecutor:
         )
 
         output = RunOutput(event.run_id, self.logs.publish, masker, spec.output_limit)
+        if self.journal is not None:
+            # Committed before the process exists: an agent killed from here on leaves this row,
+            # and the next one records the run (started, then lost). Without it a run could
+            # execute while its started event was still in memory, and nobody would ever know.
+            self.journal.started(event.moved_to(RunState.STARTED, started_at=time.time()))
+            await self.journal.flush()
         try:
             process = await self.runner.start(process_spec, on_output=output.write)
         except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash

@@ -83,3 +83,34 @@ async def test_after_a_crash_the_running_run_is_lost_and_the_queued_ones_run(tmp
             assert (run.run_id, "succeeded") in states, "queued again after the restart, and ran"
         assert restarted.journal is not None
         assert await restarted.journal.open() == [], "nothing left over"
+
+
+class _CrashingSpawn(ProcessRunner):
+    """The agent dies while the process is being spawned: nothing after this point happens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = asyncio.Event()
+
+    async def start(self, spec: Any, on_output: Any = None) -> Any:
+        self.reached.set()
+        await asyncio.Event().wait()  # never returns: the process is "running", its event unsent
+
+
+async def test_a_run_killed_with_its_agent_while_starting_is_still_recorded(tmp_path: Path) -> None:
+    async with JobCache(tmp_path / "cache.sqlite") as cache:
+        crashed, _ = await executor_on(cache)
+        spawning = _CrashingSpawn()
+        crashed.runner = spawning
+        launch = asyncio.create_task(crashed.launch(spec(30, "allow"), trigger=RunTrigger.MANUAL))
+        await asyncio.wait_for(spawning.reached.wait(), 5)
+        launch.cancel()  # kill -9 of the agent: no started event ever left it
+        await asyncio.gather(launch, return_exceptions=True)
+        assert await events(crashed) == [], "nothing was published before the agent died"
+
+        restarted, recovery = await executor_on(cache)
+        await recovery.at_start()
+        recorded = [(e["state"], e["job"]) for e in await events(restarted)]
+        assert recorded == [("started", "jr.j"), ("lost", "jr.j")], (
+            "the next agent records the run it may have started: an execution is never unrecorded"
+        )
