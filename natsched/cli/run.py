@@ -141,6 +141,8 @@ def run_job(
     server: ServerOption = None,
 ) -> None:
     """Start a job now, on its agents, through natsched.trigger.<job>."""
+    if not subjects.is_job_ref(job):  # an over-long name would cost the connection, not fail cleanly
+        raise fail(f"{subjects.shown(job)} is not a job: <group>.<job> or a name ({subjects.TOKEN_RULE})")
     body: dict[str, Any] = {}
     if arg:
         body["args"] = arg

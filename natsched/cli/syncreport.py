@@ -77,6 +77,8 @@ def sync_report(
     server: ServerOption = None,
 ) -> None:
     """An agent's replication report: each batch of definitions it took in, full resyncs, when."""
+    if not subjects.is_token(agent):
+        raise fail(f"{subjects.shown(agent)} is not an agent name ({subjects.TOKEN_RULE})")
     report = run(ask(settings(server), agent))
     entries = report.get("report", [])[-last:]
     if as_json:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from natsched.vocab import RunTrigger
 from tests.conftest import AgentFactory, Process, eventually
 from tests.helpers import api, apply, job, stream_events, toml_jobs
 
+BIN = Path(sys.executable).parent
 HUGE = "x" * 4500  # with the subject around it, over the server's 4 KB control line
 
 
@@ -159,3 +162,19 @@ async def test_a_poisoned_event_left_in_the_outbox_is_dropped_not_replayed(
     await eventually(published, 10, "the new run's events reach the stream past the poisoned one")
     assert agent.outbox is not None and agent.outbox.depth == 0
     assert agent.nc is not None and agent.nc.is_connected
+
+
+def test_the_cli_refuses_an_overlong_name_at_once_in_one_line(nats_server: EmbeddedServer) -> None:
+    """Sent as is, ``natsched run`` waited 30 s for a reply the server never let through, and
+    ``sync-report`` printed a traceback."""
+    for args in (["run", f"g.{HUGE}"], ["sync-report", HUGE]):
+        done = subprocess.run(
+            [str(BIN / "natsched"), *args, "--server", nats_server.url],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 1 and "Traceback" not in out, out[-1000:]
+        assert len(out.strip().splitlines()) == 1 and "1 to 64" in out, out[-1000:]
