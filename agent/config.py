@@ -24,6 +24,7 @@ from typing import Any
 
 from natsched.errors import ConfigError, SpecError
 from natsched.models import AgentIdentity
+from natsched.vocab import NO_AGENT
 
 ENV_PREFIX = "NATSCHED_AGENT_"
 
@@ -73,6 +74,8 @@ class AgentConfig:
             self.identity()
         except SpecError as exc:
             raise ConfigError(f"agent config: {exc}") from None
+        if self.name == NO_AGENT:
+            raise ConfigError(f"agent config: the name {NO_AGENT!r} is reserved (runs that reached no agent)")
         if not 0.2 <= self.heartbeat_interval <= 60:
             raise ConfigError("agent config: heartbeat_interval must be between 0.2 and 60 seconds")
         if self.max_concurrency < 1:

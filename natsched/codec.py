@@ -19,6 +19,7 @@ from natsched import PROTOCOL_VERSION, subjects
 from natsched.errors import CodecError, SpecError, VersionError
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.models import Heartbeat, JobSpec
+from natsched.vocab import NO_AGENT
 
 VERSION_KEY = "v"
 MAX_DEPTH = 32  # JSON requests: deeper nesting is refused (no request needs more than ~5)
@@ -172,6 +173,8 @@ def decode_heartbeat(data: bytes, key: str) -> Heartbeat:
     for name, value in obj.items():
         if not _fits(value, _HEARTBEAT_TYPES[name]):
             raise CodecError(f"heartbeat {key}: field {name!r} is not a {_HEARTBEAT_TYPES[name]}")
+    if key == NO_AGENT:  # reserved: runs recorded with it never ran on an agent
+        raise CodecError(f"heartbeat {key}: the agent name {NO_AGENT!r} is reserved")
     if obj.get("agent") != key:
         raise CodecError(f"heartbeat {key}: names agent {subjects.shown(obj.get('agent'), 40)}, not {key}")
     try:

@@ -86,6 +86,8 @@ class RunTrigger(StrEnum):
         return self is not RunTrigger.MANUAL
 
 
+NO_AGENT = "none"  # the agent of a run the master records itself (it reached no agent): reserved
+
 SCHEDULED_TRIGGERS = frozenset({RunTrigger.CRON, RunTrigger.INTERVAL, RunTrigger.ONCE})
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
-from natsched.errors import CodecError
+from agent.config import AgentConfig
+from natsched import codec
+from natsched.errors import CodecError, ConfigError
 from natsched.events import RunEvent, new_run_id, parse_event
+from natsched.models import Heartbeat
 from natsched.triggers.registry import KINDS
 from natsched.vocab import (
     COMPLETED_STATES,
     FAILED_STATES,
     FINAL_STATES,
+    NO_AGENT,
     OPEN_STATES,
     RETRYABLE_STATES,
     SCHEDULED_TRIGGERS,
@@ -67,3 +73,16 @@ def test_events_carry_their_trigger_and_refuse_a_non_text_one() -> None:
     assert parse_event(_event_json(trigger="from-a-newer-version"), None).trigger is RunTrigger.UNKNOWN
     with pytest.raises(CodecError):
         parse_event(_event_json(trigger=5), None)
+
+
+def test_the_name_of_runs_that_reached_no_agent_is_reserved(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="reserved"):
+        AgentConfig(name=NO_AGENT, state_dir=tmp_path)
+    now = time.time()
+    beat = Heartbeat(
+        agent=NO_AGENT, version="0", protocol=1, sent_at=now, started_at=now,
+        load1=0.0, cpu_percent=0.0, memory_percent=0.0, running=0, max_concurrency=1,
+    )  # fmt: skip
+    heartbeat = codec.encode_heartbeat(beat)
+    with pytest.raises(CodecError, match="reserved"):
+        codec.decode_heartbeat(heartbeat, NO_AGENT)

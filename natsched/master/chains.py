@@ -50,7 +50,7 @@ from natsched.master.recording import publish_event
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import JobSpec
 from natsched.triggers.event import EventTrigger
-from natsched.vocab import COMPLETED_STATES, RunTrigger
+from natsched.vocab import COMPLETED_STATES, NO_AGENT, RunTrigger
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class ChainFollower:
         event = RunEvent(
             run_id=derived_run_id(claim, parents[0] if parents else chain_id),
             job=spec.key,
-            agent="none",
+            agent=NO_AGENT,
             state=RunState.FAILED,
             trigger=RunTrigger.EVENT,
             reason=reason,

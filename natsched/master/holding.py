@@ -33,7 +33,7 @@ from natsched.master.jobindex import JobIndex
 from natsched.master.recording import publish_event
 from natsched.models import JobSpec
 from natsched.runmessages import RunReply
-from natsched.vocab import RunTrigger, run_trigger
+from natsched.vocab import NO_AGENT, RunTrigger, run_trigger
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 100
@@ -128,7 +128,7 @@ class Holding:
         event = RunEvent(
             run_id=new_run_id(),
             job=spec.key,
-            agent="none",
+            agent=NO_AGENT,
             state=RunState.SKIPPED,
             trigger=run.trigger,
             scheduled_at=at,

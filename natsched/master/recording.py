@@ -11,9 +11,9 @@ from nats.js import JetStreamContext
 from natsched import subjects
 from natsched.events import MSG_ID_HEADER, RunEvent, RunState
 from natsched.runmessages import RunReply, RunRequest
+from natsched.vocab import NO_AGENT
 
 log = logging.getLogger(__name__)
-NO_AGENT = "none"  # the agent of a failure the master records for a run that reached no agent
 
 
 async def publish_event(js: JetStreamContext, event: RunEvent) -> None:

@@ -27,9 +27,8 @@ from natsched.master.directory import identity_of
 from natsched.master.dispatch import Dispatcher
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
-from natsched.master.recording import NO_AGENT
 from natsched.models import ALL_AGENTS, JobSpec, Mode, RetryPolicy
-from natsched.vocab import RETRYABLE_STATES, RunTrigger
+from natsched.vocab import NO_AGENT, RETRYABLE_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
 
