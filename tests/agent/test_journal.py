@@ -71,11 +71,15 @@ async def test_after_a_crash_the_running_run_is_lost_and_the_queued_ones_run(tmp
 
         restarted, recovery = await executor_on(cache)
         await recovery.at_start()
+        # Until the queued runs have ended (between one run's end and the next one's start,
+        # neither may be running or queued for a moment: wait on the outcome, not on that).
         async with asyncio.timeout(10):
-            while restarted.running or restarted._queued:  # noqa: ASYNC110 - polling the outcome
-                await asyncio.sleep(0.02)
+            while True:
+                states = {(e["run_id"], e["state"]): e for e in await events(restarted)}
+                if all((w.run_id, "succeeded") in states for w in waiting):
+                    break
+                await asyncio.sleep(0.05)
             await asyncio.gather(*restarted._waiters)
-        states = {(e["run_id"], e["state"]): e for e in await events(restarted)}
         assert (finished.run_id, "lost") not in states, "a run that ended is not reported again"
         lost = states[(going.run_id, "lost")]
         assert "stopped while the run was going" in lost["reason"]
