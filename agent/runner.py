@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import psutil
 
+from agent import spawn
 from agent.guardian import Guardian
 from natsched.errors import RunError
 
@@ -391,17 +392,20 @@ class ProcessRunner:
         loop = asyncio.get_running_loop()
         process = RunningProcess(spec, on_output, self._drain_timeout, loop)
         try:
-            await loop.subprocess_exec(
-                lambda: process,
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                cwd=spec.cwd,
-                start_new_session=True,
-                **identity,
-            )
+            if spawn.usable(spec.cwd, identity):  # most jobs: no await before the pid is known
+                spawn.spawn(loop, argv, env, process)
+            else:
+                await loop.subprocess_exec(
+                    lambda: process,
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                    cwd=spec.cwd,
+                    start_new_session=True,
+                    **identity,
+                )
         except OSError as exc:
             raise RunError(_start_failure(exc, argv[0], spec.cwd)) from None
         except ValueError as exc:  # a NUL byte in argv, env or cwd

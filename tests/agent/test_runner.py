@@ -80,6 +80,34 @@ async def test_env_is_exactly_what_the_spec_says() -> None:
     assert result.output_tail == b"ONLY=this\n"
 
 
+async def test_a_job_starts_as_popen_would_start_it(tmp_path: Path) -> None:
+    """What the posix_spawn start (agent/spawn.py) does by hand that Popen did for us: the
+    program is found on the job's PATH (not the agent's), SIGPIPE is back to its default (a
+    job's `yes | head` ends), no descriptor of the agent leaks, the job leads its session."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "only-on-job-path").write_text("#!/bin/sh\necho found\n")
+    (bindir / "only-on-job-path").chmod(0o755)
+    found = await run(ProcessSpec(argv=("only-on-job-path",), env={"PATH": f"{bindir}:{PATH['PATH']}"}))
+    assert found.output_tail == b"found\n"
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)  # as a descriptor handed down to the agent would be
+    try:
+        script = (
+            f"grep SigIgn /proc/self/status; test -e /proc/$$/fd/{write_end} && echo leaked || echo clean; "
+            "echo $(ps -o sid= -p $$) $$"
+        )
+        result = await run(ProcessSpec(argv=(script,), shell=True, env=PATH))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    sigign, leak, session = result.output_tail.decode().splitlines()
+    assert not int(sigign.split()[1], 16) & (1 << (signal.SIGPIPE - 1)), sigign
+    assert leak == "clean", f"the agent's descriptor {write_end} reached the job"
+    sid, pid = session.split()
+    assert sid == pid, "the job leads its own session (its tree is killed as a group)"
+
+
 async def test_stdin_is_empty_and_stderr_is_captured() -> None:
     result = await run(ProcessSpec(argv=("cat; echo out; echo err >&2",), shell=True, env=PATH))
     assert result.exit_code == 0 and result.output_tail == b"out\nerr\n"
