@@ -212,21 +212,31 @@ def _calendar_rule(value: object) -> CalendarRule:
 _DEFAULT_SPEC = JobSpec(name="x", group="x", command=("x",), targets=Targets(agents=("*",)))
 
 
+_SCALARS = (
+    "mode",
+    "timeout",
+    "overlap",
+    "misfire",
+    "misfire_cap",
+    "balance",
+    "cwd",
+    "user",
+    "enabled",
+    "description",
+    "redispatch_lost",
+    "output_limit",
+)
+
+
 def job_to_dict(spec: JobSpec) -> dict[str, Any]:
     """The canonical mapping of a job: a valid job-file entry, defaults left out."""
     out: dict[str, Any] = {
         "name": spec.name,
         "group": spec.group,
         "command": list(spec.command) if not spec.shell else spec.command[0],
-        "targets": {
-            k: list(v)
-            for k, v in (
-                ("agents", spec.targets.agents),
-                ("tags", spec.targets.tags),
-                ("pools", spec.targets.pools),
-            )
-            if v
-        },
+        "targets": _non_empty(
+            ("agents", spec.targets.agents), ("tags", spec.targets.tags), ("pools", spec.targets.pools)
+        ),
     }
     defaults = _DEFAULT_SPEC
     if spec.shell:
@@ -235,26 +245,9 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
         out["triggers"] = [trigger_to_dict(t) for t in spec.triggers]
     if spec.retries != defaults.retries:
         r = spec.retries
-        out["retries"] = {
-            "attempts": r.attempts,
-            "backoff": r.backoff,
-            "max_backoff": r.max_backoff,
-            "jitter": r.jitter,
-        }
-    for name in (
-        "mode",
-        "timeout",
-        "overlap",
-        "misfire",
-        "misfire_cap",
-        "balance",
-        "cwd",
-        "user",
-        "enabled",
-        "description",
-        "redispatch_lost",
-        "output_limit",
-    ):
+        retries = {"attempts": r.attempts, "backoff": r.backoff, "max_backoff": r.max_backoff}
+        out["retries"] = {**retries, "jitter": r.jitter}
+    for name in _SCALARS:
         value = getattr(spec, name)
         if value != getattr(defaults, name):
             out[name] = value.value if hasattr(value, "value") else value
@@ -262,22 +255,16 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
         out["env"] = dict(spec.env)
     if spec.notify:
         out["notify"] = [
-            {
-                k: v
-                for k, v in (
-                    ("on", list(n.on)),
-                    ("webhook", n.webhook),
-                    ("email", n.email),
-                    ("subject", n.subject),
-                )
-                if v
-            }
+            _non_empty(("on", n.on), ("webhook", n.webhook), ("email", n.email), ("subject", n.subject))
             for n in spec.notify
         ]
     if spec.trigger != defaults.trigger:
         out["trigger"] = {"env": list(spec.trigger.env), "args": spec.trigger.args}
     if spec.calendar is not None:
-        out["calendar"] = {
-            k: list(v) for k, v in (("only", spec.calendar.only), ("skip", spec.calendar.skip)) if v
-        }
+        out["calendar"] = _non_empty(("only", spec.calendar.only), ("skip", spec.calendar.skip))
     return out
+
+
+def _non_empty(*fields: tuple[str, str | tuple[str, ...]]) -> dict[str, Any]:
+    """The fields that are set; tuples written as lists, as a job file has them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields if v}

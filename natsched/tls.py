@@ -63,33 +63,7 @@ def generate(
     certificate *is* the user, so an agent cannot claim another agent's name.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("natsched CA"))
-        .issuer_name(_name("natsched CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, ca = _new_ca()
     paths = {"ca": directory / "ca.pem"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
@@ -98,15 +72,10 @@ def generate(
     ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            _validity(x509.CertificateBuilder()).subject_name(_name(common_name)).issuer_name(ca.subject)
         )
+        builder = builder.public_key(key.public_key()).serial_number(x509.random_serial_number())
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
@@ -123,6 +92,40 @@ def generate(
     for name in identities or []:
         leaf(name, name, [ExtendedKeyUsageOID.CLIENT_AUTH], [x509.RFC822Name(cert_identity(name))])
     return paths
+
+
+def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
+        now + datetime.timedelta(days=VALID_DAYS)
+    )
+
+
+def _new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign certificates, nothing else."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    only_signing = x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=True,
+        crl_sign=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    ca = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(_name("natsched CA"))
+        .issuer_name(_name("natsched CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(only_signing, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, ca
 
 
 def server_tls_block(paths: dict[str, Path], *, verify_clients: bool = True, map_users: bool = False) -> str:
