@@ -210,26 +210,9 @@ class JobSync:
         start = time.perf_counter()
         inbox = _Inbox()
 
-        async def enqueue(msg: Msg) -> None:
-            inbox.add(self._classify(msg))
-
         if full:
             log.info("job sync: full resync from %s (%d messages)", subjects.JOBS_BUCKET, state.messages)
-            sub = await self._js.subscribe(
-                _PREFIX + ">",
-                stream=_STREAM,
-                cb=enqueue,
-                ordered_consumer=True,
-                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            )
-        else:
-            assert position is not None
-            config = api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position.last_seq + 1
-            )
-            sub = await self._js.subscribe(
-                _PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True, config=config
-            )
+        sub = await self._read_from(inbox, None if full or position is None else position.last_seq + 1)
         try:
             target = state.last_seq if state.messages else 0
             if full:
@@ -260,6 +243,23 @@ class JobSync:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the connection may be gone already
                 log.debug("unsubscribe failed", exc_info=True)
+
+    async def _read_from(self, inbox: _Inbox, start_seq: int | None) -> JetStreamContext.PushSubscription:
+        """An ordered consumer on the bucket's stream into ``inbox``: from ``start_seq``, or
+        (None) the last value of every key, for a full resync."""
+
+        async def enqueue(msg: Msg) -> None:
+            inbox.add(self._classify(msg))
+
+        if start_seq is None:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        else:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
+            )
+        return await self._js.subscribe(
+            _PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True, config=config
+        )
 
     async def _full_resync(self, inbox: _Inbox, created: str, target: int) -> None:
         keep: dict[str, CachedJob] = {}
