@@ -28,7 +28,7 @@ from natsched import subjects
 from natsched.calendars import Holds
 from natsched.errors import SecretError
 from natsched.events import RunEvent, RunState, new_run_id, tail_text
-from natsched.groupsettings import GroupSettings
+from natsched.groupsettings import GroupSettings, output_limit
 from natsched.models import JobSpec, Mode, Overlap
 from natsched.secrets import Masker, references, substitute
 from natsched.vocab import RunTrigger
@@ -340,7 +340,7 @@ class JobExecutor:
             kill_grace=self.kill_grace,
         )
 
-        output = RunOutput(event.run_id, self.logs.publish, masker, spec.output_limit)
+        output = RunOutput(event.run_id, self.logs.publish, masker, output_limit(spec.output_limit, group))
         if self.journal is not None:
             # Committed before the process exists: an agent killed from here on leaves this row,
             # and the next one records the run (started, then lost). Without it a run could

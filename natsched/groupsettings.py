@@ -10,9 +10,17 @@ while NATS is down) and say:
 - ``env``: variables every job of the group gets; a job's own ``env`` overrides them (by
   name). Same rules as a job's ``env`` (``${NAME}`` expanded on the agent, secrets).
 - ``user``, ``cwd``: defaults for jobs that do not set their own.
+- ``notify``: notification targets (as a job's ``notify``) for the group's jobs that have
+  none of their own; used by the master's notifier (``natsched/master/notify.py``).
+- ``output_limit``: output kept per run in ``NATSCHED_LOGS`` (the cap of ``agent/output.py``)
+  for the group's jobs that do not set their own; the default is ``DEFAULT_OUTPUT_LIMIT``.
+  How long output is kept stays a property of the stream (the master's ``--logs-max-age``):
+  per-group ages would let one group's output push out another's in the shared stream anyway.
 
 Precedence, lowest first: the agent's pass-through variables, the group's ``env``, the
 job's ``env``, a trigger's allowed ``env``, ``NATSCHED_*``.
+``user``, ``cwd``, ``output_limit``: the job's, else the group's. ``notify``: the job's
+targets if it names any (replacing, not merged with, the group's), else the group's.
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ from enum import StrEnum
 from typing import Any
 
 from natsched.errors import SpecError
-from natsched.parsing import read_str
+from natsched.jobspec import notify_to_dicts, parse_notify
+from natsched.models import DEFAULT_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, MIN_OUTPUT_LIMIT, Notify
+from natsched.parsing import parse_size, read_str
 from natsched.secrets import references
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_FIELDS = frozenset({"replication", "env", "user", "cwd"})
+_FIELDS = frozenset({"replication", "env", "user", "cwd", "notify", "output_limit"})
 MAX_ENV = 256
 
 
@@ -46,6 +56,8 @@ class GroupSettings:
     env: Mapping[str, str] = field(default_factory=dict)
     user: str | None = None
     cwd: str | None = None
+    notify: tuple[Notify, ...] = ()
+    output_limit: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.env) > MAX_ENV:
@@ -61,6 +73,8 @@ class GroupSettings:
             value = getattr(self, name)
             if value is not None and (not value or "\0" in value):
                 raise SpecError("must be a non-empty string without NUL", field=name)
+        if self.output_limit is not None and not MIN_OUTPUT_LIMIT <= self.output_limit <= MAX_OUTPUT_LIMIT:
+            raise SpecError("must be between 4KiB and 1GiB", field="output_limit")
 
     @property
     def secret_names(self) -> set[str]:
@@ -86,6 +100,10 @@ def parse_group_settings(data: Mapping[str, Any], group: str) -> GroupSettings:
         env={str(k): v for k, v in env.items()},
         user=None if data.get("user") is None else read_str(data["user"], "user"),
         cwd=None if data.get("cwd") is None else read_str(data["cwd"], "cwd"),
+        notify=parse_notify(data.get("notify", [])),
+        output_limit=None
+        if data.get("output_limit") is None
+        else parse_size(data["output_limit"], "output_limit"),
     )
 
 
@@ -96,4 +114,22 @@ def group_settings_to_dict(settings: GroupSettings) -> dict[str, Any]:
     for name in ("user", "cwd"):
         if getattr(settings, name) is not None:
             out[name] = getattr(settings, name)
+    if settings.notify:
+        out["notify"] = notify_to_dicts(settings.notify)
+    if settings.output_limit is not None:
+        out["output_limit"] = settings.output_limit
     return out
+
+
+def notify_targets(job: tuple[Notify, ...], group: GroupSettings | None) -> tuple[Notify, ...]:
+    """A job's own targets, else its group's: a job that names targets replaces the group's."""
+    return job or (group.notify if group else ())
+
+
+def output_limit(job: int | None, group: GroupSettings | None) -> int:
+    """A job's own cap, else its group's, else the default."""
+    if job is not None:
+        return job
+    if group is not None and group.output_limit is not None:
+        return group.output_limit
+    return DEFAULT_OUTPUT_LIMIT

@@ -15,7 +15,6 @@ from typing import Any
 from natsched.calendars import CalendarRule
 from natsched.errors import SpecError
 from natsched.models import (
-    DEFAULT_OUTPUT_LIMIT,
     Balance,
     JobSpec,
     Misfire,
@@ -169,9 +168,11 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         description=read_str(data.get("description", ""), "description"),
         calendar=None if data.get("calendar") is None else _calendar_rule(data["calendar"]),
         redispatch_lost=read_bool(data.get("redispatch_lost", False), "redispatch_lost"),
-        notify=_notify(data.get("notify", [])),
+        notify=parse_notify(data.get("notify", [])),
         trigger=_trigger_policy(data.get("trigger", {})),
-        output_limit=parse_size(data.get("output_limit", DEFAULT_OUTPUT_LIMIT), "output_limit"),
+        output_limit=None
+        if data.get("output_limit") is None
+        else parse_size(data["output_limit"], "output_limit"),
     )
 
 
@@ -183,7 +184,8 @@ def _trigger_policy(value: object) -> TriggerPolicy:
     )
 
 
-def _notify(value: object) -> tuple[Notify, ...]:
+def parse_notify(value: object) -> tuple[Notify, ...]:
+    """``notify`` of a job or of a group's settings: a table or a list of tables."""
     items = [value] if isinstance(value, Mapping) else value
     if not isinstance(items, list):
         raise SpecError("must be a list of tables", field="notify")
@@ -199,6 +201,24 @@ def _notify(value: object) -> tuple[Notify, ...]:
             )
         )
     return tuple(out)
+
+
+def notify_target(text: str, on: list[str] | None = None) -> dict[str, Any]:
+    """One target written as a word (a flag, a config list): an http(s) URL is a webhook, a
+    word with ``@`` an e-mail address, anything else a NATS subject."""
+    kind = "webhook" if text.startswith(("http://", "https://")) else "email" if "@" in text else "subject"
+    return {kind: text, **({"on": on} if on else {})}
+
+
+def _optional_size(value: object, field: str) -> int | None:
+    return None if value is None else parse_size(value, field)
+
+
+def notify_to_dicts(targets: tuple[Notify, ...]) -> list[dict[str, Any]]:
+    return [
+        _non_empty(("on", n.on), ("webhook", n.webhook), ("email", n.email), ("subject", n.subject))
+        for n in targets
+    ]
 
 
 def _calendar_rule(value: object) -> CalendarRule:
@@ -254,10 +274,7 @@ def job_to_dict(spec: JobSpec) -> dict[str, Any]:
     if spec.env:
         out["env"] = dict(spec.env)
     if spec.notify:
-        out["notify"] = [
-            _non_empty(("on", n.on), ("webhook", n.webhook), ("email", n.email), ("subject", n.subject))
-            for n in spec.notify
-        ]
+        out["notify"] = notify_to_dicts(spec.notify)
     if spec.trigger != defaults.trigger:
         out["trigger"] = {"env": list(spec.trigger.env), "args": spec.trigger.args}
     if spec.calendar is not None:

@@ -181,7 +181,7 @@ class JobSpec:
     notify: tuple[Notify, ...] = ()
     trigger: TriggerPolicy = field(default_factory=TriggerPolicy)  # what a trigger caller may change
     # Output bytes streamed to NATSCHED_LOGS per run; past it only the last quarter is kept.
-    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    output_limit: int | None = None  # None: the group's (natsched/groupsettings.py), else the default
 
     def __post_init__(self) -> None:
         _check_tokens("name", (self.name,))
@@ -198,7 +198,7 @@ class JobSpec:
             raise _fail("command", "with shell = true, command is one string for /bin/sh -c")
         if self.timeout is not None and self.timeout <= 0:
             raise _fail("timeout", "must be positive (or absent for no timeout)")
-        if not MIN_OUTPUT_LIMIT <= self.output_limit <= MAX_OUTPUT_LIMIT:
+        if self.output_limit is not None and not MIN_OUTPUT_LIMIT <= self.output_limit <= MAX_OUTPUT_LIMIT:
             raise _fail("output_limit", "must be between 4KiB and 1GiB")
         if not 1 <= self.misfire_cap <= 10_000:
             raise _fail("misfire_cap", "must be between 1 and 10000")

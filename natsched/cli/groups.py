@@ -11,9 +11,11 @@ from natsched import subjects
 from natsched.cli.common import ServerOption, call_api, console, fail, run
 from natsched.cli.run import env_pairs
 from natsched.errors import ConfigError
+from natsched.jobspec import notify_target
 
 app = typer.Typer(
-    help="A group's replicated settings: replication strict|easy, env, user, cwd.", no_args_is_help=True
+    help="A group's replicated settings: replication strict|easy, env, user, cwd, notify, output_limit.",
+    no_args_is_help=True,
 )
 GroupArg = Annotated[str, typer.Argument(help="group name")]
 
@@ -27,6 +29,16 @@ def set_settings(
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeatable)")] = None,
     user: Annotated[str | None, typer.Option(help="default user of the group's jobs")] = None,
     cwd: Annotated[str | None, typer.Option(help="default working directory of the group's jobs")] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(help="where to tell about runs of jobs without notify: URL, e-mail or subject"),
+    ] = None,
+    notify_on: Annotated[
+        list[str] | None, typer.Option(help="outcomes --notify hears (default: failure, lost, chain_failed)")
+    ] = None,
+    output_limit: Annotated[
+        str | None, typer.Option(help="output kept per run for jobs without their own (e.g. 16MiB)")
+    ] = None,
     server: ServerOption = None,
 ) -> None:
     """Set (replace) a group's settings; every agent applies them, also while NATS is down."""
@@ -35,6 +47,10 @@ def set_settings(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     settings.update({k: v for k, v in (("user", user), ("cwd", cwd)) if v is not None})
+    if notify:
+        settings["notify"] = [notify_target(target, notify_on) for target in notify]
+    if output_limit is not None:
+        settings["output_limit"] = output_limit
     result = run(call_api(server, subjects.API_SETTINGS_SET, {"group": group, "settings": settings}))
     console.print(f"group {group}: {_describe(result['settings'])}", highlight=False)
 
@@ -68,5 +84,8 @@ def _describe(entry: dict[str, Any]) -> str:
         return f"invalid: {entry['invalid']}"
     parts = [f"replication {entry['replication']}"]
     parts += [f"{k}={v}" for k, v in sorted(entry.get("env", {}).items())]
-    parts += [f"{k} {entry[k]}" for k in ("user", "cwd") if k in entry]
+    parts += [f"{k} {entry[k]}" for k in ("user", "cwd", "output_limit") if k in entry]
+    for target in entry.get("notify", []):
+        where = " ".join(target[k] for k in ("webhook", "email", "subject") if k in target)
+        parts.append(f"notify {where} on {'/'.join(target.get('on', []))}")
     return ", ".join(parts)

@@ -27,6 +27,7 @@ from natsched import codec, subjects
 from natsched.calendars import PAUSE_JOB_PREFIX, Holds
 from natsched.errors import CodecError, SpecError
 from natsched.events import RunEvent, RunState, new_run_id
+from natsched.groupsettings import GroupSettings, parse_group_settings
 from natsched.kvscan import scan
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
@@ -93,6 +94,7 @@ class Holding:
         self._index = index
         self._clock = clock
         self.holds = Holds()
+        self.groups: dict[str, GroupSettings] = {}  # replicated group settings (notify targets)
         self.lifted = asyncio.Event()  # a job pause went: the leader looks at the held runs
 
     async def watch(self) -> None:
@@ -104,11 +106,21 @@ class Holding:
             try:
                 value = None if deleted else codec.unpack(entry.value or b"", entry.key)
                 self.holds.apply(entry.key, value)
+                self._apply_group(entry.key, value)
             except (CodecError, SpecError, TypeError, ValueError) as exc:
                 log.warning("ignoring setting %s: %s", entry.key, exc)
                 continue
             if entry.key.startswith(PAUSE_JOB_PREFIX) and deleted:
                 self.lifted.set()
+
+    def _apply_group(self, key: str, value: dict[str, object] | None) -> None:
+        if not key.startswith(subjects.GROUP_SETTINGS_PREFIX):
+            return
+        group = key[len(subjects.GROUP_SETTINGS_PREFIX) :]
+        if value is None:
+            self.groups.pop(group, None)
+        else:
+            self.groups[group] = parse_group_settings(value, group)
 
     async def admit(self, spec: JobSpec, run: HeldRun) -> bool:
         """True: go ahead now. False: held back (recorded skipped, or kept to run on resume)."""

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from natsched import subjects
 from natsched.errors import CodecError
 from natsched.events import RunEvent, parse_event
+from natsched.groupsettings import GroupSettings, notify_targets
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE
@@ -54,9 +55,16 @@ def outcome(event: RunEvent) -> str:
 
 
 class Notifier:
-    def __init__(self, nc: Client, index: JobIndex, smtp: SmtpSettings | None = None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        index: JobIndex,
+        smtp: SmtpSettings | None = None,
+        groups: Callable[[str], GroupSettings | None] = lambda group: None,
+    ) -> None:
         self._nc = nc
         self._index = index
+        self._groups = groups  # a job without targets of its own gets its group's
         self._smtp = smtp or SmtpSettings()
         self.sent = 0
         self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
@@ -73,7 +81,8 @@ class Notifier:
             self.on_event(event)
             spec = self._index.jobs.get(event.job)
             kind = outcome(event)
-            targets = [n for n in (spec.notify if spec else ()) if kind in n.on]
+            group = self._groups(event.job.partition(".")[0])
+            targets = [n for n in notify_targets(spec.notify if spec else (), group) if kind in n.on]
             await asyncio.gather(*(self._deliver(n, kind, event, msg.data) for n in targets))
         except CodecError:
             pass  # garbage is nobody's outcome

@@ -136,7 +136,7 @@ class MasterService(Service):
         )
         await self.chains.start()
         self.keep_running(self.chains.watch_fanins, name="fan-in-watch")
-        self.notifier = Notifier(self.nc, self.index, self._smtp)
+        self.notifier = Notifier(self.nc, self.index, self._smtp, groups=self.holding.groups.get)
         await self.notifier.start()
         for follower in (self.retries.following, self.chains.following, self.notifier.following):
             assert follower is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
 from tests.helpers import api, apply, job, toml_jobs
+from tests.security.test_secrets import finals, log_text
 
 
 async def test_group_env_and_cwd_apply_under_the_jobs_own_also_after_a_restart_without_nats(
@@ -82,3 +84,47 @@ def test_argv_expansion_never_puts_a_secret_in_argv() -> None:
     )
     assert argv == ("tool", "/backup/db1", "", "", "${TARGET}", "http://p")
     assert unknown == ["DB_PASS", "URL"]
+
+
+async def test_group_output_limit_caps_the_runs_of_jobs_without_their_own(
+    nats_server: EmbeddedServer, conn: ConnectionSettings, start_agent: AgentFactory
+) -> None:
+    size = 40_000  # printed by each run: ten times the group's cap, within the job's own
+    printer = ["sh", "-c", f"head -c {size} /dev/zero | tr '\\0' x"]
+    slave = {"mode": "slave", "targets": {"agents": ["o1"]}}
+    async with MasterService(conn):
+        agent = await start_agent("o1")
+        nc = await nats.connect(nats_server.url)
+        try:
+            settings = {"output_limit": "4KiB"}
+            reply = await api(nc, subjects.API_SETTINGS_SET, {"group": "outg", "settings": settings})
+            assert reply["ok"] and reply["settings"]["output_limit"] == 4096, reply
+
+            async def cached() -> bool:
+                return agent.groups.of("outg") is not None
+
+            await eventually(cached, 10, "the agent cached the group's settings")
+            jobs = toml_jobs(
+                job("capped", command=printer, **slave),
+                job("own", command=printer, output_limit="64KiB", **slave),
+                group="outg",
+            )
+            assert (await apply(nc, jobs))["ok"]
+            stored: dict[str, str] = {}
+            for name in ("capped", "own"):
+                reply = json.loads(
+                    (await nc.request(f"natsched.trigger.outg.{name}", b"{}", timeout=10)).data
+                )
+                run_id = reply["runs"][0]["run_id"]
+
+                async def ended(key: str = f"outg.{name}") -> bool:
+                    return bool(await finals(nc, key))
+
+                await eventually(ended, 15, f"outg.{name} ended")
+                stored[name] = await log_text(nc, run_id, "o1")
+        finally:
+            await nc.close()
+    head, marker, _ = stored["capped"].partition("\n[natsched: ")
+    assert head == "x" * 4096 and marker, "the group's 4KiB cap applies: head kept, the cut marked"
+    assert len(stored["capped"]) < 1.25 * 4096 + 200
+    assert stored["own"] == "x" * size, "the job's own output_limit overrides the group's"

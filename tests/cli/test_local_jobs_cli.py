@@ -68,3 +68,11 @@ def test_local_jobs_are_listed_with_their_origin_and_strict_says_why_they_are_re
     assert code == 1 and "has no settings" in out
     code, out = natsched("settings", "set", "ops", "--replication", "sloppy", url=url)
     assert code == 1 and "'sloppy' is not one of strict, easy" in out
+    code, out = natsched(
+        "settings", "set", "ops", "--notify", "ops.alerts", "--notify", "ops@example.org",
+        "--notify-on", "failure", "--output-limit", "8KiB", url=url,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "output_limit 8192, notify ops.alerts on failure, notify ops@example.org on failure" in out, out
+    code, out = natsched("settings", "set", "ops", "--output-limit", "1KiB", url=url)
+    assert code == 1 and "output_limit" in out and "between 4KiB and 1GiB" in out, out

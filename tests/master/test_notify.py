@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from natsched import subjects
 from natsched.embedded import free_port
 from natsched.master.notify import SmtpSettings
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, job, stream_events, toml_jobs
 
 
 @pytest.fixture
@@ -141,3 +142,58 @@ async def test_a_failed_run_is_told_to_every_channel_and_a_dead_one_changes_noth
 
 async def _gave_up(master: MasterService) -> bool:
     return master.notifier is not None and master.notifier.given_up == 1
+
+
+async def test_a_job_without_targets_gets_its_groups_and_its_own_replace_them(
+    conn: ConnectionSettings,
+    nc: Client,
+    start_agent: AgentFactory,
+    webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, posted = webhook
+    alerts: list[dict[str, Any]] = []
+
+    async def on_alert(msg: Any) -> None:
+        alerts.append(json.loads(msg.data))
+
+    await nc.subscribe("ops.group-alerts", cb=on_alert)
+    async with MasterService(conn):
+        await start_agent("n1")
+        settings = {"notify": [{"subject": "ops.group-alerts", "on": ["failure", "success"]}]}
+        reply = await api(nc, subjects.API_SETTINGS_SET, {"group": "ng", "settings": settings})
+        assert reply["ok"] and reply["settings"]["notify"] == settings["notify"], reply
+        failing = ["sh", "-c", "exit 4"]
+        slave = {"mode": "slave", "targets": {"agents": ["n1"]}}
+        await apply(
+            nc,
+            toml_jobs(
+                job("plain", command=failing, **slave),
+                job("own", command=failing, notify=[{"webhook": url}], **slave),
+                group="ng",
+            ),
+        )
+        for name in ("plain", "own"):
+            await nc.request(f"natsched.trigger.ng.{name}", b"{}", timeout=10)
+
+        async def told() -> bool:
+            return bool(alerts and posted)
+
+        await eventually(told, 15, "the group's subject and the job's own webhook told")
+        await asyncio.sleep(0.5)  # room for a wrong extra notification to arrive
+        assert [(a["job"], a["state"]) for a in alerts] == [("ng.plain", "failed")]
+        assert [p["job"] for p in posted] == ["ng.own"], "a job's own targets replace the group's"
+
+        reply = await api(nc, subjects.API_SETTINGS_DELETE, {"group": "ng"})
+        assert reply["ok"], reply
+        await asyncio.sleep(0.3)  # the master's settings watch takes the delete in
+        await nc.request("natsched.trigger.ng.plain", b"{}", timeout=10)
+
+        async def three_runs() -> bool:
+            failed = [
+                e for e in await stream_events(nc) if e["job"].startswith("ng.") and e["state"] == "failed"
+            ]
+            return len(failed) == 3
+
+        await eventually(three_runs, 15, "the third run failed")
+        await asyncio.sleep(0.5)
+        assert len(alerts) == 1, "without group settings a job without targets tells nobody"
