@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
@@ -107,6 +108,21 @@ class MasterService(Service):
         self.dispatcher = Dispatcher(self.nc, master_id=self.master_id, lease=self.lease)
         self.index = JobIndex(jobs)
         self.keep_running(self.index.watch, name="job-index")
+        await self._serve_requests(js, jobs)
+        await self._follow_events(js, state)
+        self.lost = LostAgents(
+            self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
+        )
+        self.keep_running(self.dispatcher.directory.watch, name="agent-directory")
+        await LockService(self.nc, state, await js.key_value(subjects.AGENTS_BUCKET)).start()
+        await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
+        self.spawn(self._follow_leadership(state), name="leadership", critical=True)
+        self.spawn(self.lease.run(), name="leader-lease", critical=True)
+        log.info("master %s serving %s", self.master_id, subjects.API_ALL)
+
+    async def _serve_requests(self, js: JetStreamContext, jobs: KeyValue) -> None:
+        """The admin API and the trigger subject, in queue groups shared by every master."""
+        assert self.nc is not None and self.index is not None and self.dispatcher is not None
         api = AdminApi(
             js=js,
             jobs=jobs,
@@ -120,6 +136,10 @@ class MasterService(Service):
         await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
         self.triggers = TriggerHandler(self.nc, self.index, self.dispatcher)
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
+
+    async def _follow_events(self, js: JetStreamContext, state: KeyValue) -> None:
+        """Retries, calendars and pauses, chains, notifications and subject triggers."""
+        assert self.nc is not None and self.index is not None and self.dispatcher is not None
         self.retries = RetryFollower(self.nc, self.index, state, self.dispatcher)
         await self.retries.start()
         self.holding = Holding(
@@ -150,15 +170,6 @@ class MasterService(Service):
         assert self.inbound.following is not None
         self.spawn(self.inbound.following.run(), name="subject-trigger-acks", critical=True)
         self.keep_running(self.inbound.run, name="subject-triggers")
-        self.lost = LostAgents(
-            self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
-        )
-        self.keep_running(self.dispatcher.directory.watch, name="agent-directory")
-        await LockService(self.nc, state, await js.key_value(subjects.AGENTS_BUCKET)).start()
-        await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
-        self.spawn(self._follow_leadership(state), name="leadership", critical=True)
-        self.spawn(self.lease.run(), name="leader-lease", critical=True)
-        log.info("master %s serving %s", self.master_id, subjects.API_ALL)
 
     def _start_metrics(self, port: int) -> None:
         assert self.notifier is not None and self.dispatcher is not None
