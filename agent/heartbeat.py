@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from agent import nameguard
 from natsched import PROTOCOL_VERSION, __version__, codec, subjects
+from natsched.claims import open_claims, prove_membership
 from natsched.errors import NameTakenError
 from natsched.models import Heartbeat
 
@@ -92,6 +93,63 @@ class HeartbeatPublisher:
             log.info("heartbeat %s withdrawn", self._key)
         except Exception as exc:  # noqa: BLE001 - then it expires with the TTL, as after a crash
             log.info("heartbeat %s not withdrawn (%r); it expires with the bucket's TTL", self._key, exc)
+
+
+PROOF_RETRY = 2.0  # seconds between attempts while the membership keys are not written
+PROOF_REFRESH = 3600.0  # at most this long between refreshes (a quarter of the bucket's TTL if less)
+PROOF_TIMEOUT = 2.0  # the first attempt, before the first heartbeat: must not hold up the start
+
+
+class PoolProof:
+    """Keeps this agent's pool membership keys (``natsched/claims.py``) in the claims bucket.
+
+    The keys live as long as the bucket's TTL: refreshed four times within it. Until they are
+    written, masters send this agent a pool's runs only through the pool's queue group.
+    """
+
+    def __init__(self, js: JetStreamContext, agent: str, pools: frozenset[str]) -> None:
+        self._js = js
+        self._agent = agent
+        self._pools = pools
+        self._kv: KeyValue | None = None
+        self._refresh = PROOF_REFRESH
+        self._failed = ""  # the last failure logged (each kind once)
+        self.proven = not pools
+
+    async def once(self) -> bool:
+        if not self._pools:
+            return True
+        try:
+            async with asyncio.timeout(PROOF_TIMEOUT):
+                if self._kv is None:
+                    kv = await open_claims(self._js)
+                    ttl = (await kv.status()).ttl
+                    self._refresh = min(PROOF_REFRESH, ttl / 4) if ttl else PROOF_REFRESH
+                    self._kv = kv
+                await prove_membership(self._kv, self._agent, self._pools)
+        except Exception as exc:  # noqa: BLE001 - NATS away, no bucket yet, or an old credential
+            if type(exc).__name__ != self._failed:
+                self._failed = type(exc).__name__
+                log.warning(
+                    "pool membership of %s (%s) not written (%r): masters send it pool runs only "
+                    "through the pool's queue group until it is (does its credential come from "
+                    "this version's 'natsched permissions'?)",
+                    self._agent,
+                    ", ".join(sorted(self._pools)),
+                    exc,
+                )
+            return False
+        if self._failed:
+            log.info("pool membership of %s written", self._agent)
+        self._failed = ""
+        self.proven = True
+        return True
+
+    async def run(self) -> None:
+        ok = self.proven
+        while True:
+            await asyncio.sleep(self._refresh if ok else PROOF_RETRY)
+            ok = await self.once()
 
 
 def sample_load(

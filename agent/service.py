@@ -22,7 +22,7 @@ from agent.executor import JobExecutor, LogStreamer
 from agent.files import FileWatcher
 from agent.groups import GroupTable
 from agent.guardian import Guardian
-from agent.heartbeat import HeartbeatPublisher, sample_load
+from agent.heartbeat import HeartbeatPublisher, PoolProof, sample_load
 from agent.holds import HoldsSync
 from agent.journal import RunJournal
 from agent.localjobs import LocalJobs
@@ -201,6 +201,8 @@ class AgentService(Service):
         js = self.nc.jetstream()
         heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
         self.heartbeat = heartbeat
+        pools = PoolProof(js, self.config.name, self.config.pools)
+        await pools.once()  # before the heartbeat names the pools: a master checks them then
         await heartbeat.take_name()  # before anything else: one agent per name
         self.logs.nc = self.nc
         assert self.outbox is not None and self.mirror is not None
@@ -238,6 +240,7 @@ class AgentService(Service):
         log.info("agent %s connected", self.config.name)
         self.spawn(self.sync.run(), name="job-sync", critical=True)
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
+        self.spawn(pools.run(), name="pool-membership")
         self.spawn(self.holds.run(js), name="settings-watch", critical=True)
 
     async def _guard_credential(self) -> None:

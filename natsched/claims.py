@@ -12,12 +12,20 @@ agent that loses runs nothing; a master that loses knows the agent has the run.
 Every key is written once. The ``nonce`` tells a write of ours whose acknowledgement was
 lost (we won) from an earlier claim by the same agent (a dispatch repeated after a
 crash: answered, not run again).
+
+Pool membership: an agent's heartbeat names its pools, but the agent writes its heartbeat
+itself, so a name there proves nothing. ``member.<pool>.<agent>`` does: only a credential
+of that pool may write it (``natsched permissions``). Agents write theirs at start and
+refresh them within the bucket's age limit; masters send a pool's runs by name only to
+agents whose key is there (``natsched/master/members.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from nats.js import JetStreamContext
@@ -92,3 +100,18 @@ async def claim(kv: KeyValue, key: str, *, agent: str = "", master: str = "") ->
     except Exception as exc:  # noqa: BLE001 - unreachable, or a value nobody of ours wrote
         raise ClaimUndecidedError(f"claim {key} undecided: {failure or exc!r}") from None
     return ClaimResult(holder.nonce == mine.nonce, holder)
+
+
+async def prove_membership(kv: KeyValue, agent: str, pools: Iterable[str]) -> None:
+    """Write ``agent``'s membership key of each pool (raises when one is not written)."""
+    for pool in sorted(pools):
+        await kv.put(subjects.pool_member_key(pool, agent), codec.pack({"since": time.time()}))
+
+
+async def is_member(kv: KeyValue, agent: str, pool: str) -> bool:
+    """True if ``agent`` proved it belongs to ``pool`` (its key is there, not deleted)."""
+    try:
+        await kv.get(subjects.pool_member_key(pool, agent))
+    except KeyNotFoundError:  # also a deleted key (KeyDeletedError)
+        return False
+    return True

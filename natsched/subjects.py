@@ -16,7 +16,8 @@ STATE_BUCKET = "natsched_state"  # leader lease, schedule cursors, overlap locks
 SECRETS_BUCKET = "natsched_secrets"  # key "<name>", value: nonce + AES-GCM ciphertext (secrets.py)
 CHAINS_BUCKET = "natsched_chains"  # chain progress: batch.*, fanin.*, chain.* (expires, see buckets.py)
 # Who starts a dispatched run (natsched/claims.py): keys "agent.<agent>.<run_id>" and
-# "pool.<pool>.<run_id>", written once, by the agent that runs it or by the master that gave up.
+# "pool.<pool>.<run_id>", written once, by the agent that runs it or by the master that gave up;
+# and "member.<pool>.<agent>", an agent's proof that its credential lets it into a pool.
 # Nothing else lives here: agents may write their own keys, and no writer may roll the bucket up.
 CLAIMS_BUCKET = "natsched_claims"
 
@@ -264,12 +265,19 @@ def pool_claim_key(pool: str, run_id: str) -> str:
     return f"pool.{_token(pool, 'pool name')}.{_token(run_id, 'run id')}"
 
 
+def pool_member_key(pool: str, agent: str) -> str:
+    """CLAIMS_BUCKET key an agent writes to prove it is a member of ``pool``: only a credential
+    of that pool may write it, whatever pools the agent's (self-written) heartbeat names."""
+    return f"member.{_token(pool, 'pool name')}.{_token(agent, 'agent name')}"
+
+
 def agent_claims_subjects(agent: str, pools: list[str]) -> list[str]:
     """The claim keys an agent may write, as KV subjects: its own, and its pools' (permissions)."""
     prefix = kv_subject_prefix(CLAIMS_BUCKET)
     return [
         f"{prefix}agent.{_token(agent, 'agent name')}.*",
         *(f"{prefix}pool.{_token(pool, 'pool name')}.*" for pool in pools),
+        *(f"{prefix}{pool_member_key(pool, agent)}" for pool in pools),
     ]
 
 

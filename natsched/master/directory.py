@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from natsched import codec, subjects
 from natsched.errors import CodecError, VersionError
 from natsched.kvscan import scan
+from natsched.master.members import PoolMembers
 from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,12 @@ class AgentDirectory:
 
     A heartbeat that expires from the TTL bucket arrives as a delete marker and removes
     the agent. Until the watch has caught up, ``live`` falls back to reading the bucket.
+    Every heartbeat kept here names only the pools its agent proved (``members.py``).
     """
 
     def __init__(self, nc: Client) -> None:
         self._js = nc.jetstream()
+        self.members = PoolMembers(self._js)
         self._agents: dict[str, Heartbeat] = {}
         self._ready = False
         # Every agent ever seen by this master: last heartbeat and when it arrived (monotonic),
@@ -106,7 +109,7 @@ class AgentDirectory:
         live: list[Heartbeat] = []
         for key, entry in (await scan(self._js, subjects.AGENTS_BUCKET)).items():
             try:
-                live.append(codec.decode_heartbeat(entry.value, key))
+                live.append(await self.members.vouch(codec.decode_heartbeat(entry.value, key)))
             except CodecError as exc:
                 log.warning("ignoring agent %s: %s", key, exc)
         return live
@@ -122,7 +125,8 @@ class AgentDirectory:
                 self._agents.pop(entry.key, None)
                 continue
             try:
-                self._agents[entry.key] = codec.decode_heartbeat(entry.value, entry.key)
+                heartbeat = codec.decode_heartbeat(entry.value, entry.key)
+                self._agents[entry.key] = await self.members.vouch(heartbeat)
                 self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
                 self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
                 self.incompatible.pop(entry.key, None)

@@ -5,9 +5,13 @@ The lock is the key ``lock.<group>.<job>`` in ``natsched_state``, taken with ``c
 they ask a master on ``natsched.lock.<agent>`` (``agent/locks.py``), and an agent may
 publish only on its own name, so the holder the master records is the agent that asked,
 proven by the subject. No agent can name another (live) agent as the holder and block
-the job, nor release a lock another agent holds. A lock whose holder agent has no
-heartbeat any more (the agent died) is stale and taken over with ``update(last=revision)``,
-so a dead agent never blocks a job forever.
+the job, nor release a lock another agent holds. Nor may an agent take the lock of a job
+that cannot run on it: the job must be a load-balance job with an overlap lock, and the
+agent a member of one of its pools, proven by its membership key or by the run's pool
+claim (both written only by a credential of the pool), so an agent of another pool, or of
+none, cannot block a job by holding its lock (nor fill the state bucket with locks of names
+no job has). A lock whose holder agent has no heartbeat any more (the agent died) is stale
+and taken over with ``update(last=revision)``, so a dead agent never blocks a job forever.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.errors import CodecError
+from natsched.claims import decode_claim
+from natsched.errors import CodecError, NatschedError
 from natsched.locking import LockHolder, read_holder
+from natsched.master.jobindex import JobIndex
+from natsched.master.members import PoolMembers
+from natsched.models import Mode, Overlap
 from natsched.subjects import lock_key
 
 log = logging.getLogger(__name__)
@@ -45,10 +53,22 @@ def decode_lock_request(subject: str, data: bytes) -> tuple[str, str, str, str]:
 
 
 class LockService:
-    def __init__(self, nc: Client, state: KeyValue, agents: KeyValue) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        state: KeyValue,
+        agents: KeyValue,
+        *,
+        index: JobIndex,
+        members: PoolMembers,
+        claims: KeyValue,
+    ) -> None:
         self._nc = nc
         self._state = state
         self._agents = agents
+        self._index = index
+        self._members = members
+        self._claims = claims
 
     async def start(self) -> None:
         await self._nc.subscribe(subjects.LOCK_ALL, queue=subjects.API_QUEUE, cb=self.handle)
@@ -58,6 +78,9 @@ class LockService:
         try:
             agent, op, job, run_id = decode_lock_request(msg.subject, msg.data)
             if op == "acquire":
+                refusal = await self.refusal(agent, job, run_id)
+                if refusal:
+                    raise CodecError(f"lock of {job} refused to agent {agent}: {refusal}")
                 holder = await self.acquire(agent, job, run_id)
                 reply = {"ok": True, "holder": None if holder is None else [holder.run_id, holder.agent]}
             else:
@@ -71,6 +94,27 @@ class LockService:
             reply = {"ok": False, "error": f"lock not decided: {exc!r}"}
         if msg.reply:
             await self._nc.publish(msg.reply, codec.pack(reply))
+
+    async def refusal(self, agent: str, job: str, run_id: str) -> str:
+        """Why ``agent`` may not hold the lock of ``job`` for ``run_id`` ("" when it may)."""
+        try:
+            spec = await self._index.find(job)
+        except NatschedError as exc:
+            return str(exc)
+        if spec.key != job or spec.mode is not Mode.LOAD_BALANCE or spec.overlap is Overlap.ALLOW:
+            return "no load-balance job with an overlap lock has this name"
+        for pool in spec.targets.pools:
+            if await self._members.proven(agent, pool) or await self._pool_claim(agent, pool, run_id):
+                return ""
+        return f"it is no member of the job's pools ({', '.join(spec.targets.pools)})"
+
+    async def _pool_claim(self, agent: str, pool: str, run_id: str) -> bool:
+        """Did ``agent`` win ``run_id`` from ``pool``'s queue group? (Only members write those keys.)"""
+        try:
+            entry = await self._claims.get(subjects.pool_claim_key(pool, run_id))
+            return decode_claim(entry.value, pool).agent == agent
+        except Exception:  # noqa: BLE001 - no such claim, or not one of ours
+            return False
 
     async def acquire(self, agent: str, job: str, run_id: str) -> LockHolder | None:
         """None if ``run_id`` on ``agent`` now holds the lock of ``job``, else who holds it."""

@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.buckets import StorageSettings, ensure_all
+from natsched.claims import open_claims
 from natsched.connection import close_quietly, connect
 from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
@@ -114,7 +115,14 @@ class MasterService(Service):
             self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
         )
         self.keep_running(self.dispatcher.directory.watch, name="agent-directory")
-        await LockService(self.nc, state, await js.key_value(subjects.AGENTS_BUCKET)).start()
+        await LockService(
+            self.nc,
+            state,
+            await js.key_value(subjects.AGENTS_BUCKET),
+            index=self.index,
+            members=self.dispatcher.directory.members,
+            claims=await open_claims(js),
+        ).start()
         await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
         self.spawn(self._follow_leadership(state), name="leadership", critical=True)
         self.spawn(self.lease.run(), name="leader-lease", critical=True)

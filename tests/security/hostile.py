@@ -2,8 +2,8 @@
 
 TLS comes from ``tls.generate`` (what ``natsched tls init`` writes) and the users from the
 role builders ``natsched permissions`` prints (``security.master()``, ``admin()``,
-``agent()``, ``trigger()``): a master, an admin, agents a1 and a2 of pool ``p`` and a
-trigger user allowed ``sec.echo``. A test connects as any of them, as a service or as a
+``agent()``, ``trigger()``): a master, an admin, agents a1 and a2 of pool ``p``, agent a3 of
+no pool and a trigger user allowed ``sec.echo``. A test connects as any of them, as a service or as a
 raw nats-py client doing what an attacker would.
 """
 
@@ -32,6 +32,7 @@ USERS: dict[str, tuple[str, security.Permissions]] = {
     "natsched-admin": ("a-pw", security.admin()),
     "agent-a1": ("a1-pw", security.agent("a1", [POOL])),
     "agent-a2": ("a2-pw", security.agent("a2", [POOL])),
+    "agent-a3": ("a3-pw", security.agent("a3")),
     "natsched-trigger": ("t-pw", security.trigger(TRIGGER_JOBS)),
 }
 # The inbox prefix each role's own software uses (natsched services and commands).
@@ -40,6 +41,7 @@ INBOX = {
     "natsched-admin": subjects.ADMIN_INBOX,
     "agent-a1": subjects.agent_inbox("a1"),
     "agent-a2": subjects.agent_inbox("a2"),
+    "agent-a3": subjects.agent_inbox("a3"),
     "natsched-trigger": subjects.TRIGGER_INBOX,
 }
 

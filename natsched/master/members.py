@@ -1,0 +1,78 @@
+"""Which pools an agent really belongs to: its membership key, not its heartbeat.
+
+An agent writes its heartbeat itself, so the pools it names there are a claim, not a
+proof: an agent whose credential allows no pool could name any pool, be sent that pool's
+load-balance runs by name (and answer "started" without running them), receive the slave
+runs aimed at the pool, and hold the pool's jobs' overlap locks. Only a credential of the
+pool may write ``member.<pool>.<agent>`` in ``natsched_claims`` (``natsched/claims.py``),
+so a master counts a pool of a heartbeat only when that key is there. A pool not proven
+yet still gets its runs through its queue group, which the credential guards itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from natsched.claims import is_member, open_claims
+from natsched.models import Heartbeat
+
+log = logging.getLogger(__name__)
+
+RECHECK = 600.0  # a proven membership is read again after this long (expired, or deleted by hand)
+RETRY = 2.0  # an unproven one is read again no sooner than this
+CHECK_TIMEOUT = 1.0
+MAX_POOLS = 32  # pools of one heartbeat that are checked; more are not counted
+MAX_KNOWN = 10_000  # memory bound: an agent naming ever new pools cannot grow it further
+
+
+class PoolMembers:
+    def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._js = js
+        self._clock = clock
+        self._kv: KeyValue | None = None
+        self._known: dict[tuple[str, str], tuple[bool, float]] = {}  # (agent, pool) -> (member, when)
+        self._warned: set[tuple[str, str]] = set()
+
+    async def proven(self, agent: str, pool: str) -> bool:
+        """True if ``agent`` wrote its membership key of ``pool`` (read at most every RECHECK s)."""
+        now = self._clock()
+        known = self._known.get((agent, pool))
+        if known is not None and now - known[1] < (RECHECK if known[0] else RETRY):
+            return known[0]
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                if self._kv is None:
+                    self._kv = await open_claims(self._js)
+                member = await is_member(self._kv, agent, pool)
+        except Exception as exc:  # noqa: BLE001 - NATS hiccup: keep what we knew, unproven if nothing
+            log.debug("membership of %s in pool %s not readable: %r", agent, pool, exc)
+            return known[0] if known is not None else False
+        if len(self._known) >= MAX_KNOWN:
+            self._known = {k: v for k, v in self._known.items() if v[0]}
+            self._warned.clear()
+        self._known[(agent, pool)] = (member, now)
+        if member:
+            self._warned.discard((agent, pool))
+        elif (agent, pool) not in self._warned and len(self._warned) < MAX_KNOWN:
+            self._warned.add((agent, pool))
+            log.warning(
+                "agent %s names pool %s in its heartbeat but wrote no membership key (is its "
+                "credential of that pool?): it is sent none of the pool's runs by name",
+                agent,
+                pool,
+            )
+        return member
+
+    async def vouch(self, heartbeat: Heartbeat) -> Heartbeat:
+        """``heartbeat`` with only the pools its agent proved."""
+        if not heartbeat.pools:
+            return heartbeat
+        pools = tuple([p for p in heartbeat.pools[:MAX_POOLS] if await self.proven(heartbeat.agent, p)])
+        return heartbeat if pools == heartbeat.pools else dataclasses.replace(heartbeat, pools=pools)
