@@ -83,6 +83,18 @@ def expandable(agent_env: Mapping[str, str]) -> dict[str, str]:
     return visible
 
 
+class AgentVariables:
+    """``clean_base`` and ``expandable`` of the agent's environment, worked out once.
+
+    Both walk every variable (a regex per name): ~0.2 ms a run when done per run. The
+    agent's environment is set when it starts; nothing in the agent changes it.
+    """
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        self.base = clean_base(source)
+        self.visible = expandable(source)
+
+
 def build_env(
     job_env: Mapping[str, str],
     base: Mapping[str, str],

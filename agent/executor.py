@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from agent.environment import build_env, clean_base, expand_argv, expandable
+from agent.environment import AgentVariables, build_env, expand_argv
 from agent.journal import RunJournal
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
@@ -98,7 +98,7 @@ class JobExecutor:
         self._queues: dict[str, asyncio.Lock] = {}
         self._waiters: set[asyncio.Task[None]] = set()
         self._queued: dict[asyncio.Task[Any], RunEvent] = {}  # waiting their turn
-        self.base_env: Mapping[str, str] = os.environ  # only its pass-through part reaches a job
+        self.base_env = AgentVariables(os.environ)  # only its pass-through part reaches a job
         self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
         self.holds = holds  # the calendars and pauses in force now
         self.secrets = secrets or SecretStore(None)  # gets NATS once connected, to read values
@@ -321,8 +321,8 @@ class JobExecutor:
             secret_values = list(values.values())
             job_env = {k: substitute(v, values) for k, v in job_env.items()}
         # HOSTNAME (the host's name) reaches every job; ${NATSCHED_AGENT} & co. may be named.
-        base = {**clean_base(self.base_env), "HOSTNAME": HOSTNAME}
-        visible = {**expandable(self.base_env), **extra}
+        base = {**self.base_env.base, "HOSTNAME": HOSTNAME}
+        visible = {**self.base_env.visible, **extra}
         env, unknown = build_env(job_env, base, extra, visible=visible, literal=trigger_env)
         command = spec.command
         if not spec.shell:  # with a shell, the shell expands ${NAME} from the environment itself
@@ -388,14 +388,15 @@ class JobExecutor:
     ) -> None:
         """To the outbox, and to the journal that a restart reads (an end is committed first)."""
         journal = self.journal
+        data = event.to_json()  # once for both
         if journal is not None:
             if event.state.final:
                 await journal.ended(event.run_id)
             elif event.state is RunState.STARTED:
-                journal.started(event, locked=locked)
+                journal.started(event, locked=locked, data=data)
             elif queued is not None:
                 journal.queued(event, *queued)
-        await self.outbox.publish(event)
+        await self.outbox.publish(event, data)
 
     def _waiting(self, job_key: str) -> int:
         """Runs of the job waiting here (their turn, the cluster lock, or a pause)."""

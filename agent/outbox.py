@@ -83,10 +83,10 @@ class EventOutbox:
         """Events not yet acknowledged by JetStream (in memory or in the SQLite outbox)."""
         return self._stored + len(self._memory)
 
-    async def publish(self, event: RunEvent) -> None:
-        """Queue an event; it is sent (or stored) in order by the publisher task."""
+    async def publish(self, event: RunEvent, data: bytes | None = None) -> None:
+        """Queue an event (``data``: its JSON, when the caller has it); the publisher task sends it."""
         self.on_event(event)
-        self._memory.append((event.subject, event.msg_id, event.to_json()))
+        self._memory.append((event.subject, event.msg_id, data or event.to_json()))
         self._wake.set()
 
     async def flush(self, timeout: float) -> None:

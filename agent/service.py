@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_RUNS = 1000  # run ids in a heartbeat (what the leader marks lost if this agent dies)
+JOURNAL_FILE = "runs.sqlite"  # the run journal, beside the cache
 FLUSH_TIMEOUT = 5.0  # at shutdown: events not acknowledged by then stay in the SQLite outbox
 
 
@@ -96,7 +97,7 @@ class AgentService(Service):
         )
         self.outbox = EventOutbox(self.cache.db)
         await self.outbox.open()
-        self.journal = RunJournal(self.cache.db)
+        self.journal = RunJournal(self.config.cache_path.with_name(JOURNAL_FILE))
         left = await self.journal.open()
         self.guardian.start()
         self.holds = HoldsSync(self.cache.db)
@@ -161,7 +162,7 @@ class AgentService(Service):
             connected = self.nc is not None and self.nc.is_connected
             await self.outbox.flush(FLUSH_TIMEOUT if connected else 0)
         if self.journal is not None:
-            await self.journal.flush()
+            self.journal.close()
         if self.heartbeat is not None and self.nc is not None and self.nc.is_connected:
             await self.heartbeat.withdraw(FLUSH_TIMEOUT)
         await self.guardian.close()

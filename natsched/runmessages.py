@@ -6,6 +6,7 @@ the master decided on, even if its cache has not caught up with a change yet.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -93,12 +94,30 @@ def _check_request_fields(obj: dict[str, Any]) -> None:
             raise CodecError(f"run request: field {name!r} has the wrong type or size")
 
 
+# Definitions parsed lately, by their msgpack: a job's runs carry the same definition each
+# time, and validating it again (parse_job) was most of an agent's decoding of a request.
+_PARSED: OrderedDict[bytes, JobSpec] = OrderedDict()
+PARSED_SPECS = 512
+
+
+def _parse_spec(obj: object) -> JobSpec:
+    if not isinstance(obj, dict):
+        return parse_job(obj, source="run request")  # type: ignore[arg-type]  # it says what is wrong
+    key = codec.pack(obj)
+    spec = _PARSED.get(key)
+    if spec is None:
+        spec = _PARSED[key] = parse_job(obj, source="run request")
+        if len(_PARSED) > PARSED_SPECS:
+            _PARSED.popitem(last=False)
+    return spec
+
+
 def decode_run_request(data: bytes) -> RunRequest:
     obj = codec.unpack(data, "run request")
     obj.pop(codec.VERSION_KEY)
     _check_request_fields(obj)
     try:
-        spec = parse_job(obj.pop("spec"), source="run request")
+        spec = _parse_spec(obj.pop("spec"))
         if not isinstance(obj.get("trigger"), str):
             raise TypeError("trigger is not a string")
         trigger = run_trigger(obj.pop("trigger"))

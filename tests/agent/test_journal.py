@@ -39,7 +39,7 @@ def spec(seconds: float, overlap: str = "queue") -> JobSpec:
 async def executor_on(cache: JobCache) -> tuple[JobExecutor, Recovery]:
     outbox = EventOutbox(cache.db)
     await outbox.open()
-    journal = RunJournal(cache.db)
+    journal = RunJournal(cache.path.with_name("runs.sqlite"))
     left = await journal.open()
     executor = JobExecutor(
         agent="a1", runner=ProcessRunner(), outbox=outbox, logs=LogStreamer("a1"), journal=journal
