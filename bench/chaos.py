@@ -355,6 +355,8 @@ class Chaos:
 
     async def _account(self, nc: Client, start: float, end: float) -> ChaosResult:
         events = await self._events(nc)
+        # read after a failing --keep run (small: a few thousand lines)
+        (self.root / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
         executions: list[tuple[str, str, str]] = []  # (job, run id, agent)
         for job in ("mirror", "slave", "lb", "chained"):
             path = self.witness / job
@@ -507,10 +509,21 @@ def _servers(root: Path, cluster: bool) -> list[EmbeddedServer]:
 
 
 async def run_chaos(
-    seconds: float, seed: int, say: Callable[[str], None] = print, *, cluster: bool = False
+    seconds: float,
+    seed: int,
+    say: Callable[[str], None] = print,
+    *,
+    cluster: bool = False,
+    keep: Path | None = None,
 ) -> ChaosResult:
-    with tempfile.TemporaryDirectory(prefix="natsched-chaos-") as tmp:
-        chaos = Chaos(Path(tmp), seed, say, cluster)
+    """One chaos run in a temporary directory, or in ``keep`` (left behind to read its logs)."""
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natsched-chaos-")))
+        else:
+            root = keep
+            root.mkdir(parents=True, exist_ok=False)
+        chaos = Chaos(root, seed, say, cluster)
         try:
             return await chaos.run(seconds)
         finally:
@@ -539,9 +552,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster, replicas 3")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="run in this new directory and keep it (logs, witness files)"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    sys.exit(asyncio.run(_main(run_chaos(args.seconds, seed, cluster=args.cluster))))
+    run = run_chaos(args.seconds, seed, cluster=args.cluster, keep=args.keep)
+    sys.exit(asyncio.run(_main(run)))
 
 
 if __name__ == "__main__":

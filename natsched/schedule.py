@@ -143,6 +143,7 @@ class Scheduler:
         self._ahead = ahead
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
+        self._finishing: set[asyncio.Future[list[Due]]] = set()  # steps outliving a cancelled run
         self.fired = 0
 
     def changed(self, keys: Iterable[str]) -> None:
@@ -184,7 +185,20 @@ class Scheduler:
     async def run(self) -> None:
         while True:
             await self._sleep_until_due()
-            await self.step(self._clock())
+            await self._to_the_end(self.step(self._clock()))
+
+    async def _to_the_end(self, step: Awaitable[list[Due]]) -> None:
+        """A step finishes even when ``run`` is cancelled meanwhile (a leader stepping down):
+        a cursor write already sent may land, and a slot claimed must reach ``fire``."""
+        task = asyncio.ensure_future(step)
+        self._finishing.add(task)
+        task.add_done_callback(self._finished)
+        await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[list[Due]]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # retrieved: also when nobody awaits
+            log.warning("scheduler step failed: %r", task.exception())
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()

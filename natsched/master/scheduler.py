@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.errors import CodecError
+from natsched.errors import ClaimUndecidedError, CodecError
 from natsched.kvscan import KvValue, scan
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec, Mode
@@ -28,6 +29,8 @@ from natsched.triggers.fire import time_triggers
 __all__ = ["Due", "KvCursors", "MasterScheduler", "Schedule", "master_scheduled"]
 
 log = logging.getLogger(__name__)
+UNDECIDED_BOUND = 30.0  # how long a cursor write NATS did not answer is repeated
+UNDECIDED_RETRY = 0.5
 
 
 def master_scheduled(spec: JobSpec) -> bool:
@@ -101,22 +104,56 @@ class KvCursors:
         return [each for each in slots if await self._claim_one(each.spec.key, each.slot)]
 
     async def _claim_one(self, key: str, slot: float) -> bool:
-        """Advance the cursor to ``slot``; False if it is already there (another master fired it)."""
-        for _ in range(3):
-            revision = self._revisions.get(key)
-            if revision is None:
-                await self.load(key)
-                continue
+        """Advance the cursor to ``slot``; False if it is already there (another master fired it).
+
+        A write NATS did not answer (cut off: nats-py buffers it and sends it on reconnect,
+        after the request timed out) may still land, and a landed claim that nobody fires is a
+        slot lost without a trace. So it is repeated as is, on the same connection and thus
+        ordered after the first: one of them lands, the other meets a wrong last sequence and
+        finds this write's nonce in the cursor. Undecided past ``UNDECIDED_BOUND``: raised.
+        """
+        nonce = secrets.token_hex(8)
+        value = codec.pack({"slot": slot, "at": time.time(), "by": nonce})
+        deadline = time.monotonic() + UNDECIDED_BOUND
+        conflicts = 0
+        while conflicts < 3:
             try:
-                self._revisions[key] = await self._state.update(
-                    subjects.cursor_key(key), codec.pack({"slot": slot, "at": time.time()}), last=revision
-                )
-                return True
-            except KeyWrongLastSequenceError:
-                current = await self.load(key)
-                if current is not None and current >= slot:
-                    return False
+                revision = self._revisions.get(key)
+                if revision is None:
+                    await self.load(key)
+                    continue
+                try:
+                    self._revisions[key] = await self._state.update(
+                        subjects.cursor_key(key), value, last=revision
+                    )
+                    return True
+                except KeyWrongLastSequenceError:
+                    conflicts += 1
+                    current, by = await self._read(key)
+                    if by == nonce:
+                        return True  # an earlier attempt of ours landed
+                    if current is not None and current >= slot:
+                        return False
+            except Exception as exc:  # noqa: BLE001 - NATS did not say: ask again, same write
+                if time.monotonic() > deadline:
+                    raise ClaimUndecidedError(f"{key} slot {slot}: cursor write undecided: {exc!r}") from exc
+                log.warning("%s slot %s: cursor write undecided (%r); repeating it", key, slot, exc)
+                await asyncio.sleep(UNDECIDED_RETRY)
         return False
+
+    async def _read(self, key: str) -> tuple[float | None, str]:
+        """The cursor's slot and the nonce of the write that set it (revision noted)."""
+        try:
+            entry = await self._state.get(subjects.cursor_key(key))
+        except KeyNotFoundError:
+            self._revisions[key] = 0
+            return None, ""
+        self._revisions[key] = entry.revision or 0
+        try:
+            by = str(codec.unpack(entry.value or b"", f"cursor {key}").get("by", ""))
+        except CodecError:
+            by = ""
+        return _slot(entry.value, key), by
 
 
 class MasterScheduler:
