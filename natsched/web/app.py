@@ -318,9 +318,24 @@ class Guard:
             client = request.client.host if request.client else ""
             if client and not is_loopback(client):
                 return JSONResponse({"error": "natsched web without a login answers only localhost"}, 403)
+            # DNS rebinding: a page of another site whose name now points at 127.0.0.1 comes
+            # from localhost with its own name as Host (and Origin): only a loopback name may
+            # be served without a login.
+            if not is_loopback(_host_name(request.headers.get("host", ""))):
+                return JSONResponse(
+                    {"error": "natsched web without a login answers only a localhost host name"}, 403
+                )
             return None
         if path in PUBLIC or self.auth.session_user(request.cookies.get(SESSION_COOKIE)):
             return None
         if path.startswith("/api/"):
             return JSONResponse({"error": "log in first"}, 401)
         return RedirectResponse("/login", 303)
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header without its port (``[::1]:8470`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).rstrip(".")

@@ -23,6 +23,7 @@ from tests.conftest import Process
 from tests.helpers import apply, job, toml_jobs
 
 LOCAL = ("127.0.0.1", 50000)
+BASE = "http://127.0.0.1:8470"  # without a login only a loopback Host is served (DNS rebinding)
 
 
 def client(
@@ -31,7 +32,7 @@ def client(
     config = WebConfig(
         connection=ConnectionSettings(url=url, connect_timeout=2), auth=auth or Auth(), actions=actions
     )
-    return TestClient(create_app(config), client=peer)
+    return TestClient(create_app(config), client=peer, base_url=BASE)
 
 
 def test_anyone_off_localhost_is_refused_without_a_login(nats_server: EmbeddedServer) -> None:
@@ -153,7 +154,9 @@ def test_the_web_role_reads_every_page_and_cannot_start_a_job(tmp_path: Path) ->
         master = _master(server.url, env, tmp_path)
         try:
             conn = ConnectionSettings(url=server.url, user="natsched-web", password="w-pw", connect_timeout=2)
-            with TestClient(create_app(WebConfig(connection=conn, actions=True)), client=LOCAL) as web:
+            with TestClient(
+                create_app(WebConfig(connection=conn, actions=True)), client=LOCAL, base_url=BASE
+            ) as web:
                 for path in ("/api/overview", "/api/jobs", "/api/runs", "/api/timeline"):
                     assert web.get(path).status_code == 200, (path, web.get(path).text)
         finally:
