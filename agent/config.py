@@ -10,6 +10,9 @@ Precedence: flag > environment > file > default. Example file::
     heartbeat_interval = 3
     max_concurrency = 64
     jobs_dir = "/etc/natsched/jobs.d"  # the agent's own jobs (mirror mode, this agent only)
+    sync_notify = ["ops.sync", "https://hooks.example.org/natsched", "ops@example.org"]
+    sync_notify_on = ["full", "failure"]  # the default: after each full resync, and on failure
+    smtp_host = "mail.example.org"   # for e-mail targets; smtp_port = 25, smtp_from = "natsched@<name>"
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from natsched.errors import ConfigError, SpecError
-from natsched.models import AgentIdentity
+from natsched.jobspec import notify_target
+from natsched.models import AgentIdentity, Notify
+from natsched.senders import SmtpSettings
 from natsched.vocab import NO_AGENT
 
 ENV_PREFIX = "NATSCHED_AGENT_"
+SYNC_NOTIFY_ON = frozenset({"full", "failure"})
 
 
 def default_state_dir() -> Path:
@@ -68,6 +74,12 @@ class AgentConfig:
     # The agent's own job files (*.toml, *.json), run in mirror mode here only (agent/localjobs.py).
     jobs_dir: Path | None = None
     local_scan_interval: float = 1.0
+    # Where each sync report goes (agent/syncnotify.py): http(s) URLs, e-mail addresses, subjects.
+    sync_notify: frozenset[str] = frozenset()
+    sync_notify_on: frozenset[str] = SYNC_NOTIFY_ON
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -82,6 +94,22 @@ class AgentConfig:
             raise ConfigError("agent config: max_concurrency must be at least 1")
         if self.max_queued < 0:
             raise ConfigError("agent config: max_queued cannot be negative")
+        if not self.sync_notify_on <= SYNC_NOTIFY_ON:
+            wrong = ", ".join(sorted(self.sync_notify_on - SYNC_NOTIFY_ON))
+            raise ConfigError(f"agent config: sync_notify_on: {wrong}: use full, failure")
+        for target in self.sync_notify:
+            try:
+                Notify(**notify_target(target))
+            except SpecError as exc:
+                raise ConfigError(f"agent config: sync_notify: {exc}") from None
+
+    def sync_targets(self) -> tuple[Notify, ...]:
+        return tuple(Notify(**notify_target(target)) for target in sorted(self.sync_notify))
+
+    def smtp(self) -> SmtpSettings:
+        return SmtpSettings(
+            host=self.smtp_host, port=self.smtp_port, sender=self.smtp_from or f"natsched@{self.name}"
+        )
 
     def identity(self) -> AgentIdentity:
         return AgentIdentity(name=self.name, tags=self.tags, pools=self.pools, groups=self.groups)
@@ -133,7 +161,7 @@ def _as_set(value: Any, name: str) -> frozenset[str]:
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    for name in ("tags", "pools", "groups"):
+    for name in ("tags", "pools", "groups", "sync_notify", "sync_notify_on"):
         if name in out:
             out[name] = _as_set(out[name], name)
     for name in ("state_dir", "secret_key_file", "jobs_dir"):
@@ -145,7 +173,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         for name in ("sync_check_interval", "shutdown_grace", "kill_grace", "local_scan_interval"):
             if name in out:
                 out[name] = float(out[name])
-        for name in ("max_concurrency", "max_queued", "priority", "metrics_port"):
+        for name in ("max_concurrency", "max_queued", "priority", "metrics_port", "smtp_port"):
             if name in out:
                 out[name] = int(out[name])
     except ValueError as exc:

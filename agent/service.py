@@ -34,6 +34,7 @@ from agent.responder import Responder
 from agent.runner import ProcessRunner
 from agent.secretstore import SecretStore
 from agent.sync import JobSync
+from agent.syncnotify import SyncNotifier
 from natsched import subjects
 from natsched.connection import close_quietly, connect
 from natsched.errors import ConfigError, NotConnectedError
@@ -79,6 +80,9 @@ class AgentService(Service):
         self.files: FileWatcher | None = None
         self.responder: Responder | None = None
         self.credential = CredentialWatch(config.name, config.pools)
+        self.sync_notifier = SyncNotifier(
+            config.name, config.sync_targets(), config.sync_notify_on, config.smtp(), lambda: self.nc
+        )
         self.holds: HoldsSync
         self.heartbeat: HeartbeatPublisher | None = None
         self.metrics: Metrics | None = None
@@ -145,6 +149,7 @@ class AgentService(Service):
         self.spawn(self.files.run(), name="file-triggers", critical=True)
         self.spawn(self.outbox.run(), name="event-outbox", critical=True)
         self.spawn(self.journal.run(), name="run-journal", critical=True)
+        self.spawn(self.sync_notifier.run(), name="sync-notify", critical=True)
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
         self.spawn(self._guard_credential(), name="credential-watch", critical=True)
 
@@ -209,7 +214,11 @@ class AgentService(Service):
         assert self.outbox is not None and self.mirror is not None
         self.outbox.attach(self.nc)
         self.sync = JobSync(
-            js, self.cache, self.config.identity(), check_interval=self.config.sync_check_interval
+            js,
+            self.cache,
+            self.config.identity(),
+            check_interval=self.config.sync_check_interval,
+            on_report=self.sync_notifier.report,
         )
         self.sync.listeners.append(self.mirror.on_change)
         if self.files is not None:

@@ -78,6 +78,13 @@ def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
     return identity.takes(key.partition(".")[0], targets)
 
 
+def _describe(exc: BaseException) -> str:
+    """The error itself, not the task group around it (the session runs a TaskGroup)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
 class _Change(NamedTuple):
     """One message of the bucket's stream, classified for this agent."""
 
@@ -98,8 +105,13 @@ class JobSync:
         identity: AgentIdentity,
         *,
         check_interval: float = CHECK_INTERVAL,
+        on_report: Callable[[dict[str, Any]], None] = lambda entry: None,
     ) -> None:
         self._js = js
+        # Told each full resync's report entry and the first failure after being in sync
+        # (agent/syncnotify.py pushes them to the configured targets).
+        self._on_report = on_report
+        self._failing = False
         self._check_interval = check_interval
         self._cache = cache
         self._identity = identity
@@ -145,6 +157,7 @@ class JobSync:
         raise _Restart("a resync was asked for (natsched sync)")
 
     def _caught_up(self, session: int) -> None:
+        self._failing = False
         for after, event in self._waiting:
             if session > after:
                 event.set()
@@ -158,10 +171,26 @@ class JobSync:
                 log.info("job sync restarts: %s", why)
             except (TimeoutError, OSError) as exc:
                 log.warning("job sync interrupted (%s); retrying", exc or type(exc).__name__)
+                self._failed(_describe(exc))
                 await asyncio.sleep(RETRY_DELAY)
             except Exception as exc:  # noqa: BLE001 - nats-py raises many kinds while reconnecting
                 log.warning("job sync failed (%r); retrying", exc)
+                self._failed(_describe(exc))
                 await asyncio.sleep(RETRY_DELAY)
+
+    def _failed(self, error: str) -> None:
+        """Report a failure once per outage: again only after the sync was back in sync."""
+        if self._failing:
+            return
+        self._failing = True
+        revision = self.position.last_seq if self.position else 0
+        self._tell({"at": time.time(), "kind": "failure", "error": error[:500], "revision": revision})
+
+    def _tell(self, entry: dict[str, Any]) -> None:
+        try:
+            self._on_report(entry)
+        except Exception:  # noqa: BLE001 - a reporting bug must not stop syncing
+            log.exception("sync report listener failed")
 
     def _classify(self, msg: Msg) -> _Change:
         key = msg.subject[len(_PREFIX) :]
@@ -302,6 +331,8 @@ class JobSync:
              "count": count, "revision": self.position.last_seq if self.position else 0}
         )  # fmt: skip
         self.entries += 1
+        if kind == "full resync":
+            self._tell(dict(self.report[-1]))
 
     async def _apply_batches(self, inbox: _Inbox, created: str, until: int | None) -> None:
         """Apply live changes in batches (one transaction each); return once ``until`` is reached."""

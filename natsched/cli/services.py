@@ -12,9 +12,9 @@ import typer
 from natsched.cli.common import ServerOption, fail, settings, setup_logging
 from natsched.errors import NatschedError
 from natsched.jobspec import parse_duration
-from natsched.master.notify import SmtpSettings
 from natsched.master.service import MasterService
 from natsched.secrets import load_key
+from natsched.senders import SmtpSettings
 from natsched.service import serve
 
 master_app = typer.Typer(help="Run a master, or ask about masters.", invoke_without_command=True)

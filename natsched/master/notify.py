@@ -3,23 +3,18 @@
 Masters share a durable consumer (``natsched-notify``) on the final run events, so each
 outcome is told once and none is missed while masters restart. Outcomes: ``success``
 (succeeded), ``failure`` (failed, timed out, killed), ``lost``, ``chain_failed`` (a chain
-step the master recorded failed: fan-in timeout, upstream ended the wrong way). Channels:
-a webhook (HTTP POST of the event's JSON), an e-mail (SMTP, configured on the master) and a
-NATS subject (the event's JSON). Each delivery is tried ``ATTEMPTS`` times with a growing
-pause; a notifier that keeps failing is logged and given up on. Nothing here can hold up
-or fail a run: the events are already stored when they arrive.
+step the master recorded failed: fan-in timeout, upstream ended the wrong way). Channels
+(``natsched/senders.py``): a webhook (HTTP POST of the event's JSON), an e-mail (SMTP,
+configured on the master) and a NATS subject (the event's JSON), each retried a few times,
+then given up on. Nothing here can hold up or fail a run: the events are already stored
+when they arrive. A job without targets of its own gets its group's (group settings).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import smtplib
-import urllib.request
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from email.message import EmailMessage
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -32,20 +27,11 @@ from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import Notify
+from natsched.senders import Message, SmtpSettings, Tally, deliver
 from natsched.vocab import COMPLETED_STATES
 
 log = logging.getLogger(__name__)
 DURABLE = subjects.NOTIFY_DURABLE
-ATTEMPTS = 3
-FIRST_PAUSE = 0.5
-SEND_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SmtpSettings:
-    host: str = ""
-    port: int = 25
-    sender: str = "natsched@localhost"
 
 
 def outcome(event: RunEvent) -> str:
@@ -66,9 +52,8 @@ class Notifier:
         self._index = index
         self._groups = groups  # a job without targets of its own gets its group's
         self._smtp = smtp or SmtpSettings()
-        self.sent = 0
         self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
-        self.given_up = 0
+        self._tally = Tally()
         self.following: EventFollower | None = None
 
     async def start(self) -> None:
@@ -91,58 +76,14 @@ class Notifier:
         await msg.ack()
 
     async def _deliver(self, target: Notify, kind: str, event: RunEvent, body: bytes) -> None:
-        channels: list[tuple[str, Callable[[], Awaitable[object]]]] = []
-        if target.webhook:
-            channels.append(
-                ("webhook " + target.webhook, lambda: asyncio.to_thread(_post, target.webhook, body))
-            )
-        if target.email:
-            channels.append(
-                (
-                    "e-mail " + target.email,
-                    lambda: asyncio.to_thread(_mail, self._smtp, target.email, kind, event),
-                )
-            )
-        if target.subject:
-            channels.append(("subject " + target.subject, lambda: self._nc.publish(target.subject, body)))
-        for what, send in channels:
-            pause = FIRST_PAUSE
-            for attempt in range(1, ATTEMPTS + 1):
-                try:
-                    await asyncio.wait_for(send(), SEND_TIMEOUT + 1)
-                    self.sent += 1
-                    break
-                except Exception as exc:  # noqa: BLE001 - any failure of a notifier is just logged
-                    if attempt == ATTEMPTS:
-                        self.given_up += 1
-                        log.warning(
-                            "%s %s of run %s: gave up after %d tries: %r",
-                            what,
-                            kind,
-                            event.run_id,
-                            attempt,
-                            exc,
-                        )
-                    else:
-                        await asyncio.sleep(pause)
-                        pause *= 2
+        title = f"natsched: {event.job} {kind} ({event.state.value} on {event.agent})"
+        message = Message(body=body, title=title, about=f"{kind} of run {event.run_id}")
+        await deliver(self._nc, self._smtp, target, message, self._tally)
 
+    @property
+    def sent(self) -> int:
+        return self._tally.sent
 
-def _post(url: str, body: bytes) -> None:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=SEND_TIMEOUT) as reply:  # noqa: S310 - the operator's URL
-        if reply.status >= 300:
-            raise OSError(f"HTTP {reply.status}")
-
-
-def _mail(smtp: SmtpSettings, to: str, kind: str, event: RunEvent) -> None:
-    if not smtp.host:
-        raise OSError("no SMTP host configured on the master (--smtp-host)")
-    message = EmailMessage()
-    message["From"], message["To"] = smtp.sender, to
-    message["Subject"] = f"natsched: {event.job} {kind} ({event.state.value} on {event.agent})"
-    message.set_content(json.dumps(json.loads(event.to_json()), indent=2))
-    with smtplib.SMTP(smtp.host, smtp.port, timeout=SEND_TIMEOUT) as client:
-        client.send_message(message)
+    @property
+    def given_up(self) -> int:
+        return self._tally.given_up

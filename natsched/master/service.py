@@ -36,10 +36,11 @@ from natsched.master.jobindex import JobIndex
 from natsched.master.lease import DEFAULT_TTL, LeaderLease
 from natsched.master.locks import LockService
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
-from natsched.master.notify import Notifier, SmtpSettings
+from natsched.master.notify import Notifier
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.master.secrets_api import SecretsApi
+from natsched.senders import SmtpSettings
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
 from natsched.subjects import SECRETS_BUCKET

@@ -14,8 +14,8 @@ from nats.aio.client import Client
 
 from natsched import subjects
 from natsched.embedded import free_port
-from natsched.master.notify import SmtpSettings
 from natsched.master.service import MasterService
+from natsched.senders import SmtpSettings
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
 from tests.helpers import api, apply, job, stream_events, toml_jobs
