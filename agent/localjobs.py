@@ -15,6 +15,12 @@ per file; a changed file is parsed again). Its jobs:
 
 A file that does not parse is reported and its previous jobs are kept (a half-written
 file must not stop jobs); a deleted file drops its jobs.
+
+Like cron, the agent (root, as deployed) reads only a file that root or its own user owns
+and that neither group nor others may write, in a directory of the same kind: otherwise
+any local user who may write the file, or add or swap one in the directory, would run
+anything as root. Such a file (or every file of such a directory) is reported and its jobs
+dropped, since its content can no longer be trusted.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +53,15 @@ class _FileJobs:
     stamp: tuple[int, int]  # (mtime_ns, size) when parsed
     modified: float
     jobs: tuple[JobSpec, ...]
+
+
+def untrusted(status: os.stat_result, what: str) -> str:
+    """Why a local job file or its directory may not be trusted ("" when it may)."""
+    if status.st_uid not in (0, os.geteuid()):
+        return f"{what} is owned by uid {status.st_uid}, not by root or the agent's user"
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{what} is writable by group or others (mode {stat.S_IMODE(status.st_mode):04o}; chmod go-w)"
+    return ""
 
 
 def parse_local_file(path: Path, agent: str) -> tuple[JobSpec, ...]:
@@ -122,11 +139,19 @@ class LocalJobs:
         if self._dir is None:
             return
         try:
-            paths = sorted(p for p in self._dir.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            why = untrusted(self._dir.stat(), "the directory")
+            paths = (
+                [] if why else sorted(p for p in self._dir.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            )
         except OSError as exc:
             self.errors[str(self._dir)] = f"cannot read the directory: {exc.strerror}"
             return
-        self.errors.pop(str(self._dir), None)
+        if why:
+            if self.errors.get(str(self._dir)) != why:
+                log.error("local jobs: %s not read, its jobs dropped: %s", self._dir, why)
+            self.errors[str(self._dir)] = why
+        else:
+            self.errors.pop(str(self._dir), None)
         changed: set[str] = set()
         for gone in set(self._files) - set(paths):
             changed.update(spec.key for spec in self._files.pop(gone).jobs)
@@ -141,11 +166,18 @@ class LocalJobs:
 
     def _read(self, path: Path) -> set[str]:
         try:
-            stat = path.stat()
+            status = path.stat()
         except OSError:
             return set()
-        stamp = (stat.st_mtime_ns, stat.st_size)
         previous = self._files.get(path)
+        why = untrusted(status, "the file")
+        if why:
+            if self.errors.get(str(path)) != why:
+                log.error("local jobs: %s not read, its jobs dropped: %s", path, why)
+            self.errors[str(path)] = why
+            self._files.pop(path, None)
+            return {s.key for s in previous.jobs} if previous else set()
+        stamp = (status.st_mtime_ns, status.st_size)
         if previous is not None and previous.stamp == stamp:
             return set()
         try:
@@ -164,7 +196,7 @@ class LocalJobs:
             log.error("local jobs: %s not read: %s", path, why)
             self.errors[str(path)] = why
             return set()
-        self._files[path] = _FileJobs(stamp, stat.st_mtime, specs)
+        self._files[path] = _FileJobs(stamp, status.st_mtime, specs)
         log.info("local jobs: %s: %s", path, ", ".join(s.key for s in specs) or "no jobs")
         return {s.key for s in specs} | {s.key for s in (previous.jobs if previous else ())}
 
