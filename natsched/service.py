@@ -168,8 +168,13 @@ def _quiet_about_lost_connections(loop: asyncio.AbstractEventLoop, context: dict
     """nats-py closes a connection the server refused in a task nobody awaits; when the socket
     is already gone that task ends with ConnectionResetError, which asyncio would print as a
     traceback after the service's own one-line error. A lost connection is no bug."""
-    if isinstance(context.get("exception"), ConnectionError):
-        log.debug("%s: %r", context.get("message"), context.get("exception"))
+    exc = context.get("exception")
+    future = context.get("future")
+    coro = getattr(future, "get_coro", lambda: None)()
+    in_nats = getattr(coro, "__qualname__", "").startswith("Client.")  # nats-py's own tasks
+    if isinstance(exc, ConnectionError) or (in_nats and isinstance(exc, asyncio.InvalidStateError)):
+        # InvalidStateError: nats-py's reconnect task, when the client was closed meanwhile.
+        log.debug("%s: %r", context.get("message"), exc)
         return
     loop.default_exception_handler(context)
 
