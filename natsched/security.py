@@ -156,7 +156,8 @@ def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
         ],
         subscribe=[
             f"natsched.agent.{name}.>",
-            *(subjects.pool_run_subject(p) for p in pools),
+            # Only in the pool's queue group: a member sees the runs handed to it, not every one.
+            *(f"{subjects.pool_run_subject(p)} {subjects.pool_queue(p)}" for p in pools),
             _INBOX(subjects.agent_inbox(name)),
         ],
         allow_responses=True,

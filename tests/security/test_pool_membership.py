@@ -28,7 +28,7 @@ from natsched.kvscan import scan
 from natsched.runmessages import RunReply, decode_run_request
 from tests.conftest import eventually
 from tests.helpers import job, toml_jobs
-from tests.security.hostile import POOL, Secured, secured_server
+from tests.security.hostile import POOL, Secured, secured_server, violations
 
 
 @pytest.fixture
@@ -114,3 +114,20 @@ async def test_an_agent_cannot_join_a_pool_by_its_heartbeat(secured: Secured, tm
 
 async def _count(path: Path, n: int) -> bool:
     return len(lines(path)) >= n
+
+
+async def test_a_pool_member_reads_only_the_pool_runs_handed_to_it(secured: Secured) -> None:
+    """Outside the pool's queue group a member would see every run request of the pool (args,
+    env), also those handed to another member, and could answer them first."""
+    errors: list[str] = []
+    a1 = await secured.connect("agent-a1", errors=errors)
+    subject = subjects.pool_run_subject(POOL)
+    await a1.subscribe(subject)
+    await a1.flush(timeout=5)
+    await a1.flush(timeout=5)
+    assert violations(errors, subject), errors
+    errors.clear()
+    await a1.subscribe(subject, queue=subjects.pool_queue(POOL))
+    await a1.flush(timeout=5)
+    await a1.flush(timeout=5)
+    assert errors == []
