@@ -291,6 +291,17 @@ def event_subject(agent: str, job: str, state: str) -> str:
     return f"natsched.event.{_token(agent, 'agent name')}.{job}.{state}"
 
 
+def event_job(subject: str) -> str | None:
+    """The job (``<group>.<job>``) an event subject names; None when it is no event subject.
+
+    For skipping events nobody needs before decoding them; whoever acts on one parses it
+    (``events.parse_event`` checks the body against the subject)."""
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[0] != "natsched" or parts[1] != "event":
+        return None
+    return f"{parts[3]}.{parts[4]}"
+
+
 def event_state_filter(state: str) -> str:
     """Every agent's and job's events reaching ``state`` (a consumer's filter subject)."""
     return f"natsched.event.*.*.*.{_token(state, 'run state')}"

@@ -129,6 +129,10 @@ class ChainFollower:
     async def _on_event(self, msg: Msg) -> None:
         try:
             await self._index.ready.wait()
+            job = subjects.event_job(msg.subject)
+            if job is not None and not self._index.downstream(job):
+                await msg.ack()  # most completions start nothing: not worth decoding
+                return
             await self.handle(parse_event(msg.data, msg.subject))
         except CodecError:
             pass  # garbage is no completion

@@ -52,7 +52,7 @@ class Notifier:
         self._index = index
         self._groups = groups  # a job without targets of its own gets its group's
         self._smtp = smtp or SmtpSettings()
-        self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
+        self.on_event: Callable[[RunEvent], None] | None = None  # e.g. a metrics counter
         self._tally = Tally()
         self.following: EventFollower | None = None
 
@@ -62,18 +62,25 @@ class Notifier:
     async def _on_event(self, msg: Msg) -> None:
         try:
             await self._index.ready.wait()
+            job = subjects.event_job(msg.subject)
+            if job is not None and self.on_event is None and not self._targets(job):
+                await msg.ack()  # nobody to tell, nothing to count: not worth decoding
+                return
             event = parse_event(msg.data, msg.subject)
-            self.on_event(event)
-            spec = self._index.jobs.get(event.job)
+            if self.on_event is not None:
+                self.on_event(event)
             kind = outcome(event)
-            group = self._groups(event.job.partition(".")[0])
-            targets = [n for n in notify_targets(spec.notify if spec else (), group) if kind in n.on]
+            targets = [n for n in self._targets(event.job) if kind in n.on]
             await asyncio.gather(*(self._deliver(n, kind, event, msg.data) for n in targets))
         except CodecError:
             pass  # garbage is nobody's outcome
         except Exception:  # noqa: BLE001 - a notifier bug must never stop the follower
             log.exception("notification of %s failed", msg.subject)
         await msg.ack()
+
+    def _targets(self, job: str) -> tuple[Notify, ...]:
+        spec = self._index.jobs.get(job)
+        return notify_targets(spec.notify if spec else (), self._groups(job.partition(".")[0]))
 
     async def _deliver(self, target: Notify, kind: str, event: RunEvent, body: bytes) -> None:
         title = f"natsched: {event.job} {kind} ({event.state.value} on {event.agent})"
