@@ -61,7 +61,7 @@ class AgentService(Service):
         self.settings = settings.with_name(f"natsched-agent-{config.name}").with_inbox(
             subjects.agent_inbox(config.name)
         )
-        self.groups = GroupTable()  # replicated group settings (natsched_settings group.<group>)
+        self.groups = GroupTable(config.tags)  # replicated group settings (natsched_settings group.<group>)
         self.cache = JobCache(config.cache_path, self.groups.replication)
         self.local: LocalJobs | None = None
         self.nc: Client | None = None

@@ -17,9 +17,15 @@ while NATS is down) and say:
   How long output is kept stays a property of the stream (the master's ``--logs-max-age``):
   per-group ages would let one group's output push out another's in the shared stream anyway.
 
-Precedence, lowest first: the agent's pass-through variables, the group's ``env``, the
-job's ``env``, a trigger's allowed ``env``, ``NATSCHED_*``.
-``user``, ``cwd``, ``output_limit``: the job's, else the group's. ``notify``: the job's
+A tag layer (``group.<group>.tag.<tag>``, ``natsched settings set GROUP --tag TAG``) holds
+``env``, ``user``, ``cwd``, ``output_limit`` for the group's runs on agents with that tag; it
+goes over the group's settings (env merged by name, the rest replaced), several tags of one
+agent in the order of their names (a later name wins). Replication and notify stay the
+group's: they are decided for the group as a whole.
+
+Precedence, lowest first: the agent's pass-through variables, the group's ``env``, its tag
+layers' ``env``, the job's ``env``, a trigger's allowed ``env``, ``NATSCHED_*``.
+``user``, ``cwd``, ``output_limit``: the job's, else the tag layers', else the group's. ``notify``: the job's
 targets if it names any (replacing, not merged with, the group's), else the group's.
 """
 
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -39,6 +45,7 @@ from natsched.secrets import references
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _FIELDS = frozenset({"replication", "env", "user", "cwd", "notify", "output_limit"})
+TAG_FIELDS = frozenset({"env", "user", "cwd", "output_limit"})
 MAX_ENV = 256
 
 
@@ -58,6 +65,7 @@ class GroupSettings:
     cwd: str | None = None
     notify: tuple[Notify, ...] = ()
     output_limit: int | None = None
+    tag: str | None = None  # set: a layer for the group's runs on agents with this tag
 
     def __post_init__(self) -> None:
         if len(self.env) > MAX_ENV:
@@ -81,13 +89,18 @@ class GroupSettings:
         return references(self.env.values())
 
 
-def parse_group_settings(data: Mapping[str, Any], group: str) -> GroupSettings:
-    """Validate a settings mapping (from ``natsched settings set`` or the bucket)."""
+def parse_group_settings(data: Mapping[str, Any], group: str, tag: str | None = None) -> GroupSettings:
+    """Validate a settings mapping (from ``natsched settings set`` or the bucket); with ``tag``,
+    a tag layer, which holds only what an agent applies to a run (``TAG_FIELDS``)."""
     if not isinstance(data, Mapping):
         raise SpecError("must be a table", field="settings")
-    unknown = sorted(set(data) - _FIELDS - {"group", "v"})
+    allowed = _FIELDS if tag is None else TAG_FIELDS
+    unknown = sorted(set(data) - allowed - {"group", "tag", "v"})
     if unknown:
-        raise SpecError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_FIELDS))}")
+        where = "" if tag is None else f" for tag {tag} (replication and notify are the whole group's)"
+        raise SpecError(
+            f"unknown field(s) {', '.join(unknown)}{where}; allowed: {', '.join(sorted(allowed))}"
+        )
     raw_mode = data.get("replication", Replication.EASY.value)
     if raw_mode not in {m.value for m in Replication}:
         raise SpecError(f"{raw_mode!r} is not one of strict, easy", field="replication")
@@ -104,11 +117,16 @@ def parse_group_settings(data: Mapping[str, Any], group: str) -> GroupSettings:
         output_limit=None
         if data.get("output_limit") is None
         else parse_size(data["output_limit"], "output_limit"),
+        tag=tag,
     )
 
 
 def group_settings_to_dict(settings: GroupSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {"group": settings.group, "replication": settings.replication.value}
+    out: dict[str, Any] = {"group": settings.group}
+    if settings.tag is None:
+        out["replication"] = settings.replication.value
+    else:
+        out["tag"] = settings.tag
     if settings.env:
         out["env"] = dict(settings.env)
     for name in ("user", "cwd"):
@@ -119,6 +137,23 @@ def group_settings_to_dict(settings: GroupSettings) -> dict[str, Any]:
     if settings.output_limit is not None:
         out["output_limit"] = settings.output_limit
     return out
+
+
+def layered(base: GroupSettings | None, layers: list[GroupSettings]) -> GroupSettings | None:
+    """What an agent applies: the group's settings under its tags' layers (in the order given,
+    a later layer winning): ``env`` merged by name, ``user``, ``cwd``, ``output_limit`` replaced."""
+    if not layers:
+        return base
+    result = base or GroupSettings(group=layers[0].group)
+    for layer in layers:
+        result = replace(
+            result,
+            env={**result.env, **layer.env},
+            user=layer.user or result.user,
+            cwd=layer.cwd or result.cwd,
+            output_limit=result.output_limit if layer.output_limit is None else layer.output_limit,
+        )
+    return result
 
 
 def notify_targets(job: tuple[Notify, ...], group: GroupSettings | None) -> tuple[Notify, ...]:

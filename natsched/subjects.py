@@ -180,6 +180,7 @@ LEASE_KEY = "leader"  # STATE_BUCKET: the leader lease (lease.py)
 LOCKS = "lock.>"  # STATE_BUCKET: every cluster-wide overlap lock
 PAUSES = "pause.>"  # SETTINGS_BUCKET: every job and agent pause
 GROUP_SETTINGS_PREFIX = "group."  # SETTINGS_BUCKET: group.<group> = a group's replicated settings
+TAG_SETTINGS_INFIX = ".tag."  # group.<group>.tag.<tag>: the group's settings for agents with <tag>
 FANINS = "fanin.>"  # CHAINS_BUCKET: every fan-in that still waits
 
 
@@ -187,9 +188,21 @@ LOCK_PREFIX = "natsched.lock"  # agents ask a master for cluster-wide locks (mas
 LOCK_ALL = f"{LOCK_PREFIX}.*"
 
 
-def group_settings_key(group: str) -> str:
-    """SETTINGS_BUCKET key of a group's settings (replication mode, env, user, cwd)."""
-    return f"{GROUP_SETTINGS_PREFIX}{_token(group, 'group name')}"
+def group_settings_key(group: str, tag: str | None = None) -> str:
+    """SETTINGS_BUCKET key of a group's settings (replication mode, env, user, cwd), or of what
+    they are for agents with ``tag`` (``group.<group>.tag.<tag>``)."""
+    key = f"{GROUP_SETTINGS_PREFIX}{_token(group, 'group name')}"
+    return key if tag is None else f"{key}{TAG_SETTINGS_INFIX}{_token(tag, 'tag')}"
+
+
+def split_group_settings_key(key: str) -> tuple[str, str | None] | None:
+    """(group, tag or None) of a group settings key; None for any other key."""
+    if not key.startswith(GROUP_SETTINGS_PREFIX):
+        return None
+    group, infix, tag = key[len(GROUP_SETTINGS_PREFIX) :].partition(TAG_SETTINGS_INFIX)
+    if not is_token(group) or (infix and not is_token(tag)):
+        return None
+    return group, (tag if infix else None)
 
 
 def lock_subject(agent: str) -> str:

@@ -1,4 +1,5 @@
-"""``natsched.api.settings.*``: a group's replicated settings (``group.<group>`` in natsched_settings).
+"""``natsched.api.settings.*``: a group's replicated settings (``group.<group>`` in natsched_settings),
+and with ``tag`` its layer for agents with that tag (``group.<group>.tag.<tag>``).
 
 See ``natsched/groupsettings.py`` for what they hold and how agents apply them.
 """
@@ -30,42 +31,43 @@ class GroupSettingsApi:
         }
 
     async def set(self, body: dict[str, Any]) -> dict[str, Any]:
-        group = _group(body)
+        group, tag = _group(body), _tag(body)
         try:
-            settings = parse_group_settings(body.get("settings") or {}, group)
+            settings = parse_group_settings(body.get("settings") or {}, group, tag)
         except SpecError as exc:
-            raise ApiError(f"settings of group {group}: {exc}") from None
-        await self._kv.put(subjects.group_settings_key(group), codec.pack(group_settings_to_dict(settings)))
+            raise ApiError(f"settings of group {group}{_of_tag(tag)}: {exc}") from None
+        key = subjects.group_settings_key(group, tag)
+        await self._kv.put(key, codec.pack(group_settings_to_dict(settings)))
         return {"settings": group_settings_to_dict(settings)}
 
     async def get(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One group's settings, or every group's when no group is given."""
+        """One group's settings and its tag layers, or every group's when no group is given."""
         wanted = body.get("group")
         found = await scan(self._js, subjects.SETTINGS_BUCKET, f"{subjects.GROUP_SETTINGS_PREFIX}>")
         groups: list[dict[str, Any]] = []
         for key, stored in sorted(found.items()):
-            group = key[len(subjects.GROUP_SETTINGS_PREFIX) :]
-            if wanted and group != wanted:
+            names = subjects.split_group_settings_key(key)
+            if names is None or (wanted and names[0] != wanted):
                 continue
+            group, tag = names
             try:
-                groups.append(
-                    group_settings_to_dict(parse_group_settings(codec.unpack(stored.value, key), group))
-                )
+                settings = parse_group_settings(codec.unpack(stored.value, key), group, tag)
+                groups.append(group_settings_to_dict(settings))
             except (CodecError, SpecError) as exc:
-                groups.append({"group": group, "invalid": str(exc)})
+                groups.append({"group": group, **({"tag": tag} if tag else {}), "invalid": str(exc)})
         if wanted and not groups:
             raise NotFoundError(f"group {wanted!r} has no settings (defaults apply: replication easy)")
         return {"groups": groups}
 
     async def delete(self, body: dict[str, Any]) -> dict[str, Any]:
-        group = _group(body)
-        key = subjects.group_settings_key(group)
+        group, tag = _group(body), _tag(body)
+        key = subjects.group_settings_key(group, tag)
         try:
             await self._kv.get(key)
         except KeyNotFoundError:
-            raise NotFoundError(f"group {group!r} has no settings") from None
+            raise NotFoundError(f"group {group!r}{_of_tag(tag)} has no settings") from None
         await self._kv.delete(key)
-        return {"deleted": group}
+        return {"deleted": group, **({"tag": tag} if tag else {})}
 
 
 def _group(body: dict[str, Any]) -> str:
@@ -73,3 +75,14 @@ def _group(body: dict[str, Any]) -> str:
     if not isinstance(group, str):
         raise ApiError("request field 'group' is required")
     return group
+
+
+def _tag(body: dict[str, Any]) -> str | None:
+    tag = body.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise ApiError("request field 'tag' must be a tag name")
+    return tag
+
+
+def _of_tag(tag: str | None) -> str:
+    return "" if tag is None else f" for tag {tag}"

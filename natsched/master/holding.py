@@ -114,9 +114,10 @@ class Holding:
                 self.lifted.set()
 
     def _apply_group(self, key: str, value: dict[str, object] | None) -> None:
-        if not key.startswith(subjects.GROUP_SETTINGS_PREFIX):
+        names = subjects.split_group_settings_key(key)
+        if names is None or names[1] is not None:  # tag layers hold no notify targets
             return
-        group = key[len(subjects.GROUP_SETTINGS_PREFIX) :]
+        group = names[0]
         if value is None:
             self.groups.pop(group, None)
         else:

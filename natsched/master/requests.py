@@ -73,9 +73,9 @@ FIELDS: dict[str, dict[str, Field]] = {
     subjects.API_SECRETS_SET: {"name": NAME, "value": SECRET},
     subjects.API_SECRETS_LIST: {},
     subjects.API_SECRETS_DELETE: {"name": NAME},
-    subjects.API_SETTINGS_SET: {"group": NAME, "settings": OBJECT},
+    subjects.API_SETTINGS_SET: {"group": NAME, "tag": NAME, "settings": OBJECT},
     subjects.API_SETTINGS_GET: {"group": NAME},
-    subjects.API_SETTINGS_DELETE: {"group": NAME},
+    subjects.API_SETTINGS_DELETE: {"group": NAME, "tag": NAME},
 }
 
 

@@ -128,3 +128,55 @@ async def test_group_output_limit_caps_the_runs_of_jobs_without_their_own(
     assert head == "x" * 4096 and marker, "the group's 4KiB cap applies: head kept, the cut marked"
     assert len(stored["capped"]) < 1.25 * 4096 + 200
     assert stored["own"] == "x" * size, "the job's own output_limit overrides the group's"
+
+
+async def test_a_tag_layer_applies_over_the_group_on_agents_with_the_tag_only(
+    nats_server: EmbeddedServer, conn: ConnectionSettings, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    witness = tmp_path / "witness"
+    workdir = tmp_path / "db-wd"
+    workdir.mkdir()
+    script = f'echo "$NATSCHED_AGENT|$GV|$TV|$JV|$(pwd)" >> {witness}'
+    async with MasterService(conn):
+        tagged = await start_agent("t1", tags=frozenset({"db", "linux"}))
+        plain = await start_agent("t2", tags=frozenset({"linux"}))
+        nc = await nats.connect(nats_server.url)
+        try:
+            for tag, settings in (
+                (None, {"env": {"GV": "group", "JV": "group"}, "cwd": "/"}),
+                ("db", {"env": {"GV": "db", "TV": "db", "JV": "db"}, "cwd": str(workdir)}),
+                ("linux", {"env": {"TV": "linux"}}),  # for t1 applied after db (names in order)
+            ):
+                body = {"group": "tg", "settings": settings, **({"tag": tag} if tag else {})}
+                reply = await api(nc, subjects.API_SETTINGS_SET, body)
+                assert reply["ok"], reply
+            refused = await api(
+                nc,
+                subjects.API_SETTINGS_SET,
+                {"group": "tg", "tag": "db", "settings": {"replication": "strict"}},
+            )
+            assert not refused["ok"] and "replication and notify are the whole group's" in refused["error"]
+
+            async def cached() -> bool:
+                a, b = tagged.groups.of("tg"), plain.groups.of("tg")
+                return a is not None and a.cwd == str(workdir) and b is not None and "TV" in b.env
+
+            await eventually(cached, 10, "both agents cached the group and their tags' layers")
+            spec = job(
+                "show",
+                mode="slave",
+                targets={"tags": ["linux"]},
+                command=["sh", "-c", script],
+                env={"JV": "job"},
+            )
+            assert (await apply(nc, toml_jobs(spec, group="tg")))["ok"]
+            await nc.request("natsched.trigger.tg.show", b"{}", timeout=10)
+
+            async def both_ran() -> bool:
+                return witness.exists() and len(witness.read_text().splitlines()) == 2
+
+            await eventually(both_ran, 10, "the job ran on both agents")
+        finally:
+            await nc.close()
+    # t1 (db, linux): the group, then db's layer, then linux's (names in order): TV from linux.
+    assert sorted(witness.read_text().splitlines()) == [f"t1|db|linux|job|{workdir}", "t2|group|linux|job|/"]

@@ -76,3 +76,13 @@ def test_local_jobs_are_listed_with_their_origin_and_strict_says_why_they_are_re
     assert "output_limit 8192, notify ops.alerts on failure, notify ops@example.org on failure" in out, out
     code, out = natsched("settings", "set", "ops", "--output-limit", "1KiB", url=url)
     assert code == 1 and "output_limit" in out and "between 4KiB and 1GiB" in out, out
+    code, out = natsched("settings", "set", "ops", "--tag", "db", "--env", "B=2", "--cwd", "/srv", url=url)
+    assert code == 0 and "group ops tag db: B=2, cwd /srv" in out, out
+    code, out = natsched("settings", "show", "ops", url=url)
+    assert "group ops: replication easy" in out and "group ops tag db: B=2, cwd /srv" in out, out
+    code, out = natsched("settings", "set", "ops", "--tag", "db", "--replication", "strict", url=url)
+    assert code == 1 and "replication and notify are the whole group's" in out, out
+    code, out = natsched("settings", "delete", "ops", "--tag", "db", url=url)
+    assert code == 0 and "group ops tag db: settings deleted" in out, out
+    code, out = natsched("settings", "show", "ops", url=url)
+    assert "tag db" not in out and "group ops: replication easy" in out, out
