@@ -23,6 +23,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from natsched import subjects
 from natsched.master import subjectstream
@@ -37,6 +38,7 @@ from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
+Pair = tuple[JobSpec, SubjectTrigger]
 UNMATCHED_TRIES = 3  # deliveries of a message no job of ours matches, before it is dropped
 UNMATCHED_DELAY = 1.0
 
@@ -84,6 +86,9 @@ class SubjectTriggers:
         self._wanted: dict[str, list[tuple[JobSpec, SubjectTrigger]]] = {}
         self._subjects_of: dict[str, set[str]] = {}  # job key -> the subjects it listens on
         self._changed = asyncio.Event()
+        # Patterns another stream captures (the stream cannot keep them): core NATS, live only.
+        self._live: dict[str, Subscription] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         index.on_keys(self._on_keys)
         self._on_keys(list(index.jobs))  # the jobs the index holds already (loaded, or applied meanwhile)
 
@@ -121,30 +126,61 @@ class SubjectTriggers:
             await self._changed.wait()
             self._changed.clear()
             await self.stream.ensure(list(self._wanted))
+            await self._follow_live()
+
+    async def _follow_live(self) -> None:
+        """A pattern the stream cannot keep (another stream captures it: a definition older than
+        that check, or a stream made later) is followed as before streams, with a core
+        subscription: its messages start jobs while a master runs, and are lost while none does."""
+        kept = set(self.stream.subjects)
+        live = {pattern for pattern in self._wanted if pattern not in kept}
+        for pattern in sorted(set(self._live) - live):
+            await self._live.pop(pattern).unsubscribe()
+        for pattern in sorted(live - set(self._live)):
+            self._live[pattern] = await self._nc.subscribe(pattern, queue=QUEUE, cb=self._on_live)
+            log.warning(
+                "%s: another stream captures it; following it live (not kept while no master runs)", pattern
+            )
+
+    def _matching(self, subject: str, *, live: bool) -> list[Pair]:
+        """The jobs a message starts: of the stream's patterns, or of the live ones (never both,
+        or a message on both would start a job twice)."""
+        return [
+            pair
+            for pattern, pairs in list(self._wanted.items())
+            if (pattern in self._live) == live and subject_matches(pattern, subject)
+            for pair in pairs
+        ]
+
+    async def _on_live(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._start_all(msg, self._matching(msg.subject, live=True), stored=False))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_all(
+        self, msg: Msg, matched: list[tuple[JobSpec, SubjectTrigger]], *, stored: bool
+    ) -> None:
+        for spec, trigger in matched:
+            why = refusal(trigger, msg.data)
+            if why:
+                log.warning("%s on %s does not start %s: %s", msg.subject, trigger.subject, spec.key, why)
+                continue
+            base_id = message_run_id(msg, spec, trigger) if stored else None
+            await self._start(spec, msg.subject, msg.data.decode("utf-8"), base_id)
 
     async def _on_message(self, msg: Msg) -> None:
         await self._index.ready.wait()
-        matched = [
-            pair
-            for pattern, pairs in list(self._wanted.items())
-            if subject_matches(pattern, msg.subject)
-            for pair in pairs
-        ]
+        matched = self._matching(msg.subject, live=False)
         if not matched:
             # Another master may have added the pattern from a newer view of the jobs than ours.
             if msg.metadata.num_delivered < UNMATCHED_TRIES:
                 await msg.nak(delay=UNMATCHED_DELAY)
                 return
             log.warning("%s: no enabled job listens on it (any more); message dropped", msg.subject)
-        for spec, trigger in matched:
-            why = refusal(trigger, msg.data)
-            if why:
-                log.warning("%s on %s does not start %s: %s", msg.subject, trigger.subject, spec.key, why)
-                continue
-            await self._start(spec, msg.subject, msg.data.decode("utf-8"), message_run_id(msg, spec, trigger))
+        await self._start_all(msg, matched, stored=True)
         await msg.ack()
 
-    async def _start(self, spec: JobSpec, subject: str, body: str, base_id: str) -> None:
+    async def _start(self, spec: JobSpec, subject: str, body: str, base_id: str | None) -> None:
         try:
             held = HeldRun(
                 trigger=RunTrigger.SUBJECT,
@@ -157,7 +193,7 @@ class SubjectTriggers:
         except Exception:  # a dispatch bug must not stop the others
             log.exception("%s from %s: dispatch failed", spec.key, subject)
 
-    async def _dispatch(self, spec: JobSpec, subject: str, body: str, base_id: str) -> None:
+    async def _dispatch(self, spec: JobSpec, subject: str, body: str, base_id: str | None) -> None:
         replies = await self._dispatcher.dispatch(
             spec,
             trigger=RunTrigger.SUBJECT,
@@ -170,7 +206,10 @@ class SubjectTriggers:
                 log.warning("%s from %s: %s on %s", spec.key, subject, reply.reason, reply.agent or "-")
 
     async def close(self) -> None:
-        """Nothing of ours outlives the follower's task (the service cancels it)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def message_run_id(msg: Msg, spec: JobSpec, trigger: SubjectTrigger) -> str:

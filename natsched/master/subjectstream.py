@@ -8,8 +8,8 @@ is left. The masters share one durable consumer on it (``master/inbound.py``).
 
 JetStream stores a subject in one stream only: a pattern that overlaps a subject of another
 stream (the operator's own, or a KV bucket's) cannot be captured. ``apply`` refuses such a
-pattern, naming the stream; a stream created later that overlaps is logged and its
-patterns are left out (their messages are not kept) until the overlap is gone.
+pattern, naming the stream; a pattern that overlaps anyway (a stream made before the job was
+enabled) is logged and left out: ``inbound`` follows it live, with a core subscription.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ that another stream already captures."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from nats.aio.client import Client
 from nats.js import api as js_api
@@ -10,6 +12,7 @@ from nats.js import api as js_api
 from natsched import subjects
 from natsched.master.service import MasterService
 from natsched.master.subjectstream import patterns_overlap, subject_matches
+from tests.conftest import AgentFactory, eventually
 from tests.helpers import api, apply, job, toml_jobs
 
 
@@ -58,3 +61,34 @@ async def test_apply_refuses_a_pattern_that_another_stream_captures(
     assert not listed["jobs"], "nothing written"
     free = job("on-payment", triggers=[{"subject": "payments.*"}])
     assert (await apply(nc, toml_jobs(free, group="ov")))["ok"]
+
+
+async def test_a_pattern_another_stream_captures_is_followed_live(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """A job enabled after the operator made an overlapping stream still starts (not durably)."""
+    witness = tmp_path / "witness"
+    await start_agent("w1")
+    on_order = job(
+        "on-order",
+        enabled=False,
+        mode="slave",
+        targets={"agents": ["w1"]},
+        command=["sh", "-c", f'echo "$NATSCHED_MESSAGE" >> {witness}'],
+        triggers=[{"subject": "orders.*"}],
+    )
+    assert (await apply(nc, toml_jobs(on_order, group="lv")))["ok"]
+    await nc.jetstream().add_stream(js_api.StreamConfig(name="ORDERS", subjects=["orders.>"]))
+    assert (await api(nc, subjects.API_JOBS_ENABLE, {"jobs": ["lv.on-order"]}))["ok"]
+
+    async def followed() -> bool:
+        assert master.inbound is not None
+        return "orders.*" in master.inbound._live
+
+    await eventually(followed, 10, "the master follows orders.* live")
+    await nc.publish("orders.new", b"live-1")
+
+    async def ran() -> bool:
+        return witness.exists() and "live-1" in witness.read_text()
+
+    await eventually(ran, 10, "the job ran")
