@@ -38,6 +38,12 @@ class StorageSettings:
     claims_max_age: float = 86400.0
 
 
+# A claim is a few dozen bytes (names are at most 64 characters, a master id about 80): the
+# bound keeps an agent, which writes its claim keys itself, from storing 1 MB values under
+# as many run ids as it likes in storage every bucket and stream shares.
+CLAIM_MAX_VALUE = 1024
+
+
 async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     try:
         kv = await js.key_value(config.bucket)
@@ -49,7 +55,18 @@ async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
             # Another master created it in between: use theirs.
             kv = await js.key_value(config.bucket)
     await refuse_rollups(js, config.bucket)
+    if config.max_value_size:
+        await _limit_values(js, config.bucket, config.max_value_size)
     return kv
+
+
+async def _limit_values(js: JetStreamContext, bucket: str, size: int) -> None:
+    """The bucket's value size limit, also on a bucket created before it existed."""
+    info = await js.stream_info(subjects.kv_stream(bucket))
+    if info.config.max_msg_size != size:
+        log.info("bucket %s: values up to %d bytes from now on", bucket, size)
+        info.config.max_msg_size = size
+        await js.update_stream(config=info.config)
 
 
 async def refuse_rollups(js: JetStreamContext, bucket: str) -> None:
@@ -109,7 +126,13 @@ async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = Non
     # Agents write their own claim keys here, so it holds nothing else (and refuses rollups, as all).
     await _kv(
         js,
-        api.KeyValueConfig(bucket=subjects.CLAIMS_BUCKET, history=1, replicas=r, ttl=storage.claims_max_age),
+        api.KeyValueConfig(
+            bucket=subjects.CLAIMS_BUCKET,
+            history=1,
+            replicas=r,
+            ttl=storage.claims_max_age,
+            max_value_size=CLAIM_MAX_VALUE,
+        ),
     )
     await _stream(
         js,
