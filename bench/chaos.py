@@ -5,8 +5,11 @@ jobs firing every second in all three modes plus a chain. Every job appends
 ``$NATSCHED_RUN_ID $NATSCHED_AGENT`` to a witness file when it really executes. Faults come
 from a seeded random order (the seed is printed, so a run can be repeated): kill -9 and
 SIGSTOP/SIGCONT of the leading master, kill -9 and SIGSTOP (past the dispatch timeout) of
-agents, kill -9 and restart of nats-server, and a second agent started under a taken name.
-Afterwards the witness files are held against the events stream:
+agents, kill -9 and restart of nats-server (with ``--cluster``: a random node, and the node
+the leading master is connected to), a second agent started under a taken name, and kill -9
+of the leader within milliseconds of a chain's upstream succeeding. A master or agent that
+exits on its own is restarted, as systemd would, and reported. Afterwards the witness files
+are held against the events stream:
 
 - run ids executed twice, slots (or slot x target) executed by two runs: 0
 - slots with neither an execution nor a recorded failed/lost/skipped run (silent misses): 0
@@ -14,9 +17,12 @@ Afterwards the witness files are held against the events stream:
 - runs left open (queued/started with no final event once everything settled): 0
 - chain: upstream successes followed by no downstream run, or by two executions: 0
 - a second agent with a taken name that was not refused: 0
+- faults that could not be done (no leader found) or never healed (no new run within 20-30 s): 0
 
-``tests/faults/test_chaos.py`` runs it for CI; ``python -m bench.chaos --seconds N [--seed S]``
-runs it longer and prints how long each fault took to heal.
+Heal times count only runs that started after the fault (a master fault: for a slot after it),
+not events already in flight. ``tests/faults/test_chaos.py`` runs it for CI;
+``python -m bench.chaos --seconds N [--seed S] [--cluster] [--keep DIR]`` runs it longer and
+prints how long each fault took to heal (``--keep``: the logs, witness files and events stay).
 """
 
 from __future__ import annotations
@@ -54,7 +60,16 @@ GROUP = "chaos"
 LEASE_TTL = 2.0
 UNRESPONSIVE = 3.0
 AGENT_FREEZE = 6.5  # past the master's 5 s dispatch timeout
-FAULTS = ("kill_leader", "stop_leader", "kill_agent", "stop_agent", "restart_nats", "duplicate_agent")
+FAULTS = (
+    "kill_leader",
+    "stop_leader",
+    "kill_agent",
+    "stop_agent",
+    "restart_nats",
+    "duplicate_agent",
+    "kill_leader_after_upstream",
+)
+CLUSTER_FAULTS = ("restart_leader_node",)  # only with --cluster
 COUNTS = (
     "run ids executed twice",
     "slots executed by two runs",
@@ -64,6 +79,7 @@ COUNTS = (
     "runs left open",
     "chain hops missed or doubled",
     "duplicate agent names accepted",
+    "faults not done or never healed",
 )
 
 
@@ -92,6 +108,12 @@ class Healed:
     fault: str
     target: str
     seconds: float | None  # None: did not heal within the bound
+    happened: bool = True  # False: the fault could not be done (e.g. no leader found)
+
+    @property
+    def problem(self) -> bool:
+        # A twin that was not refused has its own count.
+        return not self.happened or (self.seconds is None and self.fault != "duplicate_agent")
 
 
 @dataclass
@@ -102,6 +124,7 @@ class ChaosResult:
     slots_checked: int
     healed: list[Healed] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # the first few offenders, for the report
+    revived: list[str] = field(default_factory=list)  # services that exited and were restarted
 
 
 class Chaos:
@@ -130,6 +153,7 @@ class Chaos:
         self.arrivals: list[tuple[float, dict[str, Any]]] = []  # (received at, event)
         self.healed: list[Healed] = []
         self.duplicates_accepted = 0
+        self.revived: list[str] = []
 
     # --- processes -----------------------------------------------------------------
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -172,20 +196,34 @@ class Chaos:
             self.arrivals.append((time.time(), json.loads(msg.data)))
 
     async def _started_after(
-        self, since: float, check: Callable[[dict[str, Any]], bool], bound: float
+        self, since: float, check: Callable[[dict[str, Any]], bool], bound: float, *, new_slot: bool = False
     ) -> float | None:
-        """Seconds from ``since`` until an event matching ``check`` arrived (None past ``bound``)."""
+        """Seconds from ``since`` until a run matching ``check`` started (None past ``bound``).
+
+        Only a start that happened after ``since`` (its event's own time; all processes share
+        this host's clock) counts, not one already in flight; ``new_slot``: and only for a slot
+        after ``since`` (a master fault is healed when slots are fired again, not caught up).
+        """
         deadline = time.time() + bound
         while time.time() < deadline:
             for received, event in reversed(self.arrivals):
                 if received < since:
                     break
-                if event.get("state") == "started" and check(event):
+                if (
+                    event.get("state") == "started"
+                    and float(event.get("at") or 0) >= since
+                    and (not new_slot or float(event.get("scheduled_at") or 0) >= since)
+                    and check(event)
+                ):
                     return float(received - since)
             await asyncio.sleep(0.05)
         return None
 
-    async def leader_pid(self) -> int | None:
+    def _dispatched(self, event: dict[str, Any]) -> bool:
+        return event["job"] in (f"{GROUP}.slave", f"{GROUP}.lb")
+
+    async def leader(self) -> tuple[int, str] | None:
+        """The leading master's pid and the server it is connected to (host:port)."""
         for _ in range(50):
             try:
                 found = await collect_masters(ConnectionSettings(url=self.url, connect_timeout=2), 0.5)
@@ -193,9 +231,27 @@ class Chaos:
                 found = []
             leaders = [m for m in found if m.get("leader")]
             if len(leaders) == 1:
-                return int(str(leaders[0]["master"]).rsplit("-", 2)[1])
+                return int(str(leaders[0]["master"]).rsplit("-", 2)[1]), str(leaders[0].get("server", ""))
             await asyncio.sleep(0.2)
         return None
+
+    async def leader_pid(self) -> int | None:
+        found = await self.leader()
+        return found[0] if found else None
+
+    def revive(self) -> None:
+        """Restart a master or agent that exited on its own, as systemd's Restart=always does
+        (e.g. a start-up timeout while a cluster elects); each one is reported."""
+        for kind, procs in (("master", self.masters), ("agent", self.agents)):
+            for name, proc in procs.items():
+                code = proc.poll()
+                if code is not None:
+                    self.revived.append(f"{kind} {name} exited with {code}; restarted")
+                    self.say(self.revived[-1])
+                    if kind == "master":
+                        self.start_master(name)
+                    else:
+                        self.agents[name] = self.start_agent(name)
 
     def _master_named(self, pid: int) -> str | None:
         return next((name for name, proc in self.masters.items() if proc.pid == pid), None)
@@ -205,12 +261,12 @@ class Chaos:
         pid = await self.leader_pid()
         name = self._master_named(pid) if pid else None
         if name is None:
-            self.healed.append(Healed("kill_leader", "?", None))
+            self.healed.append(Healed("kill_leader", "?", None, happened=False))
             return
         os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
         self.masters[name].wait()
         at = time.time()
-        heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 20)
+        heal = await self._started_after(at, self._dispatched, 20, new_slot=True)
         self.healed.append(Healed("kill_leader", name, heal))
         self.start_master(name)
 
@@ -218,12 +274,12 @@ class Chaos:
         pid = await self.leader_pid()
         name = self._master_named(pid) if pid else None
         if name is None:
-            self.healed.append(Healed("stop_leader", "?", None))
+            self.healed.append(Healed("stop_leader", "?", None, happened=False))
             return
         os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
         at = time.time()
         await asyncio.sleep(LEASE_TTL + 1.5)
-        heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 20)
+        heal = await self._started_after(at, self._dispatched, 20, new_slot=True)
         os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
         self.healed.append(Healed("stop_leader", name, heal))
 
@@ -253,8 +309,57 @@ class Chaos:
         await asyncio.sleep(self.rng.uniform(1.0, 3.0))
         server.start()
         at = time.time()
-        heal = await self._started_after(at, lambda e: e["job"] in (f"{GROUP}.slave", f"{GROUP}.lb"), 30)
+        heal = await self._started_after(at, self._dispatched, 30, new_slot=True)
         self.healed.append(Healed("restart_nats", f"nats-server:{server.port}", heal))
+
+    async def kill_leader_after_upstream(self) -> None:
+        """kill -9 the leader within milliseconds of an upstream of the chain succeeding: the
+        downstream must still start, once (a standby handles the completion)."""
+        pid = await self.leader_pid()
+        name = self._master_named(pid) if pid else None
+        upstream = await self._next_arrival(time.time(), _upstream_success) if name else None
+        if pid is None or name is None or upstream is None:
+            self.healed.append(Healed("kill_leader_after_upstream", name or "?", None, happened=False))
+            return
+        os.kill(pid, signal.SIGKILL)
+        self.masters[name].wait()
+        run_id = upstream["run_id"]
+        heal = await self._started_after(
+            float(upstream["at"]),
+            lambda e: e["job"] == f"{GROUP}.chained" and run_id in e.get("detail", {}).get("parents", ""),
+            20,
+        )
+        self.healed.append(Healed("kill_leader_after_upstream", name, heal))
+        self.start_master(name)
+
+    async def _next_arrival(
+        self, since: float, check: Callable[[dict[str, Any]], bool], bound: float = 10.0
+    ) -> dict[str, Any] | None:
+        deadline = time.time() + bound
+        while time.time() < deadline:
+            for received, event in reversed(self.arrivals):
+                if received < since:
+                    break
+                if check(event):
+                    return dict(event)
+            await asyncio.sleep(0.001)  # the kill is to land within milliseconds of the completion
+        return None
+
+    async def restart_leader_node(self) -> None:
+        """Cluster: kill -9 the node the leading master is connected to, then restart it."""
+        found = await self.leader()
+        server = next((s for s in self.servers if found and found[1].endswith(f":{s.port}")), None)
+        if found is None or server is None:
+            self.healed.append(
+                Healed("restart_leader_node", found[1] if found else "?", None, happened=False)
+            )
+            return
+        server.kill()
+        at = time.time()
+        await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+        server.start()
+        heal = await self._started_after(at, self._dispatched, 30, new_slot=True)
+        self.healed.append(Healed("restart_leader_node", f"nats-server:{server.port}", heal))
 
     async def duplicate_agent(self) -> None:
         name = self.rng.choice(AGENTS)
@@ -290,6 +395,7 @@ class Chaos:
             self.say(f"chaos seed {self.seed}: {', '.join(schedule)}")
             pause = max(1.0, seconds / max(1, len(schedule)) - 4.0)
             for fault in schedule:
+                self.revive()
                 await getattr(self, fault)()
                 await asyncio.sleep(pause)
             await asyncio.sleep(3.0)  # let the last fault's consequences show
@@ -302,9 +408,10 @@ class Chaos:
 
     def _fault_order(self, seconds: float) -> list[str]:
         """Every fault once, then more at random while they fit (~10 s each), in seeded order."""
-        order = list(FAULTS)
+        faults = FAULTS + CLUSTER_FAULTS if len(self.servers) > 1 else FAULTS
+        order = list(faults)
         while len(order) * 10.0 < seconds:
-            order.append(self.rng.choice(FAULTS))
+            order.append(self.rng.choice(faults))
         self.rng.shuffle(order)
         return order
 
@@ -318,6 +425,7 @@ class Chaos:
                     return
                 raise RuntimeError(f"chaos jobs refused: {reply}")
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                self.revive()  # a master that timed out at start-up while the cluster elected
                 await asyncio.sleep(0.3)
         raise RuntimeError("no master applied the chaos jobs")
 
@@ -366,6 +474,7 @@ class Chaos:
         ledger = Ledger(events, executions, start, end)
         counts = ledger.counts()
         counts["duplicate agent names accepted"] = self.duplicates_accepted
+        counts["faults not done or never healed"] = sum(heal.problem for heal in self.healed)
         return ChaosResult(
             seed=self.seed,
             counts=counts,
@@ -373,7 +482,12 @@ class Chaos:
             slots_checked=ledger.slots_checked,
             healed=self.healed,
             problems=ledger.problems[:20],
+            revived=self.revived,
         )
+
+
+def _upstream_success(event: dict[str, Any]) -> bool:
+    return bool(event["job"] == f"{GROUP}.lb" and event["state"] == "succeeded")
 
 
 async def _quiet(exc: Exception) -> None:
@@ -468,8 +582,10 @@ class Ledger:
         return doubled, missed
 
     def _chain(self, ran: Counter[str]) -> int:
-        upstream_ok = {
-            e["run_id"] for e in self.events if e["job"] == f"{GROUP}.lb" and e["state"] == "succeeded"
+        upstream_ok = {  # a completion after the window may meet the chained job disabled
+            e["run_id"]
+            for e in self.events
+            if e["job"] == f"{GROUP}.lb" and e["state"] == "succeeded" and float(e["at"]) < self.end
         }
         followers: dict[str, set[str]] = defaultdict(set)
         for event in self.events:
@@ -536,7 +652,10 @@ def print_result(result: ChaosResult, say: Callable[[str], None] = print) -> Non
         say(f"  {name:36} {result.counts[name]}")
     for heal in result.healed:
         took = "did not heal" if heal.seconds is None else f"{heal.seconds:.2f} s"
-        say(f"  healed {heal.fault:16} {heal.target:12} {took}")
+        took = took if heal.happened else "NOT DONE"
+        say(f"  healed {heal.fault:26} {heal.target:18} {took}")
+    for revived in result.revived:
+        say(f"  revived: {revived}")
     for problem in result.problems:
         say(f"  ! {problem}")
 

@@ -244,6 +244,7 @@ class MasterService(Service):
                         "leader_id": self.lease.leader,
                         "lease_age": self.lease.age(),
                         "lease_ttl": self.lease.ttl,
+                        "server": _server_of(self.nc),
                     }
                 )
             )
@@ -279,3 +280,9 @@ class MasterService(Service):
         if self.inbound is not None:
             await self.inbound.close()
         await close_quietly(self.nc, DRAIN_TIMEOUT)
+
+
+def _server_of(nc: Client | None) -> str:
+    """host:port of the server this master is connected to now ('' when none)."""
+    url = nc.connected_url if nc is not None and nc.is_connected else None
+    return url.netloc if url is not None else ""
