@@ -7,6 +7,7 @@ master and ``natsched agents`` tell a live agent from a dead one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -31,11 +32,17 @@ class HeartbeatPublisher:
     """Heartbeats with compare-and-set on the key (see ``agent/nameguard.py``)."""
 
     def __init__(
-        self, js: JetStreamContext, *, build: Callable[[], Awaitable[Heartbeat]], interval: float
+        self,
+        js: JetStreamContext,
+        *,
+        build: Callable[[], Awaitable[Heartbeat]],
+        interval: float,
+        gate: nameguard.NameGate | None = None,
     ) -> None:
         self._js = js
         self._build = build
         self._interval = interval
+        self._gate = gate or nameguard.NameGate()
         self._kv: KeyValue | None = None
         self._revision: int | None = None
         self._key = ""  # the agent's name, once a heartbeat was written
@@ -62,10 +69,15 @@ class HeartbeatPublisher:
         heartbeat = await self._build()
         self._key = heartbeat.agent
         data = codec.encode_heartbeat(heartbeat)
-        if self._revision is None:
-            self._revision = await nameguard.take(self._kv, heartbeat, data)
-        else:
-            self._revision = await nameguard.renew(self._kv, heartbeat, data, self._revision)
+        try:
+            if self._revision is None:
+                self._revision = await nameguard.take(self._kv, heartbeat, data)
+            else:
+                self._revision = await nameguard.renew(self._kv, heartbeat, data, self._revision)
+        except NameTakenError:
+            self._gate.refuse()
+            raise
+        self._gate.confirm()
         self.sent += 1
 
     async def run(self) -> None:
@@ -79,7 +91,10 @@ class HeartbeatPublisher:
                 raise  # stops the agent: another one runs under this name
             except Exception as exc:  # noqa: BLE001 - NATS hiccups must not stop the heartbeat
                 log.debug("heartbeat not sent: %r", exc)
-            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+            self._gate.wanted.clear()
+            with contextlib.suppress(TimeoutError):  # or at once when the gate asks (woken)
+                async with asyncio.timeout(max(0.0, self._interval - (time.monotonic() - started))):
+                    await self._gate.wanted.wait()
 
     async def withdraw(self, timeout: float) -> None:
         """On a clean stop: delete our heartbeat, so masters and ``natsched agents`` drop this

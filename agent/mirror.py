@@ -19,6 +19,7 @@ import aiosqlite
 
 from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
+from agent.nameguard import NameGate
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
 from natsched.schedule import Due, Schedule, Scheduler
@@ -84,10 +85,16 @@ class MirrorScheduler:
     """Owns the schedule of every enabled mirror job in the cache."""
 
     def __init__(
-        self, cache: JobCache, executor: JobExecutor, *, clock: Callable[[], float] = time.time
+        self,
+        cache: JobCache,
+        executor: JobExecutor,
+        *,
+        clock: Callable[[], float] = time.time,
+        gate: NameGate | None = None,
     ) -> None:
         self._cache = cache
         self._executor = executor
+        self._gate = gate or NameGate()
         self._clock = clock
         self.cursors = SqliteCursors(cache.db)
         self.core = Scheduler(
@@ -136,6 +143,9 @@ class MirrorScheduler:
 
     async def _fire(self, due: list[Due]) -> None:
         """Launch one tick's slots (cursors committed): jobs at once, each job's slots in order."""
+        if not await self._gate.ready():  # our name went to another agent while we were frozen
+            log.warning("%d mirror slot(s) not run: this agent's name is another agent's now", len(due))
+            return
         now = self._clock()
         if len(due) == 1:
             await self._launch(due[0], max(0.0, now - due[0].slot))

@@ -9,13 +9,21 @@ agent silent for longer than the TTL, so such a name is free again. Later heartb
 update the key only from the revision this agent wrote last: an agent that was silent
 past the TTL (frozen, cut off) and finds its name taken over by another stops instead of
 running beside it.
+
+Such an agent must also not run anything of its own before that heartbeat: woken from a
+freeze, its mirror schedule would at once catch up every slot it slept through, slots the
+agent that took the name has run already. :class:`NameGate` holds its own schedules until a
+heartbeat confirmed the name (or found it taken) whenever the last confirmation is older than
+the TTL while NATS is reachable; cut off from NATS it runs from its cache, as promised.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime
 
 import psutil
@@ -107,3 +115,48 @@ async def renew(kv: KeyValue, heartbeat: Heartbeat, data: bytes, revision: int) 
         f"agent name {heartbeat.agent!r} was taken over by the agent on {where(holder)} "
         "while this one was silent past the heartbeat TTL; stopping"
     )
+
+
+CONFIRM_WAIT = 3.0  # seconds a woken agent waits for its heartbeat before it runs anyway
+
+
+class NameGate:
+    """May this agent run its own schedules now? See the module's docstring."""
+
+    def __init__(self, *, ttl: float = AGENT_TTL, wait: float = CONFIRM_WAIT) -> None:
+        self._ttl, self._wait = ttl, wait
+        self._confirmed_at: float | None = None  # monotonic: the last heartbeat written
+        self._confirmed = asyncio.Event()
+        self._connected = False
+        self.wanted = asyncio.Event()  # the heartbeat loop sends at once when this is set
+        self.taken = False
+
+    def set_connected(self, connected: bool) -> None:
+        self._connected = connected
+
+    def confirm(self) -> None:
+        """A heartbeat was written: the name is ours."""
+        self._confirmed_at = time.monotonic()
+        self._confirmed.set()
+
+    def refuse(self) -> None:
+        """The name is another agent's now: run nothing more."""
+        self.taken = True
+        self._confirmed.set()
+
+    async def ready(self) -> bool:
+        if self.taken:
+            return False
+        if self._confirmed_at is None or not self._connected:
+            return True  # starting, or cut off from NATS: the cache is what there is
+        if time.monotonic() - self._confirmed_at < self._ttl:
+            return True
+        self._confirmed.clear()
+        self.wanted.set()
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._confirmed.wait()
+        except TimeoutError:
+            log.warning("no heartbeat within %gs after a silence past the TTL; running anyway", self._wait)
+            self._confirmed_at = time.monotonic()  # not again for every run
+        return not self.taken

@@ -28,6 +28,7 @@ from agent.journal import RunJournal
 from agent.localjobs import LocalJobs
 from agent.locks import ClusterLocks
 from agent.mirror import MirrorScheduler
+from agent.nameguard import NameGate
 from agent.outbox import EventOutbox
 from agent.recovery import Recovery
 from agent.responder import Responder
@@ -80,6 +81,7 @@ class AgentService(Service):
         self.files: FileWatcher | None = None
         self.responder: Responder | None = None
         self.credential = CredentialWatch(config.name, config.pools)
+        self.name_gate = NameGate()  # the mirror runs nothing on a name taken over while frozen
         self.sync_notifier = SyncNotifier(
             config.name, config.sync_targets(), config.sync_notify_on, config.smtp(), lambda: self.nc
         )
@@ -123,7 +125,7 @@ class AgentService(Service):
         self.holds.listeners.append(lambda _lifted: self._release_held())
         self.recovery = Recovery(left, self.executor)
         await self.recovery.at_start()
-        self.mirror = MirrorScheduler(self.cache, self.executor)
+        self.mirror = MirrorScheduler(self.cache, self.executor, gate=self.name_gate)
         if self.config.metrics_port is not None:
             from natsched.metrics import Metrics  # prometheus-client only when asked for
 
@@ -183,11 +185,13 @@ class AgentService(Service):
 
     async def _on_reconnect(self) -> None:
         log.info("agent %s reconnected to NATS", self.config.name)
+        self.name_gate.set_connected(True)
         self.connected_since = time.time()
         if self.outbox is not None and self.nc is not None:
             self.outbox.attach(self.nc)
 
     async def _on_disconnect(self) -> None:
+        self.name_gate.set_connected(False)
         if self._stopping:
             return
         log.warning("agent %s lost NATS; running from cache", self.config.name)
@@ -203,9 +207,12 @@ class AgentService(Service):
             on_closed=self.connection_closed,
         )
         self.connected_since = time.time()
+        self.name_gate.set_connected(True)
         self.watch_connection(self.nc)
         js = self.nc.jetstream()
-        heartbeat = HeartbeatPublisher(js, build=self._heartbeat, interval=self.config.heartbeat_interval)
+        heartbeat = HeartbeatPublisher(
+            js, build=self._heartbeat, interval=self.config.heartbeat_interval, gate=self.name_gate
+        )
         self.heartbeat = heartbeat
         pools = PoolProof(js, self.config.name, self.config.pools)
         await pools.once()  # before the heartbeat names the pools: a master checks them then
