@@ -29,7 +29,8 @@ PING_INTERVAL = 10
 MAX_OUTSTANDING_PINGS = 2
 RECONNECT_WAIT = 0.5
 CLOSED_CHECK_INTERVAL = 0.5
-RECONNECT_MAX = 2.0  # bounded: a server back after a restart is found within ~2 s
+RECONNECT_MAX = 1.0  # bounded: a server back after a restart is found within ~1 s (agents must
+# heartbeat again well within a master's --unresponsive-after, which counts from its own reconnect)
 # A command's first connect gives up after this many connect timeouts.
 FIRST_CONNECT_BOUND = 3
 
