@@ -4,7 +4,9 @@ no agent accepted) and runs it closes (lost, fan-in timeouts).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from nats.js import JetStreamContext
 
@@ -14,14 +16,29 @@ from natsched.runmessages import RunReply, RunRequest
 from natsched.vocab import NO_AGENT
 
 log = logging.getLogger(__name__)
+RECORD_FOR = 20.0  # seconds a master keeps trying to record an event it alone knows
 
 
 async def publish_event(js: JetStreamContext, event: RunEvent) -> None:
-    """An event the master records itself (a run that never reached an agent)."""
-    try:
-        await js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
-    except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
-        log.warning("could not record %s run %s: %r", event.state.value, event.run_id, exc)
+    """An event the master records itself (a run that never reached an agent).
+
+    Tried again for up to ``RECORD_FOR`` seconds: nobody else records it, and a run whose
+    only trace this is would vanish (the events stream had no leader for seconds while a
+    cluster node restarted). The event id makes a repeat that did land count once.
+    """
+    deadline = time.monotonic() + RECORD_FOR
+    pause = 0.25
+    while True:
+        try:
+            await js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
+            return
+        except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
+            if time.monotonic() + pause > deadline:
+                log.warning("could not record %s run %s: %r", event.state.value, event.run_id, exc)
+                return
+            log.info("recording %s run %s failed (%r); trying again", event.state.value, event.run_id, exc)
+        await asyncio.sleep(pause)
+        pause = min(2.0, pause * 2)
 
 
 async def record_failure(js: JetStreamContext, request: RunRequest | None, reply: RunReply) -> None:
