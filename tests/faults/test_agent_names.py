@@ -22,7 +22,7 @@ from natsched.buckets import AGENT_TTL
 from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from tests.conftest import BIN, Process, eventually
-from tests.faults.test_claims import agent_process, executions, frozen, seen_by, witness_job
+from tests.faults.witness import agent_process, executions, frozen, seen_by, witness_job
 from tests.helpers import apply, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -62,7 +62,7 @@ async def test_a_second_agent_with_a_taken_name_refuses_to_start_and_check_says_
     tmp_path: Path,
 ) -> None:
     witness = tmp_path / "witness"
-    first = agent_process(spawn, nats_server, tmp_path, "a2")
+    first = agent_process(spawn, nats_server.url, "a2", tmp_path / "a2")
     await seen_by(master, "a2")
     await apply(
         nc, toml_jobs(witness_job("w", witness, mode="slave", targets={"agents": ["a2"]}), group="nm")
@@ -96,7 +96,7 @@ async def test_a_second_agent_with_a_taken_name_refuses_to_start_and_check_says_
 
     # A restart of the same agent on the same host is no second agent: its old process is gone.
     first.kill()
-    again = agent_process(spawn, nats_server, tmp_path, "a2")
+    again = agent_process(spawn, nats_server.url, "a2", tmp_path / "a2")
 
     async def restarted() -> bool:
         return again.popen.poll() is None and await holder_pid(nc, "a2") == again.popen.pid
@@ -114,7 +114,7 @@ async def test_a_name_silent_past_the_ttl_is_free_and_its_old_agent_stops_when_i
     tmp_path: Path,
 ) -> None:
     witness = tmp_path / "witness"
-    old = agent_process(spawn, nats_server, tmp_path, "a2")
+    old = agent_process(spawn, nats_server.url, "a2", tmp_path / "a2")
     await seen_by(master, "a2")
     await apply(
         nc, toml_jobs(witness_job("w", witness, mode="slave", targets={"agents": ["a2"]}), group="nm")

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,48 +21,11 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.dispatch import REQUEST_TIMEOUT
 from natsched.master.service import MasterService
 from tests.conftest import Process, eventually
-from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.faults.witness import agent_process, executions, frozen, seen_by, witness_job
+from tests.helpers import apply, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 WAKE_SETTLE = 2.0  # after SIGCONT: ample time for the agent to act on the request it held
-
-
-def witness_job(name: str, witness: Path, **fields: Any) -> dict[str, Any]:
-    line = f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}'
-    return job(name, command=["sh", "-c", line], **fields)
-
-
-def executions(witness: Path) -> list[tuple[str, str]]:
-    if not witness.exists():
-        return []
-    return [(run_id, agent) for run_id, agent in (line.split() for line in witness.read_text().splitlines())]
-
-
-def agent_process(
-    spawn: Callable[..., Process], server: EmbeddedServer, tmp_path: Path, name: str, *args: str
-) -> Process:
-    return spawn(
-        "natsched-agent", "--name", name, "--state-dir", str(tmp_path / name), *args,
-        url=server.url, log_name=f"agent-{name}.log",
-        env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"},
-    )  # fmt: skip
-
-
-async def seen_by(master: MasterService, *names: str) -> None:
-    async def all_live() -> bool:
-        directory = master.dispatcher.directory if master.dispatcher else None
-        return directory is not None and all(directory.get(n) is not None for n in names)
-
-    await eventually(all_live, 20, f"the master sees {names} heartbeating")
-
-
-@contextmanager
-def frozen(process: Process) -> Iterator[None]:
-    os.kill(process.popen.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(process.popen.pid, signal.SIGCONT)
 
 
 async def trigger(nc: Client, job_key: str) -> dict[str, Any]:
@@ -82,8 +42,8 @@ async def test_a_load_balance_run_given_up_on_a_frozen_agent_runs_once_on_the_ne
     tmp_path: Path,
 ) -> None:
     witness = tmp_path / "witness"
-    a3 = agent_process(spawn, nats_server, tmp_path, "a3", "--pool", "lb")
-    agent_process(spawn, nats_server, tmp_path, "a2", "--pool", "lb")
+    a3 = agent_process(spawn, nats_server.url, "a3", tmp_path / "a3", "--pool", "lb")
+    agent_process(spawn, nats_server.url, "a2", tmp_path / "a2", "--pool", "lb")
     await seen_by(master, "a3", "a2")
     spec = witness_job(
         "once", witness, mode="load-balance", targets={"pools": ["lb"], "agents": ["a3", "a2", "a1"]}
@@ -114,7 +74,7 @@ async def test_a_slave_run_recorded_offline_never_runs_when_its_agent_wakes(
     tmp_path: Path,
 ) -> None:
     witness = tmp_path / "witness"
-    a3 = agent_process(spawn, nats_server, tmp_path, "a3")
+    a3 = agent_process(spawn, nats_server.url, "a3", tmp_path / "a3")
     await seen_by(master, "a3")
     await apply(
         nc, toml_jobs(witness_job("work", witness, mode="slave", targets={"agents": ["a3"]}), group="sl")

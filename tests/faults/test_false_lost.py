@@ -20,7 +20,7 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, Process, eventually
-from tests.faults.test_orphans import agent_process, events_of, executions, witnessed
+from tests.faults.witness import agent_process, events_of, executions, witnessed
 from tests.helpers import apply, job, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -36,7 +36,7 @@ async def test_a_server_restart_marks_no_healthy_agent_lost_and_runs_nothing_twi
 ) -> None:
     witness = tmp_path / "witness"
     async with MasterService(conn, unresponsive_after=3.0) as master:
-        agent_process(spawn, nats_server.url, "steady", tmp_path / "steady", "--pool", "lb")
+        agent_process(spawn, nats_server.url, "steady", tmp_path / "steady", "--pool", "lb", priority=1)
         await start_agent("spare", pools=frozenset({"lb"}), priority=5)
 
         async def steady_up() -> bool:

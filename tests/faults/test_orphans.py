@@ -10,7 +10,6 @@ import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -20,34 +19,10 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, Process, eventually
-from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.faults.witness import agent_process, events_of, executions, witnessed
+from tests.helpers import apply, job, toml_jobs
 
 pytestmark = pytest.mark.faults
-
-
-def witnessed(seconds: float | Path, witness: Path) -> list[str]:
-    """A job that says when it really starts and ends (with a child, as most scripts have);
-    it sleeps ``seconds``, or as long as the file ``seconds`` says when it starts."""
-    line = f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}'
-    sleep = f"sleep $(cat {seconds})" if isinstance(seconds, Path) else f"sleep {seconds}"
-    return ["sh", "-c", f"{line.replace('>>', 'start >>')}; {sleep}; {line.replace('>>', 'end >>')}"]
-
-
-def executions(witness: Path) -> list[tuple[str, str, str]]:
-    if not witness.exists():
-        return []
-    return [tuple(line.split()) for line in witness.read_text().splitlines() if line.strip()]  # type: ignore[misc]
-
-
-async def events_of(nc: Client, key: str) -> list[dict[str, Any]]:
-    return [e for e in await stream_events(nc) if e["job"] == key]
-
-
-def agent_process(spawn: Callable[..., Process], url: str, name: str, state: Path, *extra: str) -> Process:
-    return spawn(
-        "natsched-agent", "--name", name, "--state-dir", str(state), *extra,
-        url=url, env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5", "NATSCHED_AGENT_PRIORITY": "1"},
-    )  # fmt: skip
 
 
 def alive(pid: int) -> bool:
@@ -67,7 +42,9 @@ async def test_a_job_dies_with_its_agent_and_the_redispatched_copy_runs_alone(
 ) -> None:
     witness = tmp_path / "witness"
     async with MasterService(conn, unresponsive_after=2.0) as master:
-        victim = agent_process(spawn, nats_server.url, "victim", tmp_path / "victim", "--pool", "lb")
+        victim = agent_process(
+            spawn, nats_server.url, "victim", tmp_path / "victim", "--pool", "lb", priority=1
+        )
         await start_agent("survivor", pools=frozenset({"lb"}), priority=5)
 
         async def victim_up() -> bool:
@@ -138,7 +115,7 @@ async def test_a_restarted_agent_reports_the_run_it_was_running_and_queues_the_w
     state = tmp_path / "phoenix"
     seconds = tmp_path / "seconds"
     seconds.write_text("30")
-    agent = agent_process(spawn, nats_server.url, "phoenix", state)
+    agent = agent_process(spawn, nats_server.url, "phoenix", state, priority=1)
 
     async def agent_up() -> bool:
         return master.dispatcher is not None and master.dispatcher.directory.get("phoenix") is not None
@@ -181,7 +158,7 @@ async def test_a_restarted_agent_reports_the_run_it_was_running_and_queues_the_w
     await eventually(job_gone, 3, "the job's process ended with its agent")
     seconds.write_text("0.1")  # the queued runs are quick
     # Back before any master would call it lost (10 s): only the agent can account for the runs.
-    agent = agent_process(spawn, nats_server.url, "phoenix", state)
+    agent = agent_process(spawn, nats_server.url, "phoenix", state, priority=1)
 
     async def accounted() -> bool:
         latest: dict[str, str] = {}
@@ -214,7 +191,7 @@ async def test_a_restarted_agent_frees_the_cluster_lock_of_the_run_it_lost(
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "locked"
-    agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk")
+    agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk", priority=1)
 
     async def agent_up() -> bool:
         return master.dispatcher is not None and master.dispatcher.directory.get("locked") is not None
@@ -236,7 +213,7 @@ async def test_a_restarted_agent_frees_the_cluster_lock_of_the_run_it_lost(
     first = json.loads((await nc.request("natsched.trigger.lk.one", b"{}", timeout=10)).data)["runs"][0]
     assert first["state"] == "started", first
     agent.kill()
-    agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk")
+    agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk", priority=1)
 
     async def closed() -> bool:
         return any(

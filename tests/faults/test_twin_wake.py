@@ -25,7 +25,7 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from tests.conftest import Process, eventually
 from tests.faults.test_agent_names import exited, holder_pid
-from tests.faults.test_claims import seen_by
+from tests.faults.witness import seen_by
 from tests.helpers import apply, job, toml_jobs
 
 pytestmark = pytest.mark.faults

@@ -1,0 +1,78 @@
+"""What the fault tests share: jobs that leave a witness line when they really run, agents as
+real processes, and waiting for the master to see them.
+
+A witness line is ``<run id> <agent>`` (or ``start``/``end`` before the ``>>``, see
+:func:`witnessed`), appended by the job itself: what really executed, not what events say.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from natsched.master.service import MasterService
+from tests.conftest import Process, eventually
+from tests.helpers import job, stream_events
+
+WITNESS_LINE = 'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {path}'
+
+
+def witness_job(name: str, witness: Path, **fields: Any) -> dict[str, Any]:
+    """A job whose every execution appends ``<run id> <agent>`` to ``witness``."""
+    return job(name, command=["sh", "-c", WITNESS_LINE.format(path=witness)], **fields)
+
+
+def witnessed(seconds: float | Path, witness: Path) -> list[str]:
+    """A job that says when it really starts and ends (with a child, as most scripts have);
+    it sleeps ``seconds``, or as long as the file ``seconds`` says when it starts."""
+    line = WITNESS_LINE.format(path=witness)
+    sleep = f"sleep $(cat {seconds})" if isinstance(seconds, Path) else f"sleep {seconds}"
+    return ["sh", "-c", f"{line.replace('>>', 'start >>')}; {sleep}; {line.replace('>>', 'end >>')}"]
+
+
+def executions(witness: Path) -> list[tuple[str, ...]]:
+    """The witness file's lines, split: ``(run id, agent)`` or ``(run id, agent, start|end)``."""
+    if not witness.exists():
+        return []
+    return [tuple(line.split()) for line in witness.read_text().splitlines() if line.strip()]
+
+
+def agent_process(
+    spawn: Callable[..., Process], url: str, name: str, state: Path, *args: str, priority: int | None = None
+) -> Process:
+    """``natsched-agent --name NAME`` as a real process, heartbeating every 0.5 s."""
+    env = {"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"}
+    if priority is not None:
+        env["NATSCHED_AGENT_PRIORITY"] = str(priority)
+    return spawn(
+        "natsched-agent", "--name", name, "--state-dir", str(state), *args,
+        url=url, log_name=f"agent-{name}.log", env=env,
+    )  # fmt: skip
+
+
+async def seen_by(master: MasterService, *names: str) -> None:
+    async def all_live() -> bool:
+        directory = master.dispatcher.directory if master.dispatcher else None
+        return directory is not None and all(directory.get(n) is not None for n in names)
+
+    await eventually(all_live, 20, f"the master sees {names} heartbeating")
+
+
+@contextmanager
+def frozen(process: Process) -> Iterator[None]:
+    """SIGSTOP the process for the block, SIGCONT after."""
+    os.kill(process.popen.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.popen.pid, signal.SIGCONT)
+
+
+async def events_of(nc: Client, key: str) -> list[dict[str, Any]]:
+    return [e for e in await stream_events(nc) if e["job"] == key]
