@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, machine
 
+SCALE_QUICK = ["--sizes", "1000", "10000", "--agents", "10", "--changes", "10"]
 # (module, result name, full arguments, quick arguments, timeout seconds)
 BENCHES: list[tuple[str, str, list[str], list[str], float]] = [
     ("bench.sync_bench", "sync", [], ["--sizes", "10000", "--changes", "100"], 600),
@@ -27,6 +28,7 @@ BENCHES: list[tuple[str, str, list[str], list[str], float]] = [
     ("bench.chain_bench", "chain", [], ["--count", "50"], 300),
     ("bench.apply_bench", "apply", [], ["--stored", "10000", "--applies", "50"], 300),
     ("bench.failover_bench", "failover", [], ["--rounds", "2"], 300),
+    ("bench.scale_bench", "scale", [], SCALE_QUICK, 1200),
 ]  # fmt: skip
 
 

@@ -162,7 +162,12 @@ class Services:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
-            proc.wait(20)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:  # a bench reports its figures, not a stuck shutdown
+                print(f"{proc.args!r} did not stop within 20 s of SIGTERM: killed", flush=True)
+                proc.kill()
+                proc.wait(5)
         self._log.close()
 
 

@@ -27,12 +27,12 @@ from natsched.jobspec import parse_job
 from natsched.settings import ConnectionSettings
 
 
-async def fill(nc: Client, count: int) -> None:
-    """Write ``count`` distinct job definitions with many publishes in flight."""
+async def fill(nc: Client, count: int, start: int = 0) -> None:
+    """Write ``count`` distinct job definitions (j<start>...) with many publishes in flight."""
     js = nc.jetstream()
     prefix = subjects.kv_subject_prefix(subjects.JOBS_BUCKET)
     pending = []
-    for i in range(count):
+    for i in range(start, start + count):
         spec = parse_job(
             {
                 "name": f"j{i}",
@@ -115,7 +115,7 @@ async def main(sizes: list[int], changes: int) -> None:
         filled = 0
         targets = {10_000: 0.5, 100_000: 3.0}
         for size in sorted(sizes):
-            await fill(nc, size - filled)
+            await fill(nc, size - filled, start=filled)  # j<filled>...: new keys, not rewrites
             filled = size
             raw = await raw_cold_read(nc)
             with tempfile.TemporaryDirectory() as tmp:
