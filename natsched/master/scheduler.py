@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -25,6 +26,7 @@ from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec, Mode
 from natsched.schedule import Due, Schedule, Scheduler
 from natsched.triggers.fire import time_triggers
+from natsched.vocab import RunTrigger
 
 __all__ = ["Due", "KvCursors", "MasterScheduler", "Schedule", "master_scheduled"]
 
@@ -45,6 +47,29 @@ def _slot(value: bytes | None, key: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class InheritedSlot:
+    """A job's last slot as another master claimed it: dispatched, or not if it died in between."""
+
+    job: str
+    slot: float
+    at: float  # when it was claimed (the claimer's clock)
+    master: str
+    trigger: RunTrigger
+
+
+def _inherited(value: bytes | None, key: str, ours: str) -> InheritedSlot | None:
+    try:
+        data = codec.unpack(value or b"", f"cursor {key}")
+        master = str(data.get("master", ""))
+        if not master or master == ours:
+            return None
+        trigger = RunTrigger(str(data.get("trigger", RunTrigger.UNKNOWN.value)))
+        return InheritedSlot(key, float(data["slot"]), float(data.get("at", 0.0)), master, trigger)
+    except (CodecError, KeyError, TypeError, ValueError):
+        return None
+
+
 class KvCursors:
     """Per-job last fired slot in ``natsched_state``, advanced with compare-and-set.
 
@@ -59,12 +84,16 @@ class KvCursors:
         *,
         js: JetStreamContext | None = None,
         may_claim: Callable[[], bool] = lambda: True,
+        master_id: str = "",
     ) -> None:
         self._state = state
         self._js = js
         self._may_claim = may_claim
+        self._master_id = master_id
         self._revisions: dict[str, int] = {}
         self._first_read: dict[str, KvValue] | None = None
+        # Each job's last slot as first read, when another master claimed it (see SlotAudit).
+        self.inherited: dict[str, InheritedSlot] = {}
 
     async def load(self, key: str) -> float | None:
         if self._js is not None and self._first_read is None:
@@ -74,14 +103,21 @@ class KvCursors:
         if self._first_read is not None and key not in self._revisions:
             first = self._first_read.pop(key, None)
             self._revisions[key] = first.revision if first is not None else 0
-            return None if first is None else _slot(first.value, key)
+            return None if first is None else self._first_seen(key, first.value)
+        first_load = key not in self._revisions
         try:
             entry = await self._state.get(subjects.cursor_key(key))
         except KeyNotFoundError:
             self._revisions[key] = 0
             return None
         self._revisions[key] = entry.revision or 0
-        return _slot(entry.value, key)
+        return self._first_seen(key, entry.value) if first_load else _slot(entry.value, key)
+
+    def _first_seen(self, key: str, value: bytes | None) -> float | None:
+        inherited = _inherited(value, key, self._master_id)
+        if inherited is not None:
+            self.inherited[key] = inherited
+        return _slot(value, key)
 
     async def claim(self, due: Sequence[Due]) -> list[Due]:
         """Claim each slot; the CASes of different jobs run concurrently, one job's in order."""
@@ -101,9 +137,9 @@ class KvCursors:
         return [each for each in due if id(each) in claimed]
 
     async def _claim_in_order(self, slots: list[Due]) -> list[Due]:
-        return [each for each in slots if await self._claim_one(each.spec.key, each.slot)]
+        return [each for each in slots if await self._claim_one(each.spec.key, each.slot, each.trigger)]
 
-    async def _claim_one(self, key: str, slot: float) -> bool:
+    async def _claim_one(self, key: str, slot: float, trigger: RunTrigger = RunTrigger.UNKNOWN) -> bool:
         """Advance the cursor to ``slot``; False if it is already there (another master fired it).
 
         A write NATS did not answer (cut off: nats-py buffers it and sends it on reconnect,
@@ -113,7 +149,15 @@ class KvCursors:
         finds this write's nonce in the cursor. Undecided past ``UNDECIDED_BOUND``: raised.
         """
         nonce = secrets.token_hex(8)
-        value = codec.pack({"slot": slot, "at": time.time(), "by": nonce})
+        value = codec.pack(
+            {
+                "slot": slot,
+                "at": time.time(),
+                "by": nonce,
+                "master": self._master_id,
+                "trigger": trigger.value,
+            }
+        )
         deadline = time.monotonic() + UNDECIDED_BOUND
         conflicts = 0
         while conflicts < 3:
@@ -168,10 +212,11 @@ class MasterScheduler:
         clock: Callable[[], float] = time.time,
         may_claim: Callable[[], bool] = lambda: True,
         js: JetStreamContext | None = None,
+        master_id: str = "",
     ) -> None:
         self._index = index
         self._fire_one = fire
-        self.cursors = KvCursors(state, js=js, may_claim=may_claim)
+        self.cursors = KvCursors(state, js=js, may_claim=may_claim, master_id=master_id)
         self.core = Scheduler(Schedule(master_scheduled), self.cursors, self._lookup, self._fire, clock=clock)
 
     @property

@@ -40,6 +40,7 @@ from natsched.master.notify import Notifier
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.master.secrets_api import SecretsApi
+from natsched.master.slotaudit import SlotAudit
 from natsched.senders import SmtpSettings
 from natsched.service import Service
 from natsched.settings import ConnectionSettings
@@ -224,9 +225,11 @@ class MasterService(Service):
             clock=self._clock,
             may_claim=self.lease.held,
             js=self.nc.jetstream(),
+            master_id=self.master_id,
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run())
+            group.create_task(SlotAudit(self.nc.jetstream(), self.scheduler.cursors).run())
             group.create_task(self.chains.expire_fanins())
             group.create_task(self.lost.run())
             group.create_task(self.holding.release_lifted())

@@ -1,0 +1,131 @@
+"""Slots a previous leader claimed and never dispatched: recorded, never silent.
+
+A leader claims a slot by advancing the job's cursor, then dispatches it. Killed between
+the two (a window of milliseconds, which ``bench.chaos`` hits), the slot is claimed and
+nobody runs it: the next leader goes on from the slot after. So a new leader checks each
+job whose cursor another master wrote last: once an in-flight dispatch had time to leave a
+trace (``SETTLE``: the dispatch timeout and a margin), the slot must have one, a run event
+for it or a run held by the job's pause. A slot without any is recorded ``lost`` (agent
+``none``), with a run id derived from job and slot so that two leaders in a row record it
+once. It is not dispatched again: the previous leader may be frozen mid-dispatch rather
+than dead, and a second dispatch could run the slot twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+
+from natsched import codec, subjects
+from natsched.errors import CodecError
+from natsched.events import RunEvent, RunState
+from natsched.kvscan import read_stream, scan
+from natsched.master.dispatch import REQUEST_TIMEOUT
+from natsched.master.recording import publish_event
+from natsched.master.scheduler import InheritedSlot, KvCursors
+from natsched.vocab import NO_AGENT
+
+log = logging.getLogger(__name__)
+SETTLE = REQUEST_TIMEOUT + 2.0  # a dispatch in flight when the leader changed has left events by then
+HORIZON = 3600.0  # older claims are not judged (their events may have aged out of the stream)
+LAST_MOMENTS = 2.0  # seconds before the previous leader's latest claim that are suspect
+EARLY = 30.0  # events are read from this long before the first suspect claim (clocks differ)
+
+
+def audit_run_id(job: str, slot: float) -> str:
+    """The same on every leader: the ms prefix of the slot, a hash of job and slot."""
+    digest = hashlib.sha256(f"{job}@{slot!r}".encode()).hexdigest()[:12]
+    return f"{int(slot * 1000):x}-{digest}"
+
+
+class SlotAudit:
+    """A leader duty: every inherited cursor's slot has a trace, or is recorded lost."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        cursors: KvCursors,
+        *,
+        settle: float = SETTLE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._js = js
+        self._cursors = cursors
+        self._settle = settle
+        self._clock = clock
+        self._checked: set[tuple[str, float]] = set()
+
+    async def run(self) -> None:
+        while True:  # jobs scheduled later (e.g. re-enabled) are loaded, and inherited, later
+            await asyncio.sleep(self._settle)
+            todo = [i for i in self._cursors.inherited.values() if (i.job, i.slot) not in self._checked]
+            try:
+                await self.check(todo)
+            except Exception as exc:  # noqa: BLE001 - NATS trouble: checked on the next pass
+                log.warning("inherited slots not checked now: %r", exc)
+                continue
+            self._checked.update((i.job, i.slot) for i in todo)
+
+    async def check(self, inherited: list[InheritedSlot]) -> list[InheritedSlot]:
+        """Record lost the slots among ``inherited`` that left no trace; those slots.
+
+        Only the previous leader's last moments can hold a claim it did not dispatch: the
+        claims made within ``LAST_MOMENTS`` of its latest one (not every job's last slot).
+        """
+        if not inherited:
+            return []
+        latest = max(i.at for i in inherited)
+        suspects = [i for i in inherited if i.at >= latest - LAST_MOMENTS and self._clock() - i.at < HORIZON]
+        if not suspects:
+            return []
+        traced = await self._events_since(min(i.at for i in suspects) - EARLY)
+        untraced = [i for i in suspects if (i.job, i.slot) not in traced and not await self._held(i)]
+        for each in untraced:
+            await self._record(each)
+        return untraced
+
+    async def _record(self, inherited: InheritedSlot) -> None:
+        reason = (
+            f"no record of this slot: master {inherited.master}, which claimed it, "
+            "stopped leading before it dispatched it"
+        )
+        log.warning("%s slot %s: %s", inherited.job, inherited.slot, reason)
+        event = RunEvent(
+            run_id=audit_run_id(inherited.job, inherited.slot),
+            job=inherited.job,
+            agent=NO_AGENT,
+            state=RunState.LOST,
+            trigger=inherited.trigger,
+            scheduled_at=inherited.slot,
+            reason=reason,
+        )
+        await publish_event(self._js, event)
+
+    async def _events_since(self, since: float) -> set[tuple[str, float]]:
+        """(job, slot) of every run event since ``since``."""
+        seen: set[tuple[str, float]] = set()
+        async for msg in read_stream(self._js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS, since=since):
+            try:
+                event = json.loads(msg.data)
+                if event.get("scheduled_at") is not None:
+                    seen.add((str(event["job"]), float(event["scheduled_at"])))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return seen
+
+    async def _held(self, inherited: InheritedSlot) -> bool:
+        """A run of the slot held by the job's pause (``--queue``) is its trace."""
+        held = await scan(self._js, subjects.STATE_BUCKET, subjects.held_runs(inherited.job))
+        for key, value in held.items():
+            try:
+                if codec.unpack(value.value or b"", key).get("scheduled_at") == inherited.slot:
+                    return True
+            except CodecError:
+                continue
+        return False
