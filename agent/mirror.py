@@ -21,6 +21,7 @@ from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
 from agent.nameguard import NameGate
 from natsched.errors import CodecError
+from natsched.events import RunEvent, RunState, new_run_id
 from natsched.models import JobSpec, Mode
 from natsched.schedule import Due, Schedule, Scheduler
 from natsched.triggers.fire import time_triggers
@@ -144,7 +145,7 @@ class MirrorScheduler:
     async def _fire(self, due: list[Due]) -> None:
         """Launch one tick's slots (cursors committed): jobs at once, each job's slots in order."""
         if not await self._gate.ready():  # our name went to another agent while we were frozen
-            log.warning("%d mirror slot(s) not run: this agent's name is another agent's now", len(due))
+            await self._skip(due, "not run: this agent's name was taken over while it was silent")
             return
         now = self._clock()
         if len(due) == 1:
@@ -157,6 +158,21 @@ class MirrorScheduler:
         async with asyncio.TaskGroup() as group:
             for slots in by_job.values():
                 group.create_task(self._launch_in_order(slots, now))
+
+    async def _skip(self, due: list[Due], reason: str) -> None:
+        """Recorded, not silently dropped: each slot gets a ``skipped`` event saying why."""
+        log.warning("%d mirror slot(s) %s", len(due), reason)
+        for each in due:
+            event = RunEvent(
+                run_id=new_run_id(),
+                job=each.spec.key,
+                agent=self._executor.agent,
+                state=RunState.SKIPPED,
+                trigger=each.trigger,
+                scheduled_at=each.slot,
+                reason=reason,
+            )
+            await self._executor.publish(event)
 
     async def _launch_in_order(self, slots: list[Due], now: float) -> None:
         for each in slots:

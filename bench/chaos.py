@@ -9,8 +9,9 @@ it). Every job appends
 from a seeded random order (the seed is printed, so a run can be repeated): kill -9 and
 SIGSTOP/SIGCONT of the leading master, kill -9 and SIGSTOP (past the dispatch timeout) of
 agents, kill -9 and restart of nats-server (with ``--cluster``: a random node, and the node
-the leading master is connected to), a second agent started under a taken name, and kill -9
-of the leader within milliseconds of a chain's upstream succeeding. A master or agent that
+the leading master is connected to), a second agent started under a taken name, kill -9
+of the leader within milliseconds of a chain's upstream succeeding, and (runs of 120 s or
+more) an agent frozen past the heartbeat TTL whose name a twin takes before it wakes. A master or agent that
 exits on its own is restarted, as systemd would, and reported. Afterwards the witness files
 are held against the events stream:
 
@@ -52,6 +53,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from natsched import subjects
+from natsched.buckets import AGENT_TTL
 from natsched.cli.masters import collect_masters
 from natsched.embedded import EmbeddedServer, free_port
 from natsched.kvscan import read_stream
@@ -73,6 +75,7 @@ FAULTS = (
     "kill_leader_after_upstream",
 )
 CLUSTER_FAULTS = ("restart_leader_node",)  # only with --cluster
+LONG_FAULTS = ("twin_after_freeze",)  # ~25 s each: only in runs of 120 s or more (not CI's)
 COUNTS = (
     "run ids executed twice",
     "slots executed by two runs",
@@ -364,6 +367,46 @@ class Chaos:
         heal = await self._started_after(at, self._dispatched, 30, new_slot=True)
         self.healed.append(Healed("restart_leader_node", f"nats-server:{server.port}", heal))
 
+    async def twin_after_freeze(self) -> None:
+        """SIGSTOP an agent past the heartbeat TTL, start a twin under its name (accepted: the
+        name is free), SIGCONT the first: it must stop without running anything, and the
+        twin serves the name from then on."""
+        name = self.rng.choice(AGENTS)
+        old = self.agents[name]
+        old.send_signal(signal.SIGSTOP)
+        try:
+            freed = await self._heartbeat_gone(name, AGENT_TTL + 15)
+            twin = self.start_agent(name, str(self.root / f"twin-{name}-{int(time.time())}"))
+            heal = await self._started_after(time.time(), lambda e: e["agent"] == name, 20)
+        finally:
+            old.send_signal(signal.SIGCONT)
+        try:
+            code: int | None = await asyncio.to_thread(old.wait, 15)
+        except subprocess.TimeoutExpired:
+            code = None
+            old.kill()
+            old.wait()
+        self.agents[name] = twin
+        stopped = code is not None and code != 0
+        self.healed.append(Healed("twin_after_freeze", name, heal if stopped else None, happened=freed))
+
+    async def _heartbeat_gone(self, name: str, bound: float) -> bool:
+        deadline = time.time() + bound
+        while time.time() < deadline:
+            try:
+                nc = await nats.connect(self.url.split(","), connect_timeout=2, error_cb=_quiet)
+                try:
+                    kv = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
+                    await kv.get(name)
+                finally:
+                    await nc.close()
+            except nats.js.errors.KeyNotFoundError:
+                return True
+            except Exception:  # noqa: BLE001 - server restarting: ask again
+                pass
+            await asyncio.sleep(0.5)
+        return False
+
     async def duplicate_agent(self) -> None:
         name = self.rng.choice(AGENTS)
         started = time.time()
@@ -411,7 +454,8 @@ class Chaos:
 
     def _fault_order(self, seconds: float) -> list[str]:
         """Every fault once, then more at random while they fit (~10 s each), in seeded order."""
-        faults = FAULTS + CLUSTER_FAULTS if len(self.servers) > 1 else FAULTS
+        faults = FAULTS + (CLUSTER_FAULTS if len(self.servers) > 1 else ())
+        faults += LONG_FAULTS if seconds >= 120 else ()
         order = list(faults)
         while len(order) * 10.0 < seconds:
             order.append(self.rng.choice(faults))

@@ -26,7 +26,7 @@ from natsched.master.service import MasterService
 from tests.conftest import Process, eventually
 from tests.faults.test_agent_names import exited, holder_pid
 from tests.faults.witness import seen_by
-from tests.helpers import apply, job, toml_jobs
+from tests.helpers import apply, job, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 
@@ -99,3 +99,6 @@ async def test_an_agent_woken_after_its_name_was_taken_runs_no_mirror_slot(
     assert _runs_of(witness, "old") == before_wake, "the woken agent ran nothing (no catch-up)"
     assert "taken over" in old.output() and "Traceback" not in old.output()
     assert new.popen.poll() is None, "the new agent keeps running"
+    # The slots it slept through are recorded skipped (by the woken agent, saying why), not dropped.
+    skipped = [e for e in await stream_events(nc) if e["job"] == "tw.tick" and e["state"] == "skipped"]
+    assert skipped and all("taken over" in e["reason"] for e in skipped), skipped
