@@ -378,6 +378,8 @@ class ProcessRunner:
         self._accepting = True
         self._killing = False
         self._drain_timeout = drain_timeout
+        if spawn.available():
+            spawn.seal_descriptors()  # no descriptor of the agent reaches a job
 
     @property
     def running(self) -> int:

@@ -11,7 +11,8 @@ caller has its pid.
 
 What ``Popen`` does for us and this does by hand: the program is looked up on the
 *job's* ``PATH``; signals Python ignores (SIGPIPE, SIGXFSZ) are reset to their default;
-every inheritable descriptor above 2 is closed (Python's own are close-on-exec already).
+no descriptor above 2 reaches the job: Python's own are close-on-exec, and the ones the
+agent inherited are made so when its runner is created (``seal_descriptors``).
 A job with ``cwd`` or ``user`` (posix_spawn cannot chdir or change ids on 3.11) and a
 platform without pidfds take ``loop.subprocess_exec`` as before: see ``usable``.
 """
@@ -43,9 +44,14 @@ class ProcessProtocol(Protocol):
     def process_exited(self) -> None: ...
 
 
+def available() -> bool:
+    """Does this platform have posix_spawn and pidfds?"""
+    return hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open") and os.path.isdir("/proc/self/fd")
+
+
 def usable(cwd: str | None, identity: Mapping[str, object]) -> bool:
     """Can this start take the posix_spawn path?"""
-    return cwd is None and not identity and hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open")
+    return cwd is None and not identity and available()
 
 
 def find_program(program: str, env: Mapping[str, str]) -> str:
@@ -69,16 +75,19 @@ def _above_stdio(fd: int) -> int:
     return moved
 
 
-def _inherited_descriptors() -> list[int]:
-    """Descriptors above 2 a child would inherit (opened without close-on-exec by someone else)."""
-    found = []
+def seal_descriptors() -> None:
+    """Make every descriptor above 2 close-on-exec, so a job inherits none of them.
+
+    Python opens all of its own descriptors close-on-exec; what is left is what the agent
+    itself inherited (from a shell, a service manager). Done when a runner is created
+    (once, at the agent's start): scanning ``/proc/self/fd`` per start cost ~1 ms with 200
+    runs going (two descriptors each), which a burst of due jobs paid one after another.
+    """
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2:
             with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
-                if os.get_inheritable(fd):
-                    found.append(fd)
-    return found
+                os.set_inheritable(fd, False)
 
 
 class SpawnedProcess(asyncio.SubprocessTransport):
@@ -163,12 +172,11 @@ def spawn(
     read_end, write_end = (_above_stdio(fd) for fd in os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
     os.set_blocking(write_end, True)  # the job's stdout: blocking, as a normal program expects
     try:
-        actions: list[tuple[int, ...]] = [
+        actions = [
             (os.POSIX_SPAWN_DUP2, _devnull, 0),
             (os.POSIX_SPAWN_DUP2, write_end, 1),
             (os.POSIX_SPAWN_DUP2, write_end, 2),
         ]
-        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_descriptors()]
         pid = os.posix_spawn(
             program, list(argv), env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS
         )

@@ -91,7 +91,7 @@ async def test_a_job_starts_as_popen_would_start_it(tmp_path: Path) -> None:
     found = await run(ProcessSpec(argv=("only-on-job-path",), env={"PATH": f"{bindir}:{PATH['PATH']}"}))
     assert found.output_tail == b"found\n"
     read_end, write_end = os.pipe()
-    os.set_inheritable(write_end, True)  # as a descriptor handed down to the agent would be
+    os.set_inheritable(write_end, True)  # as one handed down to the agent (before its runner exists)
     try:
         script = (
             f"grep SigIgn /proc/self/status; test -e /proc/$$/fd/{write_end} && echo leaked || echo clean; "
