@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from agent.cache import JobCache
 from agent.config import AgentConfig
@@ -127,13 +128,7 @@ class AgentService(Service):
         await self.recovery.at_start()
         self.mirror = MirrorScheduler(self.cache, self.executor, gate=self.name_gate)
         if self.config.metrics_port is not None:
-            from natsched.metrics import Metrics  # prometheus-client only when asked for
-
-            self.metrics = Metrics("agent")
-            self.outbox.on_event = lambda event: self.metrics_runs(event.state.value)
-            self.mirror.on_late = self.metrics.lateness.observe
-            self.metrics.outbox_depth.set_function(lambda: float(self.outbox.depth if self.outbox else 0))
-            self.metrics.serve(self.config.metrics_port)
+            self._serve_metrics(self.config.metrics_port, self.outbox, self.mirror)
         self.files = FileWatcher(self.cache, self.executor)
         self.local = LocalJobs(
             self.cache,
@@ -154,6 +149,15 @@ class AgentService(Service):
         self.spawn(self.sync_notifier.run(), name="sync-notify", critical=True)
         self.spawn(self._connect_and_serve(), name="agent-connection", critical=True)
         self.spawn(self._guard_credential(), name="credential-watch", critical=True)
+
+    def _serve_metrics(self, port: int, outbox: EventOutbox, mirror: MirrorScheduler) -> None:
+        from natsched.metrics import Metrics  # prometheus-client only when asked for
+
+        self.metrics = metrics = Metrics("agent")
+        outbox.on_event = lambda event: self.metrics_runs(event.state.value)
+        mirror.on_late = metrics.lateness.observe
+        metrics.outbox_depth.set_function(lambda: float(outbox.depth))
+        metrics.serve(port)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -220,16 +224,7 @@ class AgentService(Service):
         self.logs.nc = self.nc
         assert self.outbox is not None and self.mirror is not None
         self.outbox.attach(self.nc)
-        self.sync = JobSync(
-            js,
-            self.cache,
-            self.config.identity(),
-            check_interval=self.config.sync_check_interval,
-            on_report=self.sync_notifier.report,
-        )
-        self.sync.listeners.append(self.mirror.on_change)
-        if self.files is not None:
-            self.sync.listeners.append(self.files.on_change)
+        self.sync = self._job_sync(js)
         assert self.executor is not None
         self.executor.locks = ClusterLocks(self.nc, self.config.name)
         if self.recovery is not None:  # lock requests go to a master: not in the way of starting
@@ -259,6 +254,21 @@ class AgentService(Service):
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
         self.spawn(pools.run(), name="pool-membership")
         self.spawn(self.holds.run(js), name="settings-watch", critical=True)
+
+    def _job_sync(self, js: JetStreamContext) -> JobSync:
+        """Keeping the cache equal to the jobs bucket; the mirror and file triggers follow it."""
+        assert self.mirror is not None
+        sync = JobSync(
+            js,
+            self.cache,
+            self.config.identity(),
+            check_interval=self.config.sync_check_interval,
+            on_report=self.sync_notifier.report,
+        )
+        sync.listeners.append(self.mirror.on_change)
+        if self.files is not None:
+            sync.listeners.append(self.files.on_change)
+        return sync
 
     async def _guard_credential(self) -> None:
         """Stop the agent when its credential turns out not to cover its name (e.g. heartbeat denied)."""
