@@ -156,6 +156,26 @@ def stop_like_ctrl_c() -> None:
         signal.signal(sig, as_ctrl_c)
 
 
+def _nats_server(stack: ExitStack, server: str | None, port: int, data_dir: Path) -> ConnectionSettings:
+    """The server named by ``--server``, or an embedded one that ``stack`` stops."""
+    if server:
+        conn = settings(server)
+        console.print(f"using the NATS server at {conn.describe()}")
+        return conn
+    embedded = EmbeddedServer(
+        data_dir=data_dir / "nats", port=port, log_file=data_dir / "nats-server.log", die_with_parent=True
+    )
+    try:
+        embedded.start()
+    except NatschedError as exc:
+        raise fail(str(exc)) from None
+    stack.callback(embedded.stop)
+    console.print(
+        f"nats-server {embedded.url} (JetStream in {data_dir / 'nats'}, log {data_dir / 'nats-server.log'})"
+    )
+    return settings(embedded.url)
+
+
 def up(
     server: ServerOption = None,
     port: Annotated[int, typer.Option(help="port for the embedded nats-server")] = 4222,
@@ -179,26 +199,7 @@ def up(
     except NatschedError as exc:
         raise fail(str(exc)) from None
     with ExitStack() as stack:
-        if server:
-            conn = settings(server)
-            console.print(f"using the NATS server at {conn.describe()}")
-        else:
-            embedded = EmbeddedServer(
-                data_dir=data_dir / "nats",
-                port=port,
-                log_file=data_dir / "nats-server.log",
-                die_with_parent=True,
-            )
-            try:
-                embedded.start()
-            except NatschedError as exc:
-                raise fail(str(exc)) from None
-            stack.callback(embedded.stop)
-            conn = settings(embedded.url)
-            console.print(
-                f"nats-server {embedded.url} (JetStream in {data_dir / 'nats'}, "
-                f"log {data_dir / 'nats-server.log'})"
-            )
+        conn = _nats_server(stack, server, port, data_dir)
         env = {**os.environ, "NATS_URL": conn.url}
         master = Child("master", [sys.executable, "-m", "natsched", "master"], data_dir / "master.log", env)
         stack.callback(master.stop)
