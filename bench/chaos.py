@@ -11,7 +11,8 @@ SIGSTOP/SIGCONT of the leading master, kill -9 and SIGSTOP (past the dispatch ti
 agents, kill -9 and restart of nats-server (with ``--cluster``: a random node, and the node
 the leading master is connected to), a second agent started under a taken name, kill -9
 of the leader within milliseconds of a chain's upstream succeeding, and (runs of 120 s or
-more) an agent frozen past the heartbeat TTL whose name a twin takes before it wakes. A master or agent that
+more) an agent frozen past the heartbeat TTL whose name a twin takes before it wakes, and
+a nats-server frozen (SIGSTOP) for 2-7 s. A master or agent that
 exits on its own is restarted, as systemd would, and reported. Afterwards the witness files
 are held against the events stream:
 
@@ -75,7 +76,7 @@ FAULTS = (
     "kill_leader_after_upstream",
 )
 CLUSTER_FAULTS = ("restart_leader_node",)  # only with --cluster
-LONG_FAULTS = ("twin_after_freeze",)  # ~25 s each: only in runs of 120 s or more (not CI's)
+LONG_FAULTS = ("twin_after_freeze", "stop_nats")  # only in runs of 120 s or more (not CI's)
 COUNTS = (
     "run ids executed twice",
     "slots executed by two runs",
@@ -137,8 +138,14 @@ class Chaos:
     """The processes of one chaos run, the fault actions and the final accounting."""
 
     def __init__(
-        self, root: Path, seed: int, say: Callable[[str], None] = print, cluster: bool = False
+        self,
+        root: Path,
+        seed: int,
+        say: Callable[[str], None] = print,
+        cluster: bool = False,
+        only: tuple[str, ...] = (),
     ) -> None:
+        self.only = only  # these faults only (e.g. to repeat one kind), else every kind
         self.root = root
         self.seed = seed
         self.rng = random.Random(seed)
@@ -367,6 +374,21 @@ class Chaos:
         heal = await self._started_after(at, self._dispatched, 30, new_slot=True)
         self.healed.append(Healed("restart_leader_node", f"nats-server:{server.port}", heal))
 
+    async def stop_nats(self) -> None:
+        """SIGSTOP one nats-server for 2-7 s (requests time out, connections stay), then SIGCONT:
+        every write sent meanwhile lands late, after its sender gave up on it."""
+        server = self.rng.choice(self.servers)
+        pid = server.pid
+        if pid is None:
+            self.healed.append(Healed("stop_nats", f"nats-server:{server.port}", None, happened=False))
+            return
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(self.rng.uniform(2.0, 7.0))
+        os.kill(pid, signal.SIGCONT)
+        at = time.time()
+        heal = await self._started_after(at, self._dispatched, 30, new_slot=True)
+        self.healed.append(Healed("stop_nats", f"nats-server:{server.port}", heal))
+
     async def twin_after_freeze(self) -> None:
         """SIGSTOP an agent past the heartbeat TTL, start a twin under its name (accepted: the
         name is free), SIGCONT the first: it must stop without running anything, and the
@@ -455,7 +477,7 @@ class Chaos:
     def _fault_order(self, seconds: float) -> list[str]:
         """Every fault once, then more at random while they fit (~10 s each), in seeded order."""
         faults = FAULTS + (CLUSTER_FAULTS if len(self.servers) > 1 else ())
-        faults += LONG_FAULTS if seconds >= 120 else ()
+        faults = self.only or faults + (LONG_FAULTS if seconds >= 120 else ())
         order = list(faults)
         while len(order) * 10.0 < seconds:
             order.append(self.rng.choice(faults))
@@ -678,6 +700,7 @@ async def run_chaos(
     *,
     cluster: bool = False,
     keep: Path | None = None,
+    only: tuple[str, ...] = (),
 ) -> ChaosResult:
     """One chaos run in a temporary directory, or in ``keep`` (left behind to read its logs)."""
     with contextlib.ExitStack() as stack:
@@ -686,7 +709,7 @@ async def run_chaos(
         else:
             root = keep
             root.mkdir(parents=True, exist_ok=False)
-        chaos = Chaos(root, seed, say, cluster)
+        chaos = Chaos(root, seed, say, cluster, only)
         try:
             return await chaos.run(seconds)
         finally:
@@ -721,9 +744,16 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, default=None, help="run in this new directory and keep it (logs, witness files)"
     )
+    kinds = FAULTS + CLUSTER_FAULTS + LONG_FAULTS
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated faults to do, of: {', '.join(kinds)} (default: all)"
+    )
     args = parser.parse_args()
+    only = tuple(f for f in args.only.split(",") if f)
+    if set(only) - set(kinds):
+        parser.error(f"unknown faults: {', '.join(sorted(set(only) - set(kinds)))}")
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    run = run_chaos(args.seconds, seed, cluster=args.cluster, keep=args.keep)
+    run = run_chaos(args.seconds, seed, cluster=args.cluster, keep=args.keep, only=only)
     sys.exit(asyncio.run(_main(run)))
 
 
