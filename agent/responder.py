@@ -15,6 +15,7 @@ it arrives, e.g. after the agent was frozen (SIGSTOP) past the dispatch timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from agent.executor import JobExecutor
 from agent.fencing import TermFence
+from agent.nameguard import NameGate
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
 from natsched.errors import CodecError, TriggerRefusedError
@@ -37,6 +39,7 @@ from natsched.runmessages import RunReply, RunRequest, decode_run_request
 log = logging.getLogger(__name__)
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
 RESYNC_TIMEOUT = 30.0  # natsched sync: how long an agent may take to catch up with the bucket
+STOP_WAIT = 3.0  # seconds stop() waits for run requests being handled
 
 
 class Responder:
@@ -51,7 +54,12 @@ class Responder:
         sync_report: Callable[[], dict[str, Any]] | None = None,
         local_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         resync: Callable[[bool, float], Awaitable[dict[str, Any]]] | None = None,
+        gate: NameGate | None = None,
     ) -> None:
+        self._gate = gate or NameGate()
+        self._in_flight = 0  # run requests being handled: stop() lets them finish
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._nc = nc
         self._executor = executor
         self._agent = agent
@@ -95,6 +103,11 @@ class Responder:
             except Exception:  # noqa: BLE001 - the connection may be gone
                 log.debug("unsubscribe failed", exc_info=True)
         self._subs.clear()
+        # A request claimed but not yet launched would otherwise be refused by the stopping
+        # executor, its failed event queued after the outbox's last flush: never recorded.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_WAIT):
+                await self._drained.wait()
 
     async def _reply(self, msg: Msg, reply: RunReply) -> None:
         if msg.reply:
@@ -107,7 +120,14 @@ class Responder:
         """Run requests on this agent's subject (``pool`` None) or on a pool's queue group."""
 
         async def on_run(msg: Msg) -> None:
-            await self._on_run(msg, pool)
+            self._in_flight += 1
+            self._drained.clear()
+            try:
+                await self._on_run(msg, pool)
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._drained.set()
 
         return on_run
 
@@ -174,6 +194,11 @@ class Responder:
         refusal = self._refusal(request)
         if refusal:
             await self._refuse(msg, request, refusal)
+            return
+        if not await self._gate.ready():
+            # Woken after another agent took our name: the request is that agent's (it got it
+            # too), or the master's to give up on. Silent, so that no refusal of ours wins.
+            log.warning("run %s ignored: this agent's name was taken over meanwhile", request.run_id)
             return
         lost = await self._claim(request, pool)
         if lost is not None:

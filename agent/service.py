@@ -239,6 +239,7 @@ class AgentService(Service):
             sync_report=self._sync_report,
             local_report=self.local.report if self.local is not None else None,
             resync=self._resync,
+            gate=self.name_gate,
         )
         await self.responder.start()
         # A credential of another agent is caught here, before a heartbeat or a sync happens.

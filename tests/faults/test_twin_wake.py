@@ -26,7 +26,7 @@ from natsched.master.service import MasterService
 from tests.conftest import Process, eventually
 from tests.faults.test_agent_names import exited, holder_pid
 from tests.faults.witness import seen_by
-from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, job, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 
@@ -36,6 +36,10 @@ def _life(spawn: Callable[..., Process], url: str, life: str, state: Path) -> Pr
         "natsched-agent", "--name", "a2", "--state-dir", str(state),
         url=url, log_name=f"{life}.log", env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5", "LIFE": life},
     )  # fmt: skip
+
+
+def _run_ids(witness: Path) -> list[str]:
+    return [line.split()[0] for line in witness.read_text().splitlines()] if witness.exists() else []
 
 
 def _runs_of(witness: Path, life: str) -> list[str]:
@@ -63,7 +67,17 @@ async def test_an_agent_woken_after_its_name_was_taken_runs_no_mirror_slot(
         misfire="run-all",
         misfire_cap=300,
     )
-    assert (await apply(nc, toml_jobs(every_second, group="tw")))["ok"]
+    dispatched = job(
+        "sent",
+        mode="slave",
+        targets={"agents": ["a2"]},
+        command=["sh", "-c", f'echo "$NATSCHED_RUN_ID $LIFE" >> {witness.with_suffix(".slave")}'],
+        env={"LIFE": "${LIFE}"},
+        triggers=[{"every": "1s"}],
+        misfire="run-all",
+        misfire_cap=300,
+    )
+    assert (await apply(nc, toml_jobs(every_second, dispatched, group="tw")))["ok"]
 
     async def old_ticking() -> bool:
         return len(_runs_of(witness, "old")) >= 2
@@ -92,13 +106,31 @@ async def test_an_agent_woken_after_its_name_was_taken_runs_no_mirror_slot(
 
         await eventually(new_ticking, 20, "the second a2 took the name and runs the mirror job")
         before_wake = _runs_of(witness, "old")
+        slave_before_wake = _runs_of(witness.with_suffix(".slave"), "old")
     finally:
         os.kill(old.popen.pid, signal.SIGCONT)
     assert await exited(old, 15) == 1, "the woken agent stops: its name was taken over"
     await asyncio.sleep(1.0)  # anything the old life spawned has written its line by now
     assert _runs_of(witness, "old") == before_wake, "the woken agent ran nothing (no catch-up)"
+    assert _runs_of(witness.with_suffix(".slave"), "old") == slave_before_wake, (
+        "nor a run request it held while frozen"
+    )
     assert "taken over" in old.output() and "Traceback" not in old.output()
     assert new.popen.poll() is None, "the new agent keeps running"
     # The slots it slept through are recorded skipped (by the woken agent, saying why), not dropped.
     skipped = [e for e in await stream_events(nc) if e["job"] == "tw.tick" and e["state"] == "skipped"]
     assert skipped and all("taken over" in e["reason"] for e in skipped), skipped
+    # Run requests the frozen agent held when it woke: not claimed by it (the master gives up
+    # on them and records them), so no slot of the slave job vanishes.
+    await asyncio.sleep(7.0)  # the master's 5 s dispatch timeout on the last of them, and its record
+    assert (await api(nc, subjects.API_JOBS_DISABLE, {"jobs": ["tw.sent"]}))["ok"]
+    await asyncio.sleep(1.0)
+    events = [e for e in await stream_events(nc) if e["job"] == "tw.sent"]
+    slot_of = {e["run_id"]: e["scheduled_at"] for e in events}
+    executed = _run_ids(witness.with_suffix(".slave"))
+    ran = {slot_of[run_id] for run_id in executed}
+    recorded = {e["scheduled_at"] for e in events if e["state"] in ("failed", "skipped", "lost")}
+    first, last = min(ran), max(slot_of.values())
+    silent = [slot for slot in range(int(first), int(last) + 1) if float(slot) not in ran | recorded]
+    assert silent == [], f"slots of the slave job with no run and no record: {silent}"
+    assert len(executed) == len(set(executed)) == len(ran), "each slot ran at most once"
