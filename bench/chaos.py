@@ -167,6 +167,7 @@ class Chaos:
         self.healed: list[Healed] = []
         self.duplicates_accepted = 0
         self.revived: list[str] = []
+        self.state_dirs: dict[str, str] = {}  # an agent's state directory, when not root/<name>
 
     # --- processes -----------------------------------------------------------------
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -182,9 +183,10 @@ class Chaos:
         )  # fmt: skip
 
     def start_agent(self, name: str, state_dir: str | None = None) -> subprocess.Popen[bytes]:
+        """Start agent ``name`` with its current state directory (or ``state_dir``, a twin's)."""
         proc = self._spawn(
             [str(BIN / "natsched-agent"), "--name", name, "--pool", "lb",
-             "--state-dir", state_dir or str(self.root / name)]
+             "--state-dir", state_dir or self.state_dirs.get(name, str(self.root / name))]
         )  # fmt: skip
         return proc
 
@@ -398,7 +400,8 @@ class Chaos:
         old.send_signal(signal.SIGSTOP)
         try:
             freed = await self._heartbeat_gone(name, AGENT_TTL + 15)
-            twin = self.start_agent(name, str(self.root / f"twin-{name}-{int(time.time())}"))
+            twin_dir = str(self.root / f"twin-{name}-{int(time.time())}")
+            twin = self.start_agent(name, twin_dir)
             heal = await self._started_after(time.time(), lambda e: e["agent"] == name, 20)
         finally:
             old.send_signal(signal.SIGCONT)
@@ -409,6 +412,9 @@ class Chaos:
             old.kill()
             old.wait()
         self.agents[name] = twin
+        # From now on the twin is this agent, also when it is restarted: its state directory
+        # holds what it ran (a restart on the first one's would catch up slots the twin ran).
+        self.state_dirs[name] = twin_dir
         stopped = code is not None and code != 0
         self.healed.append(Healed("twin_after_freeze", name, heal if stopped else None, happened=freed))
 
