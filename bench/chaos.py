@@ -10,7 +10,7 @@ from a seeded random order (the seed is printed, so a run can be repeated): kill
 SIGSTOP/SIGCONT of the leading master, kill -9 and SIGSTOP (past the dispatch timeout) of
 agents, kill -9 and restart of nats-server (with ``--cluster``: a random node, and the node
 the leading master is connected to), a second agent started under a taken name, kill -9
-of the leader within milliseconds of a chain's upstream succeeding, and (runs of 120 s or
+of a master within milliseconds of a chain's upstream succeeding, and (runs of 120 s or
 more) an agent frozen past the heartbeat TTL whose name a twin takes before it wakes, and
 a nats-server frozen (SIGSTOP) for 2-7 s. A master or agent that
 exits on its own is restarted, as systemd would, and reported. Afterwards the witness files
@@ -73,7 +73,7 @@ FAULTS = (
     "stop_agent",
     "restart_nats",
     "duplicate_agent",
-    "kill_leader_after_upstream",
+    "kill_master_after_upstream",
 )
 CLUSTER_FAULTS = ("restart_leader_node",)  # only with --cluster
 LONG_FAULTS = ("twin_after_freeze", "stop_nats")  # only in runs of 120 s or more (not CI's)
@@ -327,14 +327,18 @@ class Chaos:
         heal = await self._started_after(at, self._dispatched, 30, new_slot=True)
         self.healed.append(Healed("restart_nats", f"nats-server:{server.port}", heal))
 
-    async def kill_leader_after_upstream(self) -> None:
-        """kill -9 the leader within milliseconds of an upstream of the chain succeeding: the
-        downstream must still start, once (a standby handles the completion)."""
+    async def kill_master_after_upstream(self) -> None:
+        """kill -9 the leader, or the standby (the masters share the chain consumer, so either
+        may hold the completion), within milliseconds of an upstream of the chain succeeding:
+        the downstream must still start, once, within the lease and ack wait."""
         pid = await self.leader_pid()
         name = self._master_named(pid) if pid else None
+        if name is not None and self.rng.random() < 0.5:
+            name = next(other for other in self.masters if other != name)
+            pid = self.masters[name].pid
         upstream = await self._next_arrival(time.time(), _upstream_success) if name else None
         if pid is None or name is None or upstream is None:
-            self.healed.append(Healed("kill_leader_after_upstream", name or "?", None, happened=False))
+            self.healed.append(Healed("kill_master_after_upstream", name or "?", None, happened=False))
             return
         os.kill(pid, signal.SIGKILL)
         self.masters[name].wait()
@@ -344,7 +348,7 @@ class Chaos:
             lambda e: e["job"] == f"{GROUP}.chained" and run_id in e.get("detail", {}).get("parents", ""),
             20,
         )
-        self.healed.append(Healed("kill_leader_after_upstream", name, heal))
+        self.healed.append(Healed("kill_master_after_upstream", name, heal))
         self.start_master(name)
 
     async def _next_arrival(
