@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
 RESYNC_TIMEOUT = 30.0  # natsched sync: how long an agent may take to catch up with the bucket
 STOP_WAIT = 3.0  # seconds stop() waits for run requests being handled
+MAX_HANDLING = 256  # run requests handled at once (each waits on its claim)
 
 
 class Responder:
@@ -58,6 +59,9 @@ class Responder:
     ) -> None:
         self._gate = gate or NameGate()
         self._in_flight = 0  # run requests being handled: stop() lets them finish
+        self._handling: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_HANDLING)
+        self._starting = 0  # requests past the busy check, not launched yet
         self._drained = asyncio.Event()
         self._drained.set()
         self._nc = nc
@@ -108,6 +112,9 @@ class Responder:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_WAIT):
                 await self._drained.wait()
+        for task in list(self._handling):  # past the bound (NATS gone): nothing outlives stop()
+            task.cancel()
+        await asyncio.gather(*self._handling, return_exceptions=True)
 
     async def _reply(self, msg: Msg, reply: RunReply) -> None:
         if msg.reply:
@@ -120,16 +127,28 @@ class Responder:
         """Run requests on this agent's subject (``pool`` None) or on a pool's queue group."""
 
         async def on_run(msg: Msg) -> None:
+            # Each request in its own task: a subscription's callbacks run one after another,
+            # and a request waits on its claim (a KV round trip) before its spawn. Handled in
+            # line, every run request waited for the previous one's claim and spawn.
+            await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
             self._in_flight += 1
             self._drained.clear()
-            try:
-                await self._on_run(msg, pool)
-            finally:
-                self._in_flight -= 1
-                if not self._in_flight:
-                    self._drained.set()
+            task = asyncio.create_task(self._handle(msg, pool), name="run-request")
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
 
         return on_run
+
+    async def _handle(self, msg: Msg, pool: str | None) -> None:
+        try:
+            await self._on_run(msg, pool)
+        except Exception:  # noqa: BLE001 - a bug must not leave a task's exception unretrieved
+            log.exception("run request on %s failed", msg.subject)
+        finally:
+            self._slots.release()
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
 
     def _refusal(self, request: RunRequest) -> str:
         """Why this agent does not take ``request`` now ("" when it does)."""
@@ -138,8 +157,8 @@ class Responder:
             paused = self._executor.holds().agent_hold(self._agent)[1]
             if paused:
                 return paused
-        if self._executor.running >= self._max:
-            return f"busy: {self._executor.running}/{self._max} runs"
+        if self._executor.running + self._starting >= self._max:
+            return f"busy: {self._executor.running + self._starting}/{self._max} runs"
         return ""
 
     async def _claim(self, request: RunRequest, pool: str | None) -> RunReply | None:
@@ -195,20 +214,29 @@ class Responder:
         if refusal:
             await self._refuse(msg, request, refusal)
             return
+        self._starting += 1  # counts against max_concurrency while its claim is out
+        try:
+            reply = await self._claim_and_launch(request, pool)
+        finally:
+            self._starting -= 1
+        if reply is not None:
+            await self._reply(msg, reply)
+
+    async def _claim_and_launch(self, request: RunRequest, pool: str | None) -> RunReply | None:
+        """The reply to a request that passed the checks; None: say nothing."""
         if not await self._gate.ready():
             # Woken after another agent took our name: the request is that agent's (it got it
             # too), or the master's to give up on. Silent, so that no refusal of ours wins.
             log.warning("run %s ignored: this agent's name was taken over meanwhile", request.run_id)
-            return
+            return None
         lost = await self._claim(request, pool)
         if lost is not None:
-            await self._reply(msg, lost)
-            return
+            return lost
         reply = await self._launch(request)
         self._recent[request.run_id] = reply
         if len(self._recent) > RECENT_RUNS:
             self._recent.popitem(last=False)
-        await self._reply(msg, reply)
+        return reply
 
     async def _launch(self, request: RunRequest) -> RunReply:
         try:

@@ -71,3 +71,33 @@ async def test_a_run_request_of_the_wrong_shape_is_refused_and_runs_nothing(
         (await nc.request(subjects.agent_run_subject("r1"), request(witness), timeout=5)).data
     )
     assert good["ok"] is True, good
+
+
+async def test_requests_arriving_together_start_no_more_than_max_concurrency(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Run requests are handled side by side (each waits on its claim, a KV round trip): the
+    ones whose claim is still out count against max_concurrency, so ten requests arriving at
+    once on an agent allowed three runs start three and are told busy for the rest."""
+    await start_agent("r1", max_concurrency=3)
+    witness = tmp_path / "witness"
+    line = f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}; sleep 5'
+    spec = parse_job(job("w", group="g", mode="slave", targets={"agents": ["r1"]}, command=line, shell=True))
+    bodies = [
+        msgpack.unpackb(request(witness, run_id=f"18f0000000-{i:012x}", spec=job_to_dict(spec)))
+        for i in range(10)
+    ]
+    async with asyncio.timeout(20):
+        replies = [
+            msgpack.unpackb(msg.data)
+            for msg in await asyncio.gather(
+                *(nc.request(subjects.agent_run_subject("r1"), codec.pack(b), timeout=10) for b in bodies)
+            )
+        ]
+        started = [r for r in replies if r["ok"]]
+        assert len(started) == 3, replies
+        assert all(r["reason"].startswith("busy: 3/3") for r in replies if not r["ok"]), replies
+        while len(witness.read_text().splitlines() if witness.exists() else []) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert len(witness.read_text().splitlines()) == 3, "exactly the three accepted runs executed"
