@@ -159,6 +159,16 @@ class MirrorScheduler:
             for slots in by_job.values():
                 group.create_task(self._launch_in_order(slots, now))
 
+    async def skip_missed(self, timeout: float) -> None:
+        """Stopping because another agent took our name: the slots that fell due since the last
+        tick (all of a freeze) get one more tick, which the gate turns into ``skipped`` records;
+        else an agent whose heartbeat noticed first would leave them without a trace."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.core.step(self._clock())
+        except Exception as exc:  # noqa: BLE001 - stopping anyway: say what was not recorded
+            log.warning("mirror slots missed while silent not recorded: %r", exc)
+
     async def _skip(self, due: list[Due], reason: str) -> None:
         """Recorded, not silently dropped: each slot gets a ``skipped`` event saying why."""
         log.warning("%d mirror slot(s) %s", len(due), reason)

@@ -168,6 +168,8 @@ class AgentService(Service):
         if self.executor is not None:
             # Runs get the grace period to finish; their final events still go out (or to the outbox).
             await self.executor.shutdown(self.config.shutdown_grace)
+        if self.name_gate.taken and self.mirror is not None:
+            await self.mirror.skip_missed(FLUSH_TIMEOUT)  # recorded before the outbox's last flush
         if self.outbox is not None:
             # Cut off from NATS, waiting changes nothing: the events stay in the SQLite outbox.
             connected = self.nc is not None and self.nc.is_connected

@@ -118,8 +118,16 @@ async def test_an_agent_woken_after_its_name_was_taken_runs_no_mirror_slot(
     assert "taken over" in old.output() and "Traceback" not in old.output()
     assert new.popen.poll() is None, "the new agent keeps running"
     # The slots it slept through are recorded skipped (by the woken agent, saying why), not dropped.
-    skipped = [e for e in await stream_events(nc) if e["job"] == "tw.tick" and e["state"] == "skipped"]
+    mirror = [e for e in await stream_events(nc) if e["job"] == "tw.tick"]
+    skipped = [e for e in mirror if e["state"] == "skipped"]
     assert skipped and all("taken over" in e["reason"] for e in skipped), skipped
+    # Every slot of the freeze is on record: run by a life of a2, or skipped by the woken one.
+    slot_of = {e["run_id"]: e["scheduled_at"] for e in mirror}
+    ran = {slot_of[run_id] for life in ("old", "new") for run_id in _runs_of(witness, life)}
+    recorded = {e["scheduled_at"] for e in skipped}
+    first, last = min(ran), min(slot_of[run_id] for run_id in _runs_of(witness, "new"))
+    missing = [slot for slot in range(int(first), int(last)) if float(slot) not in ran | recorded]
+    assert missing == [], f"mirror slots of the freeze with no run and no record: {missing}"
     # Run requests the frozen agent held when it woke: not claimed by it (the master gives up
     # on them and records them), so no slot of the slave job vanishes.
     await asyncio.sleep(7.0)  # the master's 5 s dispatch timeout on the last of them, and its record
