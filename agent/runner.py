@@ -23,19 +23,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import psutil
 
 from agent import spawn
 from agent.guardian import Guardian
+from agent.proctree import signal_tree, tree_of, wait_gone
+from agent.runas import run_as, start_failure
 from natsched.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ CHUNK = 64 * 1024
 STREAM_BACKLOG = 1024 * 1024  # output waiting for on_output; beyond it, chunks are dropped
 DRAIN_TIMEOUT = 2.0
 REAP_TIMEOUT = 1.0  # after SIGKILL, how long to wait for the kernel to tear the tree down
-_POLL = 0.02
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,80 +93,8 @@ class ProcessResult:
         return self.ended_at - self.started_at
 
 
-def _identity(user: str | None, env: Mapping[str, str]) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """subprocess arguments that run as ``user``, and the environment adjusted to match."""
-    if user is None:
-        return {}, env
-    try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except (KeyError, OverflowError):
-        raise RunError(f"job asks to run as unknown user {user!r}") from None
-    euid = os.geteuid()
-    if entry.pw_uid == euid:
-        return {}, env
-    if euid != 0:
-        raise RunError(f"job asks to run as {user!r} but the agent does not run as root")
-    # The agent's own HOME/USER would point the job at root's files; values the job set stay.
-    agent = pwd.getpwuid(euid)
-    adjusted = dict(env)
-    for key, ours, theirs in (
-        ("HOME", agent.pw_dir, entry.pw_dir),
-        ("USER", agent.pw_name, entry.pw_name),
-        ("LOGNAME", agent.pw_name, entry.pw_name),
-    ):
-        if adjusted.get(key) in (None, ours, os.environ.get(key)):
-            adjusted[key] = theirs
-    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}, adjusted
-
-
-def _start_failure(exc: OSError, program: str, cwd: str | None) -> str:
-    if cwd is not None and exc.filename == cwd:
-        if isinstance(exc, FileNotFoundError):
-            return f"working directory not found: {cwd!r}"
-        return f"cannot enter working directory {cwd!r}: {exc.strerror or exc}"
-    if isinstance(exc, FileNotFoundError):
-        return f"command not found: {program!r}"
-    return f"cannot start {program!r}: {exc.strerror or exc}"
-
-
-def _tree(roots: list[psutil.Process]) -> list[psutil.Process]:
-    """The roots and all their descendants (by parent links, which setsid does not cut)."""
-    found: dict[int, psutil.Process] = {}
-    for root in roots:
-        with contextlib.suppress(psutil.Error):
-            found.update((p.pid, p) for p in [root, *root.children(recursive=True)])
-    return list(found.values())
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-async def _wait_gone(tree: list[psutil.Process], seconds: float) -> list[psutil.Process]:
-    """The processes of ``tree`` still alive after at most ``seconds``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    tree = [p for p in tree if _alive(p)]
-    while tree and loop.time() < deadline:
-        await asyncio.sleep(_POLL)  # noqa: ASYNC110 - nothing signals the end of a process not our child
-        tree = [p for p in tree if _alive(p)]
-    return tree
-
-
 def _busy(task: asyncio.Task[None] | None) -> bool:
     return task is not None and not task.done()
-
-
-def _signal(pgid: int, processes: list[psutil.Process], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.send_signal(sig)  # psutil checks the pid was not reused meanwhile
 
 
 class RunningProcess(asyncio.SubprocessProtocol):
@@ -332,16 +260,16 @@ class RunningProcess(asyncio.SubprocessProtocol):
         if not self._has_exited:
             with contextlib.suppress(psutil.Error):
                 roots.append(psutil.Process(self.pid))
-        tree = _tree(roots)  # before any signal: see the module docstring
-        _signal(self.pid, tree, signal.SIGTERM)
+        tree = tree_of(roots)  # before any signal: see the module docstring
+        signal_tree(self.pid, tree, signal.SIGTERM)
         self._terminator = self._loop.create_task(self._escalate(tree, grace), name=f"kill-{self.pid}")
         self._terminator.add_done_callback(lambda _: self._maybe_finish())
 
     async def _escalate(self, tree: list[psutil.Process], grace: float) -> None:
         # Whatever forked since the SIGTERM hangs under a survivor, or is in the group.
-        everyone = _tree(await _wait_gone(tree, grace))
-        _signal(self.pid, everyone, signal.SIGKILL)
-        await _wait_gone(everyone, REAP_TIMEOUT)
+        everyone = tree_of(await wait_gone(tree, grace))
+        signal_tree(self.pid, everyone, signal.SIGKILL)
+        await wait_gone(everyone, REAP_TIMEOUT)
 
     def _maybe_finish(self) -> None:
         if self._result.done() or not (self._has_exited and self._eof):
@@ -389,7 +317,7 @@ class ProcessRunner:
         """Start ``spec``; returns as soon as the process exists. Raises :class:`RunError`."""
         if not self._accepting:
             raise RunError("the agent is shutting down and starts no new runs")
-        identity, env = _identity(spec.user, spec.env)
+        identity, env = run_as(spec.user, spec.env)
         argv = spec.command
         loop = asyncio.get_running_loop()
         process = RunningProcess(spec, on_output, self._drain_timeout, loop)
@@ -409,7 +337,7 @@ class ProcessRunner:
                     **identity,
                 )
         except OSError as exc:
-            raise RunError(_start_failure(exc, argv[0], spec.cwd)) from None
+            raise RunError(start_failure(exc, argv[0], spec.cwd)) from None
         except ValueError as exc:  # a NUL byte in argv, env or cwd
             raise RunError(f"cannot start {argv[0]!r}: {exc}") from None
         self._running.add(process)
