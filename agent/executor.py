@@ -9,28 +9,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.aio.client import Client
-
-from agent.environment import AgentVariables, build_env, expand_argv
+from agent.environment import AgentVariables
 from agent.journal import RunJournal
 from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
-from agent.output import RunOutput
-from agent.runner import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
+from agent.outcome import final_event
+from agent.output import LogStreamer, RunOutput
+from agent.prepare import prepare
+from agent.runner import ProcessRunner, RunningProcess
 from agent.secretstore import SecretStore
-from natsched import subjects
 from natsched.calendars import Holds
 from natsched.errors import SecretError
-from natsched.events import RunEvent, RunState, new_run_id, tail_text
+from natsched.events import RunEvent, RunState, new_run_id
 from natsched.groupsettings import GroupSettings, output_limit
 from natsched.models import JobSpec, Mode, Overlap
-from natsched.secrets import Masker, references, substitute
+from natsched.secrets import Masker
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
@@ -40,7 +38,6 @@ REPLACE_EXTRA_WAIT = 10.0
 # Runs of one job that may wait here (overlap queue, cluster lock, agent paused with --queue);
 # more are recorded skipped: a trigger storm must not pile up runs in memory.
 MAX_QUEUED = 100
-HOSTNAME = socket.gethostname()  # every job gets it as $HOSTNAME
 
 
 @dataclass(slots=True)
@@ -50,26 +47,6 @@ class ActiveRun:
     masker: Masker = field(default_factory=lambda: Masker(()))
     output: RunOutput | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class LogStreamer:
-    """Output chunks to ``natsched.log.<agent>.<run_id>`` (stream NATSCHED_LOGS), best effort.
-
-    A core publish, not an acknowledged one: output must never slow a run down. While
-    NATS is away chunks are dropped; the run's event still carries the output tail.
-    """
-
-    def __init__(self, agent: str) -> None:
-        self.agent = agent
-        self.nc: Client | None = None
-
-    async def publish(self, run_id: str, chunk: bytes) -> None:
-        nc = self.nc
-        if nc is not None and nc.is_connected:
-            try:
-                await nc.publish(subjects.log_subject(self.agent, run_id), chunk)
-            except Exception:  # noqa: BLE001 - logs are best effort
-                log.debug("log chunk of %s dropped", run_id)
 
 
 class JobExecutor:
@@ -297,49 +274,25 @@ class JobExecutor:
     async def _start(
         self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], trigger_env: Mapping[str, str]
     ) -> RunEvent:
-        extra = {"NATSCHED_RUN_ID": event.run_id, "NATSCHED_JOB": spec.key, "NATSCHED_AGENT": self.agent}
-        extra.update({f"NATSCHED_{k.upper()}": v for k, v in event.detail.items()})
-        # The group's replicated settings (natsched/groupsettings.py): its env under the job's
-        # own (a job variable of the same name wins), its user and cwd when the job has none.
         group = self.group_settings(spec.group)
-        # Secrets only from the definition's env (never argv: see natsched/secrets.py); a
-        # trigger's env or args are passed as they are.
-        job_env = {**(group.env if group else {}), **spec.env}
-        wanted = references(job_env.values())
-        masker = Masker(())
-        secret_values: list[str] = []
-        if wanted:
-            try:
-                values = await self.secrets.resolve(wanted)
-            except SecretError as exc:
-                failed = event.moved_to(RunState.FAILED, reason=str(exc))
-                self._release_queue(spec)
-                await self.publish(failed)
-                await self._release_lock(spec, event.run_id)
-                return failed
-            masker = Masker(values.values())
-            secret_values = list(values.values())
-            job_env = {k: substitute(v, values) for k, v in job_env.items()}
-        # HOSTNAME (the host's name) reaches every job; ${NATSCHED_AGENT} & co. may be named.
-        base = {**self.base_env.base, "HOSTNAME": HOSTNAME}
-        visible = {**self.base_env.visible, **extra}
-        env, unknown = build_env(job_env, base, extra, visible=visible, literal=trigger_env)
-        command = spec.command
-        if not spec.shell:  # with a shell, the shell expands ${NAME} from the environment itself
-            command, missing = expand_argv(spec.command, env, visible, hidden=secret_values)
-            unknown += [name for name in missing if name not in unknown]
-        if unknown:
-            log.warning("job %s: undefined variable(s) %s expand to ''", spec.key, ", ".join(sorted(unknown)))
-        process_spec = ProcessSpec(
-            argv=command + args,  # a caller's args are data: never expanded
-            shell=spec.shell,
-            env=env,
-            cwd=spec.cwd or (group.cwd if group else None),
-            user=spec.user or (group.user if group else None),
-            timeout=spec.timeout,
-            kill_grace=self.kill_grace,
-        )
-
+        try:
+            process_spec, masker = await prepare(
+                spec,
+                event,
+                args,
+                trigger_env,
+                agent=self.agent,
+                group=group,
+                secrets=self.secrets,
+                base=self.base_env,
+                kill_grace=self.kill_grace,
+            )
+        except SecretError as exc:
+            failed = event.moved_to(RunState.FAILED, reason=str(exc))
+            self._release_queue(spec)
+            await self.publish(failed)
+            await self._release_lock(spec, event.run_id)
+            return failed
         output = RunOutput(event.run_id, self.logs.publish, masker, output_limit(spec.output_limit, group))
         if self.journal is not None:
             # Committed before the process exists: an agent killed from here on leaves this row,
@@ -449,34 +402,3 @@ class JobExecutor:
         await self.runner.shutdown(grace)
         if self._waiters:
             await asyncio.wait(set(self._waiters), timeout=grace + self.kill_grace + 5)
-
-
-def final_event(started: RunEvent, result: ProcessResult, masker: Masker | None = None) -> RunEvent:
-    if result.error:
-        state, reason = RunState.FAILED, result.error
-    elif result.timed_out:
-        state, reason = RunState.TIMED_OUT, f"timed out after {result.duration:.1f}s; process tree killed"
-    elif result.killed:
-        state, reason = RunState.KILLED, "killed (cancelled or agent shutdown)"
-    elif result.exit_code == 0:
-        state, reason = RunState.SUCCEEDED, ""
-    else:
-        state = RunState.FAILED
-        reason = (
-            f"exit code {result.exit_code}" if result.signal is None else f"killed by signal {result.signal}"
-        )
-    return started.moved_to(
-        state,
-        ended_at=result.ended_at,
-        exit_code=result.exit_code,
-        signal=result.signal,
-        reason=masker.text(reason) if masker else reason,
-        output_tail=_masked_tail(result, masker) if masker else tail_text(result.output_tail),
-        output_bytes=result.output_bytes,
-    )
-
-
-def _masked_tail(result: ProcessResult, masker: Masker) -> str:
-    text = tail_text(result.output_tail)
-    # A tail cut from longer output may begin inside a value: its end is masked too.
-    return masker.cut_tail(text) if result.output_bytes > len(result.output_tail) else masker.text(text)

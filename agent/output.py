@@ -16,10 +16,16 @@ usually is). The event's own 4 KiB output tail is unaffected.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client
+
+from natsched import subjects
 from natsched.secrets import Masker, StreamMasker
+
+log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 CHUNK = 64 * 1024  # what one log message carries at most (well under NATS's max_payload)
@@ -74,3 +80,23 @@ class RunOutput:
                 dropped = excess
             self._tail_bytes -= dropped
             self._cut += dropped
+
+
+class LogStreamer:
+    """Output chunks to ``natsched.log.<agent>.<run_id>`` (stream NATSCHED_LOGS), best effort.
+
+    A core publish, not an acknowledged one: output must never slow a run down. While
+    NATS is away chunks are dropped; the run's event still carries the output tail.
+    """
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.nc: Client | None = None
+
+    async def publish(self, run_id: str, chunk: bytes) -> None:
+        nc = self.nc
+        if nc is not None and nc.is_connected:
+            try:
+                await nc.publish(subjects.log_subject(self.agent, run_id), chunk)
+            except Exception:  # noqa: BLE001 - logs are best effort
+                log.debug("log chunk of %s dropped", run_id)

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from agent.cache import JobCache
 from agent.config import AgentConfig
 from agent.credential import CredentialWatch
-from agent.executor import JobExecutor, LogStreamer
+from agent.executor import JobExecutor
 from agent.files import FileWatcher
 from agent.groups import GroupTable
 from agent.guardian import Guardian
@@ -31,6 +31,7 @@ from agent.locks import ClusterLocks
 from agent.mirror import MirrorScheduler
 from agent.nameguard import NameGate
 from agent.outbox import EventOutbox
+from agent.output import LogStreamer
 from agent.recovery import Recovery
 from agent.responder import Responder
 from agent.runner import ProcessRunner

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.cache import JobCache
-from agent.executor import JobExecutor, LogStreamer
+from agent.executor import JobExecutor
 from agent.journal import RunJournal
 from agent.outbox import EventOutbox
+from agent.output import LogStreamer
 from agent.recovery import Recovery
 from agent.runner import ProcessRunner
 from natsched.jobspec import parse_job

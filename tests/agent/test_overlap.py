@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from agent.cache import JobCache
-from agent.executor import MAX_QUEUED, JobExecutor, LogStreamer
+from agent.executor import MAX_QUEUED, JobExecutor
 from agent.outbox import EventOutbox
+from agent.output import LogStreamer
 from agent.runner import ProcessRunner
 from natsched.jobspec import parse_job
 from natsched.models import JobSpec
