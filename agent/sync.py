@@ -78,6 +78,23 @@ def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
     return identity.takes(key.partition(".")[0], targets)
 
 
+def _ack_fields(msg: Msg) -> tuple[int, int, float]:
+    """(stream sequence, messages pending, stored at) from the reply subject of a JetStream
+    message: nats-py's ``msg.metadata`` builds objects and a datetime for them, ~6 us a
+    message, 0.6 s of a cold sync of 100k definitions; this is ~1 us."""
+    tokens = (msg.reply or "").split(".")
+    if tokens[:2] == ["$JS", "ACK"]:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>,
+        # or (11+ tokens) with <domain>.<account hash> after ACK and a random token at the end.
+        if len(tokens) == 9:
+            return int(tokens[5]), int(tokens[8]), int(tokens[7]) / 1e9
+        if len(tokens) >= 11:
+            return int(tokens[7]), int(tokens[10]), int(tokens[9]) / 1e9
+    meta = msg.metadata  # anything else: let nats-py parse it (or say it is no JetStream message)
+    stored = meta.timestamp.timestamp() if meta.timestamp else 0.0
+    return meta.sequence.stream, meta.num_pending, stored
+
+
 def _describe(exc: BaseException) -> str:
     """The error itself, not the task group around it (the session runs a TaskGroup)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -194,8 +211,7 @@ class JobSync:
 
     def _classify(self, msg: Msg) -> _Change:
         key = msg.subject[len(_PREFIX) :]
-        meta = msg.metadata  # parsed from the reply subject on every access: once only
-        seq, pending = meta.sequence.stream, meta.num_pending
+        seq, pending, stored = _ack_fields(msg)
         if is_delete(msg.headers):
             return _Change(key, seq, pending, None)
         try:
@@ -203,7 +219,7 @@ class JobSync:
             if not wanted(key, value, self._identity):
                 return _Change(key, seq, pending, None, untargeted=True)
             # When the master wrote it: in easy replication, a newer local job wins over it.
-            modified = meta.timestamp.timestamp() if meta.timestamp else 0.0
+            modified = stored
             job = CachedJob(key, seq, str(value.get("mode", "mirror")), msg.data, modified)
             return _Change(key, seq, pending, job)
         except (CodecError, SpecError, TypeError) as exc:
