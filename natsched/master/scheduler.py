@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -57,17 +58,26 @@ class InheritedSlot:
     master: str
     trigger: RunTrigger
 
+    def encode(self) -> dict[str, Any]:
+        return {"slot": self.slot, "at": self.at, "master": self.master, "trigger": self.trigger.value}
 
-def _inherited(value: bytes | None, key: str, ours: str) -> InheritedSlot | None:
+    @classmethod
+    def decode(cls, job: str, data: dict[str, Any]) -> InheritedSlot:
+        trigger = RunTrigger(str(data.get("trigger", RunTrigger.UNKNOWN.value)))
+        return cls(job, float(data["slot"]), float(data.get("at", 0.0)), str(data["master"]), trigger)
+
+
+def _inherited(value: bytes | None, key: str, ours: str) -> list[InheritedSlot]:
+    """The claims of other masters a cursor holds: its own, and those its writer had not yet
+    checked (``unverified``: carried along until a leader's SlotAudit has seen them)."""
     try:
         data = codec.unpack(value or b"", f"cursor {key}")
+        carried = [InheritedSlot.decode(key, each) for each in data.get("unverified", [])]
         master = str(data.get("master", ""))
-        if not master or master == ours:
-            return None
-        trigger = RunTrigger(str(data.get("trigger", RunTrigger.UNKNOWN.value)))
-        return InheritedSlot(key, float(data["slot"]), float(data.get("at", 0.0)), master, trigger)
-    except (CodecError, KeyError, TypeError, ValueError):
-        return None
+        own = [InheritedSlot.decode(key, data)] if master and master != ours else []
+        return [each for each in carried if each.master != ours] + own
+    except (CodecError, KeyError, TypeError, ValueError, AttributeError):
+        return []
 
 
 class KvCursors:
@@ -92,8 +102,10 @@ class KvCursors:
         self._master_id = master_id
         self._revisions: dict[str, int] = {}
         self._first_read: dict[str, KvValue] | None = None
-        # Each job's last slot as first read, when another master claimed it (see SlotAudit).
-        self.inherited: dict[str, InheritedSlot] = {}
+        # Per job, the claims of other masters its cursor held when first read (see SlotAudit);
+        # carried in our own cursor writes until audited, so a leader that stops before its
+        # audit hands them on to the next.
+        self.inherited: dict[str, list[InheritedSlot]] = {}
 
     async def load(self, key: str) -> float | None:
         if self._js is not None and self._first_read is None:
@@ -115,9 +127,18 @@ class KvCursors:
 
     def _first_seen(self, key: str, value: bytes | None) -> float | None:
         inherited = _inherited(value, key, self._master_id)
-        if inherited is not None:
+        if inherited:
             self.inherited[key] = inherited
         return _slot(value, key)
+
+    def audited(self, checked: list[InheritedSlot]) -> None:
+        """These claims were checked: no longer carried in this job's cursor."""
+        for each in checked:
+            left = [i for i in self.inherited.get(each.job, []) if i != each]
+            if left:
+                self.inherited[each.job] = left
+            else:
+                self.inherited.pop(each.job, None)
 
     async def claim(self, due: Sequence[Due]) -> list[Due]:
         """Claim each slot; the CASes of different jobs run concurrently, one job's in order."""
@@ -156,6 +177,7 @@ class KvCursors:
                 "by": nonce,
                 "master": self._master_id,
                 "trigger": trigger.value,
+                **self._unverified(key),
             }
         )
         deadline = time.monotonic() + UNDECIDED_BOUND
@@ -184,6 +206,10 @@ class KvCursors:
                 log.warning("%s slot %s: cursor write undecided (%r); repeating it", key, slot, exc)
                 await asyncio.sleep(UNDECIDED_RETRY)
         return False
+
+    def _unverified(self, key: str) -> dict[str, Any]:
+        carried = self.inherited.get(key, [])
+        return {"unverified": [each.encode() for each in carried]} if carried else {}
 
     async def _read(self, key: str) -> tuple[float | None, str]:
         """The cursor's slot and the nonce of the write that set it (revision noted)."""

@@ -59,29 +59,30 @@ class SlotAudit:
         self._cursors = cursors
         self._settle = settle
         self._clock = clock
-        self._checked: set[tuple[str, float]] = set()
 
     async def run(self) -> None:
         while True:  # jobs scheduled later (e.g. re-enabled) are loaded, and inherited, later
             await asyncio.sleep(self._settle)
-            todo = [i for i in self._cursors.inherited.values() if (i.job, i.slot) not in self._checked]
+            todo = [i for claims in list(self._cursors.inherited.values()) for i in claims]
             try:
                 await self.check(todo)
             except Exception as exc:  # noqa: BLE001 - NATS trouble: checked on the next pass
                 log.warning("inherited slots not checked now: %r", exc)
                 continue
-            self._checked.update((i.job, i.slot) for i in todo)
+            self._cursors.audited(todo)
 
     async def check(self, inherited: list[InheritedSlot]) -> list[InheritedSlot]:
         """Record lost the slots among ``inherited`` that left no trace; those slots.
 
-        Only the previous leader's last moments can hold a claim it did not dispatch: the
-        claims made within ``LAST_MOMENTS`` of its latest one (not every job's last slot).
+        Only a previous leader's last moments can hold a claim it did not dispatch: the claims
+        made within ``LAST_MOMENTS`` of that master's latest one (not every job's last slot).
         """
-        if not inherited:
-            return []
-        latest = max(i.at for i in inherited)
-        suspects = [i for i in inherited if i.at >= latest - LAST_MOMENTS and self._clock() - i.at < HORIZON]
+        latest: dict[str, float] = {}
+        for each in inherited:
+            latest[each.master] = max(latest.get(each.master, each.at), each.at)
+        suspects = [
+            i for i in inherited if i.at >= latest[i.master] - LAST_MOMENTS and self._clock() - i.at < HORIZON
+        ]
         if not suspects:
             return []
         traced = await self._events_since(min(i.at for i in suspects) - EARLY)

@@ -25,11 +25,8 @@ from tests.helpers import api, apply, job, stream_events, toml_jobs
 pytestmark = pytest.mark.faults
 
 
-async def test_a_slot_claimed_by_a_leader_that_died_before_dispatching_it_is_recorded(
-    conn: ConnectionSettings, nc: Client, start_agent: AgentFactory, tmp_path: Path
-) -> None:
-    witness = tmp_path / "witness"
-    await start_agent("s1", wait_synced=False)  # no master yet
+async def _leader_dies_after_a_claim(conn: ConnectionSettings, nc: Client, witness: Path) -> float:
+    """A leader claims a slot of sa.tick (every second) and dies before dispatching it: the slot."""
     claimed: list[Due] = []
     died = asyncio.Event()
 
@@ -53,11 +50,24 @@ async def test_a_slot_claimed_by_a_leader_that_died_before_dispatching_it_is_rec
         assert (await apply(nc, toml_jobs(every_second, group="sa")))["ok"]
         async with asyncio.timeout(10):
             await died.wait()
-        assert first.nc is not None
-        await first.nc.close()  # as kill -9: no lease released, nothing more sent
+        await _cut(first)
     finally:
         await first.__aexit__(None, None, None)
     [lost_slot] = [due.slot for due in claimed]
+    return lost_slot
+
+
+async def _cut(master: MasterService) -> None:
+    assert master.nc is not None
+    await master.nc.close()  # as kill -9: no lease released, nothing more sent
+
+
+async def test_a_slot_claimed_by_a_leader_that_died_before_dispatching_it_is_recorded(
+    conn: ConnectionSettings, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    witness = tmp_path / "witness"
+    await start_agent("s1", wait_synced=False)  # no master yet
+    lost_slot = await _leader_dies_after_a_claim(conn, nc, witness)
 
     async with MasterService(conn, lease_ttl=2.0):
 
@@ -76,3 +86,37 @@ async def test_a_slot_claimed_by_a_leader_that_died_before_dispatching_it_is_rec
     assert lost_slot + 1 in ran, "the next leader went on with the slots after it"
     executed = witness.read_text().split()
     assert len(executed) == len(set(executed)) == len(ran), "each run executed once"
+
+
+async def test_the_claim_is_handed_on_when_the_next_leader_dies_before_its_check(
+    conn: ConnectionSettings, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """bench.chaos seed 2020: the next leader lost the lease (a nats-server restart) before its
+    check, and the third one saw only the second's cursor writes: the slot stayed silent."""
+    witness = tmp_path / "witness"
+    await start_agent("s1", wait_synced=False)  # no master yet
+    lost_slot = await _leader_dies_after_a_claim(conn, nc, witness)
+
+    second = MasterService(conn, lease_ttl=2.0)
+    await second.__aenter__()
+    try:
+
+        async def going_on() -> bool:
+            events = await stream_events(nc)
+            return any(e["scheduled_at"] > lost_slot and e["state"] == "succeeded" for e in events)
+
+        await eventually(going_on, 15, "the second leader firing the slots after it")
+        await _cut(second)  # before its check (7 s after it took over)
+    finally:
+        await second.__aexit__(None, None, None)
+
+    async with MasterService(conn, lease_ttl=2.0):
+
+        async def recorded() -> bool:
+            events = await stream_events(nc)
+            return any(e["scheduled_at"] == lost_slot for e in events if e["job"] == "sa.tick")
+
+        await eventually(recorded, 20, "the claimed slot recorded by the third leader")
+        assert (await api(nc, subjects.API_JOBS_DISABLE, {"jobs": ["sa.tick"]}))["ok"]
+    [record] = [e for e in await stream_events(nc) if e["scheduled_at"] == lost_slot]
+    assert record["state"] == "lost" and "claimed it" in record["reason"], record
