@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +26,7 @@ from natsched.errors import NatschedError, NotConnectedError
 log = logging.getLogger(__name__)
 CANCEL_ROUNDS = 20
 CANCEL_WAIT = 0.25
+SHUTDOWN_DEADLINE = 10.0  # from the signal to the process gone, whatever hangs
 RESTART_MIN = 0.5
 RESTART_MAX = 5.0
 
@@ -179,6 +182,12 @@ def _quiet_about_lost_connections(loop: asyncio.AbstractEventLoop, context: dict
     loop.default_exception_handler(context)
 
 
+def _give_up_stopping() -> None:
+    log.error("did not stop within %gs of the signal; exiting now", SHUTDOWN_DEADLINE)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def serve(service: Service) -> None:
     """Run a service until SIGINT/SIGTERM, then leave its context cleanly (exit code 0)."""
     loop = asyncio.get_running_loop()
@@ -191,6 +200,11 @@ async def serve(service: Service) -> None:
             log.info("stopping (signal received)")
             stopping.set()
             main.cancel()
+            # The last line of defence for "stops within seconds": whatever hangs in the
+            # shutdown (a task that swallows its cancellation, a blocked loop), the process ends.
+            deadline = threading.Timer(SHUTDOWN_DEADLINE, _give_up_stopping)
+            deadline.daemon = True
+            deadline.start()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)

@@ -23,6 +23,7 @@ from natsched.master.jobindex import JobIndex
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT = 2.0
 MAX_ARGS = 256
 
 
@@ -80,7 +81,8 @@ class TriggerHandler:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Bounded: a task inside nats-py may swallow its cancellation; shutdown must not wait on it.
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
 
     async def _answer(self, msg: Msg) -> dict[str, Any]:
         try:

@@ -37,6 +37,7 @@ from natsched.triggers.subject import SubjectTrigger
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT = 2.0
 QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
 Pair = tuple[JobSpec, SubjectTrigger]
 UNMATCHED_TRIES = 3  # deliveries of a message no job of ours matches, before it is dropped
@@ -209,7 +210,8 @@ class SubjectTriggers:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Bounded: a task inside nats-py may swallow its cancellation; shutdown must not wait on it.
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
 
 
 def message_run_id(msg: Msg, spec: JobSpec, trigger: SubjectTrigger) -> str:
