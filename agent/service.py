@@ -166,6 +166,10 @@ class AgentService(Service):
             self.metrics.close()
         if self.responder is not None:
             await self.responder.stop()  # stop accepting work first
+        if self.mirror is not None:
+            # A step under way (cursor committed, slot claimed) finishes: it writes to the cache,
+            # and the run of the slot it claimed is started, not lost.
+            await self.mirror.core.settle(FLUSH_TIMEOUT)
         if self.executor is not None:
             # Runs get the grace period to finish; their final events still go out (or to the outbox).
             await self.executor.shutdown(self.config.shutdown_grace)

@@ -195,6 +195,11 @@ class Scheduler:
         task.add_done_callback(self._finished)
         await asyncio.shield(task)
 
+    async def settle(self, timeout: float) -> None:
+        """Let a step that outlived a cancelled ``run`` finish (before its store is closed)."""
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=timeout)
+
     def _finished(self, task: asyncio.Future[list[Due]]) -> None:
         self._finishing.discard(task)
         if not task.cancelled() and task.exception() is not None:  # retrieved: also when nobody awaits
