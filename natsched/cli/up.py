@@ -152,6 +152,9 @@ def stop_like_ctrl_c() -> None:
     def as_ctrl_c(signum: int, frame: object) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Started in the background by a non-interactive shell (`natsched up &` in a script), we
+    # inherit SIGINT ignored: asyncio then installs no handler and the SIGINT above changes nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, as_ctrl_c)
 

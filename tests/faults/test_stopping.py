@@ -119,7 +119,7 @@ async def test_reconnect_attempts_are_logged_once_per_state_change(
     assert len(noise) <= 5, "\n".join(lines)  # the outage and its end; the lease's trouble and its end
 
 
-def _up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _up(tmp_path: Path, *, sigint_ignored: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
     out_file = tmp_path / "up.out"
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("NATS_URL", None)
@@ -130,6 +130,8 @@ def _up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            # What a non-interactive shell does to a job it starts in the background (`up &`).
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
     return up, out_file
 
@@ -147,9 +149,12 @@ def _children_once_up(up: subprocess.Popen[bytes], out_file: Path) -> list[psuti
     raise AssertionError(f"natsched up did not start:\n{out_file.read_text()}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
-def test_up_takes_its_children_along(tmp_path: Path, sig: signal.Signals) -> None:
-    up, out_file = _up(tmp_path)
+@pytest.mark.parametrize(
+    ("sig", "background"),
+    [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGKILL, False), (signal.SIGTERM, True)],
+)
+def test_up_takes_its_children_along(tmp_path: Path, sig: signal.Signals, background: bool) -> None:
+    up, out_file = _up(tmp_path, sigint_ignored=background)
     children: list[psutil.Process] = []
     try:
         children = _children_once_up(up, out_file)
