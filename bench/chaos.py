@@ -43,51 +43,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from bench.chaosledger import (
+    AGENTS,
+    GROUP,
+    ChaosResult,
+    Healed,
+    Ledger,
+    open_runs,
+    print_result,
+    upstream_success,
+)
+from bench.chaosplant import AGENT_FREEZE, CLUSTER_FAULTS, FAULTS, LEASE_TTL, LONG_FAULTS, Plant
 from natsched import subjects
 from natsched.buckets import AGENT_TTL
-from natsched.cli.masters import collect_masters
-from natsched.embedded import EmbeddedServer, free_port
 from natsched.kvscan import read_stream
-from natsched.settings import ConnectionSettings
-
-BIN = Path(sys.executable).parent
-AGENTS = ("a1", "a2", "a3")
-GROUP = "chaos"
-LEASE_TTL = 2.0
-UNRESPONSIVE = 3.0
-AGENT_FREEZE = 6.5  # past the master's 5 s dispatch timeout
-FAULTS = (
-    "kill_leader",
-    "stop_leader",
-    "kill_agent",
-    "stop_agent",
-    "restart_nats",
-    "duplicate_agent",
-    "kill_master_after_upstream",
-)
-CLUSTER_FAULTS = ("restart_leader_node",)  # only with --cluster
-LONG_FAULTS = ("twin_after_freeze", "stop_nats")  # only in runs of 120 s or more (not CI's)
-COUNTS = (
-    "run ids executed twice",
-    "slots executed by two runs",
-    "silent misses",
-    "executions with no started event",
-    "succeeded but never executed",
-    "runs left open",
-    "chain hops missed or doubled",
-    "duplicate agent names accepted",
-    "faults not done or never healed",
-)
 
 
 def jobs_file(witness: Path) -> str:
@@ -110,166 +86,8 @@ def jobs_file(witness: Path) -> str:
     )
 
 
-@dataclass
-class Healed:
-    fault: str
-    target: str
-    seconds: float | None  # None: did not heal within the bound
-    happened: bool = True  # False: the fault could not be done (e.g. no leader found)
-
-    @property
-    def problem(self) -> bool:
-        # A twin that was not refused has its own count.
-        return not self.happened or (self.seconds is None and self.fault != "duplicate_agent")
-
-
-@dataclass
-class ChaosResult:
-    seed: int
-    counts: dict[str, int]
-    executions: int
-    slots_checked: int
-    healed: list[Healed] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # the first few offenders, for the report
-    revived: list[str] = field(default_factory=list)  # services that exited and were restarted
-
-
-class Chaos:
-    """The processes of one chaos run, the fault actions and the final accounting."""
-
-    def __init__(
-        self,
-        root: Path,
-        seed: int,
-        say: Callable[[str], None] = print,
-        cluster: bool = False,
-        only: tuple[str, ...] = (),
-    ) -> None:
-        self.only = only  # these faults only (e.g. to repeat one kind), else every kind
-        self.root = root
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.say = say
-        self.witness = root / "witness"
-        self.witness.mkdir(parents=True, exist_ok=True)
-        self.servers = _servers(root, cluster)
-        self.url = ",".join(server.url for server in self.servers)
-        self.replicas = "3" if cluster else "1"
-        self.env = {
-            **os.environ,
-            "NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5",
-            "NATSCHED_AGENT_SYNC_CHECK_INTERVAL": "0.5",
-        }
-        self.masters: dict[str, subprocess.Popen[bytes]] = {}
-        self.agents: dict[str, subprocess.Popen[bytes]] = {}
-        self._log = open(root / "services.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.arrivals: list[tuple[float, dict[str, Any]]] = []  # (received at, event)
-        self.healed: list[Healed] = []
-        self.duplicates_accepted = 0
-        self.revived: list[str] = []
-        self.state_dirs: dict[str, str] = {}  # an agent's state directory, when not root/<name>
-
-    # --- processes -----------------------------------------------------------------
-    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        self.env["NATS_URL"] = self.url
-        return subprocess.Popen(
-            argv, env=self.env, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL
-        )
-
-    def start_master(self, name: str) -> None:
-        self.masters[name] = self._spawn(
-            [str(BIN / "natsched"), "master", "--lease-ttl", str(LEASE_TTL),
-             "--unresponsive-after", str(UNRESPONSIVE), "--replicas", self.replicas]
-        )  # fmt: skip
-
-    def start_agent(self, name: str, state_dir: str | None = None) -> subprocess.Popen[bytes]:
-        """Start agent ``name`` with its current state directory (or ``state_dir``, a twin's)."""
-        proc = self._spawn(
-            [str(BIN / "natsched-agent"), "--name", name, "--pool", "lb",
-             "--state-dir", state_dir or self.state_dirs.get(name, str(self.root / name))]
-        )  # fmt: skip
-        return proc
-
-    def stop(self) -> None:
-        for proc in [*self.agents.values(), *self.masters.values()]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-        for proc in [*self.agents.values(), *self.masters.values()]:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for server in self.servers:
-            server.stop()
-        self._log.close()
-
-    # --- observation ---------------------------------------------------------------
-    async def _on_event(self, msg: Msg) -> None:
-        with contextlib.suppress(ValueError):
-            self.arrivals.append((time.time(), json.loads(msg.data)))
-
-    async def _started_after(
-        self, since: float, check: Callable[[dict[str, Any]], bool], bound: float, *, new_slot: bool = False
-    ) -> float | None:
-        """Seconds from ``since`` until a run matching ``check`` started (None past ``bound``).
-
-        Only a start that happened after ``since`` (its event's own time; all processes share
-        this host's clock) counts, not one already in flight; ``new_slot``: and only for a slot
-        after ``since`` (a master fault is healed when slots are fired again, not caught up).
-        """
-        deadline = time.time() + bound
-        while time.time() < deadline:
-            for received, event in reversed(self.arrivals):
-                if received < since:
-                    break
-                if (
-                    event.get("state") == "started"
-                    and float(event.get("at") or 0) >= since
-                    and (not new_slot or float(event.get("scheduled_at") or 0) >= since)
-                    and check(event)
-                ):
-                    return float(received - since)
-            await asyncio.sleep(0.05)
-        return None
-
-    def _dispatched(self, event: dict[str, Any]) -> bool:
-        return event["job"] in (f"{GROUP}.slave", f"{GROUP}.lb")
-
-    async def leader(self) -> tuple[int, str] | None:
-        """The leading master's pid and the server it is connected to (host:port)."""
-        for _ in range(50):
-            try:
-                found = await collect_masters(ConnectionSettings(url=self.url, connect_timeout=2), 0.5)
-            except Exception:  # noqa: BLE001 - server restarting: ask again
-                found = []
-            leaders = [m for m in found if m.get("leader")]
-            if len(leaders) == 1:
-                return int(str(leaders[0]["master"]).rsplit("-", 2)[1]), str(leaders[0].get("server", ""))
-            await asyncio.sleep(0.2)
-        return None
-
-    async def leader_pid(self) -> int | None:
-        found = await self.leader()
-        return found[0] if found else None
-
-    def revive(self) -> None:
-        """Restart a master or agent that exited on its own, as systemd's Restart=always does
-        (e.g. a start-up timeout while a cluster elects); each one is reported."""
-        for kind, procs in (("master", self.masters), ("agent", self.agents)):
-            for name, proc in procs.items():
-                code = proc.poll()
-                if code is not None:
-                    self.revived.append(f"{kind} {name} exited with {code}; restarted")
-                    self.say(self.revived[-1])
-                    if kind == "master":
-                        self.start_master(name)
-                    else:
-                        self.agents[name] = self.start_agent(name)
-
-    def _master_named(self, pid: int) -> str | None:
-        return next((name for name, proc in self.masters.items() if proc.pid == pid), None)
+class Chaos(Plant):
+    """The fault actions of one chaos run, the run itself and its final accounting."""
 
     # --- faults --------------------------------------------------------------------
     async def kill_leader(self) -> None:
@@ -336,7 +154,7 @@ class Chaos:
         if name is not None and self.rng.random() < 0.5:
             name = next(other for other in self.masters if other != name)
             pid = self.masters[name].pid
-        upstream = await self._next_arrival(time.time(), _upstream_success) if name else None
+        upstream = await self._next_arrival(time.time(), upstream_success) if name else None
         if pid is None or name is None or upstream is None:
             self.healed.append(Healed("kill_master_after_upstream", name or "?", None, happened=False))
             return
@@ -526,7 +344,7 @@ class Chaos:
         deadline = time.time() + bound
         await asyncio.sleep(1.0)
         while time.time() < deadline:
-            if not _open_runs(await self._events(nc)):
+            if not open_runs(await self._events(nc)):
                 return
             await asyncio.sleep(0.5)
 
@@ -565,142 +383,8 @@ class Chaos:
         )
 
 
-def _upstream_success(event: dict[str, Any]) -> bool:
-    return bool(event["job"] == f"{GROUP}.lb" and event["state"] == "succeeded")
-
-
 async def _quiet(exc: Exception) -> None:
     """The observer's own reconnects while nats-server restarts are expected, not news."""
-
-
-def _open_runs(events: list[dict[str, Any]]) -> set[str]:
-    latest: dict[str, str] = {}
-    for event in events:
-        if latest.get(event["run_id"]) in (None, "queued", "started"):
-            latest[event["run_id"]] = event["state"]
-    return {run for run, state in latest.items() if state in ("queued", "started")}
-
-
-class Ledger:
-    """The witness files held against the events: what ran, what was recorded, what is missing."""
-
-    NOT_RUN = ("failed", "timed_out", "killed", "lost", "skipped")
-
-    def __init__(
-        self, events: list[dict[str, Any]], executions: list[tuple[str, str, str]], start: float, end: float
-    ) -> None:
-        self.events = events
-        self.executions = executions
-        self.start, self.end = start, end
-        self.by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for event in events:
-            self.by_run[event["run_id"]].append(event)
-        self.problems: list[str] = []
-        self.slots_checked = 0
-
-    def _note(self, what: str) -> int:
-        self.problems.append(what)
-        return 1
-
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(COUNTS, 0)
-        ran = Counter(run_id for _, run_id, _ in self.executions)
-        counts["run ids executed twice"] = sum(
-            self._note(f"run {r} executed {n}x") for r, n in ran.items() if n > 1
-        )
-        counts["executions with no started event"] = sum(
-            self._note(f"run {r} executed without a started event")
-            for r in ran
-            if not any(e["state"] == "started" for e in self.by_run.get(r, []))
-        )
-        counts["succeeded but never executed"] = sum(
-            self._note(f"run {r} succeeded but never executed")
-            for r, evs in self.by_run.items()
-            if any(e["state"] == "succeeded" for e in evs)
-            and r not in ran
-            and evs[0]["job"].startswith(GROUP)
-        )
-        counts["runs left open"] = sum(self._note(f"run {r} left open") for r in _open_runs(self.events))
-        counts["slots executed by two runs"], counts["silent misses"] = self._slots(ran)
-        counts["chain hops missed or doubled"] = self._chain(ran)
-        return counts
-
-    def _slot_of(self, run_id: str) -> float | None:
-        return next((e["scheduled_at"] for e in self.by_run.get(run_id, []) if e.get("scheduled_at")), None)
-
-    def _slots(self, ran: Counter[str]) -> tuple[int, int]:
-        executed: dict[tuple[str, float, str], set[str]] = defaultdict(set)
-        for job, run_id, agent in self.executions:
-            slot = self._slot_of(run_id)
-            if slot is not None and job != f"{GROUP}.chained":
-                executed[(job, slot, "" if job == f"{GROUP}.lb" else agent)].add(run_id)
-        recorded: set[tuple[str, float, str]] = set()
-        for event in self.events:
-            if event["state"] in self.NOT_RUN and event.get("scheduled_at"):
-                agent = "" if event["job"] == f"{GROUP}.lb" else event["agent"]
-                recorded.add((event["job"], event["scheduled_at"], agent))
-        doubled = sum(
-            self._note(f"{job} slot {slot:.0f} on {agent or 'the pool'} ran as {sorted(runs)}")
-            for (job, slot, agent), runs in executed.items()
-            if len(runs) > 1
-        )
-        missed = 0
-        for slot in range(int(self.start) + 1, int(self.end)):
-            for job, targets in (
-                (f"{GROUP}.mirror", AGENTS),
-                (f"{GROUP}.slave", AGENTS),
-                (f"{GROUP}.lb", ("",)),
-            ):
-                for agent in targets:
-                    self.slots_checked += 1
-                    key = (job, float(slot), agent)
-                    if key not in executed and key not in recorded:
-                        missed += self._note(
-                            f"{job} slot {slot} on {agent or 'the pool'}: no run, nothing recorded"
-                        )
-        return doubled, missed
-
-    def _chain(self, ran: Counter[str]) -> int:
-        upstream_ok = {  # a completion after the window may meet the chained job disabled
-            e["run_id"]
-            for e in self.events
-            if e["job"] == f"{GROUP}.lb" and e["state"] == "succeeded" and float(e["at"]) < self.end
-        }
-        followers: dict[str, set[str]] = defaultdict(set)
-        for event in self.events:
-            if event["job"] == f"{GROUP}.chained":
-                for parent in event.get("detail", {}).get("parents", "").split(","):
-                    followers[parent].add(event["run_id"])
-        bad = 0
-        for parent in upstream_ok:
-            runs = followers.get(parent, set())
-            executed = sum(ran[r] for r in runs)
-            if not runs or executed > 1:
-                bad += self._note(f"upstream {parent}: downstream runs {sorted(runs)}, executed {executed}x")
-        return bad
-
-
-def _servers(root: Path, cluster: bool) -> list[EmbeddedServer]:
-    if not cluster:
-        return [EmbeddedServer(data_dir=root / "nats", port=free_port(), log_file=root / "nats.log")]
-    nodes = ("n1", "n2", "n3")
-    routes = {name: free_port() for name in nodes}
-    servers = []
-    for name in nodes:
-        others = ", ".join(f"nats://127.0.0.1:{routes[o]}" for o in nodes if o != name)
-        cluster_block = (
-            f"server_name: {name}\ncluster {{\n  name: natsched-chaos\n  listen: 127.0.0.1:{routes[name]}\n"
-            f"  routes: [{others}]\n}}\n"
-        )
-        servers.append(
-            EmbeddedServer(
-                data_dir=root / name,
-                port=free_port(),
-                log_file=root / f"{name}.log",
-                extra_config=cluster_block,
-            )
-        )
-    return servers
 
 
 async def run_chaos(
@@ -724,20 +408,6 @@ async def run_chaos(
             return await chaos.run(seconds)
         finally:
             chaos.stop()
-
-
-def print_result(result: ChaosResult, say: Callable[[str], None] = print) -> None:
-    say(f"chaos seed {result.seed}: {result.executions} executions, {result.slots_checked} slots checked")
-    for name in COUNTS:
-        say(f"  {name:36} {result.counts[name]}")
-    for heal in result.healed:
-        took = "did not heal" if heal.seconds is None else f"{heal.seconds:.2f} s"
-        took = took if heal.happened else "NOT DONE"
-        say(f"  healed {heal.fault:26} {heal.target:18} {took}")
-    for revived in result.revived:
-        say(f"  revived: {revived}")
-    for problem in result.problems:
-        say(f"  ! {problem}")
 
 
 async def _main(awaitable: Awaitable[ChaosResult]) -> int:

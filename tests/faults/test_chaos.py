@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from bench.chaos import COUNTS, print_result, run_chaos
+from bench.chaos import run_chaos
+from bench.chaosledger import COUNTS, print_result
 
 pytestmark = pytest.mark.faults
 SECONDS = 60.0
