@@ -9,12 +9,27 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from natsched import codec
+from natsched import codec, subjects
 from natsched.connection import connect
 from natsched.errors import ApiError, CodecError, NoMasterError, NotOpenError
 from natsched.settings import ConnectionSettings
 
 API_TIMEOUT = 15.0
+TRIGGER_TIMEOUT = 30.0
+
+
+async def request_trigger(
+    nc: Client, job: str, body: dict[str, Any], *, timeout: float = TRIGGER_TIMEOUT
+) -> dict[str, Any]:
+    """Start ``job`` through ``natsched.trigger.<job>``: the master's reply, ok or not."""
+    try:
+        msg = await nc.request(subjects.trigger_subject(job), codec.to_json(body), timeout=timeout)
+    except NoRespondersError:
+        raise NoMasterError("no master serves natsched.trigger.*; start one with 'natsched master'") from None
+    except NatsTimeoutError:
+        raise NoMasterError(f"no answer to the trigger within {timeout:g}s") from None
+    reply: dict[str, Any] = codec.from_json(msg.data, "trigger reply")
+    return reply
 
 
 class AdminClient:

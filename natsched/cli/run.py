@@ -12,18 +12,14 @@ from typing import Annotated, Any
 import typer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
-from natsched import codec, subjects
+from natsched import subjects
 from natsched.cli.common import ServerOption, console, fail, run, settings
 from natsched.cli.runs import print_log
-from natsched.client import AdminClient
+from natsched.client import AdminClient, request_trigger
 from natsched.connection import connect
-from natsched.errors import ApiError, CodecError, ConfigError, NoMasterError
+from natsched.errors import ApiError, CodecError, ConfigError
 from natsched.events import RunEvent, parse_event
-
-TRIGGER_TIMEOUT = 30.0
 
 
 def env_pairs(values: list[str] | None) -> dict[str, str]:
@@ -37,13 +33,7 @@ def env_pairs(values: list[str] | None) -> dict[str, str]:
 
 
 async def _request_trigger(nc: Client, job: str, body: dict[str, Any]) -> dict[str, Any]:
-    try:
-        msg = await nc.request(subjects.trigger_subject(job), codec.to_json(body), timeout=TRIGGER_TIMEOUT)
-    except NoRespondersError:
-        raise NoMasterError("no master serves natsched.trigger.*; start one with 'natsched master'") from None
-    except NatsTimeoutError:
-        raise NoMasterError(f"no answer to the trigger within {TRIGGER_TIMEOUT:g}s") from None
-    reply = codec.from_json(msg.data, "trigger reply")
+    reply = await request_trigger(nc, job, body)
     _print_started(reply, job)
     if not reply.get("ok"):
         raise ApiError(str(reply.get("error", "the trigger was refused")))

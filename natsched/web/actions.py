@@ -12,14 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
-from natsched import codec, subjects
-from natsched.errors import ApiError, NoMasterError
+from natsched import subjects
+from natsched.client import request_trigger
+from natsched.errors import ApiError
 from natsched.web.reads import api_call
-
-TRIGGER_TIMEOUT = 30.0
 
 Action = Callable[[Client, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -38,14 +35,7 @@ def _target(body: dict[str, Any]) -> dict[str, Any]:
 
 async def run_now(nc: Client, body: dict[str, Any]) -> dict[str, Any]:
     job = _job(body)
-    request = {k: body[k] for k in ("args", "env") if body.get(k)}
-    try:
-        msg = await nc.request(subjects.trigger_subject(job), codec.to_json(request), timeout=TRIGGER_TIMEOUT)
-    except NoRespondersError:
-        raise NoMasterError("no master serves natsched.trigger.*") from None
-    except NatsTimeoutError:
-        raise NoMasterError(f"no answer to the trigger within {TRIGGER_TIMEOUT:g}s") from None
-    reply = codec.from_json(msg.data, "trigger reply")
+    reply = await request_trigger(nc, job, {k: body[k] for k in ("args", "env") if body.get(k)})
     if not reply.get("ok"):
         raise ApiError(str(reply.get("error", "the trigger was refused")))
     return {"job": reply.get("job", job), "runs": reply.get("runs", [])}
