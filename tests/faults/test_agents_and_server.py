@@ -18,6 +18,7 @@ from natsched.master.service import MasterService
 from natsched.runs import get_run
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, Process, eventually
+from tests.faults.witness import seen_by
 from tests.helpers import apply, job, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -45,10 +46,7 @@ async def test_an_agent_killed_mid_run_is_lost_and_its_run_redispatched(
         )  # fmt: skip
         await start_agent("survivor", pools=frozenset({"lb"}), priority=5)
 
-        async def victim_up() -> bool:
-            return master.dispatcher is not None and master.dispatcher.directory.get("victim") is not None
-
-        await eventually(victim_up, 15, "victim agent heartbeating")
+        await seen_by(master, "victim", timeout=15)
         await apply(
             nc,
             toml_jobs(
@@ -154,10 +152,7 @@ async def test_a_run_finished_while_cut_off_is_reconciled_not_duplicated(
             url=nats_server.url, env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"},
         )  # fmt: skip
 
-        async def agent_up() -> bool:
-            return master.dispatcher is not None and master.dispatcher.directory.get("cut") is not None
-
-        await eventually(agent_up, 15, "agent heartbeating")
+        await seen_by(master, "cut", timeout=15)
         await apply(
             nc,
             toml_jobs(

@@ -13,6 +13,7 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
+from tests.faults.witness import seen_by
 from tests.helpers import apply, job, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -31,10 +32,7 @@ async def test_a_queued_run_of_a_lost_agent_is_closed(
             url=nats_server.url, env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"},
         )  # fmt: skip
 
-        async def victim_up() -> bool:
-            return master.dispatcher is not None and master.dispatcher.directory.get("victim") is not None
-
-        await eventually(victim_up, 15, "victim agent heartbeating")
+        await seen_by(master, "victim", timeout=15)
         await apply(
             nc,
             toml_jobs(

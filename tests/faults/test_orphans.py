@@ -19,7 +19,7 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, witnessed
+from tests.faults.witness import agent_process, events_of, executions, seen_by, witnessed
 from tests.helpers import apply, job, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -47,10 +47,7 @@ async def test_a_job_dies_with_its_agent_and_the_redispatched_copy_runs_alone(
         )
         await start_agent("survivor", pools=frozenset({"lb"}), priority=5)
 
-        async def victim_up() -> bool:
-            return master.dispatcher is not None and master.dispatcher.directory.get("victim") is not None
-
-        await eventually(victim_up, 15, "victim agent heartbeating")
+        await seen_by(master, "victim", timeout=15)
         command = witnessed(3, witness)
         await apply(
             nc,
@@ -117,10 +114,7 @@ async def test_a_restarted_agent_reports_the_run_it_was_running_and_queues_the_w
     seconds.write_text("30")
     agent = agent_process(spawn, nats_server.url, "phoenix", state, priority=1)
 
-    async def agent_up() -> bool:
-        return master.dispatcher is not None and master.dispatcher.directory.get("phoenix") is not None
-
-    await eventually(agent_up, 15, "agent heartbeating")
+    await seen_by(master, "phoenix", timeout=15)
     await apply(
         nc,
         toml_jobs(
@@ -193,10 +187,7 @@ async def test_a_restarted_agent_frees_the_cluster_lock_of_the_run_it_lost(
     state = tmp_path / "locked"
     agent = agent_process(spawn, nats_server.url, "locked", state, "--pool", "lk", priority=1)
 
-    async def agent_up() -> bool:
-        return master.dispatcher is not None and master.dispatcher.directory.get("locked") is not None
-
-    await eventually(agent_up, 15, "agent heartbeating")
+    await seen_by(master, "locked", timeout=15)
     await apply(
         nc,
         toml_jobs(

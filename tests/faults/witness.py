@@ -56,12 +56,14 @@ def agent_process(
     )  # fmt: skip
 
 
-async def seen_by(master: MasterService, *names: str) -> None:
+async def seen_by(master: MasterService, *names: str, timeout: float = 20) -> None:
+    """Until ``master`` sees every one of ``names`` heartbeating."""
+
     async def all_live() -> bool:
         directory = master.dispatcher.directory if master.dispatcher else None
         return directory is not None and all(directory.get(n) is not None for n in names)
 
-    await eventually(all_live, 20, f"the master sees {names} heartbeating")
+    await eventually(all_live, timeout, f"the master sees {names} heartbeating")
 
 
 @contextmanager
