@@ -14,7 +14,8 @@ Each subclass also inherits the builtin it resembles, so generic code keeps work
     │   └── VersionError                 a payload of a protocol version we do not speak
     ├── NotConnectedError(ConnectionError)  NATS is unreachable, or no master answered
     │   ├── NoMasterError                 nobody serves natsched.api.*
-    │   └── ClaimUndecidedError           NATS did not say who claimed a run (nobody runs it)
+    │   ├── ClaimUndecidedError           NATS did not say who claimed a run (nobody runs it)
+    │   └── StartUnansweredError          JetStream did not answer while a service started
     ├── ApiError(RuntimeError)           the master answered a request with an error
     ├── NotFoundError(LookupError)       a job, agent or run that does not exist
     ├── ConflictError(RuntimeError)      someone else changed the thing in between (CAS)
@@ -108,6 +109,11 @@ class NoMasterError(NotConnectedError):
 
 class ClaimUndecidedError(NotConnectedError):
     """Writing or reading a run's claim failed: nobody may start the run on this basis."""
+
+
+class StartUnansweredError(NotConnectedError):
+    """JetStream timed out or had no responder while a service started (a cluster electing its
+    leaders, a server restarting): starting again a little later is likely to work."""
 
 
 class ApiError(NatschedError, RuntimeError):

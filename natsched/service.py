@@ -18,10 +18,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 from natsched.connection import closed_for_good
-from natsched.errors import NatschedError, NotConnectedError
+from natsched.errors import NatschedError, NotConnectedError, StartUnansweredError
 
 log = logging.getLogger(__name__)
 CANCEL_ROUNDS = 20
@@ -29,6 +30,21 @@ CANCEL_WAIT = 0.25
 SHUTDOWN_DEADLINE = 10.0  # from the signal to the process gone, whatever hangs
 RESTART_MIN = 0.5
 RESTART_MAX = 5.0
+# How long a service whose start JetStream did not answer keeps starting again: longer than a
+# cluster takes to elect new stream leaders after losing a node (seconds, 10-20 s under load).
+START_RETRY_WINDOW = 60.0
+# JetStream's answers while it has no leader for the stream or the meta group: passing trouble.
+_UNANSWERED = (
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+_UNANSWERED_WHY: dict[type[BaseException], str] = {  # nats-py's own texts say little ("code=None")
+    nats.errors.NoRespondersError: "no responders",
+    nats.js.errors.NoStreamResponseError: "no stream response",
+    nats.js.errors.ServiceUnavailableError: "service unavailable",
+}
 
 
 class Service:
@@ -149,7 +165,12 @@ class Service:
             return exc
         if self.failed is not None and self.failed.done() and isinstance(self.failed.result(), NatschedError):
             return self.failed.result()  # e.g. the connection was closed for good meanwhile
-        if isinstance(exc, nats.errors.Error | OSError | TimeoutError):
+        if isinstance(exc, _UNANSWERED):
+            return StartUnansweredError(
+                f"could not start: JetStream did not answer ({_UNANSWERED_WHY.get(type(exc), 'timeout')}); "
+                "is JetStream enabled on the server, or is its cluster still electing leaders?"
+            )
+        if isinstance(exc, nats.errors.Error | OSError):
             return NotConnectedError(f"could not start: NATS: {exc or type(exc).__name__}")
         return exc
 
@@ -188,8 +209,13 @@ def _give_up_stopping() -> None:
     os._exit(1)
 
 
-async def serve(service: Service) -> None:
-    """Run a service until SIGINT/SIGTERM, then leave its context cleanly (exit code 0)."""
+async def serve(service: Service, *, restart: Callable[[], Service] | None = None) -> None:
+    """Run a service until SIGINT/SIGTERM, then leave its context cleanly (exit code 0).
+
+    ``restart`` makes a fresh service when JetStream did not answer the start (a cluster
+    electing, a server restarting): it is started again, with a warning each time, for up to
+    ``START_RETRY_WINDOW`` seconds instead of exiting at the first timeout.
+    """
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -210,11 +236,28 @@ async def serve(service: Service) -> None:
         loop.add_signal_handler(sig, on_signal)
     loop.set_exception_handler(_quiet_about_lost_connections)
     try:
-        async with service:
-            await service.run_forever()
+        await _start_and_run(service, restart)
     except asyncio.CancelledError:
         if not stopping.is_set():
             raise
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _start_and_run(service: Service, restart: Callable[[], Service] | None) -> None:
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + START_RETRY_WINDOW
+    delay = RESTART_MIN
+    while True:
+        try:
+            async with service:
+                await service.run_forever()
+            return
+        except StartUnansweredError as exc:
+            if restart is None or loop.time() + delay > give_up_at:
+                raise
+            log.warning("%s (starting again in %gs)", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(RESTART_MAX, delay * 2)
+            service = restart()

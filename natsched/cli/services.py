@@ -60,22 +60,26 @@ def master(
     try:
         if lease_ttl < 1 or unresponsive_after < 1:
             raise fail("--lease-ttl and --unresponsive-after must be at least 1 second")
-        service = MasterService(
-            settings(server),
-            storage=StorageSettings(
-                replicas=replicas,
-                events_max_age=parse_duration(events_max_age, "events-max-age"),
-                events_max_bytes=events_max_bytes,
-                logs_max_age=parse_duration(logs_max_age, "logs-max-age"),
-                logs_max_bytes=logs_max_bytes,
-            ),
-            lease_ttl=lease_ttl,
-            unresponsive_after=unresponsive_after,
-            secret_key=load_key(secret_key_file) if secret_key_file else None,
-            smtp=SmtpSettings(host=smtp_host, port=smtp_port, sender=smtp_from),
-            metrics_port=metrics_port,
-        )
-        asyncio.run(serve(service))
+
+        def fresh_master() -> MasterService:
+            return MasterService(
+                settings(server),
+                storage=StorageSettings(
+                    replicas=replicas,
+                    events_max_age=parse_duration(events_max_age, "events-max-age"),
+                    events_max_bytes=events_max_bytes,
+                    logs_max_age=parse_duration(logs_max_age, "logs-max-age"),
+                    logs_max_bytes=logs_max_bytes,
+                ),
+                lease_ttl=lease_ttl,
+                unresponsive_after=unresponsive_after,
+                secret_key=load_key(secret_key_file) if secret_key_file else None,
+                smtp=SmtpSettings(host=smtp_host, port=smtp_port, sender=smtp_from),
+                metrics_port=metrics_port,
+            )
+
+        # Started again (fresh) while JetStream does not answer yet, e.g. a cluster electing.
+        asyncio.run(serve(fresh_master(), restart=fresh_master))
     except NatschedError as exc:
         raise fail(str(exc)) from None
 
