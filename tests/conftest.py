@@ -69,6 +69,8 @@ async def start_agent(conn: ConnectionSettings, tmp_path: Path) -> AsyncIterator
         config.setdefault("state_dir", tmp_path / f"agent-{name}")
         config.setdefault("heartbeat_interval", 0.5)
         config.setdefault("sync_check_interval", 0.5)
+        # A run still going when the test ends is not waited for (the 10 s default grace).
+        config.setdefault("shutdown_grace", 1.0)
         agent = AgentService(AgentConfig(name=name, **config), conn)
         await agent.__aenter__()
         started.append(agent)
@@ -121,8 +123,12 @@ class Process:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """``spawn("natsched-agent", "--name", "a1", url=...)``: a console script as a real process."""
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Process]]:
+    """``spawn("natsched-agent", "--name", "a1", url=...)``: a console script as a real process.
+
+    At the end all are stopped at once, in a thread: a master or agent of the test's own event
+    loop must keep answering meanwhile (an agent's last lock release goes to the master).
+    """
     processes: list[Process] = []
 
     def factory(
@@ -135,6 +141,13 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         return process
 
     yield factory
+    await asyncio.to_thread(_stop_all, processes)
+
+
+def _stop_all(processes: list[Process]) -> None:
+    for process in processes:
+        if process.popen.poll() is None:
+            process.popen.send_signal(signal.SIGTERM)
     for process in reversed(processes):
         process.terminate()
 

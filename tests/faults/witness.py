@@ -47,7 +47,8 @@ def agent_process(
     spawn: Callable[..., Process], url: str, name: str, state: Path, *args: str, priority: int | None = None
 ) -> Process:
     """``natsched-agent --name NAME`` as a real process, heartbeating every 0.5 s."""
-    env = {"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5"}
+    # A run still going at the test's end is not waited for (the 10 s default grace).
+    env = {"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5", "NATSCHED_AGENT_SHUTDOWN_GRACE": "1"}
     if priority is not None:
         env["NATSCHED_AGENT_PRIORITY"] = str(priority)
     return spawn(
