@@ -73,6 +73,14 @@ ADMIN_INBOX = "_INBOX_admin"  # the CLI's default (natsched commands, --inbox-pr
 TRIGGER_INBOX = "_INBOX_trigger"
 WEB_INBOX = "_INBOX_web"  # natsched web (read-only role by default)
 
+
+# Where a durable consumer every master shares pushes its messages: one fixed subject per
+# consumer (under the masters' inbox, so no other role can read it). With an inbox of its own
+# each, the master that lost the race to create the consumer listened where nothing came.
+def master_deliver_subject(durable: str) -> str:
+    return f"{MASTER_INBOX}.deliver.{durable}"
+
+
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace, and short:
 # nats-server closes a connection whose control line (subject, reply, sizes) passes
 # max_control_line (4 KB by default), and nats-py then stays closed for good. Every name

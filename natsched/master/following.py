@@ -60,8 +60,10 @@ class EventFollower:
 
     async def start(self) -> None:
         """Create the consumer, or bring an existing one to our ack_wait and filters; subscribe."""
+        deliver = subjects.master_deliver_subject(self.durable)
         config = api.ConsumerConfig(
             durable_name=self.durable,
+            deliver_subject=deliver,
             deliver_group=self.durable,
             deliver_policy=api.DeliverPolicy.ALL if self._everything else api.DeliverPolicy.NEW,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -75,16 +77,24 @@ class EventFollower:
             info = None
         filters = sorted(info.config.filter_subjects or []) if info is not None else []
         wanted = [] if self._everything else sorted(self._filters)
-        if info is not None and (info.config.ack_wait != self.ack_wait or filters != wanted):
-            # A consumer made by an older master (ack_wait 60 s): update it in place, keeping
-            # its position and deliver subject, so no event is skipped or delivered twice.
+        if info is not None and (
+            info.config.ack_wait != self.ack_wait
+            or filters != wanted
+            or info.config.deliver_subject != deliver
+        ):
+            # A consumer made by an older master (ack_wait 60 s, a master's own inbox as deliver
+            # subject): update it in place, keeping its position, so no event is skipped or
+            # delivered twice; a master still on the old subject gets nothing until restarted.
             updated = info.config
             updated.ack_wait = self.ack_wait
+            updated.deliver_subject = deliver
             if not self._everything:
                 updated.filter_subjects = self._filters
                 updated.filter_subject = None
             await self._js.add_consumer(self._stream, config=updated)
-            log.info("consumer %s updated to ack_wait %gs", self.durable, self.ack_wait)
+            log.info(
+                "consumer %s updated (ack_wait %gs, deliver to %s)", self.durable, self.ack_wait, deliver
+            )
         await self._js.subscribe(
             ">" if self._everything else subjects.EVENTS_SUBJECTS,  # ">": whatever the stream holds
             queue=self.durable,
