@@ -29,6 +29,15 @@ from natsched.settings import ConnectionSettings
 BIN = Path(sys.executable).parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault tests run one after another in one xdist worker (``--dist loadgroup``): each
+    kills and restarts servers and processes with timing bounds that a second fault test on
+    the same two cores would stretch; the other tests share the other worker."""
+    for item in items:
+        if item.get_closest_marker("faults") is not None:
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     # sync_interval: always (the default), as in production: fault tests kill -9 the server,
