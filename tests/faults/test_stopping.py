@@ -72,6 +72,8 @@ async def test_a_master_whose_connection_the_server_closed_exits_nonzero_in_one_
     try:
         master = spawn("natsched", "master", url=server.url, log_name="master.log")
         await asyncio.to_thread(wait_for_api, server.url, master)
+        # The API answers before the start has ended; a start cut short is started again.
+        await eventually(lambda: _said(master, "serving natsched.api"), 15, "the master's start ended")
         import nats
 
         nc = await nats.connect(server.url)
@@ -172,3 +174,7 @@ def test_up_takes_its_children_along(tmp_path: Path, sig: signal.Signals, backgr
         for child in children:  # the processes this test's `up` started, and only those
             if child.is_running():
                 child.kill()
+
+
+async def _said(process: Process, text: str) -> bool:
+    return text in process.output()

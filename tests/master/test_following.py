@@ -32,8 +32,11 @@ async def test_a_consumer_made_with_the_old_ack_wait_is_brought_down_to_the_shor
                 filter_subjects=["natsched.event.*.*.*.failed"],
             ),
         )
+    created = {d: (await js.consumer_info(subjects.EVENTS_STREAM, d)).created for d in DURABLES}
     async with MasterService(conn):
         for durable in DURABLES:
             info = await js.consumer_info(subjects.EVENTS_STREAM, durable)
             assert info.config.ack_wait == ACK_WAIT <= DEFAULT_TTL, durable
-            assert info.config.deliver_subject == f"_INBOX.old-{durable}", "same consumer, updated in place"
+            assert info.created == created[durable], "same consumer (position kept), updated in place"
+            # ... and pushing where every master listens, not to the inbox of its creator.
+            assert info.config.deliver_subject == subjects.master_deliver_subject(durable)
