@@ -344,6 +344,7 @@ class JobExecutor:
         data = event.to_json()  # once for both
         if journal is not None:
             if event.state.final:
+                journal.settle_slot(event.job, event.scheduled_at)  # e.g. skipped: recorded
                 await journal.ended(event.run_id)
             elif event.state is RunState.STARTED:
                 journal.started(event, locked=locked, data=data)

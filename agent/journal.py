@@ -51,6 +51,17 @@ _UPSERT = (
     "launch=COALESCE(excluded.launch, held_runs.launch)"
 )
 _DELETE = "DELETE FROM held_runs WHERE run_id = ?"
+# Mirror slots whose cursor is committed but whose run has no record yet (see ClaimedSlot).
+_SLOTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claimed_slots (
+    job     TEXT NOT NULL,
+    slot    REAL NOT NULL,
+    trigger TEXT NOT NULL,
+    PRIMARY KEY (job, slot)
+);
+"""
+_CLAIM = "INSERT OR REPLACE INTO claimed_slots (job, slot, trigger) VALUES (?, ?, ?)"
+_SETTLE = "DELETE FROM claimed_slots WHERE job = ? AND slot = ?"
 CHECKPOINT_EVERY = 2.0  # seconds: the WAL is folded back into the file at most this often
 
 
@@ -65,6 +76,17 @@ class HeldRun:
     env: Mapping[str, str] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedSlot:
+    """A mirror slot this agent took (its cursor moved past it) whose run has no record:
+    the agent died in the milliseconds between the two. The next start launches it, else
+    the slot would be neither run nor recorded."""
+
+    job: str
+    slot: float
+    trigger: str
+
+
 class RunJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -73,6 +95,7 @@ class RunJournal:
         self._wake = asyncio.Event()
         self._held: set[str] = set()  # run ids with a row: only their end costs a commit
         self._since_checkpoint = 0
+        self.unlaunched: list[ClaimedSlot] = []  # left by the previous start (see ClaimedSlot)
 
     async def open(self) -> list[HeldRun]:
         """Create the table; return the runs left from the previous start, oldest first."""
@@ -83,7 +106,11 @@ class RunJournal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are run()'s, off the loop
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + _SLOTS_SCHEMA)
+        self.unlaunched = [
+            ClaimedSlot(job, float(slot), trigger)
+            for job, slot, trigger in db.execute("SELECT job, slot, trigger FROM claimed_slots ORDER BY slot")
+        ]
         rows = db.execute("SELECT run_id, event, launch FROM held_runs ORDER BY seq").fetchall()
         left: list[HeldRun] = []
         for run_id, event, launch in rows:
@@ -101,16 +128,30 @@ class RunJournal:
             self._db.close()
             self._db = None
 
+    def slots_claimed(self, slots: list[ClaimedSlot]) -> None:
+        """Committed now, before the caller commits the cursors that move past them."""
+        for each in slots:
+            self._write(_CLAIM, (each.job, each.slot, each.trigger))
+        self.flush_now()
+
+    def settle_slot(self, job: str, slot: float | None) -> None:
+        """The slot's run has its record (held here, or an event on its way), or it is not to
+        be launched: it is no longer unlaunched. Committed with the run's own row, if any."""
+        if slot is not None:
+            self._write(_SETTLE, (job, slot))
+
     def started(self, event: RunEvent, *, locked: bool = False, data: bytes | None = None) -> None:
         """``data``: the event's JSON when the caller has it already."""
         self._held.add(event.run_id)
         launch = codec.pack({"locked": True}) if locked else None
         self._write(_UPSERT, (event.run_id, event.state.value, data or event.to_json(), launch))
+        self.settle_slot(event.job, event.scheduled_at)
 
     def queued(self, event: RunEvent, spec: JobSpec, args: tuple[str, ...], env: Mapping[str, str]) -> None:
         self._held.add(event.run_id)
         launch = codec.pack({"spec": codec.encode_job(spec), "args": list(args), "env": dict(env)})
         self._write(_UPSERT, (event.run_id, event.state.value, event.to_json(), launch))
+        self.settle_slot(event.job, event.scheduled_at)
 
     async def ended(self, run_id: str) -> None:
         """Forget the run; returns once that is committed (a failure is logged, not raised)."""

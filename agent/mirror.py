@@ -4,7 +4,10 @@ No master, no NATS needed. The shared scheduling core (``natsched.schedule``) co
 times on the wall-clock grid (never ``sleep(interval)`` accumulations, so no drift) and
 applies misfire policies; this module gives it the agent's cursor store, SQLite. The last
 fired slot of each job is committed *before* the run starts, so a restart never runs a slot
-twice and applies the job's misfire policy to the slots it missed.
+twice and applies the job's misfire policy to the slots it missed. The slots a cursor moves
+past are first written to the run journal, and leave it with their run's first record: an
+agent killed between the two (milliseconds) launches them at its next start, so a slot is
+never neither run nor recorded.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ import aiosqlite
 
 from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
+from agent.journal import ClaimedSlot, RunJournal
 from agent.nameguard import NameGate
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, new_run_id
 from natsched.models import JobSpec, Mode
 from natsched.schedule import Due, Schedule, Scheduler
 from natsched.triggers.fire import time_triggers
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
 PREPARE_AHEAD = 0.01  # seconds
 _SCHEMA = "CREATE TABLE IF NOT EXISTS mirror_cursor (key TEXT PRIMARY KEY, last_fired REAL NOT NULL);"
+_KINDS = {kind.value for kind in RunTrigger}
 # Rows per claim statement: well under SQLite's limit of host parameters.
 _CLAIM_BATCH = 5000
 
@@ -42,8 +48,9 @@ class SqliteCursors:
     """Per-job last fired slot in the agent's SQLite file; this process is its only writer,
     so the whole table is read once and kept in memory."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, journal: RunJournal | None = None) -> None:
         self._db = db
+        self._journal = journal
         self._cursors: dict[str, float] | None = None
 
     async def _all(self) -> dict[str, float]:
@@ -65,6 +72,8 @@ class SqliteCursors:
             if each.slot > cursors.get(each.spec.key, float("-inf")):
                 cursors[each.spec.key] = each.slot
                 claimed.append(each)
+        if self._journal is not None and claimed:
+            self._journal.slots_claimed([ClaimedSlot(d.spec.key, d.slot, d.trigger.value) for d in claimed])
         latest = {each.spec.key: cursors[each.spec.key] for each in claimed}
         rows = list(latest.items())
         for start in range(0, len(rows), _CLAIM_BATCH):
@@ -97,7 +106,7 @@ class MirrorScheduler:
         self._executor = executor
         self._gate = gate or NameGate()
         self._clock = clock
-        self.cursors = SqliteCursors(cache.db)
+        self.cursors = SqliteCursors(cache.db, executor.journal)
         self.core = Scheduler(
             Schedule(mirror_scheduled),
             self.cursors,
@@ -209,4 +218,28 @@ class MirrorScheduler:
                 # Start-up: a never-fired job's on-time slot fires; missed ones follow its misfire policy.
                 await self.core.add(spec.key, spec, fire_on_time=True)
         log.info("mirror scheduler: %d job(s) scheduled", len(self.core.schedule.jobs))
+        await self._launch_unlaunched()
         await self.core.run()
+
+    async def _launch_unlaunched(self) -> None:
+        """The slots the previous start took but died before launching (see ClaimedSlot)."""
+        journal = self._executor.journal
+        if journal is None or not journal.unlaunched:
+            return
+        left, journal.unlaunched = journal.unlaunched, []
+        due: list[Due] = []
+        for each in left:
+            spec = self.core.schedule.jobs.get(each.job)
+            cursor = await self.cursors.load(each.job)
+            if spec is None or cursor is None or each.slot > cursor or each.trigger not in _KINDS:
+                # Gone, disabled or no longer ours; or its cursor never moved past the slot (the
+                # schedule fires it as usual): nothing to launch from here.
+                journal.settle_slot(each.job, each.slot)
+                continue
+            due.append(Due(spec, each.slot, RunTrigger(each.trigger)))
+        if due:
+            log.warning(
+                "%d mirror slot(s) taken but not launched when this agent last stopped: launching them now",
+                len(due),
+            )
+            await self._fire(due)
