@@ -20,11 +20,10 @@ from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.outcome import final_event
 from agent.output import LogStreamer, RunOutput
-from agent.prepare import prepare
+from agent.prepare import Prepared, prepare_run
 from agent.runner import ProcessRunner, RunningProcess
 from agent.secretstore import SecretStore
 from natsched.calendars import Holds
-from natsched.errors import SecretError
 from natsched.events import RunEvent, RunState, new_run_id
 from natsched.groupsettings import GroupSettings, output_limit
 from natsched.models import JobSpec, Mode, Overlap
@@ -102,20 +101,16 @@ class JobExecutor:
         attempt: int = 1,
         args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
+        ready: Prepared | None = None,
     ) -> RunEvent:
         """Start a run of ``spec`` per its overlap policy; return its first event.
 
         ``args`` are appended to the command; ``env`` (from a trigger) overrides the job's.
+        ``ready``: the run prepared already (:meth:`prepare` of :meth:`draft`), used if it
+        starts at once; a run that waits its turn is prepared when it starts.
         """
-        event = RunEvent(
-            run_id=run_id or new_run_id(),
-            job=spec.key,
-            agent=self.agent,
-            state=RunState.QUEUED,
-            trigger=trigger,
-            scheduled_at=scheduled_at,
-            detail=dict(detail or {}),
-            attempt=attempt,
+        event = self.draft(
+            spec, trigger=trigger, scheduled_at=scheduled_at, detail=detail, run_id=run_id, attempt=attempt
         )
         action, reason = self.hold_of(spec, trigger, scheduled_at)
         if action == "queue" and self._waiting(spec.key) >= self.max_queued:
@@ -128,7 +123,29 @@ class JobExecutor:
             self._held.append((spec, event, args, env or {}))
             await self.publish(event.moved_to(RunState.QUEUED, reason=reason), (spec, args, env or {}))
             return event
-        return await self._launch_event(spec, event, args, env or {})
+        return await self._launch_event(spec, event, args, env or {}, ready)
+
+    def draft(
+        self,
+        spec: JobSpec,
+        *,
+        trigger: RunTrigger,
+        scheduled_at: float | None = None,
+        detail: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+        attempt: int = 1,
+    ) -> RunEvent:
+        """The run's first event (queued), before anything is decided about it."""
+        return RunEvent(
+            run_id=run_id or new_run_id(),
+            job=spec.key,
+            agent=self.agent,
+            state=RunState.QUEUED,
+            trigger=trigger,
+            scheduled_at=scheduled_at,
+            detail=dict(detail or {}),
+            attempt=attempt,
+        )
 
     def hold_of(self, spec: JobSpec, trigger: RunTrigger, at: float | None) -> tuple[str, str]:
         """(action, reason) of the calendars and pauses for this run ('' = go ahead).
@@ -157,10 +174,15 @@ class JobExecutor:
                 log.exception("held run %s of %s could not be started", event.run_id, spec.key)
 
     async def _launch_event(
-        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], env: Mapping[str, str]
+        self,
+        spec: JobSpec,
+        event: RunEvent,
+        args: tuple[str, ...],
+        env: Mapping[str, str],
+        ready: Prepared | None = None,
     ) -> RunEvent:
         if self._cluster_locked(spec):
-            return await self._launch_exclusive(spec, event, args, env)
+            return await self._launch_exclusive(spec, event, args, env, ready)
         current = self.active.get(spec.key)
         if current and spec.overlap is Overlap.FORBID:
             skipped = event.moved_to(
@@ -169,6 +191,7 @@ class JobExecutor:
             await self.publish(skipped)
             return skipped
         if current and spec.overlap is Overlap.REPLACE:
+            ready = None  # prepared before the wait for the replaced run: prepare it afresh
             for run in list(current.values()):
                 await run.process.kill(self.kill_grace)
                 await run.done.wait()
@@ -186,14 +209,19 @@ class JobExecutor:
                 return event
             await lock.acquire()
             try:
-                return await self._start(spec, event, args, env)
+                return await self._start(spec, event, args, env, ready)
             except BaseException:
                 lock.release()
                 raise
-        return await self._start(spec, event, args, env)
+        return await self._start(spec, event, args, env, ready)
 
     async def _launch_exclusive(
-        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], env: Mapping[str, str]
+        self,
+        spec: JobSpec,
+        event: RunEvent,
+        args: tuple[str, ...],
+        env: Mapping[str, str],
+        ready: Prepared | None = None,
     ) -> RunEvent:
         """A load-balance job with forbid/replace/queue: one run in the whole cluster.
 
@@ -205,7 +233,7 @@ class JobExecutor:
         assert self.locks is not None
         holder = await self.locks.acquire(spec.key, event.run_id)
         if holder is None:
-            return await self._start(spec, event, args, env)
+            return await self._start(spec, event, args, env, ready)
         if spec.overlap is Overlap.FORBID:
             skipped = event.moved_to(RunState.SKIPPED, reason=f"overlap forbid: {holder} still running")
             await self.publish(skipped)
@@ -271,29 +299,42 @@ class JobExecutor:
             lock.release()
             raise
 
-    async def _start(
+    async def prepare(
         self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], trigger_env: Mapping[str, str]
+    ) -> Prepared:
+        """The run's process (environment, argv, user, cwd), or why it cannot start."""
+        return await prepare_run(
+            spec,
+            event,
+            args,
+            trigger_env,
+            agent=self.agent,
+            group=self.group_settings(spec.group),
+            secrets=self.secrets,
+            base=self.base_env,
+            kill_grace=self.kill_grace,
+        )
+
+    async def _start(
+        self,
+        spec: JobSpec,
+        event: RunEvent,
+        args: tuple[str, ...],
+        trigger_env: Mapping[str, str],
+        ready: Prepared | None = None,
     ) -> RunEvent:
-        group = self.group_settings(spec.group)
-        try:
-            process_spec, masker = await prepare(
-                spec,
-                event,
-                args,
-                trigger_env,
-                agent=self.agent,
-                group=group,
-                secrets=self.secrets,
-                base=self.base_env,
-                kill_grace=self.kill_grace,
-            )
-        except SecretError as exc:
-            failed = event.moved_to(RunState.FAILED, reason=str(exc))
+        """``ready``: the run prepared already (while its claim was out), if it starts now."""
+        if ready is None or ready.run_id != event.run_id:
+            ready = await self.prepare(spec, event, args, trigger_env)
+        if ready.process is None:
+            failed = event.moved_to(RunState.FAILED, reason=ready.error)
             self._release_queue(spec)
             await self.publish(failed)
             await self._release_lock(spec, event.run_id)
             return failed
-        output = RunOutput(event.run_id, self.logs.publish, masker, output_limit(spec.output_limit, group))
+        process_spec, masker = ready.process, ready.masker
+        limit = output_limit(spec.output_limit, self.group_settings(spec.group))
+        output = RunOutput(event.run_id, self.logs.publish, masker, limit)
         if self.journal is not None:
             # Committed before the process exists: an agent killed from here on leaves this row,
             # and the next one records the run (started, then lost). Without it a run could

@@ -1,5 +1,9 @@
 """What a run's process gets: its environment (group's, job's, secrets, NATSCHED_*), its argv
 with ``${NAME}`` expanded, its user and working directory.
+
+A dispatched run is prepared while its claim's KV round trip is out (agent/responder.py),
+so the agent does this work while it waits instead of after; :class:`Prepared` carries the
+outcome (the process, or the reason it cannot start) to the executor's start.
 """
 
 from __future__ import annotations
@@ -7,10 +11,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from agent.environment import AgentVariables, build_env, expand_argv
 from agent.runner import ProcessSpec
 from agent.secretstore import SecretStore
+from natsched.errors import SecretError
 from natsched.events import RunEvent
 from natsched.groupsettings import GroupSettings
 from natsched.models import JobSpec
@@ -18,6 +24,46 @@ from natsched.secrets import Masker, references, substitute
 
 log = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()  # every job gets it as $HOSTNAME
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One run's process and the masker of its secrets, or why it cannot start (``error``)."""
+
+    run_id: str
+    process: ProcessSpec | None
+    masker: Masker
+    error: str = ""
+
+
+async def prepare_run(
+    spec: JobSpec,
+    event: RunEvent,
+    args: tuple[str, ...],
+    trigger_env: Mapping[str, str],
+    *,
+    agent: str,
+    group: GroupSettings | None,
+    secrets: SecretStore,
+    base: AgentVariables,
+    kill_grace: float,
+) -> Prepared:
+    """:func:`prepare`, with a missing or unreadable secret as the run's failure reason."""
+    try:
+        process, masker = await prepare(
+            spec,
+            event,
+            args,
+            trigger_env,
+            agent=agent,
+            group=group,
+            secrets=secrets,
+            base=base,
+            kill_grace=kill_grace,
+        )
+    except SecretError as exc:
+        return Prepared(event.run_id, None, Masker(()), str(exc))
+    return Prepared(event.run_id, process, masker)
 
 
 async def prepare(

@@ -12,10 +12,11 @@ import msgpack
 from nats.aio.client import Client
 
 from natsched import codec, subjects
+from natsched.claims import claim, open_claims
 from natsched.jobspec import job_to_dict, parse_job
 from natsched.master.service import MasterService
-from tests.conftest import AgentFactory
-from tests.helpers import job
+from tests.conftest import AgentFactory, eventually
+from tests.helpers import job, stream_events
 
 
 def request(witness: Path, **changes: Any) -> bytes:
@@ -101,3 +102,47 @@ async def test_requests_arriving_together_start_no_more_than_max_concurrency(
             await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
     assert len(witness.read_text().splitlines()) == 3, "exactly the three accepted runs executed"
+
+
+async def test_a_request_whose_claim_a_master_withdrew_runs_and_records_nothing(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """The agent prepares a run (environment, secrets) while its claim is out: a claim lost
+    meanwhile must undo all of it. A job whose secret cannot be read is prepared as failed;
+    with the claim lost that failure is not recorded either (the run was never this agent's)."""
+    await start_agent("r1")  # no secret key: a job naming a secret cannot be prepared here
+    witness = tmp_path / "witness"
+    claims = await open_claims(nc.jetstream())
+    plain = parse_job(
+        job(
+            "w",
+            group="g",
+            mode="slave",
+            targets={"agents": ["r1"]},
+            command=f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}',
+            shell=True,
+        )
+    )
+    secret = parse_job(
+        job("s", group="g", mode="slave", targets={"agents": ["r1"]}, env={"X": "${secret:x}"})
+    )
+    runs = {"18f0000000-0000000000a1": plain, "18f0000000-0000000000a2": secret}
+    for run_id, spec in runs.items():
+        withdrawn = await claim(claims, subjects.agent_claim_key("r1", run_id), master="m")
+        assert withdrawn.won
+        body = request(witness, run_id=run_id, spec=job_to_dict(spec))
+        reply = msgpack.unpackb((await nc.request(subjects.agent_run_subject("r1"), body, timeout=5)).data)
+        assert reply["ok"] is False and "withdrawn by master m" in reply["reason"], reply
+    # the same agent does run (and record) what it claims: the refusals were the claims'
+    good = msgpack.unpackb(
+        (await nc.request(subjects.agent_run_subject("r1"), request(witness), timeout=5)).data
+    )
+    assert good["ok"] is True, good
+    await eventually(lambda: _final(nc, good["run_id"]), 10, "the claimed run ended")
+    assert [line.split()[0] for line in witness.read_text().splitlines()] == [good["run_id"]]
+    recorded = {e["run_id"] for e in await stream_events(nc)}
+    assert not recorded & set(runs), "nothing recorded for the runs whose claim was withdrawn"
+
+
+async def _final(nc: Client, run_id: str) -> bool:
+    return any(e["run_id"] == run_id and e["state"] == "succeeded" for e in await stream_events(nc))
