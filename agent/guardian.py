@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # Runs as `python -I -S guard_process.py`: a few standard modules, no site, no agent package.
 _GUARD = str(Path(__file__).with_name("guard_process.py"))
+FORGET_DELAY = 0.05  # seconds an ended group's removal may wait for the next write
 
 
 class Guardian:
@@ -35,6 +36,7 @@ class Guardian:
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._groups: set[int] = set()
+        self._forgotten: list[str] = []  # "-pgid" lines not sent yet (see forget)
 
     @property
     def pid(self) -> int | None:
@@ -49,19 +51,37 @@ class Guardian:
         )
         assert self._process.stdin is not None
         os.set_blocking(self._process.stdin.fileno(), False)
+        self._forgotten.clear()  # a fresh guardian knows only the groups registered now
         if self._groups:
             self._send("".join(f"+{pgid}\n" for pgid in self._groups))
 
     def watch(self, pgid: int) -> None:
         self._groups.add(pgid)
-        self._send(f"+{pgid}\n")
+        self._send(self._take_forgotten() + f"+{pgid}\n")
 
     def forget(self, pgid: int) -> None:
+        """Sent with the next registration, or within FORGET_DELAY: each write wakes the
+        guardian process, and a run cost two. An agent killed within FORGET_DELAY of a run's
+        end has that group killed too: nothing, unless the run left a process in it."""
         self._groups.discard(pgid)
-        self._send(f"-{pgid}\n")
+        self._forgotten.append(f"-{pgid}\n")
+        if len(self._forgotten) == 1:
+            try:
+                asyncio.get_running_loop().call_later(FORGET_DELAY, self._send_forgotten)
+            except RuntimeError:  # no loop (a plain caller): at once
+                self._send_forgotten()
+
+    def _take_forgotten(self) -> str:
+        lines, self._forgotten = "".join(self._forgotten), []
+        return lines
+
+    def _send_forgotten(self) -> None:
+        if self._forgotten:
+            self._send(self._take_forgotten())
 
     async def close(self) -> None:
         """At a clean stop: the guardian kills what is still registered (nothing, normally) and exits."""
+        self._send_forgotten()  # a clean stop leaves behind what ended runs left, as before
         process, self._process = self._process, None
         if process is None:
             return

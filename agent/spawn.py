@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import signal
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ class ProcessProtocol(Protocol):
     def process_exited(self) -> None: ...
 
 
+@functools.cache  # asked at every start; the answer does not change while the agent runs
 def available() -> bool:
     """Does this platform have posix_spawn and pidfds?"""
     return hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open") and os.path.isdir("/proc/self/fd")

@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -61,7 +61,7 @@ class ClaimResult:
 
 
 def encode_claim(claim: Claim) -> bytes:
-    return codec.pack(asdict(claim))
+    return codec.pack({"agent": claim.agent, "master": claim.master, "nonce": claim.nonce})
 
 
 def decode_claim(data: bytes | None, key: str) -> Claim:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from natsched import codec, subjects
@@ -138,7 +138,11 @@ class RunReply:
     reason: str = ""
 
     def encode(self) -> bytes:
-        return codec.pack(asdict(self))
+        # Field by field: dataclasses.asdict deep-copies, once per dispatched run.
+        return codec.pack({f: getattr(self, f) for f in _REPLY_FIELDS})
+
+
+_REPLY_FIELDS = tuple(f.name for f in fields(RunReply))
 
 
 def decode_run_reply(data: bytes) -> RunReply:
