@@ -53,9 +53,14 @@ def unpack(data: bytes, what: str) -> dict[str, Any]:
     return _check_version(obj, what)
 
 
+# One encoder and one strict decoder: json.dumps/loads with options build a new one per call,
+# on every trigger, reply and event.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def to_json(obj: Mapping[str, Any]) -> bytes:
     """JSON for the edge (trigger replies, events, API), stamped with the version."""
-    return json.dumps({**obj, VERSION_KEY: PROTOCOL_VERSION}, separators=(",", ":"), default=str).encode()
+    return _ENCODER.encode({**obj, VERSION_KEY: PROTOCOL_VERSION}).encode()
 
 
 def _refuse_constant(name: str) -> object:
@@ -67,6 +72,14 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise CodecError(f"{text[:20]} is out of range")
     return value
+
+
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+
+
+def _strict_loads(data: bytes) -> Any:
+    """``json.loads(data, parse_constant=..., parse_float=...)`` with one decoder for all calls."""
+    return _STRICT_DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
 
 
 def check_strict(obj: object, what: str) -> None:
@@ -100,10 +113,7 @@ def from_json(
     if not data.strip():
         return {}
     try:
-        if strict:
-            obj = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
-        else:
-            obj = json.loads(data)
+        obj = _strict_loads(data) if strict else json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an int of > 4300 digits
         raise CodecError(f"{what}: not valid JSON ({str(exc)[:200]})") from None
     except RecursionError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -26,7 +25,8 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 
 def new_run_id() -> str:
     """Sortable by start time (ms prefix), unique across hosts; one subject token."""
-    return f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:12]}"
+    # 48 random bits, as uuid4().hex[:12] gave, without building a UUID on every dispatch.
+    return f"{int(time.time() * 1000):x}-{os.urandom(6).hex()}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

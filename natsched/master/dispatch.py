@@ -162,25 +162,23 @@ class Dispatcher:
         requests = {
             name: request(f"{base_id}-{name}" if base_id else new_run_id(), batch) for name in targets
         }
-        replies = await asyncio.gather(
-            *(
-                self._refuse(requests[name], name, refused[name])
-                if name in refused
-                else self._ask(_Target.of_agent(name), requests[name])
-                for name in targets
-            )
-        )
+        asks = [
+            self._refuse(requests[name], name, refused[name])
+            if name in refused
+            else self._ask(_Target.of_agent(name), requests[name])
+            for name in targets
+        ]
+        # One target (most slave jobs) is awaited directly: gather would wrap it in a task.
+        replies = [await asks[0]] if len(asks) == 1 else await asyncio.gather(*asks)
         for name, reply in zip(targets, replies, strict=True):
             self.accepted.note(requests[name], reply)
             if reply.ok:
                 self.directory.note_started(name)
-        await asyncio.gather(
-            *(
-                record_failure(self._js, requests[name], reply)
-                for name, reply in zip(targets, replies, strict=True)
-                if not reply.ok
-            )
-        )
+        failed = [
+            (requests[name], reply) for name, reply in zip(targets, replies, strict=True) if not reply.ok
+        ]
+        if failed:
+            await asyncio.gather(*(record_failure(self._js, request, reply) for request, reply in failed))
         return list(replies)
 
     async def _load_balance(
