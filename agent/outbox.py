@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import logging
 import re
 from collections.abc import Callable
 
 import aiosqlite
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from natsched.events import MSG_ID_HEADER, RunEvent
 
@@ -53,6 +55,35 @@ def _publishable(subject: str, msg_id: str) -> bool:
     return False
 
 
+class _Batch:
+    """The acks awaited for one pipelined batch of events."""
+
+    def __init__(self, done: asyncio.Future[None], size: int) -> None:
+        self.done = done
+        self.tokens: dict[str, int] = {}  # reply token -> row index, until its ack came
+        self._ok: list[bool | None] = [None] * size
+        self._open = size
+
+    def settle(self, index: int, ok: bool) -> None:
+        if self._ok[index] is None:
+            self._ok[index] = ok
+            self._open -= 1
+            if not self._open and not self.done.done():
+                self.done.set_result(None)
+
+    def cut(self, index: int) -> None:
+        """Rows from ``index`` on were not sent: failed (and no ack will come for them)."""
+        for rest in range(index, len(self._ok)):
+            self.settle(rest, False)
+
+    def acknowledged(self) -> int:
+        """How many rows, from the first, JetStream stored."""
+        for index, ok in enumerate(self._ok):
+            if not ok:
+                return index
+        return len(self._ok)
+
+
 class EventOutbox:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.on_event: Callable[[RunEvent], None] = lambda event: None  # e.g. a metrics counter
@@ -62,6 +93,9 @@ class EventOutbox:
         self._stored = 0
         self._wake = asyncio.Event()
         self.published = 0
+        self._acks: tuple[Client, str] | None = None  # the connection and its ack inbox
+        self._batch: _Batch | None = None  # the batch whose acks are awaited now
+        self._tokens = (str(n) for n in itertools.count())
 
     async def open(self) -> None:
         await self._db.executescript(_SCHEMA)
@@ -101,30 +135,72 @@ class EventOutbox:
         return self._nc is not None and self._nc.is_connected
 
     async def _send_batch(self, rows: list[_Row]) -> int:
-        """Publish rows pipelined; return how many, from the start, were acknowledged."""
+        """Publish rows pipelined; return how many, from the start, were acknowledged.
+
+        Each row is a core publish whose reply subject is one of our own (``<inbox>.<n>``);
+        JetStream's ack comes back there. That is what ``js.publish`` does, minus what it
+        costs per event (a task under gather, a request future, a timer, a PubAck object):
+        ~70 us of the agent's CPU per event, two events per run.
+        """
         if not self._connected():
             return 0
         assert self._nc is not None
-        js = self._nc.jetstream()
-        # An unpublishable row counts as sent (dropped): resending it forever would hold back
-        # every event queued behind it, and sending it would cost the connection.
-        keep = [_publishable(subject, msg_id) for subject, msg_id, _ in rows]
-        sent = iter(
-            await asyncio.gather(
-                *(
-                    js.publish(s, p, headers={MSG_ID_HEADER: m}, timeout=PUBLISH_TIMEOUT)
-                    for (s, m, p), ok in zip(rows, keep, strict=True)
-                    if ok
-                ),
-                return_exceptions=True,
-            )
-        )
-        results = [next(sent) if ok else None for ok in keep]
-        for index, result in enumerate(results):
-            if isinstance(result, BaseException):
-                log.debug("event %s not published yet: %r", rows[index][1], result)
-                return index
-        return len(rows)
+        nc = self._nc
+        try:
+            inbox = await self._ack_inbox(nc)
+        except Exception as exc:  # noqa: BLE001 - the connection went meanwhile: later
+            log.debug("events not published yet: %r", exc)
+            return 0
+        batch = _Batch(asyncio.get_running_loop().create_future(), len(rows))
+        self._batch = batch
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                for index, (subject, msg_id, payload) in enumerate(rows):
+                    if not _publishable(subject, msg_id):
+                        # Counted as sent (dropped): resent forever it would hold back every
+                        # event queued behind it, and sending it would cost the connection.
+                        batch.settle(index, True)
+                        continue
+                    token = next(self._tokens)
+                    batch.tokens[token] = index
+                    try:
+                        await nc.publish(
+                            subject, payload, reply=f"{inbox}.{token}", headers={MSG_ID_HEADER: msg_id}
+                        )
+                    except Exception as exc:  # noqa: BLE001 - closed, draining, buffer full: later
+                        log.debug("event %s not published yet: %r", msg_id, exc)
+                        batch.cut(index)
+                        break
+                await batch.done
+        except TimeoutError:
+            log.debug("events not acknowledged within %gs; resent later", PUBLISH_TIMEOUT)
+        finally:
+            self._batch = None
+        return batch.acknowledged()
+
+    async def _ack_inbox(self, nc: Client) -> str:
+        """The inbox whose ``.<n>`` subjects receive our publishes' acks (one subscription)."""
+        if self._acks is None or self._acks[0] is not nc:
+            inbox = nc.new_inbox()
+            await nc.subscribe(f"{inbox}.*", cb=self._on_ack)
+            self._acks = (nc, inbox)
+        return self._acks[1]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        batch = self._batch
+        if batch is None:
+            return  # the ack of a batch given up on (timed out): its rows are resent
+        index = batch.tokens.pop(msg.subject.rpartition(".")[2], None)
+        if index is None:
+            return
+        try:
+            ack = json.loads(msg.data) if msg.data else {}
+        except ValueError:
+            ack = {}
+        ok = isinstance(ack, dict) and "seq" in ack and "error" not in ack
+        if not ok:  # e.g. no stream answered (a 503 status, empty), or the stream's error
+            log.debug("event not stored: %s", msg.data[:200] or msg.headers)
+        batch.settle(index, ok)
 
     async def _move_memory_to_store(self) -> None:
         rows = list(self._memory)

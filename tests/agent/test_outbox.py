@@ -1,0 +1,64 @@
+"""The event outbox against a real server: every event stored once, in order, and an event
+JetStream did not acknowledge (no stream to take it) kept until one does."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiosqlite
+from nats.aio.client import Client
+
+from agent.outbox import EventOutbox
+from natsched import subjects
+from natsched.buckets import ensure_all
+from natsched.events import RunEvent, RunState
+from natsched.vocab import RunTrigger
+from tests.conftest import eventually
+from tests.helpers import stream_events
+
+
+def event(n: int) -> RunEvent:
+    return RunEvent(
+        run_id=f"18f0000000-{n:012x}",
+        job="ob.j",
+        agent="o1",
+        state=RunState.STARTED,
+        trigger=RunTrigger.MANUAL,
+    )
+
+
+async def test_events_are_stored_once_in_order_and_kept_while_no_stream_takes_them(
+    nc: Client, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    await ensure_all(js)
+    async with aiosqlite.connect(tmp_path / "outbox.sqlite") as db:
+        outbox = EventOutbox(db)
+        await outbox.open()
+        outbox.attach(nc)
+        publisher = asyncio.create_task(outbox.run())
+        try:
+            for n in range(300):  # several pipelined batches
+                await outbox.publish(event(n))
+            await eventually(lambda: _depth_is(outbox, 0), 10, "the events were acknowledged")
+            assert [e["run_id"] for e in await stream_events(nc)] == [event(n).run_id for n in range(300)]
+
+            config = (await js.stream_info(subjects.EVENTS_STREAM)).config
+            await js.delete_stream(subjects.EVENTS_STREAM)  # nothing stores events now
+            for n in range(300, 310):
+                await outbox.publish(event(n))
+            await asyncio.sleep(1.0)
+            assert outbox.depth == 10, "an event nobody stored is not counted as published"
+            await js.add_stream(config=config)
+            await eventually(lambda: _depth_is(outbox, 0), 10, "the kept events went out")
+            assert [e["run_id"] for e in await stream_events(nc)] == [
+                event(n).run_id for n in range(300, 310)
+            ]
+        finally:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+
+
+async def _depth_is(outbox: EventOutbox, depth: int) -> bool:
+    return outbox.depth == depth
