@@ -9,6 +9,7 @@ dispatched once; a master whose lease is not fresh claims nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import time
@@ -105,7 +106,6 @@ class KvCursors:
         self._state = state
         self._js = js
         self._on_claimed = on_claimed
-        self._in_flight = asyncio.Semaphore(CLAIMS_IN_FLIGHT)
         self._may_claim = may_claim
         self._master_id = master_id
         self._revisions: dict[str, int] = {}
@@ -161,16 +161,22 @@ class KvCursors:
         by_job: dict[str, list[Due]] = {}
         for each in due:
             by_job.setdefault(each.spec.key, []).append(each)
-        won = await asyncio.gather(*(self._claim_in_order(slots) for slots in by_job.values()))
-        claimed = {id(each) for slots in won for each in slots}
+        jobs = collections.deque(by_job.values())
+        won: list[Due] = []
+
+        async def claimer() -> None:
+            # A few claimers share the jobs: a task per job (1,000 at once) stood out in the profile.
+            while jobs:
+                won.extend(await self._claim_in_order(jobs.popleft()))
+
+        await asyncio.gather(*(claimer() for _ in range(min(CLAIMS_IN_FLIGHT, len(jobs)))))
+        claimed = {id(each) for each in won}
         return [each for each in due if id(each) in claimed]
 
     async def _claim_in_order(self, slots: list[Due]) -> list[Due]:
         won = []
         for each in slots:
-            async with self._in_flight:
-                claimed = await self._claim_one(each.spec.key, each.slot, each.trigger)
-            if claimed:
+            if await self._claim_one(each.spec.key, each.slot, each.trigger):
                 won.append(each)
                 self._on_claimed(each)
         return won
