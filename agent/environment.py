@@ -112,7 +112,9 @@ def build_env(
     expanded either, so a job can neither override nor inject into it.
     """
     env = dict(base)
-    lookup = ChainMap(env, dict(visible or {}))
+    # The agent's variables are copied for a lookup only when a value refers to one.
+    needed = any("$" in value for value in job_env.values())
+    lookup: Mapping[str, str] = ChainMap(env, dict(visible or {})) if needed else env
     unknown: list[str] = []
     given = literal or {}
     for name, value in job_env.items():
@@ -136,6 +138,8 @@ def expand_argv(
     is reported unknown: argv is public (``ps``), a secret only reaches a process in its
     environment. Each element stays one argument whatever the values hold.
     """
+    if not any("$" in arg for arg in command):
+        return command, []  # nothing to expand (most jobs): no lookup table built per run
     secrets = [value for value in hidden if value]
     lookup = {
         **{k: v for k, v in visible.items() if not any(x in v for x in secrets)},

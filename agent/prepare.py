@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -95,7 +96,7 @@ async def prepare(
         secret_values = list(values.values())
         job_env = {k: substitute(v, values) for k, v in job_env.items()}
     # HOSTNAME (the host's name) reaches every job; ${NATSCHED_AGENT} & co. may be named.
-    visible = {**base.visible, **extra}
+    visible = ChainMap(extra, base.visible)  # a view, not a copy of the agent's variables per run
     env, unknown = build_env(
         job_env, {**base.base, "HOSTNAME": HOSTNAME}, extra, visible=visible, literal=trigger_env
     )
