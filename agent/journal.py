@@ -94,6 +94,7 @@ class RunJournal:
         self._pending: list[tuple[str, tuple[object, ...]]] = []
         self._wake = asyncio.Event()
         self._held: set[str] = set()  # run ids with a row: only their end costs a commit
+        self._ends: asyncio.Event | None = None  # set once the ends queued now are committed
         self._since_checkpoint = 0
         self.unlaunched: list[ClaimedSlot] = []  # left by the previous start (see ClaimedSlot)
 
@@ -154,12 +155,26 @@ class RunJournal:
         self.settle_slot(event.job, event.scheduled_at)
 
     async def ended(self, run_id: str) -> None:
-        """Forget the run; returns once that is committed (a failure is logged, not raised)."""
+        """Forget the run; returns once that is committed (a failure is logged, not raised).
+
+        Runs that end together share one commit (group commit): the first end schedules it
+        for the next turn of the loop, and every end queued until then waits for that one.
+        """
         if run_id not in self._held:
             return
         self._held.discard(run_id)
         self._write(_DELETE, (run_id,))
+        committed = self._ends
+        if committed is None:
+            committed = self._ends = asyncio.Event()
+            asyncio.get_running_loop().call_soon(self._commit_ends)
+        await committed.wait()
+
+    def _commit_ends(self) -> None:
+        committed, self._ends = self._ends, None
         self.flush_now()
+        if committed is not None:
+            committed.set()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         self._pending.append((sql, args))
