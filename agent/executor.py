@@ -20,11 +20,11 @@ from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
 from agent.outcome import final_event
 from agent.output import LogStreamer, RunOutput
-from agent.prepare import Prepared, prepare_run
+from agent.prepare import Prepared, first_event, prepare_run
 from agent.runner import ProcessRunner, RunningProcess
 from agent.secretstore import SecretStore
 from natsched.calendars import Holds
-from natsched.events import RunEvent, RunState, new_run_id
+from natsched.events import RunEvent, RunState
 from natsched.groupsettings import GroupSettings, output_limit
 from natsched.models import JobSpec, Mode, Overlap
 from natsched.secrets import Masker
@@ -106,11 +106,17 @@ class JobExecutor:
         """Start a run of ``spec`` per its overlap policy; return its first event.
 
         ``args`` are appended to the command; ``env`` (from a trigger) overrides the job's.
-        ``ready``: the run prepared already (:meth:`prepare` of :meth:`draft`), used if it
+        ``ready``: the run prepared already (:meth:`prepare` of its :func:`first_event`), used if it
         starts at once; a run that waits its turn is prepared when it starts.
         """
-        event = self.draft(
-            spec, trigger=trigger, scheduled_at=scheduled_at, detail=detail, run_id=run_id, attempt=attempt
+        event = first_event(
+            self.agent,
+            spec,
+            trigger=trigger,
+            scheduled_at=scheduled_at,
+            detail=detail,
+            run_id=run_id,
+            attempt=attempt,
         )
         action, reason = self.hold_of(spec, trigger, scheduled_at)
         if action == "queue" and self._waiting(spec.key) >= self.max_queued:
@@ -124,28 +130,6 @@ class JobExecutor:
             await self.publish(event.moved_to(RunState.QUEUED, reason=reason), (spec, args, env or {}))
             return event
         return await self._launch_event(spec, event, args, env or {}, ready)
-
-    def draft(
-        self,
-        spec: JobSpec,
-        *,
-        trigger: RunTrigger,
-        scheduled_at: float | None = None,
-        detail: Mapping[str, str] | None = None,
-        run_id: str | None = None,
-        attempt: int = 1,
-    ) -> RunEvent:
-        """The run's first event (queued), before anything is decided about it."""
-        return RunEvent(
-            run_id=run_id or new_run_id(),
-            job=spec.key,
-            agent=self.agent,
-            state=RunState.QUEUED,
-            trigger=trigger,
-            scheduled_at=scheduled_at,
-            detail=dict(detail or {}),
-            attempt=attempt,
-        )
 
     def hold_of(self, spec: JobSpec, trigger: RunTrigger, at: float | None) -> tuple[str, str]:
         """(action, reason) of the calendars and pauses for this run ('' = go ahead).

@@ -18,10 +18,11 @@ from agent.environment import AgentVariables, build_env, expand_argv
 from agent.runner import ProcessSpec
 from agent.secretstore import SecretStore
 from natsched.errors import SecretError
-from natsched.events import RunEvent
+from natsched.events import RunEvent, RunState, new_run_id
 from natsched.groupsettings import GroupSettings
 from natsched.models import JobSpec
 from natsched.secrets import Masker, references, substitute
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()  # every job gets it as $HOSTNAME
@@ -35,6 +36,29 @@ class Prepared:
     process: ProcessSpec | None
     masker: Masker
     error: str = ""
+
+
+def first_event(
+    agent: str,
+    spec: JobSpec,
+    *,
+    trigger: RunTrigger,
+    scheduled_at: float | None = None,
+    detail: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    attempt: int = 1,
+) -> RunEvent:
+    """A run's first event (queued), before anything is decided about it."""
+    return RunEvent(
+        run_id=run_id or new_run_id(),
+        job=spec.key,
+        agent=agent,
+        state=RunState.QUEUED,
+        trigger=trigger,
+        scheduled_at=scheduled_at,
+        detail=dict(detail or {}),
+        attempt=attempt,
+    )
 
 
 async def prepare_run(

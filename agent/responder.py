@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 from agent.executor import JobExecutor
 from agent.fencing import TermFence
 from agent.nameguard import NameGate
-from agent.prepare import Prepared
+from agent.prepare import Prepared, first_event
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
 from natsched.errors import CodecError, TriggerRefusedError
@@ -230,7 +230,8 @@ class Responder:
             # too), or the master's to give up on. Silent, so that no refusal of ours wins.
             log.warning("run %s ignored: this agent's name was taken over meanwhile", request.run_id)
             return None
-        draft = self._executor.draft(
+        draft = first_event(
+            self._agent,
             request.spec,
             trigger=request.trigger,
             scheduled_at=request.scheduled_at,
