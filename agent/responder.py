@@ -33,7 +33,7 @@ from agent.prepare import Prepared, first_event
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
 from natsched.errors import CodecError, TriggerRefusedError
-from natsched.events import RunEvent, RunState
+from natsched.events import RunState
 from natsched.models import Mode
 from natsched.runmessages import RunReply, RunRequest, decode_run_request
 
@@ -230,50 +230,50 @@ class Responder:
             # too), or the master's to give up on. Silent, so that no refusal of ours wins.
             log.warning("run %s ignored: this agent's name was taken over meanwhile", request.run_id)
             return None
-        draft = first_event(
-            self._agent,
-            request.spec,
-            trigger=request.trigger,
-            scheduled_at=request.scheduled_at,
-            detail={
-                **request.detail,
-                **({"correlation_id": request.correlation_id} if request.correlation_id else {}),
-            },
-            run_id=request.run_id,
-            attempt=request.attempt,
-        )
-        claiming = asyncio.create_task(self._claim(request, pool), name="run-claim")
+        detail = {
+            **request.detail,
+            **({"correlation_id": request.correlation_id} if request.correlation_id else {}),
+        }
+        preparing = asyncio.create_task(self._prepare_meanwhile(request, detail), name="run-prepare")
         try:
-            ready = await self._prepare_meanwhile(request, draft)
-            lost = await claiming
+            lost = await self._claim(request, pool)
+            ready = await preparing if lost is None else None  # ready by now, almost always
         finally:
-            claiming.cancel()  # only when this request is cancelled itself (stop): done otherwise
+            preparing.cancel()  # a claim lost (or this request cancelled): what was prepared goes
         if lost is not None:
-            return lost  # what was prepared is dropped: nothing of it exists outside this call
-        reply = await self._launch(request, draft, ready)
+            return lost
+        reply = await self._launch(request, detail, ready)
         self._recent[request.run_id] = reply
         if len(self._recent) > RECENT_RUNS:
             self._recent.popitem(last=False)
         return reply
 
-    async def _prepare_meanwhile(self, request: RunRequest, draft: RunEvent) -> Prepared | None:
+    async def _prepare_meanwhile(self, request: RunRequest, detail: dict[str, str]) -> Prepared | None:
         """Prepare the run's process while its claim is out (None: prepared again at its start).
 
         Nothing here has an effect outside this agent's memory (secrets are only read), so a
-        claim lost afterwards undoes nothing: the run is simply not started.
+        claim lost meanwhile undoes nothing: the run is simply not started.
         """
-        # nats-py writes a publish from its flusher task, woken for the next turn of the loop:
-        # two turns, and the claim's request is on the wire before this CPU work, which then
-        # fills the claim's round trip instead of following it.
+        # Started just before the claim is sent, this first yields one turn of the loop: in
+        # that turn nats-py's flusher writes the claim's request, and the CPU work below then
+        # fills the claim's round trip instead of delaying its send or following its answer.
         await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        draft = first_event(
+            self._agent,
+            request.spec,
+            trigger=request.trigger,
+            scheduled_at=request.scheduled_at,
+            detail=detail,
+            run_id=request.run_id,
+            attempt=request.attempt,
+        )
         try:
             return await self._executor.prepare(request.spec, draft, request.args, request.env)
         except Exception:  # noqa: BLE001 - prepared again once claimed, failing there as it always did
             log.debug("run %s: preparing ahead failed", request.run_id, exc_info=True)
             return None
 
-    async def _launch(self, request: RunRequest, draft: RunEvent, ready: Prepared | None) -> RunReply:
+    async def _launch(self, request: RunRequest, detail: dict[str, str], ready: Prepared | None) -> RunReply:
         try:
             event = await self._executor.launch(
                 request.spec,
@@ -283,7 +283,7 @@ class Responder:
                 attempt=request.attempt,
                 args=request.args,
                 env=request.env,
-                detail=draft.detail,
+                detail=detail,
                 ready=ready,
             )
         except Exception as exc:  # a launch bug must not leave the master waiting for nothing
