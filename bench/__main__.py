@@ -26,6 +26,7 @@ BENCHES: list[tuple[str, str, list[str], list[str], float]] = [
     ("bench.agent_bench", "agent", ["--duration", "60"], ["--duration", "10", "--run-seconds", "3"], 900),
     ("bench.dispatch_bench", "dispatch", [], ["--count", "200", "--seconds", "3"], 300),
     ("bench.master_bench", "master", [], ["--count", "200", "--seconds", "2"], 300),
+    ("bench.agentpath_bench", "agentpath", [], ["--count", "200", "--seconds", "2"], 300),
     ("bench.chain_bench", "chain", [], ["--count", "50"], 300),
     ("bench.apply_bench", "apply", [], ["--stored", "10000", "--applies", "50"], 300),
     ("bench.failover_bench", "failover", [], ["--rounds", "2"], 300),
