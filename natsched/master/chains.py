@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,14 +157,15 @@ class ChainFollower:
         )
         in_batch = int(event.detail.get("batch_size", "1") or 1) > 1 and "batch" in event.detail
         per_batch = [(s, t) for s, t in downstream if in_batch and not (t.per_agent or t.agents)]
-        for spec, trigger in downstream:
-            if (spec, trigger) not in per_batch:
-                await self._upstream_done(spec, trigger, chain_id, single)
+        # Each downstream job at once: one whose agent is slow to answer (up to the dispatch
+        # timeout) holds back none of the others.
+        await _all(
+            self._upstream_done(s, t, chain_id, single) for s, t in downstream if (s, t) not in per_batch
+        )
         if per_batch:
             whole = await self._batch_member(event)
             if whole is not None:  # else: other targets still running
-                for spec, trigger in per_batch:
-                    await self._upstream_done(spec, trigger, chain_id, whole)
+                await _all(self._upstream_done(s, t, chain_id, whole) for s, t in per_batch)
 
     async def _batch_member(self, event: RunEvent) -> Completion | None:
         """Record one target's completion; the whole batch's Completion once all are in."""
@@ -401,3 +402,13 @@ def _split_fanin_key(key: str) -> tuple[str, str]:
     """``fanin.<chain>.<group>.<job>`` -> (chain id, job key)."""
     _, chain_id, job_key = key.split(".", 2)
     return chain_id, job_key
+
+
+async def _all(steps: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run every step concurrently, each to its end; then raise the first failure (the event
+    comes back, and the claims make the steps that did fire not fire again)."""
+    failures = [
+        r for r in await asyncio.gather(*steps, return_exceptions=True) if isinstance(r, BaseException)
+    ]
+    if failures:
+        raise failures[0]

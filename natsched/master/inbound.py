@@ -161,13 +161,16 @@ class SubjectTriggers:
     async def _start_all(
         self, msg: Msg, matched: list[tuple[JobSpec, SubjectTrigger]], *, stored: bool
     ) -> None:
+        starts = []
         for spec, trigger in matched:
             why = refusal(trigger, msg.data)
             if why:
                 log.warning("%s on %s does not start %s: %s", msg.subject, trigger.subject, spec.key, why)
                 continue
             base_id = message_run_id(msg, spec, trigger) if stored else None
-            await self._start(spec, msg.subject, msg.data.decode("utf-8"), base_id)
+            starts.append(self._start(spec, msg.subject, msg.data.decode("utf-8"), base_id))
+        # All at once: a job whose agent is slow to answer holds back none of the others.
+        await asyncio.gather(*starts)  # each _start logs its own failure
 
     async def _on_message(self, msg: Msg) -> None:
         await self._index.ready.wait()

@@ -384,3 +384,46 @@ async def test_a_raw_publish_on_an_operator_subject_starts_the_job_with_its_body
     assert json.loads(paid["output_tail"].split("|", 1)[1])["status"] == "paid"
     await asyncio.sleep(1.0)
     assert len(await finals(nc, "ext.on-paid")) == 1, "refused, non-JSON and oversized bodies start nothing"
+
+
+async def test_a_downstream_job_whose_agent_does_not_answer_holds_back_no_other(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    """Fan-out dispatches every downstream job at once: "slow" takes the run request and does
+    not answer (the master waits up to its 5 s dispatch timeout), and "fast" runs meanwhile."""
+    await three_hosts(start_agent)
+    held: asyncio.Queue[object] = asyncio.Queue()
+    await nc.subscribe(subjects.agent_run_subject("slow"), cb=held.put)
+    first = [on("db1", "extract"), on("slow", "held", triggers=[{"after": ["extract"]}])]
+    # Applied first, so that it is the first downstream job the master goes through.
+    assert (await apply(nc, toml_jobs(*first, group="fo")))["ok"]
+    fast = on("db2", "fast", triggers=[{"after": ["extract"]}])
+    assert (await apply(nc, toml_jobs(*first, fast, group="fo")))["ok"]
+    await trigger(nc, "fo.extract")
+    [ran] = await until_finals(nc, "fo.fast", 1, timeout=3.5)  # well before the 5 s timeout
+    assert ran["state"] == "succeeded" and ran["agent"] == "db2"
+    assert held.qsize() == 1, "the held job's request went out, and was not answered yet"
+
+
+async def test_a_subject_job_whose_agent_does_not_answer_holds_back_no_other(
+    master: MasterService, nc: Client, start_agent: AgentFactory
+) -> None:
+    """One message starts every job listening on its subject at once, as fan-out does."""
+    await start_agent("web1")
+    held: asyncio.Queue[object] = asyncio.Queue()
+    await nc.subscribe(subjects.agent_run_subject("slow"), cb=held.put)
+    first = on("slow", "held", triggers=[{"subject": "orders.*"}])
+    # Applied first, so that it is the first job of the subject the master goes through.
+    assert (await apply(nc, toml_jobs(first, group="ext")))["ok"]
+    fast = on("web1", "fast", triggers=[{"subject": "orders.*"}])
+    assert (await apply(nc, toml_jobs(first, fast, group="ext")))["ok"]
+
+    async def listening() -> bool:
+        assert master.inbound is not None and master.index is not None
+        return "orders.*" in master.inbound.stream.subjects and "ext.fast" in master.index.jobs
+
+    await eventually(listening, 10, "master follows orders.* for both jobs")
+    await nc.publish("orders.created", b"{}")
+    [ran] = await until_finals(nc, "ext.fast", 1, timeout=3.5)  # well before the 5 s timeout
+    assert ran["state"] == "succeeded" and ran["agent"] == "web1"
+    assert held.qsize() == 1, "the held job's request went out, and was not answered yet"
