@@ -7,6 +7,7 @@ subject gets an error reply and the master stays up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 LIST_LIMIT = 5000
+CLOSE_WAIT = 2.0
+# Requests that change nothing the others plan from (reads, and a cancel, which waits up to
+# 10 s on an agent) are answered beside the others; every other one takes its turn, in order.
+BESIDE = frozenset(
+    {subjects.API_PING, subjects.API_JOBS_LIST, subjects.API_JOBS_GET, subjects.API_RUNS_CANCEL}
+)
 
 
 def _as_str(body: dict[str, Any], name: str, default: str | None = None) -> str:
@@ -83,6 +90,9 @@ class AdminApi:
         self._jobs = jobs
         self._agents = agents
         self._master_id = master_id
+        self._slots = asyncio.Semaphore(64)
+        self._turn = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.handlers: dict[str, Handler] = {
             subjects.API_PING: self.ping,
             subjects.API_APPLY: self.apply,
@@ -100,6 +110,30 @@ class AdminApi:
             self.handlers.update(GroupSettingsApi(js, settings).handlers())
         if secrets is not None:
             self.handlers.update(secrets.handlers())
+
+    async def serve(self, msg: Msg) -> None:
+        """The subscription's callback: each request in its own task (bounded), so a cancel
+        waiting on an unresponsive agent no longer holds every request of this master for 10 s."""
+        await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        try:
+            if msg.subject in BESIDE:
+                await self.handle(msg)
+            else:
+                async with self._turn:  # FIFO: changes keep the order they came in
+                    await self.handle(msg)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
 
     async def handle(self, msg: Msg) -> None:
         """Answer one request; every failure becomes an error reply, never a crash."""

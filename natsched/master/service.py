@@ -83,6 +83,7 @@ class MasterService(Service):
         self.scheduler: MasterScheduler | None = None
         self.retries: RetryFollower | None = None
         self.triggers: TriggerHandler | None = None
+        self.api: AdminApi | None = None
         self.index: JobIndex | None = None
         self.chains: ChainFollower | None = None
         self.inbound: SubjectTriggers | None = None
@@ -133,7 +134,7 @@ class MasterService(Service):
     async def _serve_requests(self, js: JetStreamContext, jobs: KeyValue) -> None:
         """The admin API and the trigger subject, in queue groups shared by every master."""
         assert self.nc is not None and self.index is not None and self.dispatcher is not None
-        api = AdminApi(
+        api = self.api = AdminApi(
             js=js,
             jobs=jobs,
             agents=await js.key_value(subjects.AGENTS_BUCKET),
@@ -143,7 +144,7 @@ class MasterService(Service):
             index=self.index,
             secrets=SecretsApi(await js.key_value(SECRETS_BUCKET), self._secret_key),
         )
-        await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.handle)
+        await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.serve)
         self.triggers = TriggerHandler(self.nc, self.index, self.dispatcher)
         await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
 
@@ -280,6 +281,8 @@ class MasterService(Service):
                     await self.lease.release()
         if self.triggers is not None:
             await self.triggers.close()
+        if self.api is not None:
+            await self.api.close()
         if self.inbound is not None:
             await self.inbound.close()
         await close_quietly(self.nc, DRAIN_TIMEOUT)
