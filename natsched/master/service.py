@@ -84,6 +84,7 @@ class MasterService(Service):
         self.retries: RetryFollower | None = None
         self.triggers: TriggerHandler | None = None
         self.api: AdminApi | None = None
+        self.locks: LockService | None = None
         self.index: JobIndex | None = None
         self.chains: ChainFollower | None = None
         self.inbound: SubjectTriggers | None = None
@@ -118,14 +119,15 @@ class MasterService(Service):
             self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
         )
         self.keep_running(self.dispatcher.directory.watch, name="agent-directory")
-        await LockService(
+        self.locks = LockService(
             self.nc,
             state,
             await js.key_value(subjects.AGENTS_BUCKET),
             index=self.index,
             members=self.dispatcher.directory.members,
             claims=await open_claims(js),
-        ).start()
+        )
+        await self.locks.start()
         await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
         self.spawn(self._follow_leadership(state), name="leadership", critical=True)
         self.spawn(self.lease.run(), name="leader-lease", critical=True)
@@ -283,6 +285,8 @@ class MasterService(Service):
             await self.triggers.close()
         if self.api is not None:
             await self.api.close()
+        if self.locks is not None:
+            await self.locks.close()
         if self.inbound is not None:
             await self.inbound.close()
         await close_quietly(self.nc, DRAIN_TIMEOUT)
