@@ -1,8 +1,8 @@
 """Sending runs to agents: slave (every target) and load-balance (one agent of a pool).
 
 Slave: one request per target on ``natsched.agent.<agent>.run``, all in parallel. An
-agent that does not answer (``NoRespondersError`` at once, or a timeout) gets a
-``failed`` event with reason ``agent offline``; the others run regardless.
+agent that does not answer (``NoRespondersError`` still after 350 ms of asking again, or a
+timeout) gets a ``failed`` event with reason ``agent offline``; the others run regardless.
 
 Load-balance, the selection rule: the candidates are the *live* agents (a heartbeat in
 ``natsched_agents``) of the job's pools that are below their max concurrency. With
@@ -57,6 +57,9 @@ from natsched.vocab import RunTrigger
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0
+OFFLINE = "agent offline"  # no responder on the agent's subject: nobody got the request
+UNHEARD_RETRIES = 3  # a slave target nobody listens to is asked again 3 times, 350 ms in all
+UNHEARD_WAIT = 0.05
 
 
 class Dispatcher:
@@ -165,7 +168,7 @@ class Dispatcher:
         asks = [
             self._refuse(requests[name], name, refused[name])
             if name in refused
-            else self._ask(_Target.of_agent(name), requests[name])
+            else self._ask(_Target.of_agent(name), requests[name], unheard_retries=UNHEARD_RETRIES)
             for name in targets
         ]
         # One target (most slave jobs) is awaited directly: gather would wrap it in a task.
@@ -232,8 +235,18 @@ class Dispatcher:
             # A holder whose agent is gone loses the lock once its heartbeat expires.
             log.warning("replace %s: could not cancel %s: %r", spec.key, holder, exc)
 
-    async def _ask(self, target: _Target, request: RunRequest) -> RunReply:
+    async def _ask(self, target: _Target, request: RunRequest, *, unheard_retries: int = 0) -> RunReply:
+        """``unheard_retries``: ask again (after 50 ms, then 100 ms ...) while nobody listens on
+        the target's subject. A slave target has no other agent to go to, and an agent that
+        just started heartbeats (its name taken) a few ms before it subscribes; in a cluster
+        its interest also takes a moment to reach the master's server. Nobody got the request,
+        so asking again cannot run it twice."""
         reply = await self._ask_once(target, request)
+        for attempt in range(unheard_retries):
+            if reply.reason != OFFLINE:
+                break
+            await asyncio.sleep(UNHEARD_WAIT * 2**attempt)
+            reply = await self._ask_once(target, request)
         if reply.reason.startswith("stale master") and self._lease is not None and not _leader_work(request):
             # Our view of the term was old (e.g. just after a change of leader): re-read, once.
             # Scheduled slots are the leader's work: a deposed leader's are refused, not retried.
@@ -247,7 +260,7 @@ class Dispatcher:
         try:
             msg = await self._nc.request(target.subject, request.encode(), timeout=self._timeout)
         except NoRespondersError:  # nobody subscribed, so nobody got it: nothing to withdraw
-            return RunReply(ok=False, agent=who, run_id=request.run_id, reason="agent offline")
+            return RunReply(ok=False, agent=who, run_id=request.run_id, reason=OFFLINE)
         except NatsTimeoutError:
             return await self._withdraw(target, request)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -371,3 +372,31 @@ async def test_slave_overlap_is_per_target(
     assert sorted(r["state"] for r in (await trigger(nc, "ov.each"))["runs"]) == ["started", "started"]
     again = (await trigger(nc, "ov.each"))["runs"]
     assert sorted(r["state"] for r in again) == ["skipped", "skipped"], again
+
+
+async def test_a_slave_target_that_heartbeats_before_it_listens_still_gets_its_run(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """An agent takes its name (heartbeat) a few ms before it subscribes to its run subject:
+    a run sent then met no responder and was recorded 'agent offline'. Nobody got it, so the
+    master asks again briefly; the run executes once."""
+    agent = await start_agent("late")
+    witness = tmp_path / "ran"
+    command = ["sh", "-c", f"echo $NATSCHED_RUN_ID >> {witness}"]
+    await apply(
+        nc, toml_jobs(job("w", mode="slave", targets={"agents": ["late"]}, command=command), group="hb")
+    )
+    assert agent.responder is not None
+    await agent.responder.stop()  # heartbeating, not listening: as between take_name and subscribe
+    pending = asyncio.create_task(trigger(nc, "hb.w"))
+    await asyncio.sleep(0.12)
+    await agent.responder.start()
+    reply = await pending
+    assert reply["ok"], reply
+    await eventually(lambda: _exists(witness), 10, "the run executed")
+    await asyncio.sleep(0.5)
+    assert len(witness.read_text().splitlines()) == 1
+
+
+async def _exists(path: Path) -> bool:
+    return await asyncio.to_thread(path.exists)
