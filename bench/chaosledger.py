@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ class Healed:
     target: str
     seconds: float | None  # None: did not heal within the bound
     happened: bool = True  # False: the fault could not be done (e.g. no leader found)
+    # When it was noted (healed, or given up on): to set a missed slot beside the faults.
+    noted_at: float = field(default_factory=time.time)
 
     @property
     def problem(self) -> bool:
@@ -165,7 +168,7 @@ def print_result(result: ChaosResult, say: Callable[[str], None] = print) -> Non
     for heal in result.healed:
         took = "did not heal" if heal.seconds is None else f"{heal.seconds:.2f} s"
         took = took if heal.happened else "NOT DONE"
-        say(f"  healed {heal.fault:26} {heal.target:18} {took}")
+        say(f"  healed {heal.fault:26} {heal.target:18} {took:14} (noted at {heal.noted_at:.1f})")
     for revived in result.revived:
         say(f"  revived: {revived}")
     for problem in result.problems:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from natsched.embedded import EmbeddedServer, find_binary, free_port
+from natsched.embedded import EmbeddedServer, find_binary, free_port, port_is_free
 from tests.conftest import Process, wait_for_api
 
 pytestmark = pytest.mark.faults
@@ -37,7 +37,7 @@ def test_a_master_waits_for_jetstream_to_answer_then_serves(
             time.sleep(0.1)
         plain.terminate()
         plain.wait(10)
-        server.start()  # now with JetStream
+        await_port_then_start(server)  # now with JetStream
         wait_for_api(server.url, master, 30)
         out = master.output()
         assert master.popen.poll() is None, out
@@ -48,3 +48,11 @@ def test_a_master_waits_for_jetstream_to_answer_then_serves(
         plain.kill()
         plain.wait()
         server.stop()
+
+
+def await_port_then_start(server: EmbeddedServer) -> None:
+    """The plain server's port may take a moment to be free again on a loaded machine."""
+    deadline = time.monotonic() + 15
+    while not port_is_free(server.host, server.port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    server.start()
