@@ -236,7 +236,7 @@ async def serve(service: Service, *, restart: Callable[[], Service] | None = Non
         loop.add_signal_handler(sig, on_signal)
     loop.set_exception_handler(_quiet_about_lost_connections)
     try:
-        await _start_and_run(service, restart)
+        await _start_and_run(service, restart, stopping)
     except asyncio.CancelledError:
         if not stopping.is_set():
             raise
@@ -245,18 +245,26 @@ async def serve(service: Service, *, restart: Callable[[], Service] | None = Non
             loop.remove_signal_handler(sig)
 
 
-async def _start_and_run(service: Service, restart: Callable[[], Service] | None) -> None:
+async def _start_and_run(
+    service: Service, restart: Callable[[], Service] | None, stopping: asyncio.Event
+) -> None:
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + START_RETRY_WINDOW
     delay = RESTART_MIN
     while True:
         try:
             async with service:
-                await service.run_forever()
+                # A signal during the start cancels it, but Python 3.11's asyncio.wait_for (in
+                # nats-py's requests) can swallow a cancellation that races with its result: the
+                # start then ends normally, and waiting here would outlast the signal.
+                if not stopping.is_set():
+                    await service.run_forever()
             return
         except StartUnansweredError as exc:
             if restart is None or loop.time() + delay > give_up_at:
                 raise
+            if stopping.is_set():
+                return
             log.warning("%s (starting again in %gs)", exc, delay)
             await asyncio.sleep(delay)
             delay = min(RESTART_MAX, delay * 2)

@@ -56,3 +56,27 @@ def await_port_then_start(server: EmbeddedServer) -> None:
     while not port_is_free(server.host, server.port) and time.monotonic() < deadline:
         time.sleep(0.1)
     server.start()
+
+
+def test_a_master_starting_again_stops_at_once_on_sigterm(
+    tmp_path: Path, spawn: Callable[..., Process]
+) -> None:
+    port = free_port()
+    plain = subprocess.Popen(
+        [find_binary(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        master = spawn("natsched", "master", url=f"nats://127.0.0.1:{port}", log_name="master.log")
+        deadline = time.monotonic() + 20
+        while master.output().count("starting again") < 2:  # in the retry loop
+            assert master.popen.poll() is None and time.monotonic() < deadline, master.output()
+            time.sleep(0.05)
+        asked = time.monotonic()
+        assert master.terminate(timeout=8) == 0, master.output()
+        assert time.monotonic() - asked < 3, master.output()
+        assert "Traceback" not in master.output()
+    finally:
+        plain.kill()
+        plain.wait()
