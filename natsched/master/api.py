@@ -34,6 +34,7 @@ from natsched.master.apply import (
     raise_conflicts,
 )
 from natsched.master.groups_api import GroupSettingsApi
+from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
 from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 LIST_LIMIT = 5000
-CLOSE_WAIT = 2.0
 # Requests that change nothing the others plan from (reads, and a cancel, which waits up to
 # 10 s on an agent) are answered beside the others; every other one takes its turn, in order.
 BESIDE = frozenset(
@@ -90,9 +90,11 @@ class AdminApi:
         self._jobs = jobs
         self._agents = agents
         self._master_id = master_id
-        self._slots = asyncio.Semaphore(64)
         self._turn = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Each request in its own task, so a cancel waiting on an unresponsive agent no longer
+        # holds every request of this master for 10 s.
+        self._side_by_side = SideBySide(self._serve, 64)
+        self.serve = self._side_by_side.take
         self.handlers: dict[str, Handler] = {
             subjects.API_PING: self.ping,
             subjects.API_APPLY: self.apply,
@@ -111,29 +113,15 @@ class AdminApi:
         if secrets is not None:
             self.handlers.update(secrets.handlers())
 
-    async def serve(self, msg: Msg) -> None:
-        """The subscription's callback: each request in its own task (bounded), so a cancel
-        waiting on an unresponsive agent no longer holds every request of this master for 10 s."""
-        await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _serve(self, msg: Msg) -> None:
-        try:
-            if msg.subject in BESIDE:
+        if msg.subject in BESIDE:
+            await self.handle(msg)
+        else:
+            async with self._turn:  # FIFO: changes keep the order they came in
                 await self.handle(msg)
-            else:
-                async with self._turn:  # FIFO: changes keep the order they came in
-                    await self.handle(msg)
-        finally:
-            self._slots.release()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
+        await self._side_by_side.close()
 
     async def handle(self, msg: Msg) -> None:
         """Answer one request; every failure becomes an error reply, never a crash."""

@@ -9,7 +9,6 @@ master in one queue group, so each trigger is handled once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -19,11 +18,11 @@ from nats.aio.msg import Msg
 from natsched import codec, subjects
 from natsched.errors import ApiError, CodecError, NatschedError
 from natsched.master.dispatch import Dispatcher
+from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
-CLOSE_WAIT = 2.0
 MAX_ARGS = 256
 
 
@@ -60,29 +59,16 @@ class TriggerHandler:
         self._nc = nc
         self._index = index
         self._dispatcher = dispatcher
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def handle(self, msg: Msg) -> None:
-        await self._slots.acquire()  # back-pressure: the subscription waits when all slots are busy
-        task = asyncio.create_task(self._handle(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._side_by_side = SideBySide(self._handle, concurrency)
+        self.handle = self._side_by_side.take
 
     async def _handle(self, msg: Msg) -> None:
-        try:
-            reply = await self._answer(msg)
-            if msg.reply:
-                await self._nc.publish(msg.reply, codec.to_json(reply))
-        finally:
-            self._slots.release()
+        reply = await self._answer(msg)
+        if msg.reply:
+            await self._nc.publish(msg.reply, codec.to_json(reply))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            # Bounded: a task inside nats-py may swallow its cancellation; shutdown must not wait on it.
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
+        await self._side_by_side.close()
 
     async def _answer(self, msg: Msg) -> dict[str, Any]:
         try:

@@ -16,7 +16,6 @@ and taken over with ``update(last=revision)``, so a dead agent never blocks a jo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -30,6 +29,7 @@ from natsched import codec, subjects
 from natsched.claims import decode_claim
 from natsched.errors import CodecError, NatschedError
 from natsched.locking import LockHolder, read_holder
+from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
 from natsched.master.members import PoolMembers
 from natsched.models import Mode, Overlap
@@ -38,7 +38,6 @@ from natsched.subjects import lock_key
 log = logging.getLogger(__name__)
 OPERATIONS = ("acquire", "release")
 CONCURRENCY = 256  # lock requests handled at once (each a few KV round trips)
-CLOSE_WAIT = 2.0
 
 
 def decode_lock_request(subject: str, data: bytes) -> tuple[str, str, str, str]:
@@ -72,31 +71,16 @@ class LockService:
         self._index = index
         self._members = members
         self._claims = claims
-        self._slots = asyncio.Semaphore(CONCURRENCY)
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Each request in its own task: every lock is its own key, decided by compare-and-set,
+        # so the requests of different runs need not wait for one another's round trips.
+        self._side_by_side = SideBySide(self.handle, CONCURRENCY)
+        self.serve = self._side_by_side.take
 
     async def start(self) -> None:
         await self._nc.subscribe(subjects.LOCK_ALL, queue=subjects.API_QUEUE, cb=self.serve)
 
-    async def serve(self, msg: Msg) -> None:
-        """Each request in its own task: every lock is its own key, decided by compare-and-set,
-        so the requests of different runs need not wait for one another's round trips."""
-        await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, msg: Msg) -> None:
-        try:
-            await self.handle(msg)
-        finally:
-            self._slots.release()
-
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
+        await self._side_by_side.close()
 
     async def handle(self, msg: Msg) -> None:
         reply: dict[str, Any]
