@@ -70,3 +70,18 @@ async def test_agents_and_triggers_cannot_read_replies_meant_for_others(secured:
         assert [(who, len(seen)) for who, seen in spies if seen] == []
         for user, errors, subject in refused:
             assert violations(errors, subject), (user, subject, errors)
+
+
+async def test_nobody_but_a_master_can_push_to_the_masters_shared_consumers(secured: Secured) -> None:
+    """The shared consumers deliver to fixed subjects under the masters' inbox: a forged
+    "completion" (a chain start, a retry) sent there by another role is refused."""
+    async with secured.services("a1"):
+        for user in ("agent-a1", "natsched-trigger", "natsched-admin"):
+            errors: list[str] = []
+            nc = await secured.connect(user, errors=errors)
+            for durable in (subjects.CHAINS_DURABLE, subjects.RETRIES_DURABLE, subjects.NOTIFY_DURABLE):
+                await nc.publish(subjects.master_deliver_subject(durable), b'{"state": "succeeded"}')
+            await nc.flush()
+            await asyncio.sleep(0.3)
+            for durable in (subjects.CHAINS_DURABLE, subjects.RETRIES_DURABLE, subjects.NOTIFY_DURABLE):
+                assert violations(errors, subjects.master_deliver_subject(durable)), (user, errors)
