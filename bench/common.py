@@ -100,6 +100,33 @@ async def kv_put_watch_floor(nc: Client, count: int = 500) -> tuple[float, float
     return statistics.median(samples), percentile(samples, 99)
 
 
+async def kv_create_floor(nc: Client, count: int = 500) -> tuple[float, float]:
+    """Raw KV create of a new key (what a run's claim is: a compare-and-set), p50 and p99 in ms."""
+    js = nc.jetstream()
+    kv = await js.create_key_value(bucket="bench_create_floor")
+    samples = []
+    for i in range(count):
+        start = time.perf_counter()
+        await kv.create(f"run{i}", b"x")
+        samples.append((time.perf_counter() - start) * 1000)
+    await js.delete_key_value("bench_create_floor")
+    return statistics.median(samples), percentile(samples, 99)
+
+
+def spawn_start_floor(count: int = 300) -> float:
+    """Raw ``os.posix_spawn`` of /bin/true until it returns (the program is exec'ed), median ms.
+
+    The same call the agent starts a job with; reaping is not timed.
+    """
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
+        samples.append((time.perf_counter() - start) * 1000)
+        os.waitpid(pid, 0)
+    return statistics.median(samples)
+
+
 def machine() -> dict[str, object]:
     return {
         "cpus": psutil.cpu_count(),

@@ -1,6 +1,11 @@
 """Dispatch figures: trigger -> process started, dispatched runs/s across two agents, and
 1,000 slave jobs due at the same second (half on each agent): slot -> last started.
 
+What the trigger -> started path cannot go below, measured in the same run: two request/reply
+round trips (client -> master -> agent and back), the run's claim (one KV create) and the
+spawn (``os.posix_spawn`` returning). Its sum is printed as "the path's floor", so what
+natsched adds on top of the physics of that path is its own figure.
+
 Master and agents run as real processes (``natsched master``, ``natsched-agent``); this
 process is the client publishing to ``natsched.trigger.<job>``. The reply arrives when
 the process has started on the agent, so its round trip is "trigger -> started".
@@ -23,8 +28,19 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from bench.common import Figure, apply_when_up, percentile, report, request_reply_floor, server, services
+from bench.common import (
+    Figure,
+    apply_when_up,
+    kv_create_floor,
+    percentile,
+    report,
+    request_reply_floor,
+    server,
+    services,
+    spawn_start_floor,
+)
 from natsched import subjects
+from natsched.claims import claim, open_claims
 from natsched.events import parse_event
 from natsched.kvscan import read_stream
 
@@ -122,11 +138,40 @@ async def master_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
     return statistics.median(late), max(late), len(late)
 
 
+async def claim_latency(nc: Client, count: int = 500) -> float:
+    """natsched's claim of a run (``natsched/claims.py``) on the real bucket, p50 ms."""
+    kv = await open_claims(nc.jetstream())
+    samples = []
+    for i in range(count):
+        start = time.perf_counter()
+        result = await claim(
+            kv, subjects.agent_claim_key("benchclaim", f"bench{i}-{time.time_ns()}"), agent="b"
+        )
+        samples.append((time.perf_counter() - start) * 1000)
+        assert result.won
+    return statistics.median(samples)
+
+
+def path_figures(p50: float, rtt50: float, create50: float, claim50: float, spawn50: float) -> list[Figure]:
+    """trigger -> started against the sum of what its path cannot avoid, and each part."""
+    floor = 2 * rtt50 + create50 + spawn50
+    return [
+        Figure("  path: KV create p50 (a claim's floor)", create50, "ms", "req/reply p50", rtt50, "-", None),
+        Figure("  path: natsched's claim p50", claim50, "ms", "KV create p50", create50, "-", None),
+        Figure("  path: posix_spawn /bin/true p50", spawn50, "ms", "req/reply p50", rtt50, "-", None),
+        Figure("  path: 2 req/reply + KV create + spawn", floor, "ms", "req/reply p50", rtt50, "-", None),
+        Figure("trigger -> started p50, against its path", p50, "ms", "path floor", floor, "-", None),
+    ]
+
+
 async def measure(url: str, count: int, seconds: float) -> list[Figure]:
     nc = await nats.connect(url)
     await apply_when_up(nc, JOBS)
     await wait_ready(nc)
     rtt50, rtt99 = await request_reply_floor(nc)
+    create50, _ = await kv_create_floor(nc)
+    claim50 = await claim_latency(nc)
+    spawn50 = spawn_start_floor()
     p50, p99 = await trigger_latency(nc, count)
     rate = await dispatched_rate(nc, seconds, 64)
     burst50, last, started = await master_burst(nc, BURST)
@@ -148,6 +193,7 @@ async def measure(url: str, count: int, seconds: float) -> list[Figure]:
             ">= 1500/s",
             rate >= 1500,
         ),
+        *path_figures(p50, rtt50, create50, claim50, spawn50),
     ]
 
 
