@@ -8,8 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from natsched.vocab import NO_AGENT
+
 AGENTS = ("a1", "a2", "a3")
 GROUP = "chaos"
+ANY_TARGET = "*"  # in a recorded slot's key: the record covers every target
 
 COUNTS = (
     "run ids executed twice",
@@ -118,7 +121,13 @@ class Ledger:
         recorded: set[tuple[str, float, str]] = set()
         for event in self.events:
             if event["state"] in self.NOT_RUN and event.get("scheduled_at"):
-                agent = "" if event["job"] == f"{GROUP}.lb" else event["agent"]
+                # A run the master recorded itself before any agent had it (e.g. a slot the
+                # slot audit found claimed and never dispatched) names no agent: it records
+                # the slot on every target.
+                if event["agent"] == NO_AGENT:
+                    agent = ANY_TARGET
+                else:
+                    agent = "" if event["job"] == f"{GROUP}.lb" else event["agent"]
                 recorded.add((event["job"], event["scheduled_at"], agent))
         doubled = sum(
             self._note(f"{job} slot {slot:.0f} on {agent or 'the pool'} ran as {sorted(runs)}")
@@ -135,7 +144,11 @@ class Ledger:
                 for agent in targets:
                     self.slots_checked += 1
                     key = (job, float(slot), agent)
-                    if key not in executed and key not in recorded:
+                    if (
+                        key not in executed
+                        and key not in recorded
+                        and (job, float(slot), ANY_TARGET) not in recorded
+                    ):
                         missed += self._note(
                             f"{job} slot {slot} on {agent or 'the pool'}: no run, nothing recorded"
                         )
