@@ -1,33 +1,28 @@
-"""Starting runs on this agent: overlap policy, environment, process, logs and events.
+"""Starting runs on this agent: overlap policy, pauses and calendars, cluster-wide locks.
 
-``launch`` returns once the process has started (or the run was skipped or failed to
-start); a waiter task owned by the executor publishes the final event when it ends.
+``launch`` returns once the process has started (or the run was skipped, queued or failed
+to start); how a run starts and ends (journal, process, output, events) is
+:class:`agent.starter.RunStarter`'s, and a waiter task it owns publishes the final event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from agent.environment import AgentVariables
 from agent.journal import RunJournal
-from agent.locks import ClusterLocks
 from agent.outbox import EventOutbox
-from agent.outcome import final_event
-from agent.output import LogStreamer, RunOutput
-from agent.prepare import Prepared, first_event, prepare_run
-from agent.runner import ProcessRunner, RunningProcess
+from agent.output import LogStreamer
+from agent.prepare import Prepared, first_event
+from agent.runner import ProcessRunner
 from agent.secretstore import SecretStore
+from agent.starter import RunStarter
 from natsched.calendars import Holds
 from natsched.events import RunEvent, RunState
-from natsched.groupsettings import GroupSettings, output_limit
-from natsched.models import JobSpec, Mode, Overlap
-from natsched.secrets import Masker
+from natsched.groupsettings import GroupSettings
+from natsched.models import JobSpec, Overlap
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
@@ -39,16 +34,9 @@ REPLACE_EXTRA_WAIT = 10.0
 MAX_QUEUED = 100
 
 
-@dataclass(slots=True)
-class ActiveRun:
-    event: RunEvent
-    process: RunningProcess
-    masker: Masker = field(default_factory=lambda: Masker(()))
-    output: RunOutput | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+class JobExecutor(RunStarter):
+    """Starts runs per their job's overlap policy, the pauses in force and cluster-wide locks."""
 
-
-class JobExecutor:
     def __init__(
         self,
         *,
@@ -63,32 +51,20 @@ class JobExecutor:
         holds: Callable[[], Holds] = Holds,
         group_settings: Callable[[str], GroupSettings | None] = lambda group: None,
     ) -> None:
-        self.agent = agent
-        self.journal = journal
+        super().__init__(
+            agent=agent,
+            runner=runner,
+            outbox=outbox,
+            logs=logs,
+            kill_grace=kill_grace,
+            journal=journal,
+            secrets=secrets,
+            holds=holds,
+            group_settings=group_settings,
+        )
         self.max_queued = max_queued
-        self.runner = runner
-        self.outbox = outbox
-        self.logs = logs
-        self.kill_grace = kill_grace
-        self.active: dict[str, dict[str, ActiveRun]] = {}  # job key -> run id -> run
-        self._queues: dict[str, asyncio.Lock] = {}
-        self._waiters: set[asyncio.Task[None]] = set()
         self._queued: dict[asyncio.Task[Any], RunEvent] = {}  # waiting their turn
-        self.base_env = AgentVariables(os.environ)  # only its pass-through part reaches a job
-        self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
-        self.holds = holds  # the calendars and pauses in force now
-        self.secrets = secrets or SecretStore(None)  # gets NATS once connected, to read values
-        self.group_settings = group_settings  # replicated per-group settings (env, user, cwd)
         self._held: list[tuple[JobSpec, RunEvent, tuple[str, ...], Mapping[str, str]]] = []
-
-    def running_runs(self, limit: int) -> dict[str, str]:
-        """run id -> job key of the runs going on here (the oldest ``limit``)."""
-        runs = {run_id: key for key, active in self.active.items() for run_id in active}
-        return dict(sorted(runs.items())[:limit])
-
-    @property
-    def running(self) -> int:
-        return sum(len(runs) for runs in self.active.values())
 
     async def launch(
         self,
@@ -130,20 +106,6 @@ class JobExecutor:
             await self.publish(event.moved_to(RunState.QUEUED, reason=reason), (spec, args, env or {}))
             return event
         return await self._launch_event(spec, event, args, env or {}, ready)
-
-    def hold_of(self, spec: JobSpec, trigger: RunTrigger, at: float | None) -> tuple[str, str]:
-        """(action, reason) of the calendars and pauses for this run ('' = go ahead).
-
-        An agent pause holds every run here; a job's calendar and pause are the master's to
-        apply, except for mirror jobs, which this agent fires itself.
-        """
-        holds = self.holds()
-        action, reason = holds.agent_hold(self.agent, trigger)
-        if not action and spec.mode is Mode.MIRROR:
-            action, reason = holds.job_hold(
-                spec.calendar, spec.key, trigger, time.time() if at is None else at
-            )
-        return action, reason
 
     async def release_held(self) -> None:
         """Start the held runs whose pause was lifted (called when the settings change)."""
@@ -283,100 +245,6 @@ class JobExecutor:
             lock.release()
             raise
 
-    async def prepare(
-        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], trigger_env: Mapping[str, str]
-    ) -> Prepared:
-        """The run's process (environment, argv, user, cwd), or why it cannot start."""
-        return await prepare_run(
-            spec,
-            event,
-            args,
-            trigger_env,
-            agent=self.agent,
-            group=self.group_settings(spec.group),
-            secrets=self.secrets,
-            base=self.base_env,
-            kill_grace=self.kill_grace,
-        )
-
-    async def _start(
-        self,
-        spec: JobSpec,
-        event: RunEvent,
-        args: tuple[str, ...],
-        trigger_env: Mapping[str, str],
-        ready: Prepared | None = None,
-    ) -> RunEvent:
-        """``ready``: the run prepared already (while its claim was out), if it starts now."""
-        if ready is None or ready.run_id != event.run_id:
-            ready = await self.prepare(spec, event, args, trigger_env)
-        if ready.process is None:
-            failed = event.moved_to(RunState.FAILED, reason=ready.error)
-            self._release_queue(spec)
-            await self.publish(failed)
-            await self._release_lock(spec, event.run_id)
-            return failed
-        process_spec, masker = ready.process, ready.masker
-        limit = output_limit(spec.output_limit, self.group_settings(spec.group))
-        output = RunOutput(event.run_id, self.logs.publish, masker, limit)
-        if self.journal is not None:
-            # Committed before the process exists: an agent killed from here on leaves this row,
-            # and the next one records the run (started, then lost). Without it a run could
-            # execute while its started event was still in memory, and nobody would ever know.
-            self.journal.started(event.moved_to(RunState.STARTED, started_at=time.time()))
-            await self.journal.flush()
-        try:
-            process = await self.runner.start(process_spec, on_output=output.write)
-        except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash
-            failed = event.moved_to(RunState.FAILED, reason=masker.text(str(exc) or type(exc).__name__))
-            self._release_queue(spec)
-            await self.publish(failed)
-            await self._release_lock(spec, event.run_id)
-            return failed
-        started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
-        run = ActiveRun(event=started, process=process, masker=masker, output=output)
-        self.active.setdefault(spec.key, {})[event.run_id] = run
-        await self.publish(started, locked=self._cluster_locked(spec))
-        task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
-        self._waiters.add(task)
-        task.add_done_callback(self._waiters.discard)
-        return started
-
-    async def _finish(self, spec: JobSpec, run: ActiveRun) -> None:
-        try:
-            result = await run.process.wait()
-        finally:
-            runs = self.active.get(spec.key, {})
-            runs.pop(run.event.run_id, None)
-            if not runs:
-                self.active.pop(spec.key, None)
-            self._release_queue(spec)
-            run.done.set()
-        if run.output is not None:
-            await run.output.close()
-        await self.publish(final_event(run.event, result, run.masker))
-        await self._release_lock(spec, run.event.run_id)
-
-    async def publish(
-        self,
-        event: RunEvent,
-        queued: tuple[JobSpec, tuple[str, ...], Mapping[str, str]] | None = None,
-        *,
-        locked: bool = False,
-    ) -> None:
-        """To the outbox, and to the journal that a restart reads (an end is committed first)."""
-        journal = self.journal
-        data = event.to_json()  # once for both
-        if journal is not None:
-            if event.state.final:
-                journal.settle_slot(event.job, event.scheduled_at)  # e.g. skipped: recorded
-                await journal.ended(event.run_id)
-            elif event.state is RunState.STARTED:
-                journal.started(event, locked=locked, data=data)
-            elif queued is not None:
-                journal.queued(event, *queued)
-        await self.outbox.publish(event, data)
-
     def _waiting(self, job_key: str) -> int:
         """Runs of the job waiting here (their turn, the cluster lock, or a pause)."""
         return sum(1 for e in self._queued.values() if e.job == job_key) + sum(
@@ -388,22 +256,6 @@ class JobExecutor:
         skipped = event.moved_to(RunState.SKIPPED, reason=reason)
         await self.publish(skipped)
         return skipped
-
-    def _cluster_locked(self, spec: JobSpec) -> bool:
-        """Load-balance jobs have one overlap domain, the cluster; mirror and slave, the agent."""
-        return self.locks is not None and spec.mode is Mode.LOAD_BALANCE and spec.overlap is not Overlap.ALLOW
-
-    async def _release_lock(self, spec: JobSpec, run_id: str) -> None:
-        if self._cluster_locked(spec):
-            assert self.locks is not None
-            await self.locks.release(spec.key, run_id)
-
-    def _release_queue(self, spec: JobSpec) -> None:
-        if self._cluster_locked(spec):
-            return
-        lock = self._queues.get(spec.key)
-        if lock is not None and lock.locked():
-            lock.release()
 
     async def cancel(self, run_id: str) -> bool:
         """Signal the run's process tree (TERM, KILL after the grace); False if not here."""

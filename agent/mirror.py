@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
 from agent.journal import ClaimedSlot, RunJournal
 from agent.nameguard import NameGate
+from agent.prepare import Prepared, first_event
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, new_run_id
 from natsched.models import JobSpec, Mode
@@ -33,11 +35,15 @@ from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 
-PREPARE_AHEAD = 0.01  # seconds
+# Seconds a tick comes before its slots: claims and preparing every run due (~0.1 ms each)
+# happen before the slot, so a burst of runs starts on the dot.
+PREPARE_AHEAD = 0.1
+SPIN = 0.002  # seconds before a slot the scheduler stops sleeping and waits it out (see _until)
 _SCHEMA = "CREATE TABLE IF NOT EXISTS mirror_cursor (key TEXT PRIMARY KEY, last_fired REAL NOT NULL);"
 _KINDS = {kind.value for kind in RunTrigger}
 # Rows per claim statement: well under SQLite's limit of host parameters.
 _CLAIM_BATCH = 5000
+_Planned = tuple[Due, RunEvent, Prepared]  # a slot's run, prepared ahead of the slot
 
 
 def mirror_scheduled(spec: JobSpec) -> bool:
@@ -152,21 +158,90 @@ class MirrorScheduler:
         return spec if mirror_scheduled(spec) else None
 
     async def _fire(self, due: list[Due]) -> None:
-        """Launch one tick's slots (cursors committed): jobs at once, each job's slots in order."""
+        """Launch one tick's slots (cursors committed): jobs at once, each job's slots in order.
+
+        The tick comes ``PREPARE_AHEAD`` early: every run is prepared (event, environment,
+        argv) before its slot, and at the slot the executor starts them back to back
+        (``start_together``); what it leaves (held, waiting on an overlap policy, started
+        another way) and a job's further slots of the tick go through ``launch``, a task per job.
+        """
         if not await self._gate.ready():  # our name went to another agent while we were frozen
             await self._skip(due, "not run: this agent's name was taken over while it was silent")
             return
         now = self._clock()
-        if len(due) == 1:
-            await self._launch(due[0], max(0.0, now - due[0].slot))
+        first: list[Due] = []
+        more: dict[str, list[Due]] = {}
+        for each in sorted(due, key=lambda d: d.slot):  # stable: a job's slots stay in order
+            if each.spec.key in more:
+                more[each.spec.key].append(each)
+            else:
+                more[each.spec.key] = []
+                first.append(each)
+        planned = [run for run in [await self._plan(each, now) for each in first] if run is not None]
+        left: list[_Planned] = []
+        for slot, runs in itertools.groupby(planned, key=lambda run: run[0].slot):
+            together = list(runs)
+            await self._until(slot)
+            for _ in together:
+                self._late(self._clock() - slot)
+            try:
+                held = await self._executor.start_together([(d.spec, e, ready) for d, e, ready in together])
+            except Exception:  # a launch bug must not stop every other schedule
+                log.exception("mirror runs due at %s could not be started", slot)
+                continue
+            left += [together[index] for index in held]
+        if not left and not any(more.values()):
             return
-        by_job: dict[str, list[Due]] = {}
-        for each in due:
-            by_job.setdefault(each.spec.key, []).append(each)
-        # Launched together: the twentieth job of a tick must not wait for nineteen spawns.
         async with asyncio.TaskGroup() as group:
-            for slots in by_job.values():
-                group.create_task(self._launch_in_order(slots, now))
+            for run in left:
+                group.create_task(self._launch_rest(run, more.pop(run[0].spec.key, [])))
+            for slots in more.values():
+                if slots:
+                    group.create_task(self._launch_in_order(slots, now))
+
+    async def _plan(self, due: Due, now: float) -> _Planned | None:
+        """The run of ``due``, prepared ahead of its slot."""
+        late = max(0.0, now - due.slot)
+        detail = {"late_ms": f"{late * 1000:.1f}"} if late > 1 else {}
+        executor = self._executor
+        event = first_event(
+            executor.agent, due.spec, trigger=due.trigger, scheduled_at=due.slot, detail=detail
+        )
+        try:
+            return due, event, await executor.prepare(due.spec, event, (), {})
+        except Exception:  # a launch bug must not stop every other schedule
+            log.exception("mirror job %s could not be launched", due.spec.key)
+            return None
+
+    async def _until(self, slot: float) -> None:
+        """Return at ``slot``, not up to a millisecond after: the loop's timers wake on epoll's
+        millisecond timeouts (and late under load), so the last ``SPIN`` is waited out here."""
+        early = slot - self._clock()
+        if early > SPIN:
+            await asyncio.sleep(early - SPIN)
+        give_up = time.monotonic() + 2 * SPIN  # bounded whatever the clock does
+        while self._clock() < slot and time.monotonic() < give_up:
+            pass
+
+    def _late(self, seconds: float) -> None:
+        self.lateness.append(seconds)
+        self.on_late(seconds)
+
+    async def _launch_rest(self, run: _Planned, slots: list[Due]) -> None:
+        """A run ``start_together`` left to ``launch``, then the job's further slots."""
+        due, event, ready = run
+        try:
+            await self._executor.launch(
+                due.spec,
+                trigger=due.trigger,
+                scheduled_at=due.slot,
+                detail=event.detail,
+                run_id=event.run_id,
+                ready=ready,
+            )
+        except Exception:  # a launch bug must not stop every other schedule
+            log.exception("mirror job %s could not be launched", due.spec.key)
+        await self._launch_in_order(slots, self._clock())
 
     async def skip_missed(self, timeout: float) -> None:
         """Stopping because another agent took our name: the slots that fell due since the last
@@ -201,8 +276,7 @@ class MirrorScheduler:
         early = due.slot - self._clock()
         if early > 0:  # prepared ahead (cursor already saved): start on the dot
             await asyncio.sleep(early)
-        self.lateness.append(self._clock() - due.slot)
-        self.on_late(self._clock() - due.slot)
+        self._late(self._clock() - due.slot)
         detail = {"late_ms": f"{late * 1000:.1f}"} if late > 1 else {}
         try:
             await self._executor.launch(due.spec, trigger=due.trigger, scheduled_at=due.slot, detail=detail)

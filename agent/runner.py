@@ -313,6 +313,28 @@ class ProcessRunner:
     def running(self) -> int:
         return len(self._running)
 
+    @staticmethod
+    def startable_now(spec: ProcessSpec) -> bool:
+        """Can :meth:`start_now` start ``spec`` (posix_spawn: no user, no cwd, pidfds here)?"""
+        return spec.user is None and spawn.usable(spec.cwd, {})
+
+    def start_now(self, spec: ProcessSpec, on_output: OutputCallback | None = None) -> RunningProcess:
+        """:meth:`start` without a turn of the event loop, for a spec :meth:`startable_now` took:
+        runs due together start back to back. Raises :class:`RunError`."""
+        if not self._accepting:
+            raise RunError("the agent is shutting down and starts no new runs")
+        argv = spec.command
+        loop = asyncio.get_running_loop()
+        process = RunningProcess(spec, on_output, self._drain_timeout, loop)
+        try:
+            spawn.spawn(loop, argv, spec.env, process)
+        except OSError as exc:
+            raise RunError(start_failure(exc, argv[0], spec.cwd)) from None
+        except ValueError as exc:  # a NUL byte in argv or env
+            raise RunError(f"cannot start {argv[0]!r}: {exc}") from None
+        self._track(process)
+        return process
+
     async def start(self, spec: ProcessSpec, on_output: OutputCallback | None = None) -> RunningProcess:
         """Start ``spec``; returns as soon as the process exists. Raises :class:`RunError`."""
         if not self._accepting:
@@ -340,15 +362,18 @@ class ProcessRunner:
             raise RunError(start_failure(exc, argv[0], spec.cwd)) from None
         except ValueError as exc:  # a NUL byte in argv, env or cwd
             raise RunError(f"cannot start {argv[0]!r}: {exc}") from None
+        self._track(process)
+        if self._killing:  # spawned while shutdown was already killing: it would be missed
+            await process.kill()
+        return process
+
+    def _track(self, process: RunningProcess) -> None:
         self._running.add(process)
         process._result.add_done_callback(lambda _: self._running.discard(process))
         if self._guardian is not None:
             guardian = self._guardian
             guardian.watch(process.pid)  # its own session: the group id is its pid
             process._result.add_done_callback(lambda _: guardian.forget(process.pid))
-        if self._killing:  # spawned while shutdown was already killing: it would be missed
-            await process.kill()
-        return process
 
     async def shutdown(self, grace: float) -> None:
         """Start nothing new; let running processes end within ``grace``, then kill the rest.

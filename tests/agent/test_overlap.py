@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from agent.cache import JobCache
 from agent.executor import MAX_QUEUED, JobExecutor
 from agent.outbox import EventOutbox
 from agent.output import LogStreamer
+from agent.prepare import first_event
 from agent.runner import ProcessRunner
 from natsched.jobspec import parse_job
 from natsched.models import JobSpec
@@ -116,3 +118,38 @@ async def test_a_trigger_storm_queues_at_most_the_limit_and_skips_the_rest(execu
     assert "100 runs already waiting" in skipped[0].reason
     recorded = {(e["run_id"], e["state"]) for e in await events(executor)}
     assert all((e.run_id, "skipped") in recorded for e in skipped), "each refusal is on record"
+
+
+async def test_runs_due_together_start_at_once_and_what_must_wait_is_left_to_launch(
+    executor: JobExecutor, tmp_path: Path
+) -> None:
+    """``start_together`` (a burst of mirror slots): the runs free to start are started and
+    recorded; a forbid job already running, a queue job whose turn is taken and a run that
+    must start another way (cwd) are left to ``launch``, untouched."""
+    running = await executor.launch(spec("forbid", 5), trigger=RunTrigger.MANUAL)
+
+    def job(name: str, command: list[str], **more: str) -> JobSpec:
+        targets = {"agents": ["*"]}
+        return parse_job({"name": name, "group": "b", "command": command, "targets": targets, **more})
+
+    jobs = [
+        *(job(f"a{i}", ["true"]) for i in range(3)),
+        spec("forbid", 0.1),
+        job("q", ["sleep", "0.3"], overlap="queue"),
+        job("c", ["true"], cwd=str(tmp_path)),
+    ]
+    runs = []
+    for each in jobs:
+        event = first_event("a1", each, trigger=RunTrigger.CRON, scheduled_at=time.time())
+        runs.append((each, event, await executor.prepare(each, event, (), {})))
+    assert await executor.start_together(runs) == [3, 5]
+    started = {run_id for active in executor.active.values() for run_id in active}
+    assert started == {running.run_id} | {runs[i][1].run_id for i in (0, 1, 2, 4)}
+    # The queue job's turn is taken by the run started together: the next one waits.
+    assert (await executor.launch(jobs[4], trigger=RunTrigger.MANUAL)).state == "queued"
+    await executor.cancel(running.run_id)
+    await wait_idle(executor)
+    states = {(e["run_id"], e["state"]) for e in await events(executor)}
+    for i in (0, 1, 2, 4):
+        assert {(runs[i][1].run_id, "started"), (runs[i][1].run_id, "succeeded")} <= states
+    assert not any(runs[i][1].run_id == run_id for i in (3, 5) for run_id, _ in states)

@@ -1,0 +1,274 @@
+"""How a run starts and ends on this agent: its journal row, its process, its output and
+events; and runs due at the same instant, started back to back (``start_together``).
+
+:class:`agent.executor.JobExecutor` adds *when* a run may start (overlap queues, pauses
+held, cluster-wide locks) on top of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from agent.environment import AgentVariables
+from agent.journal import RunJournal
+from agent.locks import ClusterLocks
+from agent.outbox import EventOutbox
+from agent.outcome import final_event
+from agent.output import LogStreamer, RunOutput
+from agent.prepare import Prepared, prepare_run
+from agent.runner import ProcessRunner, RunningProcess
+from agent.secretstore import SecretStore
+from natsched.calendars import Holds
+from natsched.events import RunEvent, RunState
+from natsched.groupsettings import GroupSettings, output_limit
+from natsched.models import JobSpec, Mode, Overlap
+from natsched.secrets import Masker
+from natsched.vocab import RunTrigger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    event: RunEvent
+    process: RunningProcess
+    masker: Masker = field(default_factory=lambda: Masker(()))
+    output: RunOutput | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RunStarter:
+    """Starts prepared runs and sees them to their end; owns the runs going on (``active``)."""
+
+    def __init__(
+        self,
+        *,
+        agent: str,
+        runner: ProcessRunner,
+        outbox: EventOutbox,
+        logs: LogStreamer,
+        kill_grace: float = 5.0,
+        journal: RunJournal | None = None,
+        secrets: SecretStore | None = None,
+        holds: Callable[[], Holds] = Holds,
+        group_settings: Callable[[str], GroupSettings | None] = lambda group: None,
+    ) -> None:
+        self.agent = agent
+        self.journal = journal
+        self.runner = runner
+        self.outbox = outbox
+        self.logs = logs
+        self.kill_grace = kill_grace
+        self.active: dict[str, dict[str, ActiveRun]] = {}  # job key -> run id -> run
+        self._queues: dict[str, asyncio.Lock] = {}  # overlap queue: the run holding its job's turn
+        self._waiters: set[asyncio.Task[None]] = set()
+        self.base_env = AgentVariables(os.environ)  # only its pass-through part reaches a job
+        self.locks: ClusterLocks | None = None  # set once connected (cluster-wide overlap)
+        self.holds = holds  # the calendars and pauses in force now
+        self.secrets = secrets or SecretStore(None)  # gets NATS once connected, to read values
+        self.group_settings = group_settings  # replicated per-group settings (env, user, cwd)
+
+    def running_runs(self, limit: int) -> dict[str, str]:
+        """run id -> job key of the runs going on here (the oldest ``limit``)."""
+        runs = {run_id: key for key, active in self.active.items() for run_id in active}
+        return dict(sorted(runs.items())[:limit])
+
+    @property
+    def running(self) -> int:
+        return sum(len(runs) for runs in self.active.values())
+
+    def hold_of(self, spec: JobSpec, trigger: RunTrigger, at: float | None) -> tuple[str, str]:
+        """(action, reason) of the calendars and pauses for this run ('' = go ahead).
+
+        An agent pause holds every run here; a job's calendar and pause are the master's to
+        apply, except for mirror jobs, which this agent fires itself.
+        """
+        holds = self.holds()
+        action, reason = holds.agent_hold(self.agent, trigger)
+        if not action and spec.mode is Mode.MIRROR:
+            action, reason = holds.job_hold(
+                spec.calendar, spec.key, trigger, time.time() if at is None else at
+            )
+        return action, reason
+
+    async def prepare(
+        self, spec: JobSpec, event: RunEvent, args: tuple[str, ...], trigger_env: Mapping[str, str]
+    ) -> Prepared:
+        """The run's process (environment, argv, user, cwd), or why it cannot start."""
+        return await prepare_run(
+            spec,
+            event,
+            args,
+            trigger_env,
+            agent=self.agent,
+            group=self.group_settings(spec.group),
+            secrets=self.secrets,
+            base=self.base_env,
+            kill_grace=self.kill_grace,
+        )
+
+    async def _start(
+        self,
+        spec: JobSpec,
+        event: RunEvent,
+        args: tuple[str, ...],
+        trigger_env: Mapping[str, str],
+        ready: Prepared | None = None,
+    ) -> RunEvent:
+        """``ready``: the run prepared already (while its claim was out), if it starts now."""
+        if ready is None or ready.run_id != event.run_id:
+            ready = await self.prepare(spec, event, args, trigger_env)
+        if ready.process is None:
+            failed = event.moved_to(RunState.FAILED, reason=ready.error)
+            self._release_queue(spec)
+            await self.publish(failed)
+            await self._release_lock(spec, event.run_id)
+            return failed
+        output = self._output(spec, event, ready.masker)
+        if self.journal is not None:
+            # Committed before the process exists: an agent killed from here on leaves this row,
+            # and the next one records the run (started, then lost). Without it a run could
+            # execute while its started event was still in memory, and nobody would ever know.
+            self.journal.started(event.moved_to(RunState.STARTED, started_at=time.time()))
+            await self.journal.flush()
+        try:
+            process = await self.runner.start(ready.process, on_output=output.write)
+        except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, not a crash
+            return await self._not_started(spec, event, ready.masker, exc)
+        return await self._running(spec, event, process, ready.masker, output)
+
+    async def start_together(self, runs: list[tuple[JobSpec, RunEvent, Prepared]]) -> list[int]:
+        """Start runs due at the same instant back to back, with no turn of the event loop
+        between two spawns; return the indexes of the runs it did not start, for :meth:`launch`.
+
+        Why: started one task each, the k-th run waited for the k-1 before it *and* for
+        everything they set going (event publishing, output, exits). Here every journal row
+        is committed in one transaction before the first process exists (as ``_start``
+        commits its one), then the processes start, then their events go out. Left to
+        ``launch``: a run that is held, prepared with an error, must start another way (user,
+        cwd), or whose overlap policy has something to wait for or decide.
+        """
+        now: list[int] = []
+        left: list[int] = []
+        keys: set[str] = set()
+        for index, (spec, event, ready) in enumerate(runs):
+            plain = ready.process is not None and self.runner.startable_now(ready.process)
+            if plain and await self._free_to_start(spec, event, keys):
+                now.append(index)
+                keys.add(spec.key)
+            else:
+                left.append(index)
+        if self.journal is not None and now:
+            at = time.time()
+            for index in now:
+                self.journal.started(runs[index][1].moved_to(RunState.STARTED, started_at=at))
+            self.journal.flush_now()
+        spawned: list[tuple[int, RunningProcess | Exception, RunOutput]] = []
+        for index in now:
+            spec, event, ready = runs[index]
+            assert ready.process is not None
+            output = self._output(spec, event, ready.masker)
+            try:
+                spawned.append((index, self.runner.start_now(ready.process, output.write), output))
+            except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run
+                spawned.append((index, exc, output))
+        for index, outcome, output in spawned:
+            spec, event, ready = runs[index]
+            if isinstance(outcome, Exception):
+                await self._not_started(spec, event, ready.masker, outcome)
+            else:
+                await self._running(spec, event, outcome, ready.masker, output)
+        return left
+
+    async def _free_to_start(self, spec: JobSpec, event: RunEvent, taken: set[str]) -> bool:
+        """Nothing holds this run back and its overlap policy lets it start now (taking the
+        job's queue turn for ``queue``)."""
+        if self._cluster_locked(spec) or self.hold_of(spec, event.trigger, event.scheduled_at)[0]:
+            return False
+        if spec.overlap is Overlap.ALLOW:
+            return True
+        lock = self._queues.setdefault(spec.key, asyncio.Lock()) if spec.overlap is Overlap.QUEUE else None
+        if spec.key in taken or self.active.get(spec.key) or (lock is not None and lock.locked()):
+            return False
+        if lock is not None:
+            await lock.acquire()  # free: taken at once, no turn of the loop
+        return True
+
+    def _output(self, spec: JobSpec, event: RunEvent, masker: Masker) -> RunOutput:
+        limit = output_limit(spec.output_limit, self.group_settings(spec.group))
+        return RunOutput(event.run_id, self.logs.publish, masker, limit)
+
+    async def _not_started(self, spec: JobSpec, event: RunEvent, masker: Masker, exc: Exception) -> RunEvent:
+        failed = event.moved_to(RunState.FAILED, reason=masker.text(str(exc) or type(exc).__name__))
+        self._release_queue(spec)
+        await self.publish(failed)
+        await self._release_lock(spec, event.run_id)
+        return failed
+
+    async def _running(
+        self, spec: JobSpec, event: RunEvent, process: RunningProcess, masker: Masker, output: RunOutput
+    ) -> RunEvent:
+        started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
+        run = ActiveRun(event=started, process=process, masker=masker, output=output)
+        self.active.setdefault(spec.key, {})[event.run_id] = run
+        await self.publish(started, locked=self._cluster_locked(spec))
+        task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+        return started
+
+    async def _finish(self, spec: JobSpec, run: ActiveRun) -> None:
+        try:
+            result = await run.process.wait()
+        finally:
+            runs = self.active.get(spec.key, {})
+            runs.pop(run.event.run_id, None)
+            if not runs:
+                self.active.pop(spec.key, None)
+            self._release_queue(spec)
+            run.done.set()
+        if run.output is not None:
+            await run.output.close()
+        await self.publish(final_event(run.event, result, run.masker))
+        await self._release_lock(spec, run.event.run_id)
+
+    async def publish(
+        self,
+        event: RunEvent,
+        queued: tuple[JobSpec, tuple[str, ...], Mapping[str, str]] | None = None,
+        *,
+        locked: bool = False,
+    ) -> None:
+        """To the outbox, and to the journal that a restart reads (an end is committed first)."""
+        journal = self.journal
+        data = event.to_json()  # once for both
+        if journal is not None:
+            if event.state.final:
+                journal.settle_slot(event.job, event.scheduled_at)  # e.g. skipped: recorded
+                await journal.ended(event.run_id)
+            elif event.state is RunState.STARTED:
+                journal.started(event, locked=locked, data=data)
+            elif queued is not None:
+                journal.queued(event, *queued)
+        await self.outbox.publish(event, data)
+
+    def _cluster_locked(self, spec: JobSpec) -> bool:
+        """Load-balance jobs have one overlap domain, the cluster; mirror and slave, the agent."""
+        return self.locks is not None and spec.mode is Mode.LOAD_BALANCE and spec.overlap is not Overlap.ALLOW
+
+    async def _release_lock(self, spec: JobSpec, run_id: str) -> None:
+        if self._cluster_locked(spec):
+            assert self.locks is not None
+            await self.locks.release(spec.key, run_id)
+
+    def _release_queue(self, spec: JobSpec) -> None:
+        if self._cluster_locked(spec):
+            return
+        lock = self._queues.get(spec.key)
+        if lock is not None and lock.locked():
+            lock.release()
