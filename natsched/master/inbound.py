@@ -36,6 +36,8 @@ from natsched.models import JobSpec
 from natsched.triggers.subject import SubjectTrigger
 from natsched.vocab import RunTrigger
 
+_SUBJECT = (SubjectTrigger.key.encode(),)
+
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 2.0
 QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
@@ -91,7 +93,7 @@ class SubjectTriggers:
         self._live: dict[str, Subscription] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         index.on_keys(self._on_keys)
-        self._on_keys(list(index.jobs))  # the jobs the index holds already (loaded, or applied meanwhile)
+        self._on_keys(list(index.entries))  # the jobs the index holds already (loaded, or applied meanwhile)
 
     async def start(self) -> None:
         """The stream (as it is: the patterns follow once the index is complete) and our consumer."""
@@ -111,7 +113,7 @@ class SubjectTriggers:
                     self._wanted[subject] = left
                 else:
                     self._wanted.pop(subject, None)
-            spec = self._index.jobs.get(key)
+            spec = self._index.spec_if(key, _SUBJECT)  # jobs without a subject trigger stay undecoded
             if spec is None or not spec.enabled:
                 continue
             for trigger in spec.triggers:

@@ -40,6 +40,10 @@ UNDECIDED_RETRY = 0.5
 CLAIMS_IN_FLIGHT = 64
 
 
+# Only a value holding one of these can be a slave or load-balance job (see JobIndex.spec_if).
+_NOT_MIRROR = tuple(mode.value.encode() for mode in Mode if mode is not Mode.MIRROR)
+
+
 def master_scheduled(spec: JobSpec) -> bool:
     """Slave and load-balance jobs with a time trigger are the master's to fire."""
     return spec.enabled and spec.mode is not Mode.MIRROR and bool(time_triggers(spec))
@@ -275,7 +279,7 @@ class MasterScheduler:
         return self.core.fired
 
     async def _lookup(self, key: str) -> JobSpec | None:
-        return self._index.jobs.get(key)
+        return self._index.spec_if(key, _NOT_MIRROR)  # mirror jobs stay undecoded
 
     async def _fire(self, due: list[Due]) -> None:
         """Nothing left to do: the cursors fired each slot as its claim was won."""
@@ -284,7 +288,7 @@ class MasterScheduler:
         stop_listening = self._index.on_keys(self.core.changed)
         try:
             await self._index.ready.wait()  # the whole bucket, not a partial picture
-            self.core.changed(list(self._index.jobs))
+            self.core.changed(list(self._index.entries))
             await self.core.run()
         finally:
             stop_listening()

@@ -88,7 +88,7 @@ class SettingsApi:
         if not isinstance(name, str) or not subjects.is_token(name):
             raise ApiError("request field 'name' must be a calendar name")
         await self._index.sync()
-        users = _calendar_users(name, self._index.jobs)
+        users = _calendar_users(name, self._index.mentioning((b"calendar",)))
         if users:
             raise ApiError(f"calendar {name} is used by {', '.join(users)}; change those jobs first")
         try:

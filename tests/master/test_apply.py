@@ -136,7 +136,8 @@ async def test_apply_of_one_job_decodes_only_that_job(
     master: MasterService, nc: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With many jobs stored, an apply reads the master's index: it decodes nothing but the
-    changed job (once, when the index takes in the write), and the reply already shows it."""
+    changed job (once: when the index takes in the write or when it is first read), and the
+    reply already shows it."""
     kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
     stored = 500
     for i in range(stored):
@@ -155,9 +156,10 @@ async def test_apply_of_one_job_decodes_only_that_job(
     monkeypatch.setattr(codec, "decode_job", counting_decode)
     result = await apply(nc, toml_jobs(job("j7", command=["echo", "changed"]), group="many"))
     assert result["updated"] == ["many.j7"]
-    assert decoded == ["many.j7"]
+    assert decoded in ([], ["many.j7"])  # the index decodes a definition when first read
     shown = await api(nc, subjects.API_JOBS_GET, {"job": "many.j7"})
     assert shown["spec"]["command"] == ["echo", "changed"]
+    assert decoded == ["many.j7"]
 
 
 async def test_an_at_in_the_past_is_refused_unless_it_was_already_stored(

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import pytest
 from nats.aio.client import Client
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
@@ -14,6 +15,7 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.jobspec import parse_job
 from natsched.master.jobindex import JobIndex
+from natsched.models import JobSpec
 
 
 class MisbehavingWatch:
@@ -68,5 +70,45 @@ async def test_ready_only_with_the_initial_values_and_a_miss_catches_up(nc: Clie
             await kv.put("g.new", encoded("new", "echo", "2"))
             await index.sync()
             assert index.jobs["g.new"].command == ("echo", "2")
+    finally:
+        watch.cancel()
+
+
+async def test_loading_decodes_only_chain_jobs_and_the_rest_on_first_use(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master with many stored jobs does not decode them to start: only the jobs with an event
+    trigger (the chain index needs them); any other decodes when first read, once; garbage is
+    reported when read, and a chain job's replacement leaves the downstream index."""
+    kv = await nc.jetstream().create_key_value(js_api.KeyValueConfig(bucket=subjects.JOBS_BUCKET))
+    for i in range(50):
+        await kv.put(f"g.j{i}", encoded(f"j{i}", "true"))
+    chained = {"after": ["g.j1"], "on": "succeeded"}
+    down = parse_job({"name": "down", "group": "g", "command": ["true"], "targets": {"agents": ["*"]},
+                      "triggers": [chained]})  # fmt: skip
+    await kv.put("g.down", codec.encode_job(down))
+    await kv.put("g.bad", b"\x81\xa1v\x01")
+    decoded: list[str] = []
+    decode = codec.decode_job
+
+    def counting_decode(data: bytes, key: str) -> JobSpec:
+        decoded.append(key)
+        return decode(data, key)
+
+    monkeypatch.setattr(codec, "decode_job", counting_decode)
+    index = JobIndex(kv)
+    watch = asyncio.create_task(index.watch())
+    try:
+        async with asyncio.timeout(10):
+            await index.wait_ready()
+            assert decoded == ["g.down"]
+            assert [spec.key for spec, _ in index.downstream("g.j1")] == ["g.down"]
+            assert index.jobs["g.j7"].command == ("true",) and index.spec("g.j7") is index.jobs["g.j7"]
+            assert decoded == ["g.down", "g.j7"]
+            assert "g.bad" in index.entries and "g.bad" not in index.jobs
+            assert index.entries["g.bad"].error
+            await kv.put("g.down", encoded("down", "true"))  # no longer chained
+            await index.sync()
+            assert index.downstream("g.j1") == []
     finally:
         watch.cancel()
