@@ -86,6 +86,8 @@ ReplicationOf = Callable[[str], Replication]  # a group's replication mode
 
 
 _T = TypeVar("_T")
+_INLINE_ROWS = 256  # a write this small runs on the event loop's own connection (see _write)
+_LOCAL_ONE = "SELECT key, mode, value, modified, file FROM local_jobs WHERE key = ?"
 _RECENT = 1024  # master definitions remembered from the latest small writes (see JobCache.get)
 _UPSERT = (
     "INSERT INTO jobs (key, revision, mode, value, modified) VALUES (?, ?, ?, ?, ?) "
@@ -108,6 +110,12 @@ class JobCache:
     def __init__(self, path: Path, replication: ReplicationOf | None = None) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # A second connection, used only on the event loop's thread and never across an await,
+        # for small writes and point reads: a trip to aiosqlite's thread costs a thread wake-up,
+        # a loop wake-up and two waits for a CPU, which on a busy machine (50 agents, 2 cores)
+        # was most of a changed definition's way into the cache. It never waits for a lock:
+        # when another connection is writing, the work goes to aiosqlite's thread as before.
+        self._inline: sqlite3.Connection | None = None
         self._replication: ReplicationOf = replication or (lambda group: Replication.EASY)
         # This object is the only writer of `jobs` and `local_jobs`, so it may remember what
         # it wrote: the keys that have a local job, and the master's rows of the latest small
@@ -136,6 +144,8 @@ class JobCache:
         await self._db.commit()
         self._local_keys = {row[0] for row in await self._db.execute_fetchall("SELECT key FROM local_jobs")}
         self._recent = {}
+        self._inline = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        self._inline.execute("PRAGMA synchronous=NORMAL")
 
     async def _in_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` on the connection in aiosqlite's thread: one trip for a whole transaction
@@ -144,7 +154,48 @@ class JobCache:
         run = cast(Callable[..., Any], db._execute)  # noqa: SLF001 - aiosqlite has no public form
         return cast(_T, await run(fn, db._conn))  # noqa: SLF001
 
+    def _write_inline(self, fn: Callable[[sqlite3.Connection], None]) -> bool:
+        """Run the transaction ``fn`` here and now if no other connection is writing (False if one is)."""
+        conn = self._inline
+        if conn is None:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # takes the write lock or fails at once (timeout=0)
+        except sqlite3.OperationalError:
+            return False
+        try:
+            fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return True
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], None], rows: int) -> None:
+        """One transaction: inline if small and the lock is free, else in aiosqlite's thread
+        (a big one would hold the event loop; the thread waits its turn for the lock)."""
+        if rows <= _INLINE_ROWS and self._write_inline(fn):
+            return
+
+        def in_transaction(conn: sqlite3.Connection) -> None:
+            with conn:  # commits, or rolls back on an error
+                fn(conn)
+
+        await self._in_thread(in_transaction)
+
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """A small read: on the loop's connection (WAL readers do not wait), else in the thread."""
+        if self._inline is not None:
+            try:
+                return self._inline.execute(sql, args).fetchall()
+            except sqlite3.OperationalError:  # busy (e.g. recovering the WAL): let the thread wait
+                pass
+        return list(await self.db.execute_fetchall(sql, args))
+
     async def close(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -184,20 +235,14 @@ class JobCache:
     async def master_get(self, key: str) -> CachedJob | None:
         if key in self._recent:
             return self._recent[key]
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT key, revision, mode, value, modified FROM jobs WHERE key = ?", (key,)
-            )
-        )
+        rows = await self._read("SELECT key, revision, mode, value, modified FROM jobs WHERE key = ?", (key,))
         return CachedJob(*rows[0]) if rows else None
 
     async def local_get(self, key: str) -> CachedJob | None:
         if self._local_keys is not None and key not in self._local_keys:
             return None
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT key, mode, value, modified, file FROM local_jobs WHERE key = ?", (key,)
-            )
+        rows = await self._read(
+            "SELECT key, mode, value, modified, file FROM local_jobs WHERE key = ?", (key,)
         )
         return CachedJob(rows[0][0], 0, *rows[0][1:]) if rows else None
 
@@ -243,15 +288,14 @@ class JobCache:
         rows = [(j.key, j.origin, j.modified, j.mode, j.value) for j in jobs]
 
         def write(conn: sqlite3.Connection) -> None:
-            with conn:  # commits, or rolls back on an error
-                conn.execute("DELETE FROM local_jobs")
-                conn.executemany(
-                    "INSERT INTO local_jobs (key, file, modified, mode, value) VALUES (?, ?, ?, ?, ?)", rows
-                )
+            conn.execute("DELETE FROM local_jobs")
+            conn.executemany(
+                "INSERT INTO local_jobs (key, file, modified, mode, value) VALUES (?, ?, ?, ?, ?)", rows
+            )
 
         known, self._local_keys = self._local_keys, None
         try:
-            await self._in_thread(write)
+            await self._write(write, len(rows))
         except Exception:
             self._local_keys = known  # rolled back
             raise
@@ -286,16 +330,16 @@ class JobCache:
         meta = [("stream_created", position.stream_created), ("last_seq", str(position.last_seq))]
 
         def write(conn: sqlite3.Connection) -> None:
-            with conn:  # commits, or rolls back on an error
-                if replace_seen:
-                    conn.execute("DELETE FROM seen")
-                conn.executemany("INSERT OR REPLACE INTO seen (key, seq) VALUES (?, ?)", seen.items())
-                conn.executemany(_UPSERT, rows)
-                conn.executemany("DELETE FROM jobs WHERE key = ?", gone)
-                conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta)
+            if replace_seen:
+                conn.execute("DELETE FROM seen")
+            conn.executemany("INSERT OR REPLACE INTO seen (key, seq) VALUES (?, ?)", seen.items())
+            conn.executemany(_UPSERT, rows)
+            conn.executemany("DELETE FROM jobs WHERE key = ?", gone)
+            conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta)
 
+        size = len(rows) + len(gone) + len(seen) + (_INLINE_ROWS if replace_seen else 0)
         try:
-            await self._in_thread(write)
+            await self._write(write, size)
         except BaseException:
             self._recent = {}  # cancelled while in flight: committed or not, we cannot know
             raise
