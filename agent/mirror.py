@@ -25,7 +25,8 @@ from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
 from agent.journal import ClaimedSlot, RunJournal
 from agent.nameguard import NameGate
-from agent.prepare import Prepared, first_event
+from agent.prepare import first_event
+from agent.starter import DueRun
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, new_run_id
 from natsched.models import JobSpec, Mode
@@ -43,11 +44,24 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS mirror_cursor (key TEXT PRIMARY KEY, last_
 _KINDS = {kind.value for kind in RunTrigger}
 # Rows per claim statement: well under SQLite's limit of host parameters.
 _CLAIM_BATCH = 5000
-_Planned = tuple[Due, RunEvent, Prepared]  # a slot's run, prepared ahead of the slot
+_Planned = tuple[Due, DueRun]  # a slot's run, prepared ahead of the slot
 
 
 def mirror_scheduled(spec: JobSpec) -> bool:
     return spec.enabled and spec.mode is Mode.MIRROR and bool(time_triggers(spec))
+
+
+def _first_slots(due: Sequence[Due]) -> tuple[list[Due], dict[str, list[Due]]]:
+    """Each job's first slot (in slot order), and its further slots of the tick, in order."""
+    first: list[Due] = []
+    more: dict[str, list[Due]] = {}
+    for each in sorted(due, key=lambda d: d.slot):  # stable: a job's slots stay in order
+        if each.spec.key in more:
+            more[each.spec.key].append(each)
+        else:
+            more[each.spec.key] = []
+            first.append(each)
+    return first, more
 
 
 class SqliteCursors:
@@ -169,15 +183,28 @@ class MirrorScheduler:
             await self._skip(due, "not run: this agent's name was taken over while it was silent")
             return
         now = self._clock()
-        first: list[Due] = []
-        more: dict[str, list[Due]] = {}
-        for each in sorted(due, key=lambda d: d.slot):  # stable: a job's slots stay in order
-            if each.spec.key in more:
-                more[each.spec.key].append(each)
-            else:
-                more[each.spec.key] = []
-                first.append(each)
-        planned = [run for run in [await self._plan(each, now) for each in first] if run is not None]
+        first, more = _first_slots(due)
+        # Prepared side by side, until the first slot: one reading a secret from a slow NATS
+        # must not hold the others back; it starts through ``launch`` once prepared.
+        preparing = {each.spec.key: asyncio.create_task(self._plan(each, now)) for each in first}
+        if preparing:
+            await asyncio.wait(preparing.values(), timeout=max(0.0, first[0].slot - self._clock()))
+        planned = [run for task in preparing.values() if task.done() and (run := task.result()) is not None]
+        left = await self._start_together(planned)
+        slow = {key: task for key, task in preparing.items() if not task.done()}
+        if not left and not slow and not any(more.values()):
+            return
+        async with asyncio.TaskGroup() as group:
+            for run in left:
+                group.create_task(self._launch_rest(run, more.pop(run[0].spec.key, [])))
+            for key, task in slow.items():
+                group.create_task(self._launch_when_prepared(task, more.pop(key, [])))
+            for slots in more.values():
+                if slots:
+                    group.create_task(self._launch_in_order(slots, now))
+
+    async def _start_together(self, planned: list[_Planned]) -> list[_Planned]:
+        """Each slot's runs started at the slot, back to back; returns those left to ``launch``."""
         left: list[_Planned] = []
         for slot, runs in itertools.groupby(planned, key=lambda run: run[0].slot):
             together = list(runs)
@@ -185,19 +212,12 @@ class MirrorScheduler:
             for _ in together:
                 self._late(self._clock() - slot)
             try:
-                held = await self._executor.start_together([(d.spec, e, ready) for d, e, ready in together])
+                held = await self._executor.start_together([run for _, run in together])
             except Exception:  # a launch bug must not stop every other schedule
                 log.exception("mirror runs due at %s could not be started", slot)
                 continue
             left += [together[index] for index in held]
-        if not left and not any(more.values()):
-            return
-        async with asyncio.TaskGroup() as group:
-            for run in left:
-                group.create_task(self._launch_rest(run, more.pop(run[0].spec.key, [])))
-            for slots in more.values():
-                if slots:
-                    group.create_task(self._launch_in_order(slots, now))
+        return left
 
     async def _plan(self, due: Due, now: float) -> _Planned | None:
         """The run of ``due``, prepared ahead of its slot."""
@@ -208,7 +228,7 @@ class MirrorScheduler:
             executor.agent, due.spec, trigger=due.trigger, scheduled_at=due.slot, detail=detail
         )
         try:
-            return due, event, await executor.prepare(due.spec, event, (), {})
+            return due, executor.ready_run(due.spec, event, await executor.prepare(due.spec, event, (), {}))
         except Exception:  # a launch bug must not stop every other schedule
             log.exception("mirror job %s could not be launched", due.spec.key)
             return None
@@ -227,17 +247,24 @@ class MirrorScheduler:
         self.lateness.append(seconds)
         self.on_late(seconds)
 
+    async def _launch_when_prepared(self, preparing: asyncio.Task[_Planned | None], slots: list[Due]) -> None:
+        run = await preparing
+        if run is not None:
+            await self._launch_rest(run, slots)
+        else:
+            await self._launch_in_order(slots, self._clock())
+
     async def _launch_rest(self, run: _Planned, slots: list[Due]) -> None:
         """A run ``start_together`` left to ``launch``, then the job's further slots."""
-        due, event, ready = run
+        due, ready = run
         try:
             await self._executor.launch(
                 due.spec,
                 trigger=due.trigger,
                 scheduled_at=due.slot,
-                detail=event.detail,
-                run_id=event.run_id,
-                ready=ready,
+                detail=ready.event.detail,
+                run_id=ready.event.run_id,
+                ready=ready.ready,
             )
         except Exception:  # a launch bug must not stop every other schedule
             log.exception("mirror job %s could not be launched", due.spec.key)

@@ -42,6 +42,20 @@ class ActiveRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True, slots=True)
+class DueRun:
+    """A run due at a known instant, made ready before it (:meth:`RunStarter.ready_run`)."""
+
+    spec: JobSpec
+    key: str
+    event: RunEvent  # its first event (queued)
+    ready: Prepared
+    plain: bool  # nothing holds it and it starts with posix_spawn: start_together may start it
+    started: RunEvent  # its journal row before the spawn, and that row's JSON
+    row: bytes
+    output: RunOutput
+
+
 class RunStarter:
     """Starts prepared runs and sees them to their end; owns the runs going on (``active``)."""
 
@@ -142,58 +156,68 @@ class RunStarter:
             return await self._not_started(spec, event, ready.masker, exc)
         return await self._running(spec, event, process, ready.masker, output)
 
-    async def start_together(self, runs: list[tuple[JobSpec, RunEvent, Prepared]]) -> list[int]:
+    def ready_run(self, spec: JobSpec, event: RunEvent, ready: Prepared) -> DueRun:
+        """``event``'s run, due at its ``scheduled_at``, made ready for :meth:`start_together`
+        before that instant: what can be decided and built ahead is, so that little is left
+        between the slot and the spawn."""
+        plain = (
+            ready.process is not None
+            and self.runner.startable_now(ready.process)
+            and not self._cluster_locked(spec)
+            and not self.hold_of(spec, event.trigger, event.scheduled_at)[0]
+        )
+        started = event.moved_to(RunState.STARTED, started_at=event.scheduled_at or time.time())
+        output = self._output(spec, event, ready.masker)
+        return DueRun(spec, spec.key, event, ready, plain, started, started.to_json(), output)
+
+    async def start_together(self, runs: list[DueRun]) -> list[int]:
         """Start runs due at the same instant back to back, with no turn of the event loop
-        between two spawns; return the indexes of the runs it did not start, for :meth:`launch`.
+        between two spawns; return the indexes of the runs it did not start, for ``launch``.
 
         Why: started one task each, the k-th run waited for the k-1 before it *and* for
-        everything they set going (event publishing, output, exits). Here every journal row
-        is committed in one transaction before the first process exists (as ``_start``
-        commits its one), then the processes start, then their events go out. Left to
-        ``launch``: a run that is held, prepared with an error, must start another way (user,
-        cwd), or whose overlap policy has something to wait for or decide.
+        everything they set going (event publishing, output, exits). Here each run's journal
+        row is committed before its process exists (as ``_start`` does for one), in commits
+        of 1, 2, 4... rows (the first run does not wait for the rows of 200), then the events
+        go out. Left to ``launch``: a run that is held, prepared with an error, must start
+        another way (user, cwd), or whose overlap policy has something to wait for or decide.
         """
         now: list[int] = []
         left: list[int] = []
         keys: set[str] = set()
-        for index, (spec, event, ready) in enumerate(runs):
-            plain = ready.process is not None and self.runner.startable_now(ready.process)
-            if plain and await self._free_to_start(spec, event, keys):
+        for index, run in enumerate(runs):
+            if run.plain and await self._free_to_start(run.spec, run.key, keys):
                 now.append(index)
-                keys.add(spec.key)
+                keys.add(run.key)
             else:
                 left.append(index)
-        if self.journal is not None and now:
-            at = time.time()
-            for index in now:
-                self.journal.started(runs[index][1].moved_to(RunState.STARTED, started_at=at))
-            self.journal.flush_now()
-        spawned: list[tuple[int, RunningProcess | Exception, RunOutput]] = []
-        for index in now:
-            spec, event, ready = runs[index]
-            assert ready.process is not None
-            output = self._output(spec, event, ready.masker)
-            try:
-                spawned.append((index, self.runner.start_now(ready.process, output.write), output))
-            except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run
-                spawned.append((index, exc, output))
-        for index, outcome, output in spawned:
-            spec, event, ready = runs[index]
+        spawned: list[tuple[DueRun, RunningProcess | Exception]] = []
+        position, chunk = 0, 1
+        while position < len(now):
+            part = [runs[index] for index in now[position : position + chunk]]
+            position, chunk = position + chunk, chunk * 2
+            if self.journal is not None:
+                for run in part:
+                    self.journal.started(run.started, data=run.row)
+                self.journal.flush_now()
+            for run in part:
+                assert run.ready.process is not None
+                try:
+                    spawned.append((run, self.runner.start_now(run.ready.process, run.output.write)))
+                except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run
+                    spawned.append((run, exc))
+        for run, outcome in spawned:
             if isinstance(outcome, Exception):
-                await self._not_started(spec, event, ready.masker, outcome)
+                await self._not_started(run.spec, run.event, run.ready.masker, outcome)
             else:
-                await self._running(spec, event, outcome, ready.masker, output)
+                await self._running(run.spec, run.event, outcome, run.ready.masker, run.output)
         return left
 
-    async def _free_to_start(self, spec: JobSpec, event: RunEvent, taken: set[str]) -> bool:
-        """Nothing holds this run back and its overlap policy lets it start now (taking the
-        job's queue turn for ``queue``)."""
-        if self._cluster_locked(spec) or self.hold_of(spec, event.trigger, event.scheduled_at)[0]:
-            return False
+    async def _free_to_start(self, spec: JobSpec, key: str, taken: set[str]) -> bool:
+        """Its overlap policy lets the run start now (taking the job's queue turn for ``queue``)."""
         if spec.overlap is Overlap.ALLOW:
             return True
-        lock = self._queues.setdefault(spec.key, asyncio.Lock()) if spec.overlap is Overlap.QUEUE else None
-        if spec.key in taken or self.active.get(spec.key) or (lock is not None and lock.locked()):
+        lock = self._queues.setdefault(key, asyncio.Lock()) if spec.overlap is Overlap.QUEUE else None
+        if key in taken or self.active.get(key) or (lock is not None and lock.locked()):
             return False
         if lock is not None:
             await lock.acquire()  # free: taken at once, no turn of the loop

@@ -141,15 +141,15 @@ async def test_runs_due_together_start_at_once_and_what_must_wait_is_left_to_lau
     runs = []
     for each in jobs:
         event = first_event("a1", each, trigger=RunTrigger.CRON, scheduled_at=time.time())
-        runs.append((each, event, await executor.prepare(each, event, (), {})))
+        runs.append(executor.ready_run(each, event, await executor.prepare(each, event, (), {})))
     assert await executor.start_together(runs) == [3, 5]
     started = {run_id for active in executor.active.values() for run_id in active}
-    assert started == {running.run_id} | {runs[i][1].run_id for i in (0, 1, 2, 4)}
+    assert started == {running.run_id} | {runs[i].event.run_id for i in (0, 1, 2, 4)}
     # The queue job's turn is taken by the run started together: the next one waits.
     assert (await executor.launch(jobs[4], trigger=RunTrigger.MANUAL)).state == "queued"
     await executor.cancel(running.run_id)
     await wait_idle(executor)
     states = {(e["run_id"], e["state"]) for e in await events(executor)}
     for i in (0, 1, 2, 4):
-        assert {(runs[i][1].run_id, "started"), (runs[i][1].run_id, "succeeded")} <= states
-    assert not any(runs[i][1].run_id == run_id for i in (3, 5) for run_id, _ in states)
+        assert {(runs[i].event.run_id, "started"), (runs[i].event.run_id, "succeeded")} <= states
+    assert not any(runs[i].event.run_id == run_id for i in (3, 5) for run_id, _ in states)
