@@ -1,9 +1,12 @@
 """Agent figures: cron fire lateness and drift, runs/s of /bin/true, idle RSS.
 
-Each is printed next to a raw floor measured in the same run (asyncio spawn of /bin/true).
-Cron: N (1, 20, 200) mirror jobs due every second on one agent for ``--duration`` seconds;
-each start's lateness against its slot, and each slot's k-th start against 1.3 x k x spawn
-+ 2 ms (the bound of the issue: starts must not queue behind the event loop).
+Each is printed next to a raw floor measured in the same run. Cron: N (1, 20, 200) mirror
+jobs due every second on one agent for ``--duration`` seconds; each start's lateness
+against its slot, and each slot's k-th start against 1.3 x k x spawn + 2 ms (the bound of
+the issue: starts must not queue behind the event loop), where spawn is one raw
+posix_spawn as the agent starts a job, back to back as in a burst. Runs/s: against one
+asyncio spawn + wait of /bin/true at a time (a run includes waiting for its end); target
+0.9x that floor for one agent.
 Run: .venv/bin/python -m bench.agent_bench [--duration 60]
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -45,6 +49,34 @@ async def spawn_floor(count: int = 300) -> float:
         process = await asyncio.create_subprocess_exec("/bin/true")
         await process.wait()
         samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def burst_spawn_floor(bursts: int = 3, count: int = 200) -> float:
+    """Raw ``os.posix_spawn`` of /bin/true as the agent starts a job (output pipe, stdin
+    /dev/null, own session, this environment), ``count`` back to back with the children
+    left running, as a burst of due jobs starts them: median ms per start."""
+    samples = []
+    env = dict(os.environ)
+    with open(os.devnull, "rb") as devnull:
+        for _ in range(bursts):
+            pids = []
+            for _ in range(count):
+                start = time.perf_counter()
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                actions = [
+                    (os.POSIX_SPAWN_DUP2, devnull.fileno(), 0),
+                    (os.POSIX_SPAWN_DUP2, write_end, 1),
+                    (os.POSIX_SPAWN_DUP2, write_end, 2),
+                ]
+                pids.append(
+                    os.posix_spawn("/bin/true", ["/bin/true"], env, file_actions=actions, setsid=True)
+                )
+                os.close(write_end)
+                samples.append((time.perf_counter() - start) * 1000)
+                os.close(read_end)
+            for pid in pids:
+                os.waitpid(pid, 0)
     return statistics.median(samples)
 
 
@@ -97,7 +129,11 @@ async def cron_starts(url: str, nc: Client, duration: float, jobs: int) -> list[
 
 
 def lateness_figures(starts: list[tuple[float, float]], jobs: int, spawn_ms: float) -> list[Figure]:
-    """p50/p99/max lateness (ms), the worst k-th start against its bound, drift (last - first tenth)."""
+    """p50/p99/max lateness (ms), the worst k-th start against its bound, drift (last - first tenth).
+
+    ``spawn_ms``: one start as the agent makes it (:func:`burst_spawn_floor`, measured
+    just before), the "spawn time" of the bound.
+    """
     late = [(started - slot) * 1000 for slot, started in starts]
     by_slot: dict[float, list[float]] = {}
     for slot, started in starts:
@@ -114,14 +150,13 @@ def lateness_figures(starts: list[tuple[float, float]], jobs: int, spawn_ms: flo
     last = [x for slot in slots[-tenth:] for x in by_slot[slot]]
     drift = statistics.median(last) - statistics.median(first)
     n = f"{jobs} due each second"
+    floor = "posix_spawn ms"
     return [
-        Figure(f"cron lateness p50, {n}", statistics.median(late), "ms", "spawn ms", spawn_ms, "-", None),
-        Figure(f"cron lateness p99, {n}", percentile(late, 99), "ms", "spawn ms", spawn_ms, "-", None),
-        Figure(f"cron lateness max, {n}", max(late), "ms", "spawn ms", spawn_ms, "-", None),
-        Figure(f"worst k-th start / bound, {n}", worst, "x", "spawn ms", spawn_ms, "<= 1", worst <= 1),
-        Figure(
-            f"cron drift (last - first tenth), {n}", drift, "ms", "spawn ms", spawn_ms, "~0", abs(drift) < 2
-        ),  # noqa: E501
+        Figure(f"cron lateness p50, {n}", statistics.median(late), "ms", floor, spawn_ms, "-", None),
+        Figure(f"cron lateness p99, {n}", percentile(late, 99), "ms", floor, spawn_ms, "-", None),
+        Figure(f"cron lateness max, {n}", max(late), "ms", floor, spawn_ms, "-", None),
+        Figure(f"worst k-th start / bound, {n}", worst, "x", floor, spawn_ms, "<= 1", worst <= 1),
+        Figure(f"cron drift (last - first tenth), {n}", drift, "ms", floor, spawn_ms, "~0", abs(drift) < 2),
     ]
 
 
@@ -182,21 +217,21 @@ async def main(duration: float, cron_jobs: list[int], run_seconds: float) -> Non
     with server() as srv:
         nc = await nats.connect(srv.url)
         await ensure_all(nc.jetstream())
-        spawn = await spawn_floor()
         for jobs in cron_jobs:
             starts = await cron_starts(srv.url, nc, duration, jobs)
-            figures += lateness_figures(starts, jobs, spawn)
+            figures += lateness_figures(starts, jobs, burst_spawn_floor())
         for concurrency in (1, 32):
+            spawn = await spawn_floor()  # just before: the machine's load changes over minutes
             rate = await runs_per_second(srv.url, run_seconds, concurrency)
             figures.append(
                 Figure(
                     f"runs/s /bin/true, 1 agent, {concurrency} in flight",
                     rate,
                     "/s",
-                    "1000/spawn ms",
+                    "1000/spawn+wait ms",
                     1000 / spawn,
-                    ">= 1500/s",
-                    rate >= 1500,
+                    ">= 0.9x floor",
+                    rate >= 0.9 * 1000 / spawn,
                 )
             )
         with tempfile.TemporaryDirectory() as tmp:
