@@ -13,6 +13,7 @@ master's only, which is what the sync compares with the bucket.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -187,9 +188,15 @@ class JobCache:
         """A small read: on the loop's connection (WAL readers do not wait), else in the thread."""
         if self._inline is not None:
             try:
-                return self._inline.execute(sql, args).fetchall()
+                rows = self._inline.execute(sql, args).fetchall()
             except sqlite3.OperationalError:  # busy (e.g. recovering the WAL): let the thread wait
                 pass
+            else:
+                # Still a turn of the loop, as the trip to the thread was: a caller reading
+                # 100k jobs one by one (the mirror scheduler after a full resync) must not
+                # hold the heartbeat and the run requests for the whole walk.
+                await asyncio.sleep(0)
+                return rows
         return list(await self.db.execute_fetchall(sql, args))
 
     async def close(self) -> None:

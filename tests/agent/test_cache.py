@@ -48,3 +48,16 @@ async def test_get_follows_writes_deletes_and_local_jobs(tmp_path: Path) -> None
         assert await cache.get("g.a") is None
     async with JobCache(tmp_path / "cache.sqlite") as cache:
         assert await cache.get("g.a") is None and await cache.count() == 0
+
+
+async def test_a_read_from_sqlite_gives_the_loop_a_turn(tmp_path: Path) -> None:
+    """A caller walking 100k jobs one get() at a time (the mirror scheduler after a full
+    resync) must not hold the agent's heartbeat and run requests for the whole walk."""
+    job = CachedJob("g.a", 3, "mirror", b"m", 1.0)
+    async with JobCache(tmp_path / "cache.sqlite") as cache:
+        await cache.apply([job], [], SyncPosition("c", 3), seen={"g.a": 3})
+    async with JobCache(tmp_path / "cache.sqlite") as cache:  # nothing remembered: SQLite answers
+        others: list[int] = []
+        asyncio.get_running_loop().call_soon(others.append, 1)
+        assert await cache.get("g.a") == job
+        assert others == [1]
