@@ -13,6 +13,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
+from natsched.errors import ApiError, NotFoundError
 from natsched.jobspec import parse_job
 from natsched.master.jobindex import JobIndex
 from natsched.models import JobSpec
@@ -110,5 +111,19 @@ async def test_loading_decodes_only_chain_jobs_and_the_rest_on_first_use(
             await kv.put("g.down", encoded("down", "true"))  # no longer chained
             await index.sync()
             assert index.downstream("g.j1") == []
+            # A bare name: unique, then in two groups, then unique again, then gone.
+            assert index.resolve("j3") == "g.j3"
+            await kv.put("h.j3", codec.encode_job(parse_job({"name": "j3", "group": "h", "command": ["true"],
+                                                             "targets": {"agents": ["*"]}})))  # fmt: skip
+            await index.sync()
+            with pytest.raises(ApiError, match="ambiguous: g.j3, h.j3"):
+                index.resolve("j3")
+            await kv.delete("g.j3")
+            await index.sync()
+            assert index.resolve("j3") == "h.j3"
+            await kv.delete("h.j3")
+            await index.sync()
+            with pytest.raises(NotFoundError):
+                index.resolve("j3")
     finally:
         watch.cancel()
