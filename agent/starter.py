@@ -205,11 +205,12 @@ class RunStarter:
                     spawned.append((run, self.runner.start_now(run.ready.process, run.output.write)))
                 except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run
                     spawned.append((run, exc))
-        for run, outcome in spawned:
+        for run, outcome in spawned:  # these do not wait: every started run is tracked at once
+            if not isinstance(outcome, Exception):
+                await self._running(run.spec, run.event, outcome, run.ready.masker, run.output)
+        for run, outcome in spawned:  # these wait for the journal's commit of their end
             if isinstance(outcome, Exception):
                 await self._not_started(run.spec, run.event, run.ready.masker, outcome)
-            else:
-                await self._running(run.spec, run.event, outcome, run.ready.masker, run.output)
         return left
 
     async def _free_to_start(self, spec: JobSpec, key: str, taken: set[str]) -> bool:

@@ -124,8 +124,8 @@ async def test_runs_due_together_start_at_once_and_what_must_wait_is_left_to_lau
     executor: JobExecutor, tmp_path: Path
 ) -> None:
     """``start_together`` (a burst of mirror slots): the runs free to start are started and
-    recorded; a forbid job already running, a queue job whose turn is taken and a run that
-    must start another way (cwd) are left to ``launch``, untouched."""
+    recorded (one that cannot start, failed); a forbid job already running, a queue job whose
+    turn is taken and a run that must start another way (cwd) are left to ``launch``, untouched."""
     running = await executor.launch(spec("forbid", 5), trigger=RunTrigger.MANUAL)
 
     def job(name: str, command: list[str], **more: str) -> JobSpec:
@@ -137,6 +137,7 @@ async def test_runs_due_together_start_at_once_and_what_must_wait_is_left_to_lau
         spec("forbid", 0.1),
         job("q", ["sleep", "0.3"], overlap="queue"),
         job("c", ["true"], cwd=str(tmp_path)),
+        job("missing", [str(tmp_path / "no-such-program")]),
     ]
     runs = []
     for each in jobs:
@@ -153,3 +154,4 @@ async def test_runs_due_together_start_at_once_and_what_must_wait_is_left_to_lau
     for i in (0, 1, 2, 4):
         assert {(runs[i].event.run_id, "started"), (runs[i].event.run_id, "succeeded")} <= states
     assert not any(runs[i].event.run_id == run_id for i in (3, 5) for run_id, _ in states)
+    assert (runs[6].event.run_id, "failed") in states  # could not start: recorded, the others unharmed
