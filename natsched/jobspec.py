@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from natsched.calendars import CalendarRule
@@ -71,13 +72,27 @@ _JOB_FIELDS = frozenset(
 )
 
 
+_TARGET_FIELDS = frozenset({"agents", "tags", "pools"})
+# Choices named in an error, listed once (not per decoded job: 100k of them at a master's start).
+_MODES = [m.value for m in Mode]
+_OVERLAPS = [o.value for o in Overlap]
+_MISFIRES = [m.value for m in Misfire]
+_BALANCES = [b.value for b in Balance]
+
+
 def _targets(value: object) -> Targets:
-    data = read_table(value, "targets", frozenset({"agents", "tags", "pools"}))
-    return Targets(
-        agents=read_str_list(data.get("agents", []), "targets.agents"),
-        tags=read_str_list(data.get("tags", []), "targets.tags"),
-        pools=read_str_list(data.get("pools", []), "targets.pools"),
+    data = read_table(value, "targets", _TARGET_FIELDS)
+    return _shared_targets(
+        read_str_list(data.get("agents", []), "targets.agents"),
+        read_str_list(data.get("tags", []), "targets.tags"),
+        read_str_list(data.get("pools", []), "targets.pools"),
     )
+
+
+@lru_cache(maxsize=4096)
+def _shared_targets(agents: tuple[str, ...], tags: tuple[str, ...], pools: tuple[str, ...]) -> Targets:
+    # Most jobs share a few target sets: validated once, one frozen object held by all of them.
+    return Targets(agents=agents, tags=tags, pools=pools)
 
 
 def _retries(value: object) -> RetryPolicy:
@@ -91,6 +106,9 @@ def _retries(value: object) -> RetryPolicy:
         max_backoff=parse_duration(data.get("max_backoff", defaults.max_backoff), "retries.max_backoff"),
         jitter=read_fraction(data.get("jitter", defaults.jitter), "retries.jitter"),
     )
+
+
+_NO_RETRIES = _retries({})  # frozen: shared by every job that has no retries table
 
 
 def _command(value: object, shell: bool) -> tuple[str, ...]:
@@ -152,15 +170,15 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         group=read_str(group, "group"),
         command=_command(data["command"], shell),
         shell=shell,
-        mode=read_enum(Mode, data.get("mode", "mirror"), "mode", [m.value for m in Mode]),
+        mode=read_enum(Mode, data.get("mode", "mirror"), "mode", _MODES),
         targets=_targets(data["targets"]),
         triggers=tuple(parse_trigger(t, str(group)) for t in triggers),
         timeout=None if timeout is None else parse_duration(timeout, "timeout"),
-        retries=_retries(data.get("retries", {})),
-        overlap=read_enum(Overlap, data.get("overlap", "allow"), "overlap", [o.value for o in Overlap]),
-        misfire=read_enum(Misfire, data.get("misfire", "skip"), "misfire", [m.value for m in Misfire]),
+        retries=_retries(data["retries"]) if "retries" in data else _NO_RETRIES,
+        overlap=read_enum(Overlap, data.get("overlap", "allow"), "overlap", _OVERLAPS),
+        misfire=read_enum(Misfire, data.get("misfire", "skip"), "misfire", _MISFIRES),
         misfire_cap=read_int(data.get("misfire_cap", 10), "misfire_cap"),
-        balance=read_enum(Balance, data.get("balance", "priority"), "balance", [b.value for b in Balance]),
+        balance=read_enum(Balance, data.get("balance", "priority"), "balance", _BALANCES),
         env=_env(data.get("env", {})),
         cwd=None if data.get("cwd") is None else read_str(data["cwd"], "cwd"),
         user=None if data.get("user") is None else read_str(data["user"], "user"),
@@ -168,8 +186,8 @@ def _parse_job(data: Mapping[str, Any], default_group: str | None) -> JobSpec:
         description=read_str(data.get("description", ""), "description"),
         calendar=None if data.get("calendar") is None else _calendar_rule(data["calendar"]),
         redispatch_lost=read_bool(data.get("redispatch_lost", False), "redispatch_lost"),
-        notify=parse_notify(data.get("notify", [])),
-        trigger=_trigger_policy(data.get("trigger", {})),
+        notify=parse_notify(data["notify"]) if "notify" in data else (),
+        trigger=_trigger_policy(data["trigger"]) if "trigger" in data else _DEFAULT_TRIGGER_POLICY,
         output_limit=None
         if data.get("output_limit") is None
         else parse_size(data["output_limit"], "output_limit"),
@@ -182,6 +200,9 @@ def _trigger_policy(value: object) -> TriggerPolicy:
         env=read_str_list(data.get("env", []), "trigger.env"),
         args=read_bool(data.get("args", False), "trigger.args"),
     )
+
+
+_DEFAULT_TRIGGER_POLICY = _trigger_policy({})  # frozen: shared by every job without one
 
 
 def parse_notify(value: object) -> tuple[Notify, ...]:
