@@ -1,10 +1,12 @@
 """Running one job's process: argv (or /bin/sh -c when asked), output, timeout, tree kill.
 
-Stock asyncio loop (uvloop spawns several times slower here) and ``loop.subprocess_exec``,
-the call under ``create_subprocess_exec``, with the RunningProcess as protocol: a quiet
-process costs no task, and we hold the transport to stop reading when something the job
-left behind keeps its output pipe open (after ``drain_timeout``; that leftover is not
-killed, daemons are legitimate, it only loses its stdout).
+Stock asyncio loop (uvloop's ``subprocess_exec`` is ~5x slower here and refuses ``user``:
+README "Measured"). Most jobs start with ``agent.spawn`` (posix_spawn and a pidfd), jobs with
+``cwd`` or ``user`` with ``loop.subprocess_exec`` (the call under ``create_subprocess_exec``);
+either way the RunningProcess is the protocol: a quiet process costs no task, and we hold
+the transport to stop reading when something the job left behind keeps its output pipe open
+(after ``drain_timeout``; that leftover is not killed, daemons are legitimate, it only loses
+its stdout).
 
 - Start failures raise :class:`RunError` with one readable line, so this runner never
   sets ``ProcessResult.error`` (it is there for runners that report them as results).
