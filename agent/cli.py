@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from agent import spawn
 from agent.check import check_exit_code
 from agent.config import AgentConfig
 from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
+from natsched import eventloop
 from natsched.cli.common import ServerOption, fail, setup_logging
 from natsched.errors import NatschedError
 from natsched.service import serve
@@ -64,8 +65,9 @@ def run_agent(
         settings = ConnectionSettings.from_env(url=server, creds=creds)
         if check:
             raise typer.Exit(check_exit_code(agent_config, settings))
-        install_fast_child_watcher()
-        asyncio.run(serve(AgentService(agent_config, settings)))
+        install_fast_child_watcher()  # for the stock loop (uvloop watches its children itself)
+        # uvloop only where every job starts without the loop's subprocess support (pidfds).
+        eventloop.run(serve(AgentService(agent_config, settings)), uvloop_ok=spawn.available())
     except NatschedError as exc:
         raise fail(str(exc)) from None
 

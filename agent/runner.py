@@ -1,12 +1,13 @@
 """Running one job's process: argv (or /bin/sh -c when asked), output, timeout, tree kill.
 
-Stock asyncio loop (uvloop's ``subprocess_exec`` is ~5x slower here and refuses ``user``:
-README "Measured"). Most jobs start with ``agent.spawn`` (posix_spawn and a pidfd), jobs with
-``cwd`` or ``user`` with ``loop.subprocess_exec`` (the call under ``create_subprocess_exec``);
-either way the RunningProcess is the protocol: a quiet process costs no task, and we hold
-the transport to stop reading when something the job left behind keeps its output pipe open
-(after ``drain_timeout``; that leftover is not killed, daemons are legitimate, it only loses
-its stdout).
+Most jobs start with ``agent.spawn`` (posix_spawn and a pidfd), jobs with ``cwd`` or
+``user`` with ``spawn.spawn_as`` (Popen, the same pidfd watching): nothing depends on the
+event loop's own subprocess support, so the agent may run on uvloop (whose
+``subprocess_exec`` is ~5x slower here and refuses ``user``); only a platform without pidfds
+takes ``loop.subprocess_exec``. Either way the RunningProcess is the protocol: a quiet
+process costs no task, and we hold the transport to stop reading when something the job
+left behind keeps its output pipe open (after ``drain_timeout``; that leftover is not
+killed, daemons are legitimate, it only loses its stdout).
 
 - Start failures raise :class:`RunError` with one readable line, so this runner never
   sets ``ProcessResult.error`` (it is there for runners that report them as results).
@@ -348,6 +349,8 @@ class ProcessRunner:
         try:
             if spawn.usable(spec.cwd, identity):  # most jobs: no await before the pid is known
                 spawn.spawn(loop, argv, env, process)
+            elif spawn.available():  # a working directory or another user: Popen, same watching
+                spawn.spawn_as(loop, argv, env, process, cwd=spec.cwd, identity=identity)
             else:
                 await loop.subprocess_exec(
                     lambda: process,

@@ -13,8 +13,10 @@ What ``Popen`` does for us and this does by hand: the program is looked up on th
 *job's* ``PATH``; signals Python ignores (SIGPIPE, SIGXFSZ) are reset to their default;
 no descriptor above 2 reaches the job: Python's own are close-on-exec, and the ones the
 agent inherited are made so when its runner is created (``seal_descriptors``).
-A job with ``cwd`` or ``user`` (posix_spawn cannot chdir or change ids on 3.11) and a
-platform without pidfds take ``loop.subprocess_exec`` as before: see ``usable``.
+A job with ``cwd`` or ``user`` (posix_spawn cannot chdir or change ids on 3.11) starts
+with ``subprocess.Popen`` instead (``spawn_as``), watched the same way, so no job start
+goes through the event loop's own subprocess support; only a platform without pidfds
+takes ``loop.subprocess_exec`` (see ``available``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import fcntl
 import functools
 import os
 import signal
+import subprocess
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 READ_SIZE = 256 * 1024  # as asyncio's pipe transport reads
 _DEFAULT_SIGNALS = tuple(
@@ -96,11 +99,20 @@ class SpawnedProcess(asyncio.SubprocessTransport):
     """The transport of a posix_spawn'ed process: its pid, return code, and its output pipe."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, pid: int, output: int, protocol: ProcessProtocol
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+        output: int,
+        protocol: ProcessProtocol,
+        *,
+        popen: subprocess.Popen[bytes] | None = None,
     ) -> None:
         super().__init__()
         self._loop = loop
         self._pid = pid
+        # Held until reaped, then told the code: a Popen dropped unreaped goes on subprocess's
+        # list of processes to poll, and its waitpid there would take the code from us.
+        self._popen = popen
         self._protocol = protocol
         self._returncode: int | None = None
         self._output: int | None = output
@@ -156,7 +168,62 @@ class SpawnedProcess(asyncio.SubprocessTransport):
         os.close(self._pidfd)
         self._pidfd = None
         self._returncode = os.waitstatus_to_exitcode(status)
+        if self._popen is not None:
+            self._popen.returncode = self._returncode
+            self._popen = None
         self._protocol.process_exited()
+
+
+def _devnull_fd() -> int:
+    global _devnull
+    if _devnull is None:
+        _devnull = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _devnull
+
+
+def _output_pipe() -> tuple[int, int]:
+    """(read end: ours, non-blocking; write end: the job's stdout and stderr, blocking)."""
+    read_end, write_end = (_above_stdio(fd) for fd in os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+    os.set_blocking(write_end, True)  # the job's stdout: blocking, as a normal program expects
+    return read_end, write_end
+
+
+def spawn_as(
+    loop: asyncio.AbstractEventLoop,
+    argv: tuple[str, ...],
+    env: Mapping[str, str],
+    protocol: ProcessProtocol,
+    *,
+    cwd: str | None,
+    identity: Mapping[str, Any],
+) -> SpawnedProcess:
+    """:func:`spawn` for a job with a working directory or another user (``identity``: the
+    ``user``/``group``/``extra_groups`` of :func:`agent.runas.run_as`), which posix_spawn
+    cannot do on 3.11: ``subprocess.Popen`` (fork and exec, in C), then the same pidfd and pipe.
+
+    Not ``loop.subprocess_exec``: that is the event loop's, and uvloop's refuses ``user``.
+    Popen's own reaping is kept out of the way (see :class:`SpawnedProcess`). Raises OSError
+    as Popen does (the missing program or directory named), ValueError for a NUL byte.
+    """
+    read_end, write_end = _output_pipe()
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=_devnull_fd(),
+            stdout=write_end,
+            stderr=write_end,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+            **identity,
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return SpawnedProcess(loop, popen.pid, read_end, protocol, popen=popen)
 
 
 def spawn(
@@ -167,15 +234,11 @@ def spawn(
     Raises OSError as Popen would (FileNotFoundError for an unknown program), ValueError
     for a NUL byte in argv or env.
     """
-    global _devnull
-    if _devnull is None:
-        _devnull = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     program = find_program(argv[0], env)
-    read_end, write_end = (_above_stdio(fd) for fd in os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
-    os.set_blocking(write_end, True)  # the job's stdout: blocking, as a normal program expects
+    read_end, write_end = _output_pipe()
     try:
         actions = [
-            (os.POSIX_SPAWN_DUP2, _devnull, 0),
+            (os.POSIX_SPAWN_DUP2, _devnull_fd(), 0),
             (os.POSIX_SPAWN_DUP2, write_end, 1),
             (os.POSIX_SPAWN_DUP2, write_end, 2),
         ]

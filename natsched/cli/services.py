@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from natsched import eventloop
 from natsched.cli.common import ServerOption, fail, settings, setup_logging
 from natsched.errors import NatschedError
 from natsched.jobspec import parse_duration
@@ -52,7 +53,6 @@ def master(
     """Run a master service in the foreground until Ctrl-C or SIGTERM."""
     if ctx.invoked_subcommand is not None:
         return
-    import asyncio
 
     from natsched.buckets import StorageSettings
 
@@ -79,7 +79,7 @@ def master(
             )
 
         # Started again (fresh) while JetStream does not answer yet, e.g. a cluster electing.
-        asyncio.run(serve(fresh_master(), restart=fresh_master))
+        eventloop.run(serve(fresh_master(), restart=fresh_master))
     except NatschedError as exc:
         raise fail(str(exc)) from None
 

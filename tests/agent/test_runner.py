@@ -7,6 +7,8 @@ import contextlib
 import os
 import pwd
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -106,6 +108,45 @@ async def test_a_job_starts_as_popen_would_start_it(tmp_path: Path) -> None:
     assert leak == "clean", f"the agent's descriptor {write_end} reached the job"
     sid, pid = session.split()
     assert sid == pid, "the job leads its own session (its tree is killed as a group)"
+
+
+async def test_a_job_with_a_working_directory_starts_the_same_way(tmp_path: Path) -> None:
+    """A job with ``cwd`` (or ``user``) starts with Popen, not posix_spawn (agent/spawn.py
+    spawn_as): the same session, signals, descriptors and stdin as every other job, in its
+    directory, with no use of the event loop's subprocess support (uvloop's refuses ``user``)."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)  # as one handed down to the agent (before its runner exists)
+    try:
+        script = (
+            f"grep SigIgn /proc/self/status; test -e /proc/$$/fd/{write_end} && echo leaked || echo clean; "
+            "echo $(ps -o sid= -p $$) $$; pwd; cat; echo err >&2"
+        )
+        result = await run(ProcessSpec(argv=(script,), shell=True, env=PATH, cwd=str(tmp_path)))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    sigign, leak, session, cwd, err = result.output_tail.decode().splitlines()
+    assert not int(sigign.split()[1], 16) & (1 << (signal.SIGPIPE - 1)), sigign
+    assert leak == "clean", f"the agent's descriptor {write_end} reached the job"
+    sid, pid = session.split()
+    assert sid == pid, "the job leads its own session (its tree is killed as a group)"
+    assert (cwd, err) == (str(tmp_path), "err")
+
+
+async def test_exit_codes_of_jobs_started_by_popen_are_ours(tmp_path: Path) -> None:
+    """A Popen started elsewhere in the agent first polls the Popens it finds unreaped: the ones
+    spawn_as started must not be among them, or their exit codes would be taken from us."""
+    runner = ProcessRunner()
+    async with asyncio.timeout(20):
+        started = [
+            await runner.start(ProcessSpec(argv=(f"exit {code}",), shell=True, env=PATH, cwd=str(tmp_path)))
+            for code in range(1, 6)
+        ]
+        # The loop held: they exit meanwhile, and nothing of ours can reap them before Popen does.
+        time.sleep(0.3)  # noqa: ASYNC251 - holding the loop is the point
+        subprocess.run(["true"], check=True)  # noqa: ASYNC221 - Popen's cleanup of unreaped Popens, now
+        results = [await process.wait() for process in started]
+    assert [r.exit_code for r in results] == [1, 2, 3, 4, 5]
 
 
 async def test_stdin_is_empty_and_stderr_is_captured() -> None:
