@@ -148,7 +148,11 @@ class RunStarter:
             # Committed before the process exists: an agent killed from here on leaves this row,
             # and the next one records the run (started, then lost). Without it a run could
             # execute while its started event was still in memory, and nobody would ever know.
-            self.journal.started(event.moved_to(RunState.STARTED, started_at=time.time()))
+            # The cluster lock it holds too: the next one releases it (the answer to the run
+            # request goes out before the started event is journaled again with the pid).
+            self.journal.started(
+                event.moved_to(RunState.STARTED, started_at=time.time()), locked=self._cluster_locked(spec)
+            )
             await self.journal.flush()
         try:
             process = await self.runner.start(ready.process, on_output=output.write)
@@ -241,13 +245,19 @@ class RunStarter:
         started = event.moved_to(RunState.STARTED, started_at=process.started_at, pid=process.pid)
         run = ActiveRun(event=started, process=process, masker=masker, output=output)
         self.active.setdefault(spec.key, {})[event.run_id] = run
-        await self.publish(started, locked=self._cluster_locked(spec))
-        task = asyncio.create_task(self._finish(spec, run), name=f"run-{event.run_id}")
+        locked = self._cluster_locked(spec)
+        task = asyncio.create_task(self._finish(spec, run, locked), name=f"run-{event.run_id}")
         self._waiters.add(task)
         task.add_done_callback(self._waiters.discard)
         return started
 
-    async def _finish(self, spec: JobSpec, run: ActiveRun) -> None:
+    async def _finish(self, spec: JobSpec, run: ActiveRun, locked: bool) -> None:
+        """The run's started event, then its end. The started event waits one turn of the loop:
+        the caller answers the run request (the pid, to the master) in this turn, and nats-py
+        sends that answer before the event's work (journal, outbox, JetStream) is queued; the
+        journal already holds the run (committed before the spawn)."""
+        await asyncio.sleep(0)
+        await self.publish(run.event, locked=locked)
         try:
             result = await run.process.wait()
         finally:
