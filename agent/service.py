@@ -258,6 +258,7 @@ class AgentService(Service):
             raise ConfigError(self.credential.fatal)
         self.connected.set()
         log.info("agent %s connected", self.config.name)
+        self.sync.stopping = lambda: self.stopping
         self.spawn(self.sync.run(), name="job-sync", critical=True)
         self.spawn(heartbeat.run(), name="heartbeat", critical=True)
         self.spawn(pools.run(), name="pool-membership")

@@ -125,6 +125,13 @@ class JobSync:
         on_report: Callable[[dict[str, Any]], None] = lambda entry: None,
     ) -> None:
         self._js = js
+        # True once the agent stops: then a failure ends ``run`` instead of a retry. Python
+        # 3.11's TaskGroup turns a cancellation that meets a child's error (a NATS call failing
+        # as the connection closes) into an ExceptionGroup of those errors, and does not raise
+        # the cancellation again: the retry loop below took it for NATS trouble and went on
+        # (every agent stop waited out 20 cancellations, 5 s, and logged an error). The task's
+        # own cancel count cannot tell: 3.11's TaskGroup leaves one there after a child fails.
+        self.stopping: Callable[[], bool] = lambda: False
         # Told each full resync's report entry and the first failure after being in sync
         # (agent/syncnotify.py pushes them to the configured targets).
         self._on_report = on_report
@@ -187,10 +194,14 @@ class JobSync:
             except _Restart as why:
                 log.info("job sync restarts: %s", why)
             except (TimeoutError, OSError) as exc:
+                if self.stopping():
+                    raise asyncio.CancelledError from exc
                 log.warning("job sync interrupted (%s); retrying", exc or type(exc).__name__)
                 self._failed(_describe(exc))
                 await asyncio.sleep(RETRY_DELAY)
             except Exception as exc:  # noqa: BLE001 - nats-py raises many kinds while reconnecting
+                if self.stopping():
+                    raise asyncio.CancelledError from exc
                 log.warning("job sync failed (%r); retrying", exc)
                 self._failed(_describe(exc))
                 await asyncio.sleep(RETRY_DELAY)

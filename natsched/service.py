@@ -110,6 +110,8 @@ class Service:
                 except NatschedError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - NATS trouble, most likely: start over
+                    if self.stopping:  # see JobSync.stopping: a cancellation turned into errors
+                        raise asyncio.CancelledError from exc
                     if loop.time() - started > RESTART_MAX * 2:
                         delay = RESTART_MIN  # it ran fine for a while: a new episode
                     log.warning("%s failed (%r); starting it again in %gs", name, exc, delay)

@@ -221,6 +221,10 @@ class MasterService(Service):
         so the slots of the gap follow each job's misfire policy."""
         assert self.lease is not None and self.chains is not None and self.lost is not None
         assert self.index is not None and self.holding is not None and self.nc is not None
+        if not self.lease.is_leader.is_set():
+            # Started again by keep_running after a step-down whose cancellation Python 3.11's
+            # TaskGroup turned into the errors of the duties below (see JobSync.stopping).
+            return
         self.scheduler = MasterScheduler(
             self.index,
             state,
