@@ -13,7 +13,7 @@ from agent.config import AgentConfig
 from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
 from natsched import eventloop
-from natsched.cli.common import ServerOption, fail, setup_logging
+from natsched.cli.basics import ServerOption, fail_plain, setup_logging
 from natsched.errors import NatschedError
 from natsched.service import serve
 from natsched.settings import ConnectionSettings
@@ -69,7 +69,7 @@ def run_agent(
         # uvloop only where every job starts without the loop's subprocess support (pidfds).
         eventloop.run(serve(AgentService(agent_config, settings)), uvloop_ok=spawn.available())
     except NatschedError as exc:
-        raise fail(str(exc)) from None
+        raise fail_plain(str(exc)) from None
 
 
 def main() -> None:

@@ -145,7 +145,17 @@ class Service:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT)
         for task in pending:
-            log.error("task %s did not stop after %d cancellations", task.get_name(), CANCEL_ROUNDS)
+            # Where it waits: the frame that keeps swallowing the cancellations.
+            where = " <- ".join(
+                f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}"
+                for frame in reversed(task.get_stack(limit=4))
+            )
+            log.error(
+                "task %s did not stop after %d cancellations (waiting in %s)",
+                task.get_name(),
+                CANCEL_ROUNDS,
+                where or "?",
+            )
 
     async def __aenter__(self) -> Self:
         self.failed = asyncio.get_running_loop().create_future()

@@ -7,7 +7,6 @@ traceback; ``--server`` and ``NATS_URL`` work for every command, as with the nat
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
@@ -15,6 +14,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+# Re-exported for the commands; defined apart so that natsched-agent need not import rich.
+from natsched.cli.basics import ServerOption as ServerOption
+from natsched.cli.basics import setup_logging as setup_logging
 from natsched.client import AdminClient
 from natsched.errors import ApiError, NatschedError
 from natsched.settings import ConnectionSettings
@@ -25,16 +27,6 @@ T = TypeVar("T")
 console = Console() if sys.stdout.isatty() else Console(width=250)
 err_console = Console(stderr=True, soft_wrap=True)
 
-ServerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        "-s",
-        envvar="NATS_URL",
-        show_envvar=True,
-        help="NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]",
-    ),
-]
 CredsOption = Annotated[
     str | None, typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file")
 ]
@@ -66,16 +58,6 @@ async def call_api(server: str | None, subject: str, body: dict[str, Any]) -> di
     """One admin API request (``natsched.api.*``) to whichever master answers."""
     async with AdminClient(settings(server)) as api:
         return await api.call(subject, body)
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # nats-py logs every reconnect attempt at ERROR; our own lines say what matters.
-    logging.getLogger("nats").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
 
 
 def fail(message: str) -> typer.Exit:
