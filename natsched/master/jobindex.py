@@ -18,6 +18,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+import nats.errors
+import nats.js.errors
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
@@ -28,6 +30,7 @@ from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
 SYNC_WAIT = 5.0  # seconds a request waits for the index to catch up with the bucket
+STATUS_RETRY = 0.25  # seconds between asking the bucket's stream how far it is
 READY_WAIT = 30.0  # seconds a request waits for the first full read (100k jobs take a few)
 
 
@@ -216,9 +219,29 @@ class JobIndex:
     async def sync(self, timeout: float = SYNC_WAIT) -> None:
         """Wait until the index holds everything the bucket acknowledged so far (read-your-writes)."""
         await self.wait_ready()
-        last_seq = (await self._kv.status()).stream_info.state.last_seq
+        last_seq = await self._last_seq(timeout)
         if not await self.caught_up(last_seq, timeout):
             raise IndexNotReady(f"the master's job index is behind the bucket (seq {last_seq})")
+
+    async def _last_seq(self, timeout: float) -> int:
+        """The bucket's last sequence, asked again within ``timeout`` while JetStream does not
+        answer (a cluster electing a new leader for the stream after a node died)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(max(left, 0.1)):
+                    return (await self._kv.status()).stream_info.state.last_seq
+            except (
+                TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as exc:
+                if asyncio.get_running_loop().time() + STATUS_RETRY >= deadline:
+                    raise IndexNotReady(
+                        f"the job bucket did not say how far it is within {timeout:g}s ({exc!r})"
+                    ) from None
+            await asyncio.sleep(STATUS_RETRY)
 
     async def watch(self) -> None:
         # The watcher's "initial values done" marker can come before the values: the read is
