@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from nats.aio.client import Client
 from agent.config import AgentConfig
 from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
-from bench.common import Figure, percentile, report, server
+from bench.common import Figure, percentile, report, server, spawn_start_floor
 from natsched import codec, subjects
 from natsched.buckets import ensure_all
 from natsched.events import parse_event
@@ -49,34 +48,6 @@ async def spawn_floor(count: int = 300) -> float:
         process = await asyncio.create_subprocess_exec("/bin/true")
         await process.wait()
         samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
-
-
-def burst_spawn_floor(bursts: int = 3, count: int = 200) -> float:
-    """Raw ``os.posix_spawn`` of /bin/true as the agent starts a job (output pipe, stdin
-    /dev/null, own session, this environment), ``count`` back to back with the children
-    left running, as a burst of due jobs starts them: median ms per start."""
-    samples = []
-    env = dict(os.environ)
-    with open(os.devnull, "rb") as devnull:
-        for _ in range(bursts):
-            pids = []
-            for _ in range(count):
-                start = time.perf_counter()
-                read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                actions = [
-                    (os.POSIX_SPAWN_DUP2, devnull.fileno(), 0),
-                    (os.POSIX_SPAWN_DUP2, write_end, 1),
-                    (os.POSIX_SPAWN_DUP2, write_end, 2),
-                ]
-                pids.append(
-                    os.posix_spawn("/bin/true", ["/bin/true"], env, file_actions=actions, setsid=True)
-                )
-                os.close(write_end)
-                samples.append((time.perf_counter() - start) * 1000)
-                os.close(read_end)
-            for pid in pids:
-                os.waitpid(pid, 0)
     return statistics.median(samples)
 
 
@@ -219,7 +190,7 @@ async def main(duration: float, cron_jobs: list[int], run_seconds: float) -> Non
         await ensure_all(nc.jetstream())
         for jobs in cron_jobs:
             starts = await cron_starts(srv.url, nc, duration, jobs)
-            figures += lateness_figures(starts, jobs, burst_spawn_floor())
+            figures += lateness_figures(starts, jobs, spawn_start_floor())
         for concurrency in (1, 32):
             spawn = await spawn_floor()  # just before: the machine's load changes over minutes
             rate = await runs_per_second(srv.url, run_seconds, concurrency)
