@@ -33,8 +33,9 @@ RESTART_MAX = 5.0
 # How long a service whose start JetStream did not answer keeps starting again: longer than a
 # cluster takes to elect new stream leaders after losing a node (seconds, 10-20 s under load).
 START_RETRY_WINDOW = 60.0
-# JetStream's answers while it has no leader for the stream or the meta group: passing trouble.
-_UNANSWERED = (
+# JetStream's answers while it has no leader for the stream or the meta group: passing trouble
+# (a service's start is tried again; the master's job index asks its bucket again).
+JETSTREAM_UNANSWERED = (
     TimeoutError,
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,
@@ -177,7 +178,7 @@ class Service:
             return exc
         if self.failed is not None and self.failed.done() and isinstance(self.failed.result(), NatschedError):
             return self.failed.result()  # e.g. the connection was closed for good meanwhile
-        if isinstance(exc, _UNANSWERED):
+        if isinstance(exc, JETSTREAM_UNANSWERED):
             return StartUnansweredError(
                 f"could not start: JetStream did not answer ({_UNANSWERED_WHY.get(type(exc), 'timeout')}); "
                 "is JetStream enabled on the server, or is its cluster still electing leaders?"

@@ -131,6 +131,11 @@ class Process:
             self.popen.wait()
 
 
+async def said(process: Process, text: str) -> bool:
+    """For ``eventually``: has ``process`` written ``text`` to its log yet?"""
+    return text in process.output()
+
+
 @pytest.fixture
 async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Process]]:
     """``spawn("natsched-agent", "--name", "a1", url=...)``: a console script as a real process.

@@ -18,14 +18,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-import nats.errors
-import nats.js.errors
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.chaingraph import event_triggers
 from natsched.errors import ApiError, CodecError, IndexNotReady, NotFoundError
 from natsched.models import JobSpec
+from natsched.service import JETSTREAM_UNANSWERED
 from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
@@ -232,11 +231,7 @@ class JobIndex:
             try:
                 async with asyncio.timeout(max(left, 0.1)):
                     return (await self._kv.status()).stream_info.state.last_seq
-            except (
-                TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.js.errors.ServiceUnavailableError,
-            ) as exc:
+            except JETSTREAM_UNANSWERED as exc:
                 if asyncio.get_running_loop().time() + STATUS_RETRY >= deadline:
                     raise IndexNotReady(
                         f"the job bucket did not say how far it is within {timeout:g}s ({exc!r})"

@@ -17,7 +17,7 @@ import pytest
 
 from natsched import eventloop, subjects
 from natsched.embedded import EmbeddedServer
-from tests.conftest import Process, eventually, wait_for_api
+from tests.conftest import Process, eventually, said, wait_for_api
 from tests.helpers import api, job, toml_jobs
 
 
@@ -33,10 +33,6 @@ def test_uvloop_unless_the_stock_loop_is_asked_for_or_the_agent_cannot_use_it(
     assert eventloop.loop_factory() is None
     monkeypatch.setenv(eventloop.CHOICE, "bogus")
     assert eventloop.loop_factory() is uvloop.new_event_loop  # warned, default kept
-
-
-async def _said(process: Process, text: str) -> bool:
-    return text in process.output()
 
 
 def _on_uvloop(process: Process) -> bool:
@@ -69,7 +65,7 @@ async def test_jobs_with_a_directory_or_a_user_run_on_a_uvloop_agent(
         applied = await api(nc, subjects.API_APPLY, {"source": "loop.toml", "content": jobs})
         assert applied.get("ok"), applied
 
-        await eventually(lambda: _said(agent, "agent u1 connected"), 20, "agent u1 connected")
+        await eventually(lambda: said(agent, "agent u1 connected"), 20, "agent u1 connected")
         for name in ("here", "them"):
             # Until the master has seen u1's heartbeat, a trigger is refused (and runs nothing).
             reply: dict[str, object] = {}

@@ -21,7 +21,7 @@ import pytest
 
 from natsched import subjects
 from natsched.embedded import EmbeddedServer, free_port
-from tests.conftest import Process, eventually, wait_for_api
+from tests.conftest import Process, eventually, said, wait_for_api
 from tests.helpers import api, job, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -38,17 +38,13 @@ def _exit_within(process: Process, seconds: float) -> tuple[int, float]:
     return code, time.monotonic() - started
 
 
-async def _connected(process: Process, text: str) -> bool:
-    return text in process.output()
-
-
 async def test_sigterm_stops_a_master_and_an_agent_cut_off_from_nats(
     nats_server: EmbeddedServer, spawn: Callable[..., Process], tmp_path: Path
 ) -> None:
     master = spawn("natsched", "master", url=nats_server.url, log_name="master.log")
     await asyncio.to_thread(wait_for_api, nats_server.url, master)
     agent = spawn("natsched-agent", "--name", "a1", "--state-dir", str(tmp_path / "a1"), url=nats_server.url)
-    await eventually(lambda: _connected(agent, "agent a1 connected"), 15, "the agent connected")
+    await eventually(lambda: said(agent, "agent a1 connected"), 15, "the agent connected")
     await asyncio.sleep(0.5)
     nats_server.kill()  # kill -9: both are cut off, reconnecting
     await asyncio.sleep(1.5)
@@ -73,7 +69,7 @@ async def test_a_master_whose_connection_the_server_closed_exits_nonzero_in_one_
         master = spawn("natsched", "master", url=server.url, log_name="master.log")
         await asyncio.to_thread(wait_for_api, server.url, master)
         # The API answers before the start has ended; a start cut short is started again.
-        await eventually(lambda: _said(master, "serving natsched.api"), 15, "the master's start ended")
+        await eventually(lambda: said(master, "serving natsched.api"), 15, "the master's start ended")
         import nats
 
         nc = await nats.connect(server.url)
@@ -105,12 +101,12 @@ async def test_reconnect_attempts_are_logged_once_per_state_change(
     master = spawn("natsched", "master", url=nats_server.url, log_name="master.log")
     await asyncio.to_thread(wait_for_api, nats_server.url, master)
     agent = spawn("natsched-agent", "--name", "a1", "--state-dir", str(tmp_path / "a1"), url=nats_server.url)
-    await eventually(lambda: _connected(agent, "agent a1 connected"), 15, "the agent connected")
+    await eventually(lambda: said(agent, "agent a1 connected"), 15, "the agent connected")
     before = {p: len(p.output().splitlines()) for p in (master, agent)}
     nats_server.kill()
     await asyncio.sleep(5)  # at the old fixed 0.5 s: ~10 attempts, each logged
     nats_server.start()
-    await eventually(lambda: _connected(agent, "reconnected"), 15, "the agent reconnected")
+    await eventually(lambda: said(agent, "reconnected"), 15, "the agent reconnected")
     await asyncio.sleep(1)
     lines = agent.output().splitlines()[before[agent] :]
     noise = [line for line in lines if "natsched.connection" in line]
@@ -174,7 +170,3 @@ def test_up_takes_its_children_along(tmp_path: Path, sig: signal.Signals, backgr
         for child in children:  # the processes this test's `up` started, and only those
             if child.is_running():
                 child.kill()
-
-
-async def _said(process: Process, text: str) -> bool:
-    return text in process.output()
