@@ -9,7 +9,9 @@ natsched adds on top of the physics of that path is its own figure.
 Master and agents run as real processes (``natsched master``, ``natsched-agent``); this
 process is the client publishing to ``natsched.trigger.<job>``. The reply arrives when
 the process has started on the agent, so its round trip is "trigger -> started".
-Run: .venv/bin/python -m bench.dispatch_bench [--count 500] [--seconds 5]
+The burst's floor is the agents alone: the same 1,000 run requests published at once by this
+client, straight to the agents (what they allow, with nothing of the master's in the path).
+Run: .venv/bin/python -m bench.dispatch_bench [--count 500] [--seconds 5] [--burst-only]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from bench.common import (
     Figure,
@@ -39,10 +42,13 @@ from bench.common import (
     services,
     spawn_start_floor,
 )
-from natsched import subjects
+from natsched import codec, subjects
 from natsched.claims import claim, open_claims
-from natsched.events import parse_event
+from natsched.events import new_run_id, parse_event
+from natsched.jobfile import parse_job_document
 from natsched.kvscan import read_stream
+from natsched.runmessages import RunRequest
+from natsched.vocab import RunTrigger
 
 BIN = Path(sys.executable).parent
 BURST = 1000
@@ -105,15 +111,74 @@ async def dispatched_rate(nc: Client, seconds: float, in_flight: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def burst_file(jobs: int, slot: int) -> str:
-    """``jobs`` slave jobs (alternately on b1 and b2) due once, at ``slot`` (UTC)."""
-    t = datetime.fromtimestamp(slot, UTC)
-    cron = f"{t.second} {t.minute} {t.hour} {t.day} {t.month} *"
+def burst_file(jobs: int, slot: int | None, group: str = "burst") -> str:
+    """``jobs`` slave jobs (alternately on b1 and b2) due once, at ``slot`` (UTC); with ``slot``
+    None, jobs without a trigger (run when asked)."""
+    trigger = ""
+    if slot is not None:
+        t = datetime.fromtimestamp(slot, UTC)
+        trigger = f'triggers = [{{ cron = "{t.second} {t.minute} {t.hour} {t.day} {t.month} *" }}]\n'
     job = 'name = "j{i}"\nmode = "slave"\ncommand = ["/bin/true"]\ntargets = {{ agents = ["{agent}"] }}\n'
-    return 'group = "burst"\n' + "".join(
-        "[[jobs]]\n" + job.format(i=i, agent=f"b{1 + i % 2}") + f'triggers = [{{ cron = "{cron}" }}]\n'
-        for i in range(jobs)
+    return f'group = "{group}"\n' + "".join(
+        "[[jobs]]\n" + job.format(i=i, agent=f"b{1 + i % 2}") + trigger for i in range(jobs)
     )
+
+
+async def started_since(nc: Client, group: str, slot: float) -> list[float]:
+    """(started - slot) in ms of every run of ``group``'s jobs recorded started."""
+    late = []
+    async for msg in read_stream(
+        nc.jetstream(), subjects.EVENTS_STREAM, f"natsched.event.*.{group}.*.started", since=slot - 1
+    ):
+        event = parse_event(msg.data, msg.subject)
+        if event.started_at is not None:
+            late.append((event.started_at - slot) * 1000)
+    if not late:
+        raise RuntimeError(f"no run of {group} started")
+    return late
+
+
+async def agents_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
+    """The agents' floor for a burst: ``jobs`` run requests of applied jobs, built beforehand,
+    published at once at a second's start by this client (no master in the path), half to
+    each agent.
+    p50 and last (started - that second) in ms, runs started."""
+    content = burst_file(jobs, None, "floor")
+    await apply_when_up(nc, content)  # the agents know these jobs, as they know the burst's
+    specs = parse_job_document(content, source="bench").jobs
+    await asyncio.sleep(5)  # every agent has cached them
+    state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+    term = int(codec.unpack((await state.get(subjects.LEASE_KEY)).value or b"", "lease")["term"])
+    slot = math.ceil(time.time()) + 1
+    requests = [
+        (
+            subjects.agent_run_subject(spec.targets.agents[0]),
+            RunRequest(
+                run_id=new_run_id(), spec=spec, trigger=RunTrigger.CRON, scheduled_at=slot, term=term
+            ).encode(),
+        )
+        for spec in specs
+    ]
+    inbox = nc.new_inbox()
+    answered = asyncio.Event()
+    replies = 0
+
+    async def on_reply(msg: Msg) -> None:
+        nonlocal replies
+        replies += 1
+        if replies == len(requests):
+            answered.set()
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
+    await asyncio.sleep(slot - time.time())
+    for i, (subject, payload) in enumerate(requests):
+        await nc.publish(subject, payload, reply=f"{inbox}.{i}")
+    async with asyncio.timeout(60):
+        await answered.wait()
+    await sub.unsubscribe()
+    await asyncio.sleep(3)  # the last started events are on record
+    late = await started_since(nc, "floor", slot)
+    return statistics.median(late), max(late), len(late)
 
 
 async def master_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
@@ -126,15 +191,7 @@ async def master_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
     if time.time() > slot - 1:
         raise RuntimeError("applying the burst took past its slot; nothing to measure")
     await asyncio.sleep(slot + 15 - time.time())
-    late = []
-    async for msg in read_stream(
-        nc.jetstream(), subjects.EVENTS_STREAM, "natsched.event.*.burst.*.started", since=slot - 1
-    ):
-        event = parse_event(msg.data, msg.subject)
-        if event.started_at is not None:
-            late.append((event.started_at - slot) * 1000)
-    if not late:
-        raise RuntimeError("no run of the burst started")
+    late = await started_since(nc, "burst", slot)
     return statistics.median(late), max(late), len(late)
 
 
@@ -164,22 +221,46 @@ def path_figures(p50: float, rtt50: float, create50: float, claim50: float, spaw
     ]
 
 
-async def measure(url: str, count: int, seconds: float) -> list[Figure]:
+async def burst_figures(nc: Client, rtt50: float) -> list[Figure]:
+    floor50, floor_last, floor_started = await agents_burst(nc, BURST)
+    await asyncio.sleep(5)  # the floor's runs have ended
+    burst50, last, started = await master_burst(nc, BURST)
+    due = f"{BURST} slave jobs due at one second, 2 agents"
+    sent = f"{BURST} sent at once"
+    return [
+        Figure(f"{due}: p50 start", burst50, "ms", "agents' p50", floor50, "-", None),
+        Figure(f"{due}: last start ({started} started)", last, "ms", "agents' last", floor_last, "-", None),
+        Figure(f"  agents alone, {sent}: p50 start", floor50, "ms", "req/reply p50", rtt50, "-", None),
+        Figure(
+            f"  agents alone, {sent}: last ({floor_started} started)",
+            floor_last,
+            "ms",
+            "req/reply p50",
+            rtt50,
+            "-",
+            None,
+        ),
+    ]
+
+
+async def measure(url: str, count: int, seconds: float, burst_only: bool = False) -> list[Figure]:
     nc = await nats.connect(url)
     await apply_when_up(nc, JOBS)
     await wait_ready(nc)
     rtt50, rtt99 = await request_reply_floor(nc)
+    if burst_only:
+        figures = await burst_figures(nc, rtt50)
+        await nc.close()
+        return figures
     create50, _ = await kv_create_floor(nc)
     claim50 = await claim_latency(nc)
     spawn50 = spawn_start_floor()
     p50, p99 = await trigger_latency(nc, count)
     rate = await dispatched_rate(nc, seconds, 64)
-    burst50, last, started = await master_burst(nc, BURST)
+    bursts = await burst_figures(nc, rtt50)
     await nc.close()
-    due = f"{BURST} slave jobs due at one second, 2 agents"
     return [
-        Figure(f"{due}: p50 start", burst50, "ms", "req/reply p50", rtt50, "-", None),
-        Figure(f"{due}: last start ({started} started)", last, "ms", "req/reply p50", rtt50, "-", None),
+        *bursts,
         Figure(
             "trigger -> process started p50", p50, "ms", "req/reply p50", rtt50, "<= 4x", p50 <= 4 * rtt50
         ),  # noqa: E501
@@ -197,12 +278,12 @@ async def measure(url: str, count: int, seconds: float) -> list[Figure]:
     ]
 
 
-def main(count: int, seconds: float) -> None:
+def main(count: int, seconds: float, burst_only: bool = False) -> None:
     with server() as srv, services(srv.url, AGENT_ENV) as running:
         running.master()
         running.agent("b1", "--pool", "bench")
         running.agent("b2", "--pool", "bench")
-        figures = asyncio.run(measure(srv.url, count, seconds))
+        figures = asyncio.run(measure(srv.url, count, seconds, burst_only))
     report("natsched dispatch", figures, "dispatch")
 
 
@@ -210,6 +291,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--burst-only", action="store_true", help="only the 1,000 due at one second")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    main(args.count, args.seconds)
+    main(args.count, args.seconds, args.burst_only)
