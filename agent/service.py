@@ -160,6 +160,11 @@ class AgentService(Service):
         metrics.outbox_depth.set_function(lambda: float(outbox.depth))
         metrics.serve(port)
 
+    async def warmed_up(self) -> None:
+        await self.connected.wait()
+        assert self.sync is not None  # set before connected
+        await self.sync.synced.wait()
+
     async def stop(self) -> None:
         self._stopping = True
         if self.metrics is not None:

@@ -9,10 +9,12 @@ service down: a scheduler must keep scheduling.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -41,11 +43,37 @@ JETSTREAM_UNANSWERED = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
+SETTLE_AFTER = 1.0  # seconds after start-up's last step before its heap is frozen (settle_heap)
 _UNANSWERED_WHY: dict[type[BaseException], str] = {  # nats-py's own texts say little ("code=None")
     nats.errors.NoRespondersError: "no responders",
     nats.js.errors.NoStreamResponseError: "no stream response",
     nats.js.errors.ServiceUnavailableError: "service unavailable",
 }
+
+
+async def settle_heap(service: Service) -> None:
+    """Once the service has warmed up (and ``SETTLE_AFTER`` more for the work that set going,
+    such as the mirror scheduler taking up the jobs just synced): collect, then freeze what
+    is left. Only for a service that is the process (``serve``): freezing is process-wide.
+
+    Why: what start-up builds (modules, the job index or cache, connections) lives as long as
+    the process, yet every full collection walked all of it again: a master paused 30-88 ms per
+    gen-2 collection, collecting nothing, an agent 19-29 ms, each time holding every request
+    and every due start behind it. Frozen objects are left out of collections (reference
+    counting still frees them); the collection just before leaves no garbage among them. The
+    cost: a frozen object that later becomes part of a garbage cycle is never freed, so
+    memory can grow by at most what was frozen.
+    """
+    await service.warmed_up()
+    await asyncio.sleep(SETTLE_AFTER)
+    begun = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "start-up settled: %d objects frozen out of garbage collection (%.0f ms)",
+        gc.get_freeze_count(),
+        (time.perf_counter() - begun) * 1000,
+    )
 
 
 class Service:
@@ -131,6 +159,10 @@ class Service:
 
     async def start(self) -> None:
         """Override: connect and spawn tasks."""
+
+    async def warmed_up(self) -> None:
+        """Returns once start-up's own work is done (a master's job index loaded, an agent's
+        first sync): what was built by then lives as long as the process (``settle_heap``)."""
 
     async def stop(self) -> None:
         """Override: release resources after the tasks were cancelled."""
@@ -271,6 +303,7 @@ async def _start_and_run(
                 # nats-py's requests) can swallow a cancellation that races with its result: the
                 # start then ends normally, and waiting here would outlast the signal.
                 if not stopping.is_set():
+                    service.spawn(settle_heap(service), name="settle-heap")
                     await service.run_forever()
             return
         except StartUnansweredError as exc:

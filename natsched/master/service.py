@@ -277,6 +277,10 @@ class MasterService(Service):
             if not reply.ok:
                 log.warning("%s slot %s: %s on %s", due.spec.key, due.slot, reply.reason, reply.agent or "-")
 
+    async def warmed_up(self) -> None:
+        assert self.index is not None  # made by start()
+        await self.index.ready.wait()
+
     async def stop(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
