@@ -14,8 +14,15 @@ The journal is its own SQLite file (``runs.sqlite`` beside the cache), written w
 where a commit through aiosqlite's thread cost a thread hop and a turn of the loop (1-2 ms
 under load, in front of every spawn). Checkpoints, which do fsync, run in a worker thread
 on a connection of their own, so the loop never waits for the disk. Writes queue in memory
-and are committed by the next ``flush`` (the background task's, or one a caller needs
-now: before a spawn, at a run's end).
+and are committed by the next ``flush``: one a caller needs now (before a spawn, at a run's
+end), else one in the next turn of the loop.
+
+A started run's second row (its pid, once spawned) is the exception: its first row, committed
+before the spawn, already makes the run recoverable, and the pid only lets the next agent
+kill leftovers of its process group (the guardian kills the group itself). That row waits
+for the next commit anyway, at most ``PID_DELAY``, and is dropped when the run ends before:
+a short run (most of them) costs the journal two commits, not three, and a burst of runs
+shares its pid rows' commit.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ CREATE TABLE IF NOT EXISTS claimed_slots (
 _CLAIM = "INSERT OR REPLACE INTO claimed_slots (job, slot, trigger) VALUES (?, ?, ?)"
 _SETTLE = "DELETE FROM claimed_slots WHERE job = ? AND slot = ?"
 CHECKPOINT_EVERY = 2.0  # seconds: the WAL is folded back into the file at most this often
+PID_DELAY = 0.1  # seconds a started run's pid row may wait for a commit (see the docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +100,9 @@ class RunJournal:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[str, tuple[object, ...]]] = []
-        self._wake = asyncio.Event()
+        self._pids: dict[str, tuple[object, ...]] = {}  # run id -> its pid row, not committed yet
+        self._soon: asyncio.Handle | None = None  # the commit of the next turn, once scheduled
+        self._pid_timer: asyncio.TimerHandle | None = None
         self._held: set[str] = set()  # run ids with a row: only their end costs a commit
         self._ends: asyncio.Event | None = None  # set once the ends queued now are committed
         self._since_checkpoint = 0
@@ -148,6 +158,17 @@ class RunJournal:
         self._write(_UPSERT, (event.run_id, event.state.value, data or event.to_json(), launch))
         self.settle_slot(event.job, event.scheduled_at)
 
+    def spawned(self, event: RunEvent, *, locked: bool = False, data: bytes | None = None) -> None:
+        """The started run's row again, with its pid: committed with the next commit, within
+        ``PID_DELAY``, or never if the run ends first (see the module docstring)."""
+        if event.run_id not in self._held:
+            return  # ended already, or never recorded started: nothing to add a pid to
+        launch = codec.pack({"locked": True}) if locked else None
+        self._pids[event.run_id] = (event.run_id, event.state.value, data or event.to_json(), launch)
+        if self._pid_timer is None:
+            with contextlib.suppress(RuntimeError):  # no loop: the next flush takes it
+                self._pid_timer = asyncio.get_running_loop().call_later(PID_DELAY, self.flush_now)
+
     def queued(self, event: RunEvent, spec: JobSpec, args: tuple[str, ...], env: Mapping[str, str]) -> None:
         self._held.add(event.run_id)
         launch = codec.pack({"spec": codec.encode_job(spec), "args": list(args), "env": dict(env)})
@@ -163,6 +184,7 @@ class RunJournal:
         if run_id not in self._held:
             return
         self._held.discard(run_id)
+        self._pids.pop(run_id, None)  # its row goes: its pid need not be written first
         self._write(_DELETE, (run_id,))
         committed = self._ends
         if committed is None:
@@ -177,23 +199,24 @@ class RunJournal:
             committed.set()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        """Queued for the next commit: a caller's flush, else the next turn of the loop's.
+
+        A callback, not a task woken per write: most writes (a row before its spawn) are
+        committed by their caller in this turn, and the callback then finds nothing to do.
+        """
         self._pending.append((sql, args))
-        self._wake.set()
+        if self._soon is None:
+            with contextlib.suppress(RuntimeError):  # no loop: the next flush (or close) commits it
+                self._soon = asyncio.get_running_loop().call_soon(self.flush_now)
 
     async def run(self) -> None:
-        """Commit what queued up; checkpoint now and then, in a thread."""
-        loop = asyncio.get_running_loop()
-        checkpointed = loop.time()
+        """Checkpoint now and then, in a thread (commits are ``_write``'s and the callers')."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CHECKPOINT_EVERY):
-                    await self._wake.wait()
-            self._wake.clear()
+            await asyncio.sleep(CHECKPOINT_EVERY)
             self.flush_now()
-            if self._since_checkpoint and loop.time() - checkpointed >= CHECKPOINT_EVERY:
+            if self._since_checkpoint:
                 self._since_checkpoint = 0
                 await asyncio.to_thread(self._checkpoint)
-                checkpointed = loop.time()
 
     async def flush(self) -> None:
         """Commit everything pending (for callers that await; it does not wait on a thread)."""
@@ -201,7 +224,13 @@ class RunJournal:
 
     def flush_now(self) -> None:
         """Commit everything pending, in order, in one transaction (group commit)."""
-        batch, self._pending = self._pending, []
+        for handle in (self._soon, self._pid_timer):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._pid_timer = None
+        # The pid rows first: a run's DELETE, if queued, dropped its pid row already.
+        batch = [(_UPSERT, row) for row in self._pids.values()] + self._pending
+        self._pids, self._pending = {}, []
         if not batch or self._db is None:
             return
         db = self._db

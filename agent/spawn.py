@@ -70,7 +70,7 @@ def find_program(program: str, env: Mapping[str, str]) -> str:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
-def _above_stdio(fd: int) -> int:
+def above_stdio(fd: int) -> int:
     """``fd``, moved above 0-2 if it landed there (an agent started with stdio closed):
     a dup2 onto itself would leave it close-on-exec, so the job would lose it."""
     if fd > 2:
@@ -177,13 +177,13 @@ class SpawnedProcess(asyncio.SubprocessTransport):
 def _devnull_fd() -> int:
     global _devnull
     if _devnull is None:
-        _devnull = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        _devnull = above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     return _devnull
 
 
 def _output_pipe() -> tuple[int, int]:
     """(read end: ours, non-blocking; write end: the job's stdout and stderr, blocking)."""
-    read_end, write_end = (_above_stdio(fd) for fd in os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+    read_end, write_end = (above_stdio(fd) for fd in os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
     os.set_blocking(write_end, True)  # the job's stdout: blocking, as a normal program expects
     return read_end, write_end
 

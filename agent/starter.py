@@ -287,7 +287,7 @@ class RunStarter:
                 journal.settle_slot(event.job, event.scheduled_at)  # e.g. skipped: recorded
                 await journal.ended(event.run_id)
             elif event.state is RunState.STARTED:
-                journal.started(event, locked=locked, data=data)
+                journal.spawned(event, locked=locked, data=data)  # its pid: the row is committed
             elif queued is not None:
                 journal.queued(event, *queued)
         await self.outbox.publish(event, data)

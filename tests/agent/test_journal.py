@@ -7,15 +7,17 @@ simulated by abandoning an executor (no shutdown) and opening a new one on the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from agent.cache import JobCache
 from agent.executor import JobExecutor
-from agent.journal import RunJournal
+from agent.journal import PID_DELAY, RunJournal
 from agent.outbox import EventOutbox
 from agent.output import LogStreamer
 from agent.recovery import Recovery
@@ -119,3 +121,20 @@ async def test_a_run_killed_with_its_agent_while_starting_is_still_recorded(tmp_
         assert recorded == [("started", "jr.j"), ("lost", "jr.j")], (
             "the next agent records the run it may have started: an execution is never unrecorded"
         )
+
+
+async def test_a_running_run_s_pid_reaches_the_journal_on_its_own_within_pid_delay(tmp_path: Path) -> None:
+    """The pid row waits for another commit, but not for long: with nothing else going on, the
+    next agent still learns the group to clean up (recovery's kill_leftovers) after PID_DELAY."""
+    async with JobCache(tmp_path / "cache.sqlite") as cache:
+        executor, _ = await executor_on(cache)
+        started = await executor.launch(spec(30, "allow"), trigger=RunTrigger.MANUAL)
+        assert started.pid is not None
+        try:
+            await asyncio.sleep(PID_DELAY * 3)
+            with contextlib.closing(sqlite3.connect(cache.path.with_name("runs.sqlite"))) as db:
+                [(row,)] = db.execute("SELECT event FROM held_runs").fetchall()
+            assert json.loads(row)["pid"] == started.pid
+        finally:
+            os.killpg(started.pid, signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*executor._waiters), 5)
