@@ -75,17 +75,23 @@ class InheritedSlot:
         return cls(job, float(data["slot"]), float(data.get("at", 0.0)), str(data["master"]), trigger)
 
 
-def _inherited(value: bytes | None, key: str, ours: str) -> list[InheritedSlot]:
-    """The claims of other masters a cursor holds: its own, and those its writer had not yet
-    checked (``unverified``: carried along until a leader's SlotAudit has seen them)."""
+def _claims_in(value: bytes | None, key: str) -> list[InheritedSlot]:
+    """The claims a cursor value holds: its writer's own, and those its writer carried unchecked
+    (``unverified``: carried along until a leader's SlotAudit has seen them)."""
     try:
         data = codec.unpack(value or b"", f"cursor {key}")
         carried = [InheritedSlot.decode(key, each) for each in data.get("unverified", [])]
-        master = str(data.get("master", ""))
-        own = [InheritedSlot.decode(key, data)] if master and master != ours else []
-        return [each for each in carried if each.master != ours] + own
+        own = [InheritedSlot.decode(key, data)] if data.get("master") else []
+        return carried + own
     except (CodecError, KeyError, TypeError, ValueError, AttributeError):
         return []
+
+
+def _nonce(value: bytes | None, key: str) -> str:
+    try:
+        return str(codec.unpack(value or b"", f"cursor {key}").get("by", ""))
+    except CodecError:
+        return ""
 
 
 class KvCursors:
@@ -114,10 +120,16 @@ class KvCursors:
         self._master_id = master_id
         self._revisions: dict[str, int] = {}
         self._first_read: dict[str, KvValue] | None = None
-        # Per job, the claims of other masters its cursor held when first read (see SlotAudit);
-        # carried in our own cursor writes until audited, so a leader that stops before its
+        self._ours: dict[str, str] = {}  # per job, the nonce of our last cursor write that landed
+        # Per job, the claims a cursor held that this scheduler did not write: made by another
+        # master, or by this one before it stepped down (a slot it may not have dispatched). Met
+        # when a cursor is first read, and when a claim of ours finds it already written: a
+        # write that landed after that first read (buffered in a client while nats-server
+        # restarted) is a claim its own master may have given up on. Audited by SlotAudit,
+        # and carried in our own cursor writes until then, so a leader that stops before its
         # audit hands them on to the next.
         self.inherited: dict[str, list[InheritedSlot]] = {}
+        self._noted: dict[InheritedSlot, float] = {}  # when each inherited claim was met (monotonic)
 
     async def load(self, key: str) -> float | None:
         if self._js is not None and self._first_read is None:
@@ -127,25 +139,37 @@ class KvCursors:
         if self._first_read is not None and key not in self._revisions:
             first = self._first_read.pop(key, None)
             self._revisions[key] = first.revision if first is not None else 0
-            return None if first is None else self._first_seen(key, first.value)
-        first_load = key not in self._revisions
+            return None if first is None else self._seen(key, first.value)
         try:
             entry = await self._state.get(subjects.cursor_key(key))
         except KeyNotFoundError:
             self._revisions[key] = 0
             return None
         self._revisions[key] = entry.revision or 0
-        return self._first_seen(key, entry.value) if first_load else _slot(entry.value, key)
+        return self._seen(key, entry.value)
 
-    def _first_seen(self, key: str, value: bytes | None) -> float | None:
-        inherited = _inherited(value, key, self._master_id)
-        if inherited:
-            self.inherited[key] = inherited
+    def _seen(self, key: str, value: bytes | None) -> float | None:
+        """A cursor value as read: unless we wrote it, its claims are inherited (its slot returned)."""
+        if _nonce(value, key) != self._ours.get(key, "-"):
+            known = self.inherited.setdefault(key, [])
+            for each in _claims_in(value, key):
+                if each not in known:
+                    known.append(each)
+                    self._noted[each] = time.monotonic()
+            if not known:
+                del self.inherited[key]
         return _slot(value, key)
+
+    def to_audit(self, settle: float) -> list[InheritedSlot]:
+        """The inherited claims met at least ``settle`` seconds ago (their dispatch had time)."""
+        since = time.monotonic() - settle
+        claims = [each for job in list(self.inherited.values()) for each in job]
+        return [each for each in claims if self._noted.get(each, 0.0) <= since]
 
     def audited(self, checked: list[InheritedSlot]) -> None:
         """These claims were checked: no longer carried in this job's cursor."""
         for each in checked:
+            self._noted.pop(each, None)
             left = [i for i in self.inherited.get(each.job, []) if i != each]
             if left:
                 self.inherited[each.job] = left
@@ -194,17 +218,7 @@ class KvCursors:
         ordered after the first: one of them lands, the other meets a wrong last sequence and
         finds this write's nonce in the cursor. Undecided past ``UNDECIDED_BOUND``: raised.
         """
-        nonce = secrets.token_hex(8)
-        value = codec.pack(
-            {
-                "slot": slot,
-                "at": time.time(),
-                "by": nonce,
-                "master": self._master_id,
-                "trigger": trigger.value,
-                **self._unverified(key),
-            }
-        )
+        nonce, at = secrets.token_hex(8), time.time()
         deadline = time.monotonic() + UNDECIDED_BOUND
         conflicts = 0
         while conflicts < 3:
@@ -213,18 +227,30 @@ class KvCursors:
                 if revision is None:
                     await self.load(key)
                     continue
+                # Built at each attempt: a conflict may have added claims to carry.
+                value = codec.pack(
+                    {
+                        "slot": slot,
+                        "at": at,
+                        "by": nonce,
+                        "master": self._master_id,
+                        "trigger": trigger.value,
+                        **self._unverified(key),
+                    }
+                )
                 try:
                     self._revisions[key] = await self._state.update(
                         subjects.cursor_key(key), value, last=revision
                     )
+                    self._ours[key] = nonce
                     return True
                 except KeyWrongLastSequenceError:
                     conflicts += 1
-                    current, by = await self._read(key)
-                    if by == nonce:
+                    current = await self._read(key, nonce)
+                    if self._ours.get(key) == nonce:
                         return True  # an earlier attempt of ours landed
                     if current is not None and current >= slot:
-                        return False
+                        return False  # claimed by its writer, and inherited: audited if never run
             except Exception as exc:  # noqa: BLE001 - NATS did not say: ask again, same write
                 if time.monotonic() > deadline:
                     raise ClaimUndecidedError(f"{key} slot {slot}: cursor write undecided: {exc!r}") from exc
@@ -236,19 +262,17 @@ class KvCursors:
         carried = self.inherited.get(key, [])
         return {"unverified": [each.encode() for each in carried]} if carried else {}
 
-    async def _read(self, key: str) -> tuple[float | None, str]:
-        """The cursor's slot and the nonce of the write that set it (revision noted)."""
+    async def _read(self, key: str, nonce: str) -> float | None:
+        """The cursor's slot (revision noted); ours if ``nonce`` wrote it, else its claims inherited."""
         try:
             entry = await self._state.get(subjects.cursor_key(key))
         except KeyNotFoundError:
             self._revisions[key] = 0
-            return None, ""
+            return None
         self._revisions[key] = entry.revision or 0
-        try:
-            by = str(codec.unpack(entry.value or b"", f"cursor {key}").get("by", ""))
-        except CodecError:
-            by = ""
-        return _slot(entry.value, key), by
+        if _nonce(entry.value, key) == nonce:
+            self._ours[key] = nonce
+        return self._seen(key, entry.value)
 
 
 class MasterScheduler:

@@ -2,13 +2,16 @@
 
 A leader claims a slot by advancing the job's cursor, then dispatches it. Killed between
 the two (a window of milliseconds, which ``bench.chaos`` hits), the slot is claimed and
-nobody runs it: the next leader goes on from the slot after. So a new leader checks each
-job whose cursor another master wrote last: once an in-flight dispatch had time to leave a
-trace (``SETTLE``: the dispatch timeout and a margin), the slot must have one, a run event
-for it or a run held by the job's pause. A slot without any is recorded ``lost`` (agent
-``none``), with a run id derived from job and slot so that two leaders in a row record it
-once. It is not dispatched again: the previous leader may be frozen mid-dispatch rather
-than dead, and a second dispatch could run the slot twice.
+nobody runs it: the next leader goes on from the slot after. So a leader checks every claim
+it finds in a cursor and did not make itself (``KvCursors.inherited``): when it first reads
+the cursor, and when its own claim finds the cursor already written (a claim that landed late,
+e.g. buffered in its master's client while nats-server restarted, whose master then found the
+cursor moved on and gave it up). Once an in-flight dispatch had time to leave a trace
+(``SETTLE``: the dispatch timeout and a margin, counted from when the claim was met), the
+slot must have one, a run event for it or a run held by the job's pause. A slot without
+any is recorded ``lost`` (agent ``none``), with a run id derived from job and slot so that
+two leaders in a row record it once. It is not dispatched again: the previous leader may
+be frozen mid-dispatch rather than dead, and a second dispatch could run the slot twice.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ SETTLE = REQUEST_TIMEOUT + 2.0  # a dispatch in flight when the leader changed h
 HORIZON = 3600.0  # older claims are not judged (their events may have aged out of the stream)
 LAST_MOMENTS = 2.0  # seconds before the previous leader's latest claim that are suspect
 EARLY = 30.0  # events are read from this long before the first suspect claim (clocks differ)
+PASS = 1.0  # how often the claims met are looked at (each is checked once it is SETTLE old)
 
 
 def audit_run_id(job: str, slot: float) -> str:
@@ -61,9 +65,11 @@ class SlotAudit:
         self._clock = clock
 
     async def run(self) -> None:
-        while True:  # jobs scheduled later (e.g. re-enabled) are loaded, and inherited, later
-            await asyncio.sleep(self._settle)
-            todo = [i for claims in list(self._cursors.inherited.values()) for i in claims]
+        while True:  # claims are met later too: jobs loaded later, a claim that landed late
+            await asyncio.sleep(min(PASS, self._settle))
+            todo = self._cursors.to_audit(self._settle)
+            if not todo:
+                continue
             try:
                 await self.check(todo)
             except Exception as exc:  # noqa: BLE001 - NATS trouble: checked on the next pass

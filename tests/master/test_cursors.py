@@ -8,7 +8,7 @@ from nats.aio.client import Client
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
-from natsched import subjects
+from natsched import codec, subjects
 from natsched.jobspec import parse_job
 from natsched.master.scheduler import KvCursors
 from natsched.models import JobSpec
@@ -71,3 +71,43 @@ async def test_a_slot_is_fired_when_its_own_claim_is_won_not_after_the_whole_bur
     assert [d.spec.key for d in claimed] == ["g.slow", "g.a", "g.b"]
     assert sorted(fired) == ["g.a", "g.b", "g.slow"]  # each once
     assert await KvCursors(kv).load("g.slow") == T0 + 10
+
+
+async def _state(nc: Client) -> KeyValue:
+    return await nc.jetstream().create_key_value(js_api.KeyValueConfig(bucket=subjects.STATE_BUCKET))
+
+
+def _claim(slot: float, master: str, by: str) -> bytes:
+    return codec.pack({"slot": slot, "at": T0, "by": by, "master": master, "trigger": "interval"})
+
+
+async def test_a_claim_met_at_a_conflict_is_inherited_for_the_audit(nc: Client) -> None:
+    """A claim that landed after this scheduler read the cursor (a write buffered in its master's
+    client while nats-server restarted) takes the slot: checked by the audit, not forgotten."""
+    kv = await _state(nc)
+    key = subjects.cursor_key("g.a")
+    revision = await kv.put(key, _claim(T0, "m1", "x1"))
+    cursors = KvCursors(kv, js=nc.jetstream(), master_id="m2")
+    assert await cursors.load("g.a") == T0
+    await kv.update(key, _claim(T0 + 10, "m1", "late"), last=revision)  # lands now
+    assert await cursors.claim([Due(job("a"), T0 + 10, RunTrigger.INTERVAL)]) == []
+    assert [(i.slot, i.master) for i in cursors.inherited["g.a"]] == [(T0, "m1"), (T0 + 10, "m1")]
+    assert [i.slot for i in cursors.to_audit(0.0)] == [T0, T0 + 10]
+    assert cursors.to_audit(60.0) == [], "each is checked only once its dispatch had time"
+    [won] = await cursors.claim([Due(job("a"), T0 + 20, RunTrigger.INTERVAL)])
+    carried = codec.unpack((await kv.get(key)).value or b"", "cursor")["unverified"]
+    assert [c["slot"] for c in carried] == [T0, T0 + 10], "handed on until audited"
+
+
+async def test_a_claim_of_this_master_before_it_stepped_down_is_inherited(nc: Client) -> None:
+    """The same master leading again (its lease lost to a nats-server restart) runs a new
+    scheduler: the previous one's last claim may never have been dispatched."""
+    kv = await _state(nc)
+    await kv.put(subjects.cursor_key("g.a"), _claim(T0, "m1", "x1"))
+    cursors = KvCursors(kv, js=nc.jetstream(), master_id="m1")
+    assert await cursors.load("g.a") == T0
+    assert [(i.slot, i.master) for i in cursors.inherited["g.a"]] == [(T0, "m1")]
+    await cursors.claim([Due(job("a"), T0 + 10, RunTrigger.INTERVAL)])
+    cursors.audited(cursors.to_audit(0.0))
+    assert await cursors.load("g.a") == T0 + 10
+    assert cursors.inherited == {}, "its own writes are not claims to check"
