@@ -21,6 +21,9 @@ withdrawal) before it records the run failed or asks the next agent; if the agen
 instead, its answer was only late: the run is taken there and asked of nobody else. So a
 dispatch the master gave up on never executes, and a load-balance run executes once.
 
+At most ``REQUESTS_PER_TARGET`` (256) requests are out to one agent or pool at once
+(``window.py``): a burst's later requests wait in the master, their timeout not yet running.
+
 Overlap of a load-balance job is cluster-wide (a lock in ``natsched_state``, held by the
 running run; see ``agent/locks.py``). For ``replace`` the master cancels the holder
 wherever it runs before dispatching; the new run waits on its agent for the lock.
@@ -35,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError
@@ -49,6 +53,7 @@ from natsched.master.accepted import AcceptedRuns
 from natsched.master.directory import AgentDirectory, load_balance_order, slave_targets
 from natsched.master.lease import LeaderLease
 from natsched.master.recording import record_failure
+from natsched.master.window import RequestWindows
 from natsched.models import Heartbeat, JobSpec, Mode, Overlap
 from natsched.runmessages import RunReply, RunRequest, decode_run_reply
 from natsched.subjects import lock_key
@@ -71,6 +76,7 @@ class Dispatcher:
         directory: AgentDirectory | None = None,
         timeout: float = REQUEST_TIMEOUT,
         lease: LeaderLease | None = None,
+        windows: RequestWindows | None = None,
     ) -> None:
         self._lease = lease
         self.on_dispatch: Callable[[float], None] = lambda seconds: None  # e.g. a metrics histogram
@@ -81,6 +87,7 @@ class Dispatcher:
         self.accepted = AcceptedRuns()  # until their own events are on record (for lost agents)
         self._timeout = timeout
         self._claims: KeyValue | None = None
+        self.windows = windows or RequestWindows()  # run requests out to each agent at once
 
     async def live_agents(self) -> list[Heartbeat]:
         return await self.directory.live()
@@ -257,11 +264,17 @@ class Dispatcher:
 
     async def _ask_once(self, target: _Target, request: RunRequest) -> RunReply:
         who = target.who
+        payload = request.encode()
+        await self.windows.enter(target.subject)  # its timeout runs from the send, not the wait
         try:
-            msg = await self._nc.request(target.subject, request.encode(), timeout=self._timeout)
+            msg: Msg | None = await self._nc.request(target.subject, payload, timeout=self._timeout)
         except NoRespondersError:  # nobody subscribed, so nobody got it: nothing to withdraw
             return RunReply(ok=False, agent=who, run_id=request.run_id, reason=OFFLINE)
         except NatsTimeoutError:
+            msg = None
+        finally:
+            self.windows.leave(target.subject)
+        if msg is None:
             return await self._withdraw(target, request)
         try:
             return decode_run_reply(msg.data)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,10 @@ class KvCursors:
     does not make 100k round trips before it fires anything); each job's first load is
     served from that read, later ones from the bucket. A stale revision only costs a CAS retry.
     ``on_claimed`` gets each slot the moment its own write is won: 1,000 jobs due at once
-    take ~0.35 s of cursor writes, and the first runs need not wait for the last writes.
+    take ~0.35 s of cursor writes, and the first runs need not wait for the last writes. When
+    it returns an awaitable, the next claim waits for it: claims keep pace with dispatches, so
+    a slot is not claimed long before it can be sent (a leader that dies leaves few claimed
+    slots unsent, all within the last moments ``SlotAudit`` looks at).
     """
 
     def __init__(
@@ -111,7 +115,7 @@ class KvCursors:
         js: JetStreamContext | None = None,
         may_claim: Callable[[], bool] = lambda: True,
         master_id: str = "",
-        on_claimed: Callable[[Due], object] = lambda due: None,
+        on_claimed: Callable[[Due], Awaitable[None] | None] = lambda due: None,
     ) -> None:
         self._state = state
         self._js = js
@@ -204,9 +208,16 @@ class KvCursors:
     async def _claim_in_order(self, slots: list[Due]) -> list[Due]:
         won = []
         for each in slots:
+            if not self._may_claim():
+                # The lease went while a burst was being claimed (its claims wait for its
+                # dispatches): the rest are the next leader's, not slots we would fire refused.
+                log.warning("%s slot %s not claimed: the lease is no longer held", each.spec.key, each.slot)
+                continue
             if await self._claim_one(each.spec.key, each.slot, each.trigger):
                 won.append(each)
-                self._on_claimed(each)
+                fired = self._on_claimed(each)
+                if inspect.isawaitable(fired):
+                    await fired  # back-pressure: the service has as many dispatches out as it allows
         return won
 
     async def _claim_one(self, key: str, slot: float, trigger: RunTrigger = RunTrigger.UNKNOWN) -> bool:
@@ -282,7 +293,7 @@ class MasterScheduler:
         self,
         index: JobIndex,
         state: KeyValue,
-        fire: Callable[[Due], object],
+        fire: Callable[[Due], Awaitable[None] | None],
         *,
         clock: Callable[[], float] = time.time,
         may_claim: Callable[[], bool] = lambda: True,

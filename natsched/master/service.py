@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 2.0  # SIGTERM to exit within 3 s, connected or not
+# Claimed slots being dispatched at once: a window's worth for two agents (window.py); the
+# claims of a larger burst wait for room, so they keep pace with what the agents take.
+DISPATCHING = 512
 RELEASE_TIMEOUT = 0.5
 
 
@@ -95,6 +98,7 @@ class MasterService(Service):
         self._lease_ttl = lease_ttl
         self._unresponsive_after = unresponsive_after
         self._leader_task: asyncio.Task[None] | None = None
+        self._dispatching = asyncio.Semaphore(DISPATCHING)
         self._secret_key = secret_key
         self._smtp = smtp
         self.notifier: Notifier | None = None
@@ -259,9 +263,12 @@ class MasterService(Service):
                 )
             )
 
-    def _fire(self, due: Due) -> None:
-        """A claimed slot: dispatch it in a task the service owns (the scheduler never waits on agents)."""
-        self.spawn(self._dispatch(due), name=f"dispatch-{due.spec.key}")
+    async def _fire(self, due: Due) -> None:
+        """A claimed slot: dispatched in a task the service owns. The scheduler never waits on
+        agents, only for room when ``DISPATCHING`` slots are out already (a burst of 10,000)."""
+        await self._dispatching.acquire()
+        task = self.spawn(self._dispatch(due), name="dispatch-slot")
+        task.add_done_callback(lambda _: self._dispatching.release())
 
     async def _dispatch(self, due: Due) -> None:
         assert self.holding is not None

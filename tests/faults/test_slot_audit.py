@@ -30,7 +30,7 @@ async def _leader_dies_after_a_claim(conn: ConnectionSettings, nc: Client, witne
     claimed: list[Due] = []
     died = asyncio.Event()
 
-    def claim_then_die(due: Due) -> None:
+    async def claim_then_die(due: Due) -> None:
         claimed.append(due)
         died.set()
 
