@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from natsched import codec, subjects
@@ -21,6 +21,7 @@ __all__ = ["RunEvent", "RunState", "RunTrigger", "new_run_id", "parse_event", "t
 
 OUTPUT_TAIL_BYTES = 4096
 MSG_ID_HEADER = "Nats-Msg-Id"
+_HOST = os.uname().nodename  # asked once: every event carries it
 
 
 def new_run_id() -> str:
@@ -48,7 +49,7 @@ class RunEvent:
     attempt: int = 1
     detail: dict[str, str] = field(default_factory=dict)  # e.g. {"file": "/in/a.csv"}
     at: float = field(default_factory=time.time)
-    host: str = field(default_factory=lambda: os.uname().nodename)
+    host: str = field(default_factory=lambda: _HOST)
 
     @property
     def duration(self) -> float | None:
@@ -65,7 +66,11 @@ class RunEvent:
         return f"{self.run_id}.{self.state.value}"
 
     def moved_to(self, state: RunState, **changes: Any) -> RunEvent:
-        return replace(self, state=state, at=time.time(), **changes)
+        # What dataclasses.replace does, without its per-field checks (half the time; three
+        # times per run on an agent). A name that is no field raises TypeError, as there.
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
+        data.update(changes, state=state, at=time.time())
+        return RunEvent(**data)
 
     def to_json(self) -> bytes:
         # Field by field, not dataclasses.asdict (a deep copy per event, on the hot path).

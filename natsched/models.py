@@ -224,7 +224,9 @@ class JobSpec:
     @property
     def key(self) -> str:
         """The job's key in the jobs bucket: ``<group>.<name>``."""
-        return subjects.job_key(self.group, self.name)
+        # Not subjects.job_key: both names were checked when the spec was made (it is frozen),
+        # and an agent asks for the key ~18 times per run.
+        return f"{self.group}.{self.name}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
