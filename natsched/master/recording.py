@@ -11,9 +11,9 @@ import time
 from nats.js import JetStreamContext
 
 from natsched import subjects
-from natsched.events import MSG_ID_HEADER, RunEvent, RunState
+from natsched.events import MSG_ID_HEADER, RunEvent, RunState, new_run_id
 from natsched.runmessages import RunReply, RunRequest
-from natsched.vocab import NO_AGENT
+from natsched.vocab import NO_AGENT, RunTrigger
 
 log = logging.getLogger(__name__)
 RECORD_FOR = 20.0  # seconds a master keeps trying to record an event it alone knows
@@ -56,5 +56,22 @@ async def record_failure(js: JetStreamContext, request: RunRequest | None, reply
         reason=reply.reason,
         attempt=request.attempt,
         detail=dict(request.detail),
+    )
+    await publish_event(js, event)
+
+
+async def record_unsent(
+    js: JetStreamContext, *, job: str, trigger: RunTrigger, scheduled_at: float | None, error: Exception
+) -> None:
+    """A claimed slot whose dispatch raised: recorded ``failed`` on agent ``none``, not left
+    silent (once its cursor is ours, no other master runs it and no audit looks at it)."""
+    event = RunEvent(
+        run_id=new_run_id(),
+        job=job,
+        agent=NO_AGENT,
+        state=RunState.FAILED,
+        trigger=trigger,
+        scheduled_at=scheduled_at,
+        reason=f"the master could not dispatch this run: {error!r}",
     )
     await publish_event(js, event)

@@ -37,6 +37,7 @@ from natsched.master.lease import DEFAULT_TTL, LeaderLease
 from natsched.master.locks import LockService
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.notify import Notifier
+from natsched.master.recording import record_unsent
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.master.secrets_api import SecretsApi
@@ -271,9 +272,15 @@ class MasterService(Service):
         task.add_done_callback(lambda _: self._dispatching.release())
 
     async def _dispatch(self, due: Due) -> None:
-        assert self.holding is not None
-        if await self.holding.admit(due.spec, HeldRun(trigger=due.trigger, scheduled_at=due.slot)):
-            await self._dispatch_now(due)
+        assert self.holding is not None and self.nc is not None
+        try:
+            if await self.holding.admit(due.spec, HeldRun(trigger=due.trigger, scheduled_at=due.slot)):
+                await self._dispatch_now(due)
+        except Exception as exc:  # noqa: BLE001 - NATS trouble mid-dispatch: the slot is ours to record
+            log.error("%s slot %s: dispatch failed: %r", due.spec.key, due.slot, exc)
+            await record_unsent(
+                self.nc.jetstream(), job=due.spec.key, trigger=due.trigger, scheduled_at=due.slot, error=exc
+            )
 
     async def _dispatch_now(self, due: Due) -> None:
         assert self.dispatcher is not None
