@@ -4,7 +4,8 @@ The lease is the key ``leader`` in ``natsched_state``: ``{"master", "term", "ren
 A master takes it with ``create`` (no lease yet) or, once it is expired or released, with
 ``update(last=revision)``; both are compare-and-set, so two standbys cannot both win.
 The leader renews it every ``ttl / 3`` with ``update(last=revision)``; a renewal that fails
-(someone else took it) or cannot be made for ``ttl`` ends its leadership at once.
+(someone else took it) or cannot be made for ``ttl`` ends its leadership at once. A
+renewal counts from when it was sent, not from when its answer was read.
 
 Expiry is judged by each standby on its own monotonic clock: a lease whose revision has
 not changed for ``ttl`` seconds is expired (no comparison of wall clocks across hosts).
@@ -139,6 +140,7 @@ class LeaderLease:
 
     async def _take(self, revision: int | None, term: int) -> None:
         value = codec.pack({"master": self.master_id, "term": term, "renewed": time.time()})
+        sent = self._clock()  # the lease runs from the write, not from its answer (see _renew)
         try:
             if revision is None:
                 new_revision = await self._kv.create(subjects.LEASE_KEY, value)
@@ -146,7 +148,7 @@ class LeaderLease:
                 new_revision = await self._kv.update(subjects.LEASE_KEY, value, last=revision)
         except KeyWrongLastSequenceError:
             return  # another standby was faster
-        self._revision, self._renewed_at = new_revision, self._clock()
+        self._revision, self._renewed_at = new_revision, sent
         self.term, self.leader = term, self.master_id
         self.is_leader.set()
         self.changed.set()
@@ -157,9 +159,12 @@ class LeaderLease:
             self._step_down(f"last renewal older than {self.ttl:g}s (frozen or cut off)")
             return
         value = codec.pack({"master": self.master_id, "term": self.term, "renewed": time.time()})
+        # Counted from before the write: standbys time the lease from when they see it land, and
+        # an answer read late (a freeze, a slow server) must not stretch it past their count.
+        sent = self._clock()
         try:
             self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=self._revision)
-            self._renewed_at = self._clock()
+            self._renewed_at = sent
         except KeyWrongLastSequenceError:
             self._step_down("another master took the lease")
 
