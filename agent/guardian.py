@@ -61,6 +61,7 @@ class Guardian:
         self._map: mmap.mmap | None = None
         self._slots: dict[int, int] = {}  # pgid -> its slot in the registry
         self._free: list[int] = []  # slots to reuse, the lowest last
+        self._exit_watch: tuple[asyncio.AbstractEventLoop, int] | None = None  # the guardian's pidfd
 
     @property
     def pid(self) -> int | None:
@@ -79,6 +80,32 @@ class Guardian:
             start_new_session=True,
             pass_fds=(self._fd,),
         )
+        self._watch_exit(self._process)
+
+    def _watch_exit(self, process: subprocess.Popen[bytes]) -> None:
+        """A guardian that exits (killed by someone) is replaced at once, seen through its pidfd
+        in the event loop: nothing to check per registration. Without a loop (or pidfds),
+        ``watch`` polls it instead."""
+        try:
+            loop = asyncio.get_running_loop()
+            pidfd = os.pidfd_open(process.pid)
+        except (RuntimeError, AttributeError, OSError):
+            return
+        loop.add_reader(pidfd, self._exited, process)
+        self._exit_watch = (loop, pidfd)
+
+    def _unwatch_exit(self) -> None:
+        if self._exit_watch is not None:
+            loop, pidfd = self._exit_watch
+            self._exit_watch = None
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    def _exited(self, process: subprocess.Popen[bytes]) -> None:
+        self._unwatch_exit()
+        if process is self._process:
+            process.wait()
+            self._restart(process)
 
     def _grow(self, slots: int) -> None:
         old = self._map
@@ -93,7 +120,7 @@ class Guardian:
         process = self._process
         if process is None or self._map is None:
             return
-        if process.returncode is not None or process.poll() is not None:
+        if self._exit_watch is None and process.poll() is not None:
             self._restart(process)  # killed by someone: a fresh one, before this job is counted on
         if not self._free:
             self._grow(2 * len(self._map) // SLOT.size)
@@ -119,6 +146,7 @@ class Guardian:
     async def close(self) -> None:
         """At a clean stop: the guardian kills what is still registered (nothing, normally) and exits."""
         process, self._process = self._process, None
+        self._unwatch_exit()  # its exit now is the end asked for, not one to repair
         if process is not None:
             if process.stdin is not None:
                 with contextlib.suppress(OSError):

@@ -16,28 +16,45 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 AGENT_SIDE = """
-import json, os, signal, subprocess, sys, time
+import asyncio, json, os, signal, subprocess, sys, time
 import agent.guardian as guardian_module
 guardian_module.FIRST_SLOTS = 2  # the registry grows twice below
-guardian = guardian_module.Guardian()
-guardian.start()
 def job():
     return subprocess.Popen(["sleep", "60"], start_new_session=True).pid
-watched = [job() for _ in range(5)]
-for pgid in watched:
-    guardian.watch(pgid)
-guardian.forget(watched[1])
-first = guardian.pid
-if sys.argv[1] == "kill-guardian":
+def register(guardian):
+    watched = [job() for _ in range(5)]
+    for pgid in watched:
+        guardian.watch(pgid)
+    guardian.forget(watched[1])
+    return watched
+def report(guardian, watched, first):
+    print(json.dumps({"kept": watched[1], "killed": [p for p in watched if p != watched[1]],
+                      "guardians": [first, guardian.pid]}), flush=True)
+    time.sleep(60)
+async def in_loop():  # the agent's case: the loop sees the guardian exit, no registration needed
+    guardian = guardian_module.Guardian()
+    guardian.start()
+    watched, first = register(guardian), guardian.pid
     os.kill(first, signal.SIGKILL)
-    os.waitpid(first, 0)  # gone for sure before the next registration
-    watched.append(job())
-    guardian.watch(watched[-1])
-print(json.dumps({"kept": watched[1], "killed": [p for p in watched if p != watched[1]],
-                  "guardians": [first, guardian.pid]}), flush=True)
-time.sleep(60)
+    async with asyncio.timeout(5):
+        while guardian.pid == first:
+            await asyncio.sleep(0.01)
+    report(guardian, watched, first)
+if sys.argv[1] == "kill-guardian-in-loop":
+    asyncio.run(in_loop())
+else:  # no event loop: a dead guardian is noticed at the next registration
+    guardian = guardian_module.Guardian()
+    guardian.start()
+    watched, first = register(guardian), guardian.pid
+    if sys.argv[1] == "kill-guardian":
+        os.kill(first, signal.SIGKILL)
+        os.waitpid(first, 0)  # gone for sure before the next registration
+        watched.append(job())
+        guardian.watch(watched[-1])
+    report(guardian, watched, first)
 """
 
 
@@ -89,8 +106,9 @@ async def test_the_groups_registered_die_with_the_agent_killed_9_and_a_forgotten
         cleanup(kept)
 
 
-async def test_a_guardian_killed_is_replaced_and_the_new_one_knows_every_group() -> None:
-    said = await crash_agent_side("kill-guardian")
+@pytest.mark.parametrize("mode", ["kill-guardian", "kill-guardian-in-loop"])
+async def test_a_guardian_killed_is_replaced_and_the_new_one_knows_every_group(mode: str) -> None:
+    said = await crash_agent_side(mode)
     kept, killed, guardians = said["kept"], said["killed"], said["guardians"]
     assert isinstance(kept, int) and isinstance(killed, list) and isinstance(guardians, list)
     try:
