@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 RECORD_FOR = 20.0  # seconds a master keeps trying to record an event it alone knows
 
 
-async def publish_event(js: JetStreamContext, event: RunEvent) -> None:
-    """An event the master records itself (a run that never reached an agent).
+async def publish_event(js: JetStreamContext, event: RunEvent) -> bool:
+    """An event the master records itself (a run that never reached an agent); False if not.
 
     Tried again for up to ``RECORD_FOR`` seconds: nobody else records it, and a run whose
     only trace this is would vanish (the events stream had no leader for seconds while a
@@ -31,11 +31,11 @@ async def publish_event(js: JetStreamContext, event: RunEvent) -> None:
     while True:
         try:
             await js.publish(event.subject, event.to_json(), headers={MSG_ID_HEADER: event.msg_id})
-            return
+            return True
         except Exception as exc:  # noqa: BLE001 - the reply still tells the caller
             if time.monotonic() + pause > deadline:
                 log.warning("could not record %s run %s: %r", event.state.value, event.run_id, exc)
-                return
+                return False
             log.info("recording %s run %s failed (%r); trying again", event.state.value, event.run_id, exc)
         await asyncio.sleep(pause)
         pause = min(2.0, pause * 2)

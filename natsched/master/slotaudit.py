@@ -26,7 +26,7 @@ from collections.abc import Callable
 from nats.js import JetStreamContext
 
 from natsched import codec, subjects
-from natsched.errors import CodecError
+from natsched.errors import CodecError, NotConnectedError
 from natsched.events import RunEvent, RunState
 from natsched.kvscan import read_stream, scan
 from natsched.master.dispatch import REQUEST_TIMEOUT
@@ -112,7 +112,8 @@ class SlotAudit:
             scheduled_at=inherited.slot,
             reason=reason,
         )
-        await publish_event(self._js, event)
+        if not await publish_event(self._js, event):  # kept for the next pass, not dropped
+            raise NotConnectedError(f"{inherited.job} slot {inherited.slot}: lost record not published")
 
     async def _events_since(self, since: float) -> set[tuple[str, float]]:
         """(job, slot) of every run event since ``since``."""
