@@ -9,8 +9,9 @@ natsched adds on top of the physics of that path is its own figure.
 Master and agents run as real processes (``natsched master``, ``natsched-agent``); this
 process is the client publishing to ``natsched.trigger.<job>``. The reply arrives when
 the process has started on the agent, so its round trip is "trigger -> started".
-The burst's floor is the agents alone: the same 1,000 run requests published at once by this
-client, straight to the agents (what they allow, with nothing of the master's in the path).
+The burst's floor is the agents alone: 1,000 run requests of jobs applied with the burst's,
+sent by this client straight to the agents as the master sends them (256 out to an agent at
+once): what the agents allow, with nothing of the master's in the path.
 Run: .venv/bin/python -m bench.dispatch_bench [--count 500] [--seconds 5] [--burst-only]
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -47,6 +49,8 @@ from natsched.claims import claim, open_claims
 from natsched.events import new_run_id, parse_event
 from natsched.jobfile import parse_job_document
 from natsched.kvscan import read_stream
+from natsched.master.window import REQUESTS_PER_TARGET
+from natsched.models import JobSpec
 from natsched.runmessages import RunRequest
 from natsched.vocab import RunTrigger
 
@@ -138,41 +142,43 @@ async def started_since(nc: Client, group: str, slot: float) -> list[float]:
     return late
 
 
-async def agents_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
-    """The agents' floor for a burst: ``jobs`` run requests of applied jobs, built beforehand,
-    published at once at a second's start by this client (no master in the path), half to
-    each agent.
-    p50 and last (started - that second) in ms, runs started."""
-    content = burst_file(jobs, None, "floor")
-    await apply_when_up(nc, content)  # the agents know these jobs, as they know the burst's
-    specs = parse_job_document(content, source="bench").jobs
-    await asyncio.sleep(5)  # every agent has cached them
+async def agents_burst(nc: Client, specs: tuple[JobSpec, ...], window: int) -> tuple[float, float, int]:
+    """The agents' floor for a burst: a run request for each of ``specs`` (applied jobs, each
+    run for the first time, as the burst's), built beforehand and sent from a second's start
+    by this client (no master in the path), ``window`` out to an agent at once as the master
+    sends them (the next sent as one is answered). p50 and last (started - that second) in ms,
+    runs started."""
     state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
     term = int(codec.unpack((await state.get(subjects.LEASE_KEY)).value or b"", "lease")["term"])
     slot = math.ceil(time.time()) + 1
-    requests = [
-        (
-            subjects.agent_run_subject(spec.targets.agents[0]),
-            RunRequest(
-                run_id=new_run_id(), spec=spec, trigger=RunTrigger.CRON, scheduled_at=slot, term=term
-            ).encode(),
+    queues: dict[str, collections.deque[tuple[int, bytes]]] = {}
+    for i, spec in enumerate(specs):
+        request = RunRequest(
+            run_id=new_run_id(), spec=spec, trigger=RunTrigger.CRON, scheduled_at=slot, term=term
         )
-        for spec in specs
-    ]
+        queues.setdefault(spec.targets.agents[0], collections.deque()).append((i, request.encode()))
+    agent_of = {i: agent for agent, queue in queues.items() for i, _ in queue}
     inbox = nc.new_inbox()
     answered = asyncio.Event()
     replies = 0
 
+    async def send_next(agent: str) -> None:
+        if queues[agent]:
+            i, payload = queues[agent].popleft()
+            await nc.publish(subjects.agent_run_subject(agent), payload, reply=f"{inbox}.{i}")
+
     async def on_reply(msg: Msg) -> None:
         nonlocal replies
         replies += 1
-        if replies == len(requests):
+        if replies == len(specs):
             answered.set()
+        await send_next(agent_of[int(msg.subject.rsplit(".", 1)[1])])
 
     sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
     await asyncio.sleep(slot - time.time())
-    for i, (subject, payload) in enumerate(requests):
-        await nc.publish(subject, payload, reply=f"{inbox}.{i}")
+    for agent in queues:
+        for _ in range(window):
+            await send_next(agent)
     async with asyncio.timeout(60):
         await answered.wait()
     await sub.unsubscribe()
@@ -181,18 +187,29 @@ async def agents_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
     return statistics.median(late), max(late), len(late)
 
 
-async def master_burst(nc: Client, jobs: int) -> tuple[float, float, int]:
-    """``jobs`` slave jobs due at the same second: p50 and last (started - slot) in ms, runs started."""
-    slot = math.ceil(time.time()) + 20  # applied, indexed and scheduled well before
-    body = json.dumps({"content": burst_file(jobs, slot), "source": "bench"}).encode()
+async def apply_checked(nc: Client, content: str) -> None:
+    body = json.dumps({"content": content, "source": "bench"}).encode()
     reply = json.loads((await nc.request(subjects.API_APPLY, body, timeout=60)).data)
     if not reply.get("ok"):
         raise RuntimeError(f"burst jobs not applied: {reply}")
-    if time.time() > slot - 1:
-        raise RuntimeError("applying the burst took past its slot; nothing to measure")
+
+
+async def bursts(nc: Client, jobs: int) -> tuple[tuple[float, float, int], tuple[float, float, int]]:
+    """``jobs`` slave jobs due at the same second, and the agents' floor for them (``jobs`` other
+    jobs, applied at the same time, sent by this client 14 s before): for each, p50 and last
+    (started - slot) in ms, and the runs started."""
+    slot = math.ceil(time.time()) + 30  # applied, indexed, scheduled and synced well before
+    floor_jobs = burst_file(jobs, None, "floor")
+    await apply_checked(nc, burst_file(jobs, slot))
+    await apply_checked(nc, floor_jobs)
+    if time.time() > slot - 16:
+        raise RuntimeError("applying the burst took past its floor's time; nothing to measure")
+    await asyncio.sleep(slot - 16 - time.time())
+    specs = parse_job_document(floor_jobs, source="bench").jobs
+    floor = await agents_burst(nc, specs, REQUESTS_PER_TARGET)
     await asyncio.sleep(slot + 15 - time.time())
     late = await started_since(nc, "burst", slot)
-    return statistics.median(late), max(late), len(late)
+    return (statistics.median(late), max(late), len(late)), floor
 
 
 async def claim_latency(nc: Client, count: int = 500) -> float:
@@ -222,11 +239,9 @@ def path_figures(p50: float, rtt50: float, create50: float, claim50: float, spaw
 
 
 async def burst_figures(nc: Client, rtt50: float) -> list[Figure]:
-    floor50, floor_last, floor_started = await agents_burst(nc, BURST)
-    await asyncio.sleep(5)  # the floor's runs have ended
-    burst50, last, started = await master_burst(nc, BURST)
+    (burst50, last, started), (floor50, floor_last, floor_started) = await bursts(nc, BURST)
     due = f"{BURST} slave jobs due at one second, 2 agents"
-    sent = f"{BURST} sent at once"
+    sent = f"{BURST} sent, {REQUESTS_PER_TARGET} out to each"
     return [
         Figure(f"{due}: p50 start", burst50, "ms", "agents' p50", floor50, "-", None),
         Figure(f"{due}: last start ({started} started)", last, "ms", "agents' last", floor_last, "-", None),
