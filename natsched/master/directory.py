@@ -37,12 +37,31 @@ def identity_of(hb: Heartbeat) -> AgentIdentity:
 
 def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
     """Every agent a slave run goes to: named ones (live or not), plus live ones matching tags/pools/*."""
-    names = [a for a in spec.targets.agents if a != ALL_AGENTS]
+    targets = spec.targets
+    if not targets.tags and not targets.pools and ALL_AGENTS not in targets.agents:
+        return list(dict.fromkeys(targets.agents))  # by name only: no heartbeat adds one
+    names = [a for a in targets.agents if a != ALL_AGENTS]
     for hb in live:
-        identity = identity_of(hb)
-        if identity.takes(spec.group, spec.targets):
+        if _identity(hb).takes(spec.group, targets):
             names.append(hb.agent)
     return list(dict.fromkeys(names))
+
+
+# Each live heartbeat's identity, built once (not per dispatch per agent: 50 agents made 50
+# identities with three frozensets each for every run of a tag-targeted job).
+_IDENTITIES: dict[int, tuple[Heartbeat, AgentIdentity]] = {}
+IDENTITIES = 4096
+
+
+def _identity(hb: Heartbeat) -> AgentIdentity:
+    cached = _IDENTITIES.get(id(hb))
+    if cached is not None and cached[0] is hb:  # held here, so its id is not reused meanwhile
+        return cached[1]
+    if len(_IDENTITIES) >= IDENTITIES:
+        _IDENTITIES.pop(next(iter(_IDENTITIES)))
+    identity = identity_of(hb)
+    _IDENTITIES[id(hb)] = (hb, identity)
+    return identity
 
 
 def load_balance_order(

@@ -1,4 +1,5 @@
-"""Bursts of due runs on the master: what is out at once is bounded, and nothing fails for it."""
+"""Bursts of due runs on the master: what is out at once is bounded, and nothing fails for it;
+who each run of a burst goes to."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from nats.js import api as js_api
 from natsched import codec, subjects
 from natsched.buckets import ensure_all
 from natsched.jobspec import parse_job
+from natsched.master.directory import slave_targets
 from natsched.master.dispatch import Dispatcher
 from natsched.master.scheduler import KvCursors
 from natsched.master.window import RequestWindows
-from natsched.models import JobSpec
+from natsched.models import Heartbeat, JobSpec
 from natsched.runmessages import RunReply
 from natsched.schedule import Due
 from natsched.vocab import RunTrigger
@@ -101,3 +103,37 @@ async def test_a_leader_that_loses_its_lease_mid_burst_claims_no_more_slots(nc: 
         claimed = await claiming
     assert [d.slot for d in claimed] == [T0 + 10]  # the slots after the lease went stay unclaimed
     assert await KvCursors(kv).load("b.same") == T0 + 10
+
+
+def beat(name: str, *, tags: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> Heartbeat:
+    return Heartbeat(
+        agent=name,
+        version="t",
+        protocol=1,
+        sent_at=0.0,
+        started_at=0.0,
+        load1=0.0,
+        cpu_percent=0.0,
+        memory_percent=0.0,
+        running=0,
+        max_concurrency=8,
+        tags=tags,
+        groups=groups,
+    )
+
+
+def test_slave_targets_by_name_tag_and_star_each_once() -> None:
+    """Who a slave run goes to (named agents need no heartbeat; tags and '*' only live ones
+    whose group filter admits the job), also when a tag's heartbeat changes between runs."""
+
+    def targets(**chosen: list[str]) -> list[str]:
+        spec = parse_job({"name": "j", "group": "g", "mode": "slave", "command": ["true"], "targets": chosen})
+        return slave_targets(spec, live)
+
+    live = [beat("a1", tags=("db",)), beat("a2"), beat("a3", tags=("db",), groups=("other",))]
+    assert targets(agents=["a2", "gone", "a2"]) == ["a2", "gone"]
+    assert targets(tags=["db"]) == ["a1"]  # a3 takes only the group "other"
+    assert targets(agents=["a1"], tags=["db"]) == ["a1"]
+    assert targets(agents=["*"]) == ["a1", "a2"]
+    live = [beat("a1"), beat("a2", tags=("db",))]  # a1 lost the tag, a2 has it now
+    assert targets(tags=["db"]) == ["a2"]
