@@ -5,7 +5,9 @@ A master takes it with ``create`` (no lease yet) or, once it is expired or relea
 ``update(last=revision)``; both are compare-and-set, so two standbys cannot both win.
 The leader renews it every ``ttl / 3`` with ``update(last=revision)``; a renewal that fails
 (someone else took it) or cannot be made for ``ttl`` ends its leadership at once. A
-renewal counts from when it was sent, not from when its answer was read.
+renewal counts from when it was sent, not from when its answer was read. A leader whose
+lease is not fresh claims nothing until a renewal lands (it still leads: the slots due
+meanwhile are claimed late) or fails (a standby took over: it steps down).
 
 Expiry is judged by each standby on its own monotonic clock: a lease whose revision has
 not changed for ``ttl`` seconds is expired (no comparison of wall clocks across hosts).
@@ -15,8 +17,9 @@ The ``term`` goes up by one with every change of leader and is the fencing token
 dispatch carries it, and agents refuse a term lower than one the lease showed them (or above
 the lease's: agent/fencing.py). A leader that
 was frozen (SIGSTOP, a VM pause) finds on waking that its last renewal is older than
-``ttl`` on the monotonic clock, which counts the frozen time, and stops scheduling before
-it claims anything. A graceful stop writes ``released`` so a standby takes over at once.
+``ttl`` on the monotonic clock, which counts the frozen time, and claims nothing until its
+renewal says whether it still leads (a standby that took over made it fail: it steps down).
+A graceful stop writes ``released`` so a standby takes over at once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from natsched.errors import CodecError
 
 log = logging.getLogger(__name__)
 DEFAULT_TTL = 5.0
+DECIDE_BOUND = 15.0  # longest wait for a renewal's outcome before a claim (see decided)
+DECIDE_POLL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +160,10 @@ class LeaderLease:
         log.info("master %s is the leader (term %d)", self.master_id, term)
 
     async def _renew(self) -> None:
-        if not self.held():
-            self._step_down(f"last renewal older than {self.ttl:g}s (frozen or cut off)")
-            return
+        # A renewal older than ttl (a freeze, NATS away) already stopped our claims (held() is
+        # false). Whether we still lead is the CAS's to say: it lands only if no standby took
+        # the lease meanwhile (a take-over changes the revision); a stale lease that nobody
+        # took is ours again, without a needless failover.
         value = codec.pack({"master": self.master_id, "term": self.term, "renewed": time.time()})
         # Counted from before the write: standbys time the lease from when they see it land, and
         # an answer read late (a freeze, a slow server) must not stretch it past their count.
@@ -167,6 +173,19 @@ class LeaderLease:
             self._renewed_at = sent
         except KeyWrongLastSequenceError:
             self._step_down("another master took the lease")
+
+    async def decided(self) -> bool:
+        """May this master claim now? True while the lease is fresh. Not fresh, but still the
+        leader (a renewal is out: NATS slow or restarting), it waits for that renewal's outcome:
+        a slot due meanwhile is claimed late if the renewal lands, rather than dropped while
+        this master goes on leading. False once leadership ended or changed hands, or after
+        ``DECIDE_BOUND`` (the renewal's own timeout ends it well before)."""
+        term, deadline = self.term, time.monotonic() + DECIDE_BOUND
+        while self.is_leader.is_set() and self.term == term and time.monotonic() < deadline:
+            if self.held():
+                return True
+            await asyncio.sleep(DECIDE_POLL)
+        return False
 
     def _step_down(self, why: str) -> None:
         log.warning("master %s is no longer the leader: %s", self.master_id, why)

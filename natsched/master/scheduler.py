@@ -114,6 +114,7 @@ class KvCursors:
         *,
         js: JetStreamContext | None = None,
         may_claim: Callable[[], bool] = lambda: True,
+        lease_decided: Callable[[], Awaitable[bool]] | None = None,
         master_id: str = "",
         on_claimed: Callable[[Due], Awaitable[None] | None] = lambda due: None,
     ) -> None:
@@ -121,6 +122,8 @@ class KvCursors:
         self._js = js
         self._on_claimed = on_claimed
         self._may_claim = may_claim
+        # Asked when ``may_claim`` says no: a lease not fresh may still be ours (a renewal out).
+        self._lease_decided = lease_decided
         self._master_id = master_id
         self._revisions: dict[str, int] = {}
         self._first_read: dict[str, KvValue] | None = None
@@ -182,7 +185,7 @@ class KvCursors:
 
     async def claim(self, due: Sequence[Due]) -> list[Due]:
         """Claim each slot; the CASes of different jobs run concurrently, one job's in order."""
-        if not self._may_claim():  # lease lost or stale (e.g. after a freeze): claim nothing
+        if not await self._claiming():  # lease lost (e.g. taken over during a freeze): claim nothing
             for each in due:
                 log.warning(
                     "%s slot %s not claimed: this master does not hold a fresh lease",
@@ -205,10 +208,18 @@ class KvCursors:
         claimed = {id(each) for each in won}
         return [each for each in due if id(each) in claimed]
 
+    async def _claiming(self) -> bool:
+        """May we claim? A lease that is not fresh while we still lead (a renewal out, NATS slow
+        or restarting) is waited on: dropped here, the slots due meanwhile would be lost
+        without a trace when the renewal lands and this scheduler goes on leading."""
+        if self._may_claim():
+            return True
+        return self._lease_decided is not None and await self._lease_decided()
+
     async def _claim_in_order(self, slots: list[Due]) -> list[Due]:
         won = []
         for each in slots:
-            if not self._may_claim():
+            if not await self._claiming():
                 # The lease went while a burst was being claimed (its claims wait for its
                 # dispatches): the rest are the next leader's, not slots we would fire refused.
                 log.warning("%s slot %s not claimed: the lease is no longer held", each.spec.key, each.slot)
@@ -297,12 +308,20 @@ class MasterScheduler:
         *,
         clock: Callable[[], float] = time.time,
         may_claim: Callable[[], bool] = lambda: True,
+        lease_decided: Callable[[], Awaitable[bool]] | None = None,
         js: JetStreamContext | None = None,
         master_id: str = "",
     ) -> None:
         self._index = index
         # Each slot is fired as soon as its own cursor write is won (not once a whole burst's are).
-        self.cursors = KvCursors(state, js=js, may_claim=may_claim, master_id=master_id, on_claimed=fire)
+        self.cursors = KvCursors(
+            state,
+            js=js,
+            may_claim=may_claim,
+            lease_decided=lease_decided,
+            master_id=master_id,
+            on_claimed=fire,
+        )
         self.core = Scheduler(Schedule(master_scheduled), self.cursors, self._lookup, self._fire, clock=clock)
 
     @property

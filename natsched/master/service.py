@@ -236,6 +236,7 @@ class MasterService(Service):
             self._fire,
             clock=self._clock,
             may_claim=self.lease.held,
+            lease_decided=self.lease.decided,
             js=self.nc.jetstream(),
             master_id=self.master_id,
         )
