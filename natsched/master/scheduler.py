@@ -50,10 +50,18 @@ def master_scheduled(spec: JobSpec) -> bool:
     return spec.enabled and spec.mode is not Mode.MIRROR and bool(time_triggers(spec))
 
 
-def _slot(value: bytes | None, key: str) -> float | None:
+def _cursor(value: bytes | None, key: str) -> dict[str, Any]:
+    """A cursor value decoded once ({} when it is not one)."""
     try:
-        return float(codec.unpack(value or b"", f"cursor {key}")["slot"])
-    except (CodecError, KeyError, TypeError, ValueError):
+        return codec.unpack(value or b"", f"cursor {key}")
+    except CodecError:
+        return {}
+
+
+def _slot(cursor: dict[str, Any]) -> float | None:
+    try:
+        return float(cursor["slot"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -76,23 +84,15 @@ class InheritedSlot:
         return cls(job, float(data["slot"]), float(data.get("at", 0.0)), str(data["master"]), trigger)
 
 
-def _claims_in(value: bytes | None, key: str) -> list[InheritedSlot]:
-    """The claims a cursor value holds: its writer's own, and those its writer carried unchecked
+def _claims_in(cursor: dict[str, Any], key: str) -> list[InheritedSlot]:
+    """The claims a cursor holds: its writer's own, and those its writer carried unchecked
     (``unverified``: carried along until a leader's SlotAudit has seen them)."""
     try:
-        data = codec.unpack(value or b"", f"cursor {key}")
-        carried = [InheritedSlot.decode(key, each) for each in data.get("unverified", [])]
-        own = [InheritedSlot.decode(key, data)] if data.get("master") else []
+        carried = [InheritedSlot.decode(key, each) for each in cursor.get("unverified", [])]
+        own = [InheritedSlot.decode(key, cursor)] if cursor.get("master") else []
         return carried + own
-    except (CodecError, KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return []
-
-
-def _nonce(value: bytes | None, key: str) -> str:
-    try:
-        return str(codec.unpack(value or b"", f"cursor {key}").get("by", ""))
-    except CodecError:
-        return ""
 
 
 class KvCursors:
@@ -157,15 +157,16 @@ class KvCursors:
 
     def _seen(self, key: str, value: bytes | None) -> float | None:
         """A cursor value as read: unless we wrote it, its claims are inherited (its slot returned)."""
-        if _nonce(value, key) != self._ours.get(key, "-"):
+        cursor = _cursor(value, key)
+        if cursor.get("by", "") != self._ours.get(key, "-"):
             known = self.inherited.setdefault(key, [])
-            for each in _claims_in(value, key):
+            for each in _claims_in(cursor, key):
                 if each not in known:
                     known.append(each)
                     self._noted[each] = time.monotonic()
             if not known:
                 del self.inherited[key]
-        return _slot(value, key)
+        return _slot(cursor)
 
     def to_audit(self, settle: float) -> list[InheritedSlot]:
         """The inherited claims met at least ``settle`` seconds ago (their dispatch had time)."""
@@ -292,7 +293,7 @@ class KvCursors:
             self._revisions[key] = 0
             return None
         self._revisions[key] = entry.revision or 0
-        if _nonce(entry.value, key) == nonce:
+        if _cursor(entry.value, key).get("by") == nonce:
             self._ours[key] = nonce
         return self._seen(key, entry.value)
 
