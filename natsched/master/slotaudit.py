@@ -22,6 +22,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -91,15 +93,22 @@ class SlotAudit:
         ]
         if not suspects:
             return []
-        traced = await self._events_since(min(i.at for i in suspects) - EARLY)
-        untraced = [i for i in suspects if (i.job, i.slot) not in traced and not await self._held(i)]
-        for each in untraced:
-            await self._record(each)
+        traces = await self._events_since(min(i.at for i in suspects) - EARLY)
+        untraced = []
+        for each in suspects:
+            trace = traces.get((each.job, each.slot))
+            missing = trace.missing() if trace is not None else None
+            if missing is None and await self._held(each):
+                continue
+            if missing != (0, 0):
+                untraced.append(each)
+                await self._record(each, missing)
         return untraced
 
-    async def _record(self, inherited: InheritedSlot) -> None:
+    async def _record(self, inherited: InheritedSlot, missing: tuple[int, int] | None) -> None:
+        what = "this slot" if missing is None else f"this slot on {missing[0]} of its {missing[1]} targets"
         reason = (
-            f"no record of this slot: master {inherited.master}, which claimed it, "
+            f"no record of {what}: master {inherited.master}, which claimed it, "
             "stopped leading before it dispatched it"
         )
         log.warning("%s slot %s: %s", inherited.job, inherited.slot, reason)
@@ -115,14 +124,15 @@ class SlotAudit:
         if not await publish_event(self._js, event):  # kept for the next pass, not dropped
             raise NotConnectedError(f"{inherited.job} slot {inherited.slot}: lost record not published")
 
-    async def _events_since(self, since: float) -> set[tuple[str, float]]:
-        """(job, slot) of every run event since ``since``."""
-        seen: set[tuple[str, float]] = set()
+    async def _events_since(self, since: float) -> dict[tuple[str, float], _Trace]:
+        """The trace of each (job, slot) in the run events since ``since``."""
+        seen: dict[tuple[str, float], _Trace] = {}
         async for msg in read_stream(self._js, subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS, since=since):
             try:
                 event = json.loads(msg.data)
                 if event.get("scheduled_at") is not None:
-                    seen.add((str(event["job"]), float(event["scheduled_at"])))
+                    key = (str(event["job"]), float(event["scheduled_at"]))
+                    seen.setdefault(key, _Trace()).add(event)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         return seen
@@ -137,3 +147,27 @@ class SlotAudit:
             except CodecError:
                 continue
         return False
+
+
+@dataclass(slots=True)
+class _Trace:
+    """A slot's events: a dispatch to several targets (a slave job's batch) leaves a trace only
+    when each target has one (its run's events, or its failure the master recorded)."""
+
+    whole: bool = False  # an event for the slot as a whole (one target, or agent none)
+    batches: dict[str, tuple[int, set[str]]] = field(default_factory=dict)  # batch -> size, agents
+
+    def add(self, event: dict[str, Any]) -> None:
+        detail = event.get("detail") or {}
+        batch, size = str(detail.get("batch", "")), int(detail.get("batch_size", "1") or 1)
+        if not batch or size <= 1 or event.get("agent") == NO_AGENT:
+            self.whole = True
+            return
+        self.batches.setdefault(batch, (size, set()))[1].add(str(event.get("agent", "")))
+
+    def missing(self) -> tuple[int, int]:
+        """(targets without a trace, targets) of the worst batch; (0, 0) when fully traced."""
+        if self.whole:
+            return (0, 0)
+        gaps = [(size - len(agents), size) for size, agents in self.batches.values() if len(agents) < size]
+        return max(gaps) if gaps else (0, 0)
