@@ -53,6 +53,7 @@ from natsched.master.accepted import AcceptedRuns
 from natsched.master.directory import AgentDirectory, load_balance_order, slave_targets
 from natsched.master.lease import LeaderLease
 from natsched.master.recording import record_failure
+from natsched.master.replies import Requester
 from natsched.master.window import RequestWindows
 from natsched.models import Heartbeat, JobSpec, Mode, Overlap
 from natsched.runmessages import RunReply, RunRequest, decode_run_reply
@@ -88,6 +89,7 @@ class Dispatcher:
         self._timeout = timeout
         self._claims: KeyValue | None = None
         self.windows = windows or RequestWindows()  # run requests out to each agent at once
+        self._requests = Requester(nc)
 
     async def live_agents(self) -> list[Heartbeat]:
         return await self.directory.live()
@@ -267,7 +269,7 @@ class Dispatcher:
         payload = request.encode()
         await self.windows.enter(target.subject)  # its timeout runs from the send, not the wait
         try:
-            msg: Msg | None = await self._nc.request(target.subject, payload, timeout=self._timeout)
+            msg: Msg | None = await self._requests.request(target.subject, payload, self._timeout)
         except NoRespondersError:  # nobody subscribed, so nobody got it: nothing to withdraw
             return RunReply(ok=False, agent=who, run_id=request.run_id, reason=OFFLINE)
         except NatsTimeoutError:

@@ -1,0 +1,36 @@
+"""The master's run requests (``natsched/master/replies.py``) on a real server: what nats-py's
+``request`` says, for less work per request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from natsched.master.replies import Requester
+
+
+async def test_replies_no_responders_and_timeouts_as_nats_py_says_them(nc: Client) -> None:
+    answer_late = asyncio.Event()
+
+    async def echo(msg: Msg) -> None:
+        if msg.data == b"late":
+            await answer_late.wait()
+        await msg.respond(msg.data.upper())
+
+    await nc.subscribe("svc.echo", cb=echo)
+    requests = Requester(nc)
+    async with asyncio.timeout(10):
+        asked = [requests.request("svc.echo", f"r{i}".encode(), 2) for i in range(50)]
+        replies = await asyncio.gather(*asked)
+        assert [m.data for m in replies] == [f"R{i}".encode() for i in range(50)]  # each its own
+        with pytest.raises(NoRespondersError):
+            await requests.request("svc.nobody", b"x", 2)
+        with pytest.raises(NatsTimeoutError):
+            await requests.request("svc.echo", b"late", 0.2)
+        answer_late.set()  # the late answer finds nobody waiting; the next request is unharmed
+        assert (await requests.request("svc.echo", b"next", 2)).data == b"NEXT"
