@@ -26,6 +26,7 @@ from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()  # every job gets it as $HOSTNAME
+NO_SECRETS = Masker(())  # a masker holds no state: most runs share this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ async def prepare_run(
             kill_grace=kill_grace,
         )
     except SecretError as exc:
-        return Prepared(event.run_id, None, Masker(()), str(exc))
+        return Prepared(event.run_id, None, NO_SECRETS, str(exc))
     return Prepared(event.run_id, process, masker)
 
 
@@ -111,7 +112,7 @@ async def prepare(
     # Secrets only from the definition's env (never argv: see natsched/secrets.py); a
     # trigger's env or args are passed as they are.
     job_env = {**(group.env if group else {}), **spec.env}
-    masker = Masker(())
+    masker = NO_SECRETS
     secret_values: list[str] = []
     wanted = references(job_env.values())
     if wanted:

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiosqlite
 from nats.aio.client import Client
 
-from agent.outbox import EventOutbox
+from agent.outbox import EventOutbox, _stored
 from natsched import subjects
 from natsched.buckets import ensure_all
 from natsched.events import RunEvent, RunState
@@ -62,3 +62,13 @@ async def test_events_are_stored_once_in_order_and_kept_while_no_stream_takes_th
 
 async def _depth_is(outbox: EventOutbox, depth: int) -> bool:
     return outbox.depth == depth
+
+
+def test_only_an_ack_with_a_sequence_and_no_error_counts_as_stored() -> None:
+    # As nats-server 2.15 answers: stored, stored before (a resend), refused (the stream is
+    # full, discard new), no stream at all (an empty 503 reply).
+    assert _stored(b'{"stream":"NATSCHED_EVENTS","seq":1}')
+    assert _stored(b'{"stream":"NATSCHED_EVENTS","seq":1,"duplicate": true}')
+    refused = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},'
+    assert not _stored(refused + b'"stream":"NATSCHED_EVENTS","seq":0}')
+    assert not _stored(b"")
