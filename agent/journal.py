@@ -38,7 +38,7 @@ from pathlib import Path
 
 from natsched import codec
 from natsched.errors import CodecError
-from natsched.events import RunEvent, RunState, parse_event
+from natsched.events import RunEvent, RunState, parse_record
 from natsched.models import JobSpec
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,11 @@ class RunJournal:
             self._write(_SETTLE, (job, slot))
 
     def started(self, event: RunEvent, *, locked: bool = False, data: bytes | None = None) -> None:
-        """``data``: the event's JSON when the caller has it already."""
+        """``data``: the event's record (:meth:`RunEvent.to_record`, or its JSON) when the
+        caller has it already; else its record is made here (before a spawn: the cheap one)."""
         self._held.add(event.run_id)
         launch = codec.pack({"locked": True}) if locked else None
-        self._write(_UPSERT, (event.run_id, event.state.value, data or event.to_json(), launch))
+        self._write(_UPSERT, (event.run_id, event.state.value, data or event.to_record(), launch))
         self.settle_slot(event.job, event.scheduled_at)
 
     def spawned(self, event: RunEvent, *, locked: bool = False, data: bytes | None = None) -> None:
@@ -164,7 +165,7 @@ class RunJournal:
         if event.run_id not in self._held:
             return  # ended already, or never recorded started: nothing to add a pid to
         launch = codec.pack({"locked": True}) if locked else None
-        self._pids[event.run_id] = (event.run_id, event.state.value, data or event.to_json(), launch)
+        self._pids[event.run_id] = (event.run_id, event.state.value, data or event.to_record(), launch)
         if self._pid_timer is None:
             with contextlib.suppress(RuntimeError):  # no loop: the next flush takes it
                 self._pid_timer = asyncio.get_running_loop().call_later(PID_DELAY, self.flush_now)
@@ -172,7 +173,7 @@ class RunJournal:
     def queued(self, event: RunEvent, spec: JobSpec, args: tuple[str, ...], env: Mapping[str, str]) -> None:
         self._held.add(event.run_id)
         launch = codec.pack({"spec": codec.encode_job(spec), "args": list(args), "env": dict(env)})
-        self._write(_UPSERT, (event.run_id, event.state.value, event.to_json(), launch))
+        self._write(_UPSERT, (event.run_id, event.state.value, event.to_record(), launch))
         self.settle_slot(event.job, event.scheduled_at)
 
     async def ended(self, run_id: str) -> None:
@@ -256,7 +257,7 @@ class RunJournal:
 
 
 def _held_run(event_json: bytes, launch: bytes | None) -> HeldRun:
-    event = parse_event(event_json, None)  # our own record, not received from anyone
+    event = parse_record(event_json)  # our own record, not received from anyone
     if launch is None:
         return HeldRun(event)
     data = codec.unpack(launch, "held run")

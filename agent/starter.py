@@ -51,7 +51,7 @@ class DueRun:
     event: RunEvent  # its first event (queued)
     ready: Prepared
     plain: bool  # nothing holds it and it starts with posix_spawn: start_together may start it
-    started: RunEvent  # its journal row before the spawn, and that row's JSON
+    started: RunEvent  # its journal row before the spawn, and that row's record
     row: bytes
     output: RunOutput
 
@@ -172,7 +172,7 @@ class RunStarter:
         )
         started = event.moved_to(RunState.STARTED, started_at=event.scheduled_at or time.time())
         output = self._output(spec, event, ready.masker)
-        return DueRun(spec, spec.key, event, ready, plain, started, started.to_json(), output)
+        return DueRun(spec, spec.key, event, ready, plain, started, started.to_record(), output)
 
     async def start_together(self, runs: list[DueRun]) -> list[int]:
         """Start runs due at the same instant back to back, with no turn of the event loop

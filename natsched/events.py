@@ -17,7 +17,7 @@ from natsched import codec, subjects
 from natsched.errors import CodecError
 from natsched.vocab import RunState, RunTrigger, run_trigger
 
-__all__ = ["RunEvent", "RunState", "RunTrigger", "new_run_id", "parse_event", "tail_text"]
+__all__ = ["RunEvent", "RunState", "RunTrigger", "new_run_id", "parse_event", "parse_record", "tail_text"]
 
 OUTPUT_TAIL_BYTES = 4096
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -72,6 +72,14 @@ class RunEvent:
         data.update(changes, state=state, at=time.time())
         return RunEvent(**data)
 
+    def to_record(self) -> bytes:
+        """The event for this host's own records (the agent's run journal): msgpack, several
+        times cheaper to encode than JSON, read back by :func:`parse_record`."""
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
+        data["state"] = self.state.value
+        data["trigger"] = self.trigger.value
+        return codec.pack(data)
+
     def to_json(self) -> bytes:
         # Field by field, not dataclasses.asdict (a deep copy per event, on the hot path).
         data = {name: getattr(self, name) for name in _EVENT_FIELDS}
@@ -124,6 +132,20 @@ def parse_event(data: bytes, subject: str | None) -> RunEvent:
     """
     obj = codec.from_json(data, "run event", require_version=True)
     obj.pop("duration", None)
+    return _event_from(obj, subject)
+
+
+def parse_record(data: bytes) -> RunEvent:
+    """A RunEvent from its :meth:`RunEvent.to_record` (or, as older records are, its JSON)."""
+    if data[:1] == b"{":
+        return parse_event(data, None)
+    obj = codec.unpack(data, "run record")
+    obj.pop(codec.VERSION_KEY)
+    return _event_from(obj, None)
+
+
+def _event_from(obj: dict[str, Any], subject: str | None) -> RunEvent:
+    """The event of a decoded body, every field checked (see :func:`parse_event`)."""
     try:
         for name, value in obj.items():
             allowed = _TYPES.get(name)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agent.outbox import EventOutbox
 from agent.output import LogStreamer
 from agent.recovery import Recovery
 from agent.runner import ProcessRunner
+from natsched.events import RunEvent, RunState
 from natsched.jobspec import parse_job
 from natsched.models import JobSpec
 from natsched.vocab import RunTrigger
@@ -138,3 +140,32 @@ async def test_a_running_run_s_pid_reaches_the_journal_on_its_own_within_pid_del
         finally:
             os.killpg(started.pid, signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*executor._waiters), 5)
+
+
+async def test_rows_of_both_forms_are_read_back_whole(tmp_path: Path) -> None:
+    """Rows are msgpack records now; a row an older agent wrote (JSON) is still read, so an
+    upgrade in the middle of a run still reports it."""
+    event = RunEvent(
+        run_id="r1",
+        job="jr.j",
+        agent="a1",
+        state=RunState.STARTED,
+        trigger=RunTrigger.MANUAL,
+        scheduled_at=12.5,
+        started_at=13.0,
+        pid=4242,
+        detail={"file": "/in/a.csv"},
+    )
+    older = event.moved_to(RunState.STARTED, pid=4343)
+    path = tmp_path / "runs.sqlite"
+    journal = RunJournal(path)
+    assert await journal.open() == []
+    journal.started(event)  # its record
+    journal.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO held_runs (run_id, state, event) VALUES (?, ?, ?)",
+            ("r2", "started", older.to_json().replace(b'"r1"', b'"r2"')),
+        )
+    held = await RunJournal(path).open()
+    assert [h.event for h in held] == [event, replace(older, run_id="r2")]
