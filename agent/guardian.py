@@ -98,7 +98,8 @@ class Guardian:
         if self._exit_watch is not None:
             loop, pidfd = self._exit_watch
             self._exit_watch = None
-            loop.remove_reader(pidfd)
+            if not loop.is_closed():  # a guardian outliving its loop (a plain caller's close)
+                loop.remove_reader(pidfd)
             os.close(pidfd)
 
     def _exited(self, process: subprocess.Popen[bytes]) -> None:
