@@ -104,7 +104,7 @@ class RunJournal:
         self._soon: asyncio.Handle | None = None  # the commit of the next turn, once scheduled
         self._pid_timer: asyncio.TimerHandle | None = None
         self._held: set[str] = set()  # run ids with a row: only their end costs a commit
-        self._ends: asyncio.Event | None = None  # set once the ends queued now are committed
+        self._turn: asyncio.Event | None = None  # set once the writes queued now are committed
         self._since_checkpoint = 0
         self.unlaunched: list[ClaimedSlot] = []  # left by the previous start (see ClaimedSlot)
 
@@ -177,27 +177,33 @@ class RunJournal:
         self.settle_slot(event.job, event.scheduled_at)
 
     async def ended(self, run_id: str) -> None:
-        """Forget the run; returns once that is committed (a failure is logged, not raised).
-
-        Runs that end together share one commit (group commit): the first end schedules it
-        for the next turn of the loop, and every end queued until then waits for that one.
-        """
+        """Forget the run; returns once that is committed (a failure is logged, not raised)."""
         if run_id not in self._held:
             return
         self._held.discard(run_id)
         self._pids.pop(run_id, None)  # its row goes: its pid need not be written first
         self._write(_DELETE, (run_id,))
-        committed = self._ends
-        if committed is None:
-            committed = self._ends = asyncio.Event()
-            asyncio.get_running_loop().call_soon(self._commit_ends)
-        await committed.wait()
+        await self.committed()
 
-    def _commit_ends(self) -> None:
-        committed, self._ends = self._ends, None
+    async def committed(self) -> None:
+        """Returns once everything queued so far is committed (a failure is logged, not raised).
+
+        Group commit: the first caller schedules the commit for the next turn of the loop, and
+        every write queued until then goes in it: runs that start or end together (their
+        processes exited in one turn, their claims came back in one read) share one commit
+        instead of paying one each (~70 us of the loop apiece at 32 runs in flight).
+        """
+        turn = self._turn
+        if turn is None:
+            turn = self._turn = asyncio.Event()
+            asyncio.get_running_loop().call_soon(self._commit_turn)
+        await turn.wait()
+
+    def _commit_turn(self) -> None:
+        turn, self._turn = self._turn, None
         self.flush_now()
-        if committed is not None:
-            committed.set()
+        if turn is not None:
+            turn.set()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         """Queued for the next commit: a caller's flush, else the next turn of the loop's.

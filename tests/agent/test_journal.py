@@ -169,3 +169,25 @@ async def test_rows_of_both_forms_are_read_back_whole(tmp_path: Path) -> None:
         )
     held = await RunJournal(path).open()
     assert [h.event for h in held] == [event, replace(older, run_id="r2")]
+
+
+async def test_a_start_cancelled_while_its_row_waits_for_the_shared_commit_still_runs_and_is_closed(
+    tmp_path: Path,
+) -> None:
+    """With other runs going, a start's row waits one turn for a commit shared with the runs
+    starting in that turn. A cancellation then must not leave a committed row without its run
+    (the next start would report lost a run that never ran): the run starts, ends, is recorded."""
+    async with JobCache(tmp_path / "cache.sqlite") as cache:
+        executor, _ = await executor_on(cache)
+        going = await executor.launch(spec(0.5, "allow"), trigger=RunTrigger.MANUAL)
+        starting = asyncio.create_task(executor.launch(spec(0.1, "allow"), trigger=RunTrigger.MANUAL))
+        await asyncio.sleep(0)  # the second start is waiting for the commit of its row
+        starting.cancel()
+        results = await asyncio.gather(starting, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError), "the caller is cancelled all the same"
+        async with asyncio.timeout(10):
+            await asyncio.gather(*executor._waiters)
+        states = sorted((e["run_id"] == going.run_id, e["state"]) for e in await events(executor))
+        assert states == [(False, "started"), (False, "succeeded"), (True, "started"), (True, "succeeded")]
+        assert executor.journal is not None
+        assert await executor.journal.open() == [], "no row left behind"
