@@ -89,7 +89,7 @@ class Dispatcher:
         self._timeout = timeout
         self._claims: KeyValue | None = None
         self.windows = windows or RequestWindows()  # run requests out to each agent at once
-        self._requests = Requester(nc)
+        self.requests = Requester(nc)  # also the leader's cursor writes (KvUpdates)
 
     async def live_agents(self) -> list[Heartbeat]:
         return await self.directory.live()
@@ -269,7 +269,7 @@ class Dispatcher:
         payload = request.encode()
         await self.windows.enter(target.subject)  # its timeout runs from the send, not the wait
         try:
-            msg: Msg | None = await self._requests.request(target.subject, payload, self._timeout)
+            msg: Msg | None = await self.requests.request(target.subject, payload, self._timeout)
         except NoRespondersError:  # nobody subscribed, so nobody got it: nothing to withdraw
             return RunReply(ok=False, agent=who, run_id=request.run_id, reason=OFFLINE)
         except NatsTimeoutError:

@@ -117,8 +117,11 @@ class KvCursors:
         lease_decided: Callable[[], Awaitable[bool]] | None = None,
         master_id: str = "",
         on_claimed: Callable[[Due], Awaitable[None] | None] = lambda due: None,
+        update: Callable[[str, bytes, int], Awaitable[int]] | None = None,
     ) -> None:
         self._state = state
+        # The compare-and-set write of a claim: KeyValue.update, or the same over leaner requests.
+        self._update = update or (lambda key, value, last: state.update(key, value, last=last))
         self._js = js
         self._on_claimed = on_claimed
         self._may_claim = may_claim
@@ -262,9 +265,7 @@ class KvCursors:
                     }
                 )
                 try:
-                    self._revisions[key] = await self._state.update(
-                        subjects.cursor_key(key), value, last=revision
-                    )
+                    self._revisions[key] = await self._update(subjects.cursor_key(key), value, revision)
                     self._ours[key] = nonce
                     return True
                 except KeyWrongLastSequenceError:
@@ -312,6 +313,7 @@ class MasterScheduler:
         lease_decided: Callable[[], Awaitable[bool]] | None = None,
         js: JetStreamContext | None = None,
         master_id: str = "",
+        update: Callable[[str, bytes, int], Awaitable[int]] | None = None,
     ) -> None:
         self._index = index
         # Each slot is fired as soon as its own cursor write is won (not once a whole burst's are).
@@ -322,6 +324,7 @@ class MasterScheduler:
             lease_decided=lease_decided,
             master_id=master_id,
             on_claimed=fire,
+            update=update,
         )
         self.core = Scheduler(Schedule(master_scheduled), self.cursors, self._lookup, self._fire, clock=clock)
 

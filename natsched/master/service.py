@@ -38,6 +38,7 @@ from natsched.master.locks import LockService
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.notify import Notifier
 from natsched.master.recording import record_unsent
+from natsched.master.replies import KvUpdates
 from natsched.master.retries import RetryFollower
 from natsched.master.scheduler import Due, MasterScheduler
 from natsched.master.secrets_api import SecretsApi
@@ -226,6 +227,7 @@ class MasterService(Service):
         so the slots of the gap follow each job's misfire policy."""
         assert self.lease is not None and self.chains is not None and self.lost is not None
         assert self.index is not None and self.holding is not None and self.nc is not None
+        assert self.dispatcher is not None
         if not self.lease.is_leader.is_set():
             # Started again by keep_running after a step-down whose cancellation Python 3.11's
             # TaskGroup turned into the errors of the duties below (see JobSync.stopping).
@@ -239,6 +241,7 @@ class MasterService(Service):
             lease_decided=self.lease.decided,
             js=self.nc.jetstream(),
             master_id=self.master_id,
+            update=KvUpdates(self.dispatcher.requests, subjects.STATE_BUCKET).update,
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run())

@@ -10,8 +10,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api as js_api
+from nats.js.errors import KeyWrongLastSequenceError
 
-from natsched.master.replies import Requester
+from natsched.master.replies import KvUpdates, Requester
 
 
 async def test_replies_no_responders_and_timeouts_as_nats_py_says_them(nc: Client) -> None:
@@ -34,3 +36,21 @@ async def test_replies_no_responders_and_timeouts_as_nats_py_says_them(nc: Clien
             await requests.request("svc.echo", b"late", 0.2)
         answer_late.set()  # the late answer finds nobody waiting; the next request is unharmed
         assert (await requests.request("svc.echo", b"next", 2)).data == b"NEXT"
+
+
+async def test_kv_updates_answer_as_key_value_update(nc: Client) -> None:
+    """A compare-and-set write: the new revision, or the key moved on (also for a first write
+    of a key that exists), the same as nats-py's ``KeyValue.update`` on the same bucket."""
+    kv = await nc.jetstream().create_key_value(js_api.KeyValueConfig(bucket="cas_test"))
+    updates = KvUpdates(Requester(nc), "cas_test")
+    async with asyncio.timeout(10):
+        first = await updates.update("cursor.g.j", b"1", None)  # None: the key must not exist
+        assert (await kv.get("cursor.g.j")).revision == first
+        second = await updates.update("cursor.g.j", b"2", first)
+        assert second > first and (await kv.get("cursor.g.j")).value == b"2"
+        for stale in (first, None):
+            with pytest.raises(KeyWrongLastSequenceError):
+                await updates.update("cursor.g.j", b"3", stale)
+            with pytest.raises(KeyWrongLastSequenceError):
+                await kv.update("cursor.g.j", b"3", last=stale)
+        assert (await kv.get("cursor.g.j")).value == b"2"  # nothing written by the refused ones
