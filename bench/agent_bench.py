@@ -131,8 +131,10 @@ def lateness_figures(starts: list[tuple[float, float]], jobs: int, spawn_ms: flo
     ]
 
 
-async def runs_per_second(url: str, seconds: float, concurrency: int) -> float:
-    """Runs of /bin/true through the agent's executor (process, events to JetStream), per second."""
+async def runs_per_second(url: str, seconds: float, concurrency: int) -> tuple[float, float]:
+    """Runs of /bin/true through the agent's executor (process, events to JetStream), per
+    second, and the agent's CPU per run (ms: this process, where the agent runs; steadier
+    than the rate on a machine others share, as it does not count the time waited for a CPU)."""
     spec = parse_job(
         {"name": "true", "group": "benchruns", "command": ["/bin/true"], "targets": {"agents": ["*"]}}
     )
@@ -155,9 +157,9 @@ async def runs_per_second(url: str, seconds: float, concurrency: int) -> float:
                         await run.done.wait()
                     done += 1
 
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return done / (time.perf_counter() - start)
+            return done / (time.perf_counter() - start), (time.process_time() - cpu) / done * 1000
 
 
 def idle_rss(url: str, jobs_dir: Path) -> float:
@@ -193,7 +195,7 @@ async def main(duration: float, cron_jobs: list[int], run_seconds: float) -> Non
             figures += lateness_figures(starts, jobs, spawn_start_floor())
         for concurrency in (1, 32):
             spawn = await spawn_floor()  # just before: the machine's load changes over minutes
-            rate = await runs_per_second(srv.url, run_seconds, concurrency)
+            rate, cpu = await runs_per_second(srv.url, run_seconds, concurrency)
             figures.append(
                 Figure(
                     f"runs/s /bin/true, 1 agent, {concurrency} in flight",
@@ -205,6 +207,8 @@ async def main(duration: float, cron_jobs: list[int], run_seconds: float) -> Non
                     rate >= 0.9 * 1000 / spawn,
                 )
             )
+            per_run = f"agent CPU per run, {concurrency} in flight"
+            figures.append(Figure(per_run, cpu, "ms", "spawn+wait ms", spawn, "-", None))
         with tempfile.TemporaryDirectory() as tmp:
             await put_jobs(
                 nc,
