@@ -12,7 +12,7 @@ the process has started on the agent, so its round trip is "trigger -> started".
 The burst's floor is the agents alone: 1,000 run requests of jobs applied with the burst's,
 sent by this client straight to the agents as the master sends them (256 out to an agent at
 once): what the agents allow, with nothing of the master's in the path.
-Run: .venv/bin/python -m bench.dispatch_bench [--count 500] [--seconds 5] [--burst-only]
+Run: .venv/bin/python -m bench.dispatch_bench [--count 500] [--seconds 5] [--burst-only] [--burst 1000]
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ async def agents_burst(nc: Client, specs: tuple[JobSpec, ...], window: int) -> t
     for agent in queues:
         for _ in range(window):
             await send_next(agent)
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(60 + len(specs) / 100):
         await answered.wait()
     await sub.unsubscribe()
     await asyncio.sleep(3)  # the last started events are on record
@@ -198,16 +198,18 @@ async def bursts(nc: Client, jobs: int) -> tuple[tuple[float, float, int], tuple
     """``jobs`` slave jobs due at the same second, and the agents' floor for them (``jobs`` other
     jobs, applied at the same time, sent by this client 14 s before): for each, p50 and last
     (started - slot) in ms, and the runs started."""
-    slot = math.ceil(time.time()) + 30  # applied, indexed, scheduled and synced well before
+    # Applied, indexed, scheduled and synced well before; the runs of a bigger burst take longer.
+    lead, tail = 30 + jobs / 250, 15 + jobs / 500
+    slot = math.ceil(time.time() + lead)
     floor_jobs = burst_file(jobs, None, "floor")
     await apply_checked(nc, burst_file(jobs, slot))
     await apply_checked(nc, floor_jobs)
-    if time.time() > slot - 16:
+    if time.time() > slot - 16 - jobs / 500:
         raise RuntimeError("applying the burst took past its floor's time; nothing to measure")
-    await asyncio.sleep(slot - 16 - time.time())
+    await asyncio.sleep(slot - 16 - jobs / 500 - time.time())
     specs = parse_job_document(floor_jobs, source="bench").jobs
     floor = await agents_burst(nc, specs, REQUESTS_PER_TARGET)
-    await asyncio.sleep(slot + 15 - time.time())
+    await asyncio.sleep(slot + tail - time.time())
     late = await started_since(nc, "burst", slot)
     return (statistics.median(late), max(late), len(late)), floor
 
@@ -238,10 +240,10 @@ def path_figures(p50: float, rtt50: float, create50: float, claim50: float, spaw
     ]
 
 
-async def burst_figures(nc: Client, rtt50: float) -> list[Figure]:
-    (burst50, last, started), (floor50, floor_last, floor_started) = await bursts(nc, BURST)
-    due = f"{BURST} slave jobs due at one second, 2 agents"
-    sent = f"{BURST} sent, {REQUESTS_PER_TARGET} out to each"
+async def burst_figures(nc: Client, rtt50: float, jobs: int = BURST) -> list[Figure]:
+    (burst50, last, started), (floor50, floor_last, floor_started) = await bursts(nc, jobs)
+    due = f"{jobs} slave jobs due at one second, 2 agents"
+    sent = f"{jobs} sent, {REQUESTS_PER_TARGET} out to each"
     return [
         Figure(f"{due}: p50 start", burst50, "ms", "agents' p50", floor50, "-", None),
         Figure(f"{due}: last start ({started} started)", last, "ms", "agents' last", floor_last, "-", None),
@@ -258,13 +260,15 @@ async def burst_figures(nc: Client, rtt50: float) -> list[Figure]:
     ]
 
 
-async def measure(url: str, count: int, seconds: float, burst_only: bool = False) -> list[Figure]:
+async def measure(
+    url: str, count: int, seconds: float, burst_only: bool = False, burst: int = BURST
+) -> list[Figure]:
     nc = await nats.connect(url)
     await apply_when_up(nc, JOBS)
     await wait_ready(nc)
     rtt50, rtt99 = await request_reply_floor(nc)
     if burst_only:
-        figures = await burst_figures(nc, rtt50)
+        figures = await burst_figures(nc, rtt50, burst)
         await nc.close()
         return figures
     create50, _ = await kv_create_floor(nc)
@@ -272,7 +276,7 @@ async def measure(url: str, count: int, seconds: float, burst_only: bool = False
     spawn50 = spawn_start_floor()
     p50, p99 = await trigger_latency(nc, count)
     rate = await dispatched_rate(nc, seconds, 64)
-    bursts = await burst_figures(nc, rtt50)
+    bursts = await burst_figures(nc, rtt50, burst)
     await nc.close()
     return [
         *bursts,
@@ -293,12 +297,12 @@ async def measure(url: str, count: int, seconds: float, burst_only: bool = False
     ]
 
 
-def main(count: int, seconds: float, burst_only: bool = False) -> None:
+def main(count: int, seconds: float, burst_only: bool = False, burst: int = BURST) -> None:
     with server() as srv, services(srv.url, AGENT_ENV) as running:
         running.master()
         running.agent("b1", "--pool", "bench")
         running.agent("b2", "--pool", "bench")
-        figures = asyncio.run(measure(srv.url, count, seconds, burst_only))
+        figures = asyncio.run(measure(srv.url, count, seconds, burst_only, burst))
     report("natsched dispatch", figures, "dispatch")
 
 
@@ -306,7 +310,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--burst-only", action="store_true", help="only the 1,000 due at one second")
+    parser.add_argument("--burst-only", action="store_true", help="only the jobs due at one second")
+    parser.add_argument("--burst", type=int, default=BURST, help="slave jobs due at one second")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    main(args.count, args.seconds, args.burst_only)
+    main(args.count, args.seconds, args.burst_only, args.burst)
