@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -15,6 +17,34 @@ def job(name: str, **fields: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"name": name, "command": ["true"], "targets": {"agents": ["*"]}}
     data.update(fields)
     return data
+
+
+def every_second_tick(witness: Path) -> dict[str, Any]:
+    """``tick``: a slave job on agent s1 every second (missed slots all run) that appends its run
+    id to ``witness``: the fault tests' count of real executions per slot."""
+    return job(
+        "tick",
+        mode="slave",
+        targets={"agents": ["s1"]},
+        command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
+        triggers=[{"every": "1s"}],
+        misfire="run-all",
+        misfire_cap=300,
+    )
+
+
+def executed(witness: Path) -> list[str]:
+    """The run ids a witness file holds, one per real execution."""
+    return witness.read_text().split() if witness.exists() else []
+
+
+def executed_at_least(witness: Path, count: int) -> Callable[[], Awaitable[bool]]:
+    """For ``eventually``: has ``witness`` seen ``count`` executions yet?"""
+
+    async def check() -> bool:
+        return len(executed(witness)) >= count
+
+    return check
 
 
 def toml_jobs(*jobs: dict[str, Any], group: str | None = None) -> str:

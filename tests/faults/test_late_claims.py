@@ -30,14 +30,10 @@ from natsched.master import scheduler as scheduler_module
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, every_second_tick, executed, executed_at_least, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 JOB = "lc.tick"
-
-
-def _executed(witness: Path) -> list[str]:
-    return witness.read_text().split() if witness.exists() else []
 
 
 async def _first_leader_runs_then_dies(conn: ConnectionSettings, nc: Client, witness: Path) -> str:
@@ -45,21 +41,8 @@ async def _first_leader_runs_then_dies(conn: ConnectionSettings, nc: Client, wit
     first = MasterService(conn, lease_ttl=2.0)
     await first.__aenter__()
     try:
-        every_second = job(
-            "tick",
-            mode="slave",
-            targets={"agents": ["s1"]},
-            command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
-            triggers=[{"every": "1s"}],
-            misfire="run-all",
-            misfire_cap=300,
-        )
-        assert (await apply(nc, toml_jobs(every_second, group="lc")))["ok"]
-
-        async def ticking() -> bool:
-            return len(_executed(witness)) >= 2
-
-        await eventually(ticking, 15, "the job running every second")
+        assert (await apply(nc, toml_jobs(every_second_tick(witness), group="lc")))["ok"]
+        await eventually(executed_at_least(witness, 2), 15, "the job running every second")
         assert first.nc is not None
         await first.nc.close()  # as kill -9: no lease released, nothing more sent
     finally:
@@ -115,5 +98,5 @@ async def test_a_claim_landing_after_the_next_leader_read_the_cursors_is_recorde
     [record] = [e for e in events if e["scheduled_at"] == late[0]]
     assert record["state"] == "lost" and "claimed it" in record["reason"], record
     ran = [e["scheduled_at"] for e in events if e["state"] == "succeeded"]
-    executed = _executed(witness)
-    assert len(executed) == len(set(executed)) == len(ran) == len(set(ran)), "each slot executed once"
+    run_ids = executed(witness)
+    assert len(run_ids) == len(set(run_ids)) == len(ran) == len(set(ran)), "each slot executed once"

@@ -23,7 +23,7 @@ from natsched.master.scheduler import Due
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, every_second_tick, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 
@@ -39,16 +39,7 @@ async def _leader_dies_after_a_claim(conn: ConnectionSettings, nc: Client, witne
 
     first = await _started_master(conn, claim_then_die)
     try:
-        every_second = job(
-            "tick",
-            mode="slave",
-            targets={"agents": ["s1"]},
-            command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
-            triggers=[{"every": "1s"}],
-            misfire="run-all",
-            misfire_cap=300,
-        )
-        assert (await apply(nc, toml_jobs(every_second, group="sa")))["ok"]
+        assert (await apply(nc, toml_jobs(every_second_tick(witness), group="sa")))["ok"]
         async with asyncio.timeout(10):
             await died.wait()
         await _cut(first)

@@ -23,13 +23,9 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunState
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, every_second_tick, executed, executed_at_least, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
-
-
-def _executed(witness: Path) -> list[str]:
-    return witness.read_text().split() if witness.exists() else []
 
 
 async def test_a_slot_claimed_while_nats_restarts_is_run_or_recorded(
@@ -42,39 +38,23 @@ async def test_a_slot_claimed_while_nats_restarts_is_run_or_recorded(
     witness = tmp_path / "witness"
     async with MasterService(conn, lease_ttl=2.0):
         await start_agent("s1")
-        every_second = job(
-            "tick",
-            mode="slave",
-            targets={"agents": ["s1"]},
-            command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
-            triggers=[{"every": "1s"}],
-            misfire="run-all",
-            misfire_cap=300,
-        )
-        assert (await apply(nc, toml_jobs(every_second, group="sc")))["ok"]
-
-        async def ticking() -> bool:
-            return len(_executed(witness)) >= 2
-
-        await eventually(ticking, 15, "the job running every second")
+        assert (await apply(nc, toml_jobs(every_second_tick(witness), group="sc")))["ok"]
+        await eventually(executed_at_least(witness, 2), 15, "the job running every second")
         # Just after a slot: the next one is claimed (the lease is still fresh) into a dead connection.
         await asyncio.sleep(1.25 - time.time() % 1.0)
         nats_server.kill()
         await asyncio.sleep(7.0)  # past the 5 s request timeout of that cursor write
         nats_server.start()
-        before = len(_executed(witness))
-
-        async def ticking_again() -> bool:
-            return len(_executed(witness)) >= before + 4
-
-        await eventually(ticking_again, 30, "the job running again after the restart")
+        before = len(executed(witness))
+        again = executed_at_least(witness, before + 4)
+        await eventually(again, 30, "the job running again after the restart")
         assert (await api(nc, subjects.API_JOBS_DISABLE, {"jobs": ["sc.tick"]}))["ok"]
         await asyncio.sleep(1.5)  # the last dispatches' events land
 
     events = [e for e in await stream_events(nc) if e["job"] == "sc.tick"]
     slot_of = {e["run_id"]: e["scheduled_at"] for e in events if e.get("scheduled_at")}
-    assert all(run_id in slot_of for run_id in _executed(witness)), "every execution has its events"
-    ran = [float(slot_of[run_id]) for run_id in _executed(witness)]
+    assert all(run_id in slot_of for run_id in executed(witness)), "every execution has its events"
+    ran = [float(slot_of[run_id]) for run_id in executed(witness)]
     not_run = [RunState(e["state"]) for e in events]
     recorded = {
         e["scheduled_at"]

@@ -21,14 +21,10 @@ from natsched.models import Heartbeat
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunState
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, every_second_tick, executed, executed_at_least, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 JOB = "us.tick"
-
-
-def _executed(witness: Path) -> list[str]:
-    return witness.read_text().split() if witness.exists() else []
 
 
 async def test_a_claimed_slot_whose_dispatch_fails_is_recorded(
@@ -37,21 +33,8 @@ async def test_a_claimed_slot_whose_dispatch_fails_is_recorded(
     witness = tmp_path / "witness"
     async with MasterService(conn, lease_ttl=2.0) as master:
         await start_agent("s1")
-        every_second = job(
-            "tick",
-            mode="slave",
-            targets={"agents": ["s1"]},
-            command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
-            triggers=[{"every": "1s"}],
-            misfire="run-all",
-            misfire_cap=300,
-        )
-        assert (await apply(nc, toml_jobs(every_second, group="us")))["ok"]
-
-        async def ticking() -> bool:
-            return len(_executed(witness)) >= 2
-
-        await eventually(ticking, 15, "the job running every second")
+        assert (await apply(nc, toml_jobs(every_second_tick(witness), group="us")))["ok"]
+        await eventually(executed_at_least(witness, 2), 15, "the job running every second")
         assert master.dispatcher is not None
         live_agents = master.dispatcher.live_agents
         broken = asyncio.Event()
@@ -65,18 +48,14 @@ async def test_a_claimed_slot_whose_dispatch_fails_is_recorded(
         master.dispatcher.live_agents = broken_once  # type: ignore[method-assign]
         async with asyncio.timeout(5):
             await broken.wait()
-        before = len(_executed(witness))
-
-        async def ticking_again() -> bool:
-            return len(_executed(witness)) >= before + 2
-
-        await eventually(ticking_again, 15, "the job running on")
+        before = len(executed(witness))
+        await eventually(executed_at_least(witness, before + 2), 15, "the job running on")
         assert (await api(nc, subjects.API_JOBS_DISABLE, {"jobs": [JOB]}))["ok"]
         await asyncio.sleep(1.5)  # the last dispatches' events land
 
     events = [e for e in await stream_events(nc) if e["job"] == JOB]
     slot_of = {e["run_id"]: e["scheduled_at"] for e in events if e.get("scheduled_at")}
-    ran = [float(slot_of[run_id]) for run_id in _executed(witness)]
+    ran = [float(slot_of[run_id]) for run_id in executed(witness)]
     recorded = {e["scheduled_at"] for e in events if RunState(e["state"]).failed}
     slots = range(int(min(ran)), int(max(ran)) + 1)
     silent = [slot for slot in slots if float(slot) not in set(ran) | recorded]
