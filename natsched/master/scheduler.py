@@ -149,18 +149,17 @@ class KvCursors:
         if self._first_read is not None and key not in self._revisions:
             first = self._first_read.pop(key, None)
             self._revisions[key] = first.revision if first is not None else 0
-            return None if first is None else self._seen(key, first.value)
+            return None if first is None else self._seen(key, _cursor(first.value, key))
         try:
             entry = await self._state.get(subjects.cursor_key(key))
         except KeyNotFoundError:
             self._revisions[key] = 0
             return None
         self._revisions[key] = entry.revision or 0
-        return self._seen(key, entry.value)
+        return self._seen(key, _cursor(entry.value, key))
 
-    def _seen(self, key: str, value: bytes | None) -> float | None:
-        """A cursor value as read: unless we wrote it, its claims are inherited (its slot returned)."""
-        cursor = _cursor(value, key)
+    def _seen(self, key: str, cursor: dict[str, Any]) -> float | None:
+        """A cursor as read: unless we wrote it, its claims are inherited (its slot returned)."""
         if cursor.get("by", "") != self._ours.get(key, "-"):
             known = self.inherited.setdefault(key, [])
             for each in _claims_in(cursor, key):
@@ -294,9 +293,10 @@ class KvCursors:
             self._revisions[key] = 0
             return None
         self._revisions[key] = entry.revision or 0
-        if _cursor(entry.value, key).get("by") == nonce:
+        cursor = _cursor(entry.value, key)
+        if cursor.get("by") == nonce:
             self._ours[key] = nonce
-        return self._seen(key, entry.value)
+        return self._seen(key, cursor)
 
 
 class MasterScheduler:
