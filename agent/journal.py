@@ -195,15 +195,9 @@ class RunJournal:
         """
         turn = self._turn
         if turn is None:
-            turn = self._turn = asyncio.Event()
-            asyncio.get_running_loop().call_soon(self._commit_turn)
+            turn = self._turn = asyncio.Event()  # set by the next commit, whoever makes it
+            self._flush_soon()
         await turn.wait()
-
-    def _commit_turn(self) -> None:
-        turn, self._turn = self._turn, None
-        self.flush_now()
-        if turn is not None:
-            turn.set()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         """Queued for the next commit: a caller's flush, else the next turn of the loop's.
@@ -212,9 +206,14 @@ class RunJournal:
         committed by their caller in this turn, and the callback then finds nothing to do.
         """
         self._pending.append((sql, args))
+        with contextlib.suppress(RuntimeError):  # no loop: the next flush (or close) commits it
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """The next turn of the loop commits what is queued: one callback for every write and
+        waiter until then (RuntimeError without a running loop)."""
         if self._soon is None:
-            with contextlib.suppress(RuntimeError):  # no loop: the next flush (or close) commits it
-                self._soon = asyncio.get_running_loop().call_soon(self.flush_now)
+            self._soon = asyncio.get_running_loop().call_soon(self.flush_now)
 
     async def run(self) -> None:
         """Checkpoint now and then, in a thread (commits are ``_write``'s and the callers')."""
@@ -230,11 +229,20 @@ class RunJournal:
         self.flush_now()
 
     def flush_now(self) -> None:
-        """Commit everything pending, in order, in one transaction (group commit)."""
+        """Commit everything pending, in order, in one transaction (group commit); then wake
+        the ``committed`` waiters (also when it failed: that is logged, not raised)."""
         for handle in (self._soon, self._pid_timer):
             if handle is not None:
                 handle.cancel()
         self._soon = self._pid_timer = None
+        turn, self._turn = self._turn, None
+        try:
+            self._commit()
+        finally:
+            if turn is not None:
+                turn.set()
+
+    def _commit(self) -> None:
         # The pid rows first: a run's DELETE, if queued, dropped its pid row already.
         batch = [(_UPSERT, row) for row in self._pids.values()] + self._pending
         self._pids, self._pending = {}, []
