@@ -75,18 +75,19 @@ class RunEvent:
     def to_record(self) -> bytes:
         """The event for this host's own records (the agent's run journal): msgpack, several
         times cheaper to encode than JSON, read back by :func:`parse_record`."""
-        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
-        data["state"] = self.state.value
-        data["trigger"] = self.trigger.value
-        return codec.pack(data)
+        return codec.pack(self._plain())
 
     def to_json(self) -> bytes:
+        data = self._plain()
+        data["duration"] = self.duration
+        return codec.to_json(data)
+
+    def _plain(self) -> dict[str, Any]:
         # Field by field, not dataclasses.asdict (a deep copy per event, on the hot path).
         data = {name: getattr(self, name) for name in _EVENT_FIELDS}
         data["state"] = self.state.value
         data["trigger"] = self.trigger.value
-        data["duration"] = self.duration
-        return codec.to_json(data)
+        return data
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(RunEvent))
