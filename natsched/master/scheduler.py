@@ -140,6 +140,11 @@ class KvCursors:
         # audit hands them on to the next.
         self.inherited: dict[str, list[InheritedSlot]] = {}
         self._noted: dict[InheritedSlot, float] = {}  # when each inherited claim was met (monotonic)
+        # Per job, our own claims whose dispatch has no outcome yet (``sent`` ends that). Carried
+        # in our cursor writes like inherited ones: a later claim of ours overwrites the cursor's
+        # own, and a leader that dies while an earlier slot waits on its agents (their answers
+        # lost in a NATS restart, 5 s to the timeout) would hand the next leader only the last.
+        self._sending: dict[str, list[InheritedSlot]] = {}
 
     async def load(self, key: str) -> float | None:
         if self._js is not None and self._first_read is None:
@@ -266,12 +271,18 @@ class KvCursors:
                 try:
                     self._revisions[key] = await self._update(subjects.cursor_key(key), value, revision)
                     self._ours[key] = nonce
+                    self._sending.setdefault(key, []).append(
+                        InheritedSlot(key, slot, at, self._master_id, trigger)
+                    )
                     return True
                 except KeyWrongLastSequenceError:
                     conflicts += 1
                     current = await self._read(key, nonce)
-                    if self._ours.get(key) == nonce:
-                        return True  # an earlier attempt of ours landed
+                    if self._ours.get(key) == nonce:  # an earlier attempt of ours landed
+                        self._sending.setdefault(key, []).append(
+                            InheritedSlot(key, slot, at, self._master_id, trigger)
+                        )
+                        return True
                     if current is not None and current >= slot:
                         return False  # claimed by its writer, and inherited: audited if never run
             except Exception as exc:  # noqa: BLE001 - NATS did not say: ask again, same write
@@ -281,8 +292,16 @@ class KvCursors:
                 await asyncio.sleep(UNDECIDED_RETRY)
         return False
 
+    def sent(self, key: str, slot: float) -> None:
+        """The dispatch of our claim of ``slot`` has its outcome (run, or recorded): no longer carried."""
+        left = [each for each in self._sending.get(key, []) if each.slot != slot]
+        if left:
+            self._sending[key] = left
+        else:
+            self._sending.pop(key, None)
+
     def _unverified(self, key: str) -> dict[str, Any]:
-        carried = self.inherited.get(key, [])
+        carried = self.inherited.get(key, []) + self._sending.get(key, [])
         return {"unverified": [each.encode() for each in carried]} if carried else {}
 
     async def _read(self, key: str, nonce: str) -> float | None:

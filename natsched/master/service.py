@@ -285,6 +285,8 @@ class MasterService(Service):
             await record_unsent(
                 self.nc.jetstream(), job=due.spec.key, trigger=due.trigger, scheduled_at=due.slot, error=exc
             )
+        if self.scheduler is not None:  # its outcome is on record: the cursor need not carry it on
+            self.scheduler.cursors.sent(due.spec.key, due.slot)
 
     async def _dispatch_now(self, due: Due) -> None:
         assert self.dispatcher is not None

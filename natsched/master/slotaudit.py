@@ -39,7 +39,10 @@ from natsched.vocab import NO_AGENT
 log = logging.getLogger(__name__)
 SETTLE = REQUEST_TIMEOUT + 2.0  # a dispatch in flight when the leader changed has left events by then
 HORIZON = 3600.0  # older claims are not judged (their events may have aged out of the stream)
-LAST_MOMENTS = 2.0  # seconds before the previous leader's latest claim that are suspect
+# Seconds before the previous leader's latest claim that are suspect: a claim can wait that long
+# for its dispatch's outcome (the agents' answers, lost in a NATS restart, time out after
+# REQUEST_TIMEOUT) while its master goes on claiming later slots, and is carried until then.
+LAST_MOMENTS = SETTLE
 EARLY = 30.0  # events are read from this long before the first suspect claim (clocks differ)
 PASS = 1.0  # how often the claims met are looked at (each is checked once it is SETTLE old)
 

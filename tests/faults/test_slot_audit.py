@@ -23,7 +23,7 @@ from natsched.master.scheduler import Due
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, every_second_tick, stream_events, toml_jobs
+from tests.helpers import api, apply, every_second_tick, executed_at_least, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 
@@ -127,6 +127,46 @@ async def test_the_claim_is_handed_on_when_the_next_leader_dies_before_its_check
             return any(e["scheduled_at"] == lost_slot for e in events if e["job"] == "sa.tick")
 
         await eventually(recorded, 20, "the claimed slot recorded by the third leader")
+        assert (await api(nc, subjects.API_JOBS_DISABLE, {"jobs": ["sa.tick"]}))["ok"]
+    [record] = [e for e in await stream_events(nc) if e["scheduled_at"] == lost_slot]
+    assert record["state"] == "lost" and "claimed it" in record["reason"], record
+
+
+async def test_a_slot_still_being_dispatched_when_its_leader_dies_is_recorded_after_later_claims(
+    conn: ConnectionSettings, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """CI's bench.chaos seed 695511: nats-server was killed just as a slot was dispatched (its
+    requests never reached an agent), the leader claimed the next slots once NATS was back and
+    was killed before its 5 s request timeout. Its later claims had overwritten the cursor, so
+    the next leader inherited only the last one: 4 silent misses, one slot on every target."""
+    witness = tmp_path / "witness"
+    await start_agent("s1", wait_synced=False)  # no master yet
+    stuck: list[Due] = []
+    first: MasterService | None = None
+
+    async def first_one_stuck(due: Due) -> None:
+        if not stuck:
+            stuck.append(due)  # its dispatch never ends, as one waiting on a reply NATS lost
+            return
+        assert first is not None
+        await MasterService._fire(first, due)
+
+    first = await _started_master(conn, first_one_stuck)
+    try:
+        assert (await apply(nc, toml_jobs(every_second_tick(witness), group="sa")))["ok"]
+        await eventually(executed_at_least(witness, 2), 15, "the slots after the stuck one running")
+        await _cut(first)
+    finally:
+        await first.__aexit__(None, None, None)
+    [lost_slot] = [due.slot for due in stuck]
+
+    async with MasterService(conn, lease_ttl=2.0):
+
+        async def recorded() -> bool:
+            events = await stream_events(nc)
+            return any(e["scheduled_at"] == lost_slot for e in events if e["job"] == "sa.tick")
+
+        await eventually(recorded, 20, "the stuck slot recorded by the next leader")
         assert (await api(nc, subjects.API_JOBS_DISABLE, {"jobs": ["sa.tick"]}))["ok"]
     [record] = [e for e in await stream_events(nc) if e["scheduled_at"] == lost_slot]
     assert record["state"] == "lost" and "claimed it" in record["reason"], record
