@@ -17,7 +17,8 @@ SECRETS_BUCKET = "natsched_secrets"  # key "<name>", value: nonce + AES-GCM ciph
 CHAINS_BUCKET = "natsched_chains"  # chain progress: batch.*, fanin.*, chain.* (expires, see buckets.py)
 # Who starts a dispatched run (natsched/claims.py): keys "agent.<agent>.<run_id>" and
 # "pool.<pool>.<run_id>", written once, by the agent that runs it or by the master that gave up;
-# and "member.<pool>.<agent>", an agent's proof that its credential lets it into a pool.
+# "member.<pool>.<agent>", an agent's proof that its credential lets it into a pool; and
+# "offer.<run_id>", the one open offer of a load-balance run that may be sent again (masters).
 # Nothing else lives here: agents may write their own keys, and no writer may roll the bucket up.
 CLAIMS_BUCKET = "natsched_claims"
 
@@ -284,6 +285,19 @@ def agent_claim_key(agent: str, run_id: str) -> str:
 def pool_claim_key(pool: str, run_id: str) -> str:
     """CLAIMS_BUCKET key of a run dispatched to a pool's queue group (any member may take it)."""
     return f"pool.{_token(pool, 'pool name')}.{_token(run_id, 'run id')}"
+
+
+def offer_key(run_id: str) -> str:
+    """CLAIMS_BUCKET key naming the one target a repeatable load-balance run is offered to now
+    (natsched/master/offers.py); written by masters only."""
+    return f"offer.{_token(run_id, 'run id')}"
+
+
+def is_claim_key(key: str) -> bool:
+    """True for ``agent.<agent>.<run_id>`` or ``pool.<pool>.<run_id>``."""
+    kind, _, rest = key.partition(".")
+    name, _, run_id = rest.partition(".")
+    return kind in ("agent", "pool") and is_token(name) and is_token(run_id)
 
 
 def pool_member_key(pool: str, agent: str) -> str:

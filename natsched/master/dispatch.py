@@ -46,12 +46,13 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
-from natsched.errors import CodecError
+from natsched.errors import ClaimUndecidedError, CodecError
 from natsched.events import RunState, new_run_id
 from natsched.locking import read_holder
 from natsched.master.accepted import AcceptedRuns
 from natsched.master.directory import AgentDirectory, load_balance_order, slave_targets
 from natsched.master.lease import LeaderLease
+from natsched.master.offers import offer
 from natsched.master.recording import record_failure
 from natsched.master.replies import Requester
 from natsched.master.window import RequestWindows
@@ -137,19 +138,28 @@ class Dispatcher:
 
             live = await self.live_agents()
             if spec.mode is Mode.LOAD_BALANCE:
-                return [await self._dispatch_one(spec, request(base_id or new_run_id()), live, avoid_agents)]
+                run = request(base_id or new_run_id())
+                return [
+                    await self._dispatch_one(spec, run, live, avoid_agents, repeatable=base_id is not None)
+                ]
             targets = only_agents if only_agents is not None else slave_targets(spec, live)
             return await self._dispatch_each(spec, targets, request, base_id)
         finally:
             self.on_dispatch(time.perf_counter() - started)
 
     async def _dispatch_one(
-        self, spec: JobSpec, run: RunRequest, live: list[Heartbeat], avoid: list[str] | None
+        self,
+        spec: JobSpec,
+        run: RunRequest,
+        live: list[Heartbeat],
+        avoid: list[str] | None,
+        *,
+        repeatable: bool,
     ) -> RunReply:
         """Load-balance: the run goes to the first agent of the pool that takes it."""
         if spec.overlap is Overlap.REPLACE:
             await self._cancel_lock_holder(spec)
-        reply = await self._load_balance(spec, run, live, avoid=avoid or [])
+        reply = await self._load_balance(spec, run, live, avoid=avoid or [], repeatable=repeatable)
         self.accepted.note(run, reply)
         if reply.ok and reply.agent:
             self.directory.note_started(reply.agent)
@@ -194,15 +204,18 @@ class Dispatcher:
         return list(replies)
 
     async def _load_balance(
-        self, spec: JobSpec, request: RunRequest, live: list[Heartbeat], *, avoid: list[str]
+        self, spec: JobSpec, request: RunRequest, live: list[Heartbeat], *, avoid: list[str], repeatable: bool
     ) -> RunReply:
+        """``repeatable``: the run id may be sent again (derived from what started the run), maybe
+        to another agent: each target is made the run's only open offer first (``offers.py``)."""
         reasons: list[str] = []
         order = load_balance_order(spec, live, self.directory.sent)
         # A retry goes to another agent when there is one; the one that failed comes last.
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
         targets = [_Target.of_agent(a) for a in order] + [_Target.of_pool(p) for p in spec.targets.pools]
         for target in targets:
-            reply = await self._ask(target, request)
+            taken = await self._offer(target, request.run_id) if repeatable else None
+            reply = taken or await self._ask(target, request)
             if reply.ok or reply.state == RunState.SKIPPED.value:  # skipped by overlap: final
                 return reply
             reasons.append(f"{target.who}: {reply.reason}")
@@ -216,6 +229,35 @@ class Dispatcher:
         )
         await record_failure(self._js, request, failed)
         return failed
+
+    async def _offer(self, target: _Target, run_id: str) -> RunReply | None:
+        """None: ask ``target`` now. Else the run was taken by an earlier offer, or is undecided."""
+        try:
+            result = await offer(
+                await self._claims_kv(), run_id, target.claim_key(run_id), master=self._master_id
+            )
+        except ClaimUndecidedError as exc:
+            log.error("run %s: not offered to %s: %s", run_id, target.who, exc)
+            return RunReply(ok=False, agent=target.who, run_id=run_id, reason=f"{UNDECIDED}: {exc}")
+        if not result.taken_by:
+            return None
+        log.info(
+            "run %s: taken by %s from an earlier dispatch; not offered to %s",
+            run_id,
+            result.taken_by,
+            target.who,
+        )
+        return RunReply(
+            ok=True,
+            agent=result.taken_by,
+            run_id=run_id,
+            reason=f"taken by {result.taken_by} (dispatched before)",
+        )
+
+    async def _claims_kv(self) -> KeyValue:
+        if self._claims is None:
+            self._claims = await open_claims(self._js)
+        return self._claims
 
     async def _refuse(self, request: RunRequest, agent: str, reason: str) -> RunReply:
         """Not sent: the agent speaks another protocol version (it would misread the request)."""
@@ -288,9 +330,7 @@ class Dispatcher:
         who, silent = target.who, f"agent offline (no answer within {self._timeout:g}s)"
         key = target.claim_key(request.run_id)
         try:
-            if self._claims is None:
-                self._claims = await open_claims(self._js)
-            result = await claim(self._claims, key, master=self._master_id)
+            result = await claim(await self._claims_kv(), key, master=self._master_id)
         except Exception as exc:  # noqa: BLE001 - any failure leaves it undecided
             log.error("run %s: %s, and its claim %s is undecided: %r", request.run_id, silent, key, exc)
             return RunReply(
