@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from natsched.errors import ConfigError
-from natsched.subjects import is_inbox_prefix
+from natsched.subjects import INBOX_PREFIX_RULE, is_inbox_prefix
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -60,7 +60,7 @@ class ConnectionSettings:
         if self.connect_timeout <= 0:
             raise ConfigError("connect timeout must be positive")
         if self.inbox_prefix is not None and not is_inbox_prefix(self.inbox_prefix):
-            raise ConfigError(f"inbox prefix {self.inbox_prefix!r}: letters, digits, '_' and '-' only")
+            raise ConfigError(f"inbox prefix {self.inbox_prefix!r}: {INBOX_PREFIX_RULE}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ConnectionSettings:

@@ -116,15 +116,41 @@ def agent_inbox(agent: str) -> str:
     return f"_INBOX_agent_{_token(agent, 'agent name')}"
 
 
+INBOX_PREFIX_RULE = "_INBOX or _INBOX_ followed by letters, digits, '_' or '-'"
+
+
 def is_inbox_prefix(value: str) -> bool:
-    """True if ``value`` can be a reply-inbox prefix (one token; an agent's is its name + 13)."""
-    return len(value) <= MAX_NAME_LENGTH + 32 and bool(_TOKEN.match(value))
+    """True if ``value`` can be a reply-inbox prefix: one token, ``_INBOX`` or ``_INBOX_<name>``
+    (an agent's is its name + 13); the masters answer no reply outside those (``is_reply_inbox``)."""
+    return (
+        len(value) <= MAX_NAME_LENGTH + 32
+        and bool(_TOKEN.match(value))
+        and (value == "_INBOX" or value.startswith("_INBOX_"))
+    )
+
+
+def is_reply_inbox(reply: str) -> bool:
+    """True if a master may answer on ``reply``: a requester's inbox, never the masters' own.
+
+    The master answers with its own permissions (every KV key, the JetStream API, any subject
+    a subject trigger listens on, and any reply through ``allow_responses``): a reply subject
+    chosen by a trigger caller, the web role or an agent must not make it write a job's key,
+    delete one (a reply copies the request's headers) or start a subject-triggered job.
+    """
+    prefix, dot, rest = reply.partition(".")
+    return (
+        bool(dot and rest)
+        and is_inbox_prefix(prefix)
+        and prefix != MASTER_INBOX
+        and all(token and token not in ("*", ">") for token in rest.split("."))
+        and not any(c.isspace() for c in reply)
+    )
 
 
 def inbox_subscription(prefix: str) -> str:
     """What a role may subscribe to for its replies (its own inbox prefix, nothing more)."""
     if not is_inbox_prefix(prefix):
-        raise ValueError(f"inbox prefix {shown(prefix)}: letters, digits, '_' and '-' only")
+        raise ValueError(f"inbox prefix {shown(prefix)}: {INBOX_PREFIX_RULE}")
     return f"{prefix}.>"
 
 

@@ -3,16 +3,36 @@
 The API, the trigger subject and lock requests each subscribe with this: one slow request (a
 cancel waiting on an agent that does not answer, a dispatch to a frozen agent) holds back no
 other, and the subscription itself waits (back-pressure) when every slot is taken.
+
+A request whose reply subject is no requester's inbox is dropped before anything else: the
+master would answer it with its own permissions (see ``subjects.is_reply_inbox``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 
+from natsched import subjects
+
+log = logging.getLogger(__name__)
+
 CLOSE_WAIT = 2.0  # bounded: a task inside nats-py may swallow its cancellation
+
+
+def foreign_reply(msg: Msg) -> bool:
+    """True (and one warning) if ``msg`` asks for its answer anywhere but a reply inbox."""
+    if not msg.reply or subjects.is_reply_inbox(msg.reply):
+        return False
+    log.warning(
+        "request on %s dropped: its reply subject %s is no reply inbox (_INBOX.… or _INBOX_<role>.…)",
+        subjects.shown(msg.subject),
+        subjects.shown(msg.reply),
+    )
+    return True
 
 
 class SideBySide:
@@ -23,6 +43,8 @@ class SideBySide:
 
     async def take(self, msg: Msg) -> None:
         """The subscription's callback (nats-py wants a coroutine function, not a callable)."""
+        if foreign_reply(msg):
+            return  # nothing runs, nothing is written, nobody is answered
         await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
         task = asyncio.create_task(self._run(msg))
         self._tasks.add(task)

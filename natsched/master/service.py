@@ -30,6 +30,7 @@ from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
+from natsched.master.handling import foreign_reply
 from natsched.master.holding import HeldRun, Holding
 from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
@@ -253,7 +254,7 @@ class MasterService(Service):
     async def _status(self, msg: Msg) -> None:
         """``natsched.masters.status``: every master answers (no queue group)."""
         assert self.lease is not None
-        if msg.reply:
+        if msg.reply and not foreign_reply(msg):
             await msg.respond(
                 codec.to_json(
                     {

@@ -2,9 +2,9 @@
 
 TLS comes from ``tls.generate`` (what ``natsched tls init`` writes) and the users from the
 role builders ``natsched permissions`` prints (``security.master()``, ``admin()``,
-``agent()``, ``trigger()``): a master, an admin, agents a1 and a2 of pool ``p``, agent a3 of
-no pool and a trigger user allowed ``sec.echo``. A test connects as any of them, as a service or as a
-raw nats-py client doing what an attacker would.
+``agent()``, ``trigger()``, ``web()``): a master, an admin, agents a1 and a2 of pool ``p``,
+agent a3 of no pool, a trigger user allowed ``sec.echo`` and the read-only web user. A test
+connects as any of them, as a service or as a raw nats-py client doing what an attacker would.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ USERS: dict[str, tuple[str, security.Permissions]] = {
     "agent-a2": ("a2-pw", security.agent("a2", [POOL])),
     "agent-a3": ("a3-pw", security.agent("a3")),
     "natsched-trigger": ("t-pw", security.trigger(TRIGGER_JOBS)),
+    "natsched-web": ("w-pw", security.web()),
 }
 # The inbox prefix each role's own software uses (natsched services and commands).
 INBOX = {
@@ -43,6 +44,7 @@ INBOX = {
     "agent-a2": subjects.agent_inbox("a2"),
     "agent-a3": subjects.agent_inbox("a3"),
     "natsched-trigger": subjects.TRIGGER_INBOX,
+    "natsched-web": subjects.WEB_INBOX,
 }
 
 
