@@ -4,7 +4,10 @@ Masters share one durable consumer (queue group) on the failure events, so each 
 handled once and none is missed while a master restarts. The backoff wait is JetStream's:
 the first delivery of a failure is NAKed with the delay (exponential, capped, with
 jitter), and the redelivery dispatches the retry. A ``retry.<run_id>`` key created in
-``natsched_state`` makes a redelivery after a crash not dispatch the retry twice. A
+``natsched_state`` makes a redelivery after a crash not dispatch the retry twice: the key is
+marked done once the retry was dispatched, and its run id derives from the key, so a master
+that died between creating the key and sending the retry leaves a redelivery that sends it
+again with the same run id (an agent that took it answers without running it again). A
 load-balance retry avoids the agent that failed when another one can take it; a slave
 retry goes to the same agent. The new run's event carries ``attempt`` and
 ``detail.retry_of``, linking the attempts.
@@ -12,12 +15,15 @@ retry goes to the same agent. The new run's event carries ``attempt`` and
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import random
+import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
@@ -95,8 +101,14 @@ class RetryFollower:
             )
             await msg.nak(delay=delay)
             return
-        if await self._claim(event):
-            await self._retry(event, spec)
+        claimed = await self._claim(event)
+        if claimed is not None:
+            run_id, revision = claimed
+            await self._retry(event, spec, run_id)
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self._state.update(
+                    subjects.retry_key(event.run_id), _retry_value(event, run_id, done=True), last=revision
+                )
         await msg.ack()
 
     def _could_run(self, spec: JobSpec, agent: str) -> bool:
@@ -110,16 +122,29 @@ class RetryFollower:
         seen = directory.get(agent) or directory.last_seen.get(agent, (None, 0.0))[0]
         return seen is not None and identity_of(seen).takes(spec.group, spec.targets)
 
-    async def _claim(self, event: RunEvent) -> bool:
+    async def _claim(self, event: RunEvent) -> tuple[str, int] | None:
+        """The retry's run id and the key's revision, or None: the retry was dispatched already."""
+        key = subjects.retry_key(event.run_id)
+        run_id = f"{int(time.time() * 1000):x}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         try:
-            await self._state.create(
-                subjects.retry_key(event.run_id), codec.pack({"attempt": event.attempt + 1})
-            )
-            return True
+            return run_id, await self._state.create(key, _retry_value(event, run_id, done=False))
         except KeyWrongLastSequenceError:
-            return False  # another delivery (or master) already dispatched this retry
+            pass
+        try:
+            entry = await self._state.get(key)
+            record = codec.unpack(entry.value or b"", key)
+        except (KeyNotFoundError, CodecError):
+            return None  # gone meanwhile, or not ours: as before, no second retry
+        if record.get("done") or not isinstance(record.get("run_id"), str) or entry.revision is None:
+            return None  # dispatched (a redelivery), or a key of an older master: as before
+        # Claimed but not done: its master died before sending it (or is sending it now); the
+        # same run id again is safe, agents run each id once.
+        log.info(
+            "retry of %s claimed but not recorded sent: sending %s again", event.run_id, record["run_id"]
+        )
+        return str(record["run_id"]), entry.revision
 
-    async def _retry(self, event: RunEvent, spec: JobSpec) -> None:
+    async def _retry(self, event: RunEvent, spec: JobSpec, run_id: str) -> None:
         """Dispatch the retry with the definition read when the redelivery came in (from the index)."""
         mode = spec.mode
         self.retried += 1
@@ -128,6 +153,7 @@ class RetryFollower:
             trigger=RunTrigger.RETRY,
             scheduled_at=event.scheduled_at,
             attempt=event.attempt + 1,
+            base_id=run_id,
             only_agents=[event.agent] if mode is not Mode.LOAD_BALANCE else None,
             avoid_agents=[event.agent] if mode is Mode.LOAD_BALANCE else None,
             # A retry stays in its chain run, so the chain goes on when it succeeds.
@@ -143,3 +169,7 @@ class RetryFollower:
                 reply.agent or "-",
                 "started" if reply.ok else reply.reason,
             )
+
+
+def _retry_value(event: RunEvent, run_id: str, *, done: bool) -> bytes:
+    return codec.pack({"attempt": event.attempt + 1, "run_id": run_id, "done": done})
