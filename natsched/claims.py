@@ -15,9 +15,10 @@ crash: answered, not run again).
 
 Pool membership: an agent's heartbeat names its pools, but the agent writes its heartbeat
 itself, so a name there proves nothing. ``member.<pool>.<agent>`` does: only a credential
-of that pool may write it (``natsched permissions``). Agents write theirs at start and
-refresh them within the bucket's age limit; masters send a pool's runs by name only to
-agents whose key is there (``natsched/master/members.py``).
+of that pool may write it (``natsched permissions``), and its value names the agent and the
+pool (see ``is_membership``). Agents write theirs at start and refresh them within the
+bucket's age limit; masters send a pool's runs by name only to agents whose proof is there
+(``natsched/master/members.py``).
 """
 
 from __future__ import annotations
@@ -102,16 +103,41 @@ async def claim(kv: KeyValue, key: str, *, agent: str = "", master: str = "") ->
     return ClaimResult(holder.nonce == mine.nonce, holder)
 
 
+def encode_membership(agent: str, pool: str) -> bytes:
+    return codec.pack({"agent": agent, "pool": pool, "since": time.time()})
+
+
+def is_membership(data: bytes | None, agent: str, pool: str) -> bool:
+    """True if ``data`` is the proof ``agent`` wrote for ``pool``.
+
+    The key alone proves nothing: nats-server itself writes any subject a client names as the
+    reply of a JetStream publish (its acknowledgement, ``{"stream": …, "seq": …}``), unchecked
+    against that client's permissions, so an agent of no pool could have its membership key
+    written for it. Such a value does not name the agent and the pool.
+    """
+    try:
+        value = codec.unpack(data or b"", "membership")
+    except CodecError:
+        return False
+    since = value.get("since")
+    return (
+        value.get("agent") == agent
+        and value.get("pool") == pool
+        and isinstance(since, int | float)
+        and not isinstance(since, bool)
+    )
+
+
 async def prove_membership(kv: KeyValue, agent: str, pools: Iterable[str]) -> None:
     """Write ``agent``'s membership key of each pool (raises when one is not written)."""
     for pool in sorted(pools):
-        await kv.put(subjects.pool_member_key(pool, agent), codec.pack({"since": time.time()}))
+        await kv.put(subjects.pool_member_key(pool, agent), encode_membership(agent, pool))
 
 
 async def is_member(kv: KeyValue, agent: str, pool: str) -> bool:
-    """True if ``agent`` proved it belongs to ``pool`` (its key is there, not deleted)."""
+    """True if ``agent`` proved it belongs to ``pool`` (its own proof is there, not deleted)."""
     try:
-        await kv.get(subjects.pool_member_key(pool, agent))
+        entry = await kv.get(subjects.pool_member_key(pool, agent))
     except KeyNotFoundError:  # also a deleted key (KeyDeletedError)
         return False
-    return True
+    return is_membership(entry.value, agent, pool)

@@ -6,7 +6,9 @@ subject, so agent a3, whose credential allows no pool, only had to claim pool ``
 heartbeat to be sent every run of the pool's jobs (and answer "started" without running
 any), to receive the slave runs of jobs aimed at the pool, and to hold the cluster-wide lock
 of any job (or of names no job has) so that the job was skipped "overlap forbid" for as
-long as a3 lived.
+long as a3 lived. The membership key that proves a pool must name the agent and the pool: a
+key nats-server itself wrote there for a3 (the acknowledgement of a3's heartbeat write, sent to
+the reply subject a3 chose) proves nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.client import AdminClient
@@ -41,7 +46,28 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-async def test_an_agent_cannot_join_a_pool_by_its_heartbeat(secured: Secured, tmp_path: Path) -> None:
+async def write_membership_through_the_server(a3: Client) -> None:
+    """a3 cannot write ``member.p.a3`` itself, but it can have nats-server write there: the
+    acknowledgement of a JetStream publish goes to whatever reply subject the publisher gave,
+    unchecked against its permissions."""
+    key = f"{subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET)}{subjects.pool_member_key(POOL, 'a3')}"
+    await a3.publish(f"{subjects.kv_subject_prefix(subjects.AGENTS_BUCKET)}a3", b"x", reply=key)
+    await a3.flush()
+    claims = await a3.jetstream().key_value(subjects.CLAIMS_BUCKET)
+    await eventually(lambda: _has_key(claims, subjects.pool_member_key(POOL, "a3")), 5, "the server wrote it")
+
+
+async def _has_key(kv: KeyValue, key: str) -> bool:
+    try:
+        return bool((await kv.get(key)).value)
+    except KeyNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("route", ["heartbeat", "ack"])
+async def test_an_agent_cannot_join_a_pool_by_its_heartbeat(
+    secured: Secured, tmp_path: Path, route: str
+) -> None:
     witness = tmp_path / "runs.txt"
     append = ["sh", "-c", f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}']
     async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
@@ -68,6 +94,8 @@ async def test_an_agent_cannot_join_a_pool_by_its_heartbeat(secured: Secured, tm
         # a3 (no pool in its credential) writes a heartbeat naming pool p, first in line, and
         # answers every run request sent to it "started" without running anything.
         a3 = await secured.connect("agent-a3")
+        if route != "heartbeat":
+            await write_membership_through_the_server(a3)
         agents = await a3.jetstream().key_value(subjects.AGENTS_BUCKET)
         real = codec.decode_heartbeat((await agents.get("a1")).value or b"", "a1")
         asked: list[str] = []
