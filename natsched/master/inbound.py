@@ -9,7 +9,8 @@ publish is enough; a JetStream publish (or a request) gets the stream's acknowle
 The body reaches the process as ``$NATSCHED_MESSAGE`` (UTF-8, at most the trigger's
 ``max_bytes``) and the subject as ``$NATSCHED_SUBJECT``; with a ``match`` table only JSON
 bodies whose fields equal those values start the job. A body that is too big, not text, or
-not matching is logged in one line and starts nothing.
+not matching is logged in one line and starts nothing; so is one nats-server made itself (a
+JetStream acknowledgement or API answer, which any client can have sent to any subject).
 """
 
 from __future__ import annotations
@@ -55,6 +56,38 @@ def field_at(body: Any, path: str) -> Any:
     return body
 
 
+# Top-level fields of a JetStream publish acknowledgement (and of its error form).
+_ACK_FIELDS = frozenset({"stream", "seq", "duplicate", "domain", "batch", "count", "val", "error"})
+
+
+def _server_made(text: str) -> bool:
+    """True if ``text`` is a JetStream acknowledgement or API answer, not a publisher's message.
+
+    nats-server sends those to whatever reply subject a client names, unchecked against the
+    client's permissions: an agent (writing its heartbeat) or the web role (asking a stream's
+    info) could so have the server publish on a subject trigger's subject, and start a job
+    neither may start. Their shapes are fixed: ``{"stream": str, "seq": int, …}``,
+    ``{"error": {"code": int, …}, …}`` and ``{"type": "io.nats.…", …}``.
+    """
+    if not text.startswith("{"):
+        return False
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    kind = body.get("type")
+    if isinstance(kind, str) and kind.startswith("io.nats."):
+        return True
+    if not body.keys() <= _ACK_FIELDS:
+        return False
+    error = body.get("error")
+    acked = isinstance(body.get("stream"), str) and type(body.get("seq")) is int
+    refused = isinstance(error, dict) and type(error.get("code")) is int
+    return acked or refused
+
+
 def refusal(trigger: SubjectTrigger, data: bytes) -> str:
     """Why this message does not start the job ('' if it does)."""
     if len(data) > trigger.max_bytes:
@@ -65,6 +98,8 @@ def refusal(trigger: SubjectTrigger, data: bytes) -> str:
         return "body is not UTF-8 text (it is passed in an environment variable)"
     if "\0" in text:
         return "body contains a NUL byte (it is passed in an environment variable)"
+    if _server_made(text):
+        return "body is nats-server's own answer to a client (a JetStream acknowledgement or API reply)"
     if trigger.match:
         try:
             body = json.loads(text)
