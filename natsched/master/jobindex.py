@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
@@ -28,6 +29,8 @@ from natsched.service import JETSTREAM_UNANSWERED
 from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
+# First byte of a msgpack map: every definition a master writes is one (codec.encode_job).
+_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 SYNC_WAIT = 5.0  # seconds a request waits for the index to catch up with the bucket
 STATUS_RETRY = 0.25  # seconds between asking the bucket's stream how far it is
 READY_WAIT = 30.0  # seconds a request waits for the first full read (100k jobs take a few)
@@ -137,6 +140,9 @@ class JobIndex:
         self._key_listeners: list[Callable[[list[str]], object]] = []
         self.last_revision = 0
         self._advanced = asyncio.Condition()
+        # key -> (definition to put back, revision of the value that replaced it); see _apply
+        self._to_restore: dict[str, tuple[bytes, int]] = {}
+        self._restoring = asyncio.Event()
 
     def on_keys(self, listener: Callable[[list[str]], object]) -> Callable[[], None]:
         """Call ``listener`` with the keys of each change (also during the initial read);
@@ -261,10 +267,44 @@ class JobIndex:
     def _apply(self, key: str, operation: str | None, value: bytes | None, revision: int) -> None:
         if operation in ("DEL", "PURGE"):
             self._set(key, None)
+        elif self._foreign(key, value):
+            # Not a msgpack map, so no master wrote it: nats-server itself writes any subject a
+            # client names as the reply of its JetStream publish (the acknowledgement), unchecked
+            # against that client's permissions, so an agent could wipe any definition. The one
+            # held stays (under the new revision, so an apply can still replace it) and is put back.
+            held = self.entries[key]
+            log.warning("job %s: a value no master wrote replaced its definition; putting it back", key)
+            self._set(key, Stored(key, revision, held.value))
+            self._to_restore[key] = (held.value, revision)
+            self._restoring.set()
         else:
             self._set(key, Stored(key, revision, value or b""))
         for key_listener in list(self._key_listeners):
             key_listener([key])
+
+    def _foreign(self, key: str, value: bytes | None) -> bool:
+        """True if ``value`` (not a msgpack map) replaces a definition this index holds."""
+        if value and value[0] in _MAP_FIRST:
+            return False
+        held = self.entries.get(key)
+        return held is not None and held.spec is not None
+
+    async def restore(self) -> None:
+        """Put back definitions a foreign value replaced (a duty of every master: the write is a
+        compare-and-set on that value's revision, so an apply or another master's restore that
+        came first wins, and a newer foreign value is met by the watch again)."""
+        while True:
+            await self._restoring.wait()
+            self._restoring.clear()
+            pending, self._to_restore = self._to_restore, {}
+            for key, (value, revision) in pending.items():
+                try:
+                    await self._kv.update(key, value, last=revision)
+                    log.info("job %s: definition put back", key)
+                except KeyWrongLastSequenceError:
+                    pass  # written again meanwhile: an apply, or another master's restore
+                except Exception as exc:  # noqa: BLE001 - NATS trouble: the next start reads it as invalid
+                    log.warning("job %s: definition not put back: %r", key, exc)
 
     async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until the index has seen the bucket up to ``revision`` (False on timeout)."""

@@ -120,6 +120,7 @@ class MasterService(Service):
         self.dispatcher = Dispatcher(self.nc, master_id=self.master_id, lease=self.lease)
         self.index = JobIndex(jobs)
         self.keep_running(self.index.watch, name="job-index")
+        self.keep_running(self.index.restore, name="job-restore")
         await self._serve_requests(js, jobs)
         await self._follow_events(js, state)
         self.lost = LostAgents(
