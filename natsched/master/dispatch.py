@@ -45,7 +45,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.claims import claim, open_claims
+from natsched.claims import ClaimResult, claim, open_claims
 from natsched.errors import ClaimUndecidedError, CodecError
 from natsched.events import RunState, new_run_id
 from natsched.locking import read_holder
@@ -197,10 +197,18 @@ class Dispatcher:
             if reply.ok:
                 self.directory.note_started(name)
         failed = [
-            (requests[name], reply) for name, reply in zip(targets, replies, strict=True) if not reply.ok
+            (
+                requests[name],
+                reply,
+                _unsettled(reply, _Target.of_agent(name).claim_key(requests[name].run_id)),
+            )
+            for name, reply in zip(targets, replies, strict=True)
+            if not reply.ok
         ]
         if failed:
-            await asyncio.gather(*(record_failure(self._js, request, reply) for request, reply in failed))
+            await asyncio.gather(
+                *(record_failure(self._js, req, reply, undecided=key) for req, reply, key in failed)
+            )
         return list(replies)
 
     async def _load_balance(
@@ -209,6 +217,7 @@ class Dispatcher:
         """``repeatable``: the run id may be sent again (derived from what started the run), maybe
         to another agent: each target is made the run's only open offer first (``offers.py``)."""
         reasons: list[str] = []
+        undecided = ""
         order = load_balance_order(spec, live, self.directory.sent)
         # A retry goes to another agent when there is one; the one that failed comes last.
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
@@ -220,6 +229,7 @@ class Dispatcher:
                 return reply
             reasons.append(f"{target.who}: {reply.reason}")
             if reply.reason.startswith(UNDECIDED):
+                undecided = _unsettled(reply, target.claim_key(request.run_id))
                 break  # the run may still start there: offering it elsewhere could run it twice
         failed = RunReply(
             ok=False,
@@ -227,7 +237,7 @@ class Dispatcher:
             run_id=request.run_id,
             reason="no agent accepted the run (" + "; ".join(reasons) + ")",
         )
-        await record_failure(self._js, request, failed)
+        await record_failure(self._js, request, failed, undecided=undecided)
         return failed
 
     async def _offer(self, target: _Target, run_id: str) -> RunReply | None:
@@ -253,6 +263,10 @@ class Dispatcher:
             run_id=run_id,
             reason=f"taken by {result.taken_by} (dispatched before)",
         )
+
+    async def withdraw(self, key: str) -> ClaimResult:
+        """Claim ``key`` for this master: won (or withdrawn before), nobody can take the run."""
+        return await claim(await self._claims_kv(), key, master=self._master_id)
 
     async def _claims_kv(self) -> KeyValue:
         if self._claims is None:
@@ -330,7 +344,7 @@ class Dispatcher:
         who, silent = target.who, f"agent offline (no answer within {self._timeout:g}s)"
         key = target.claim_key(request.run_id)
         try:
-            result = await claim(await self._claims_kv(), key, master=self._master_id)
+            result = await self.withdraw(key)
         except Exception as exc:  # noqa: BLE001 - any failure leaves it undecided
             log.error("run %s: %s, and its claim %s is undecided: %r", request.run_id, silent, key, exc)
             return RunReply(
@@ -345,6 +359,13 @@ class Dispatcher:
 
 
 UNDECIDED = "claim undecided"
+# Our own withdrawal got no answer (the agent did not answer either): it may still take the run.
+UNSETTLED = f"{UNDECIDED} ({OFFLINE}"
+
+
+def _unsettled(reply: RunReply, claim_key: str) -> str:
+    """The claim key to settle later when ``reply`` is our undecided withdrawal, else ''."""
+    return claim_key if reply.reason.startswith(UNSETTLED) else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from natsched.runmessages import RunReply, RunRequest
 from natsched.vocab import NO_AGENT, RunTrigger
 
 log = logging.getLogger(__name__)
+UNDECIDED_DETAIL = "undecided"  # detail key: the claim that decides whether the run went ahead
 RECORD_FOR = 20.0  # seconds a master keeps trying to record an event it alone knows
 
 
@@ -41,8 +42,14 @@ async def publish_event(js: JetStreamContext, event: RunEvent) -> bool:
         pause = min(2.0, pause * 2)
 
 
-async def record_failure(js: JetStreamContext, request: RunRequest | None, reply: RunReply) -> None:
-    """The agent could not record it, so the master publishes the run's ``failed`` event."""
+async def record_failure(
+    js: JetStreamContext, request: RunRequest | None, reply: RunReply, *, undecided: str = ""
+) -> None:
+    """The agent could not record it, so the master publishes the run's ``failed`` event.
+
+    ``undecided``: the claim key of a run whose withdrawal NATS did not answer: the agent may
+    still take it, so the event says which key decides (``detail.undecided``, for retries).
+    """
     if request is None or not reply.run_id or reply.state:  # the agent published its own event
         return
     agent = reply.agent if subjects.is_token(reply.agent) else NO_AGENT
@@ -55,7 +62,7 @@ async def record_failure(js: JetStreamContext, request: RunRequest | None, reply
         scheduled_at=request.scheduled_at,
         reason=reply.reason,
         attempt=request.attempt,
-        detail=dict(request.detail),
+        detail={**request.detail, UNDECIDED_DETAIL: undecided} if undecided else dict(request.detail),
     )
     await publish_event(js, event)
 

@@ -27,18 +27,20 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.errors import CodecError, NotFoundError
+from natsched.errors import ClaimUndecidedError, CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
 from natsched.master.directory import identity_of
 from natsched.master.dispatch import Dispatcher
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
+from natsched.master.recording import UNDECIDED_DETAIL
 from natsched.models import ALL_AGENTS, JobSpec, Mode, RetryPolicy
 from natsched.vocab import NO_AGENT, RETRYABLE_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
 
 DURABLE = subjects.RETRIES_DURABLE
+SETTLE_AGAIN = 2.0  # seconds before an undecided claim is asked about again
 CHAIN_DETAIL = ("chain_id", "parents", "upstream")
 CHAIN_FAILURE = "chain_failure"  # a downstream run recorded failed by the chain itself: never retried
 
@@ -101,6 +103,13 @@ class RetryFollower:
             )
             await msg.nak(delay=delay)
             return
+        went_ahead = await self._settle(event)
+        if went_ahead is None:
+            await msg.nak(delay=SETTLE_AGAIN)  # NATS still does not say: ask again later
+            return
+        if went_ahead:
+            await msg.ack()
+            return
         claimed = await self._claim(event)
         if claimed is not None:
             run_id, revision = claimed
@@ -121,6 +130,37 @@ class RetryFollower:
         directory = self._dispatcher.directory
         seen = directory.get(agent) or directory.last_seen.get(agent, (None, 0.0))[0]
         return seen is not None and identity_of(seen).takes(spec.group, spec.targets)
+
+    async def _settle(self, event: RunEvent) -> bool | None:
+        """Did a run recorded failed with an undecided claim go ahead after all (None: unknown)?
+
+        The master that recorded it could not withdraw the run from an agent that did not
+        answer; the agent may have taken it since. Withdrawing it now decides: won (or withdrawn
+        before), it never runs and the retry may; lost to the agent, it ran there: no retry.
+        """
+        key = event.detail.get(UNDECIDED_DETAIL, "")
+        if not key:
+            return False
+        # Only a key of this run, and of the agent whose subject the event came on (a master's
+        # record of a load-balance run says agent none): no agent can withdraw another's run.
+        mine = event.agent == NO_AGENT or key == subjects.agent_claim_key(event.agent, event.run_id)
+        if not (subjects.is_claim_key(key) and key.endswith(f".{event.run_id}") and mine):
+            log.warning("ignoring undecided claim %r of %s run %s: not its own", key, event.job, event.run_id)
+            return False
+        try:
+            result = await self._dispatcher.withdraw(key)
+        except ClaimUndecidedError as exc:
+            log.warning("retry of %s waits: its claim is still undecided: %s", event.run_id, exc)
+            return None
+        if result.won or result.holder.withdrawn:
+            return False
+        log.info(
+            "%s run %s was taken by %s after all (its claim was undecided): not retried",
+            event.job,
+            event.run_id,
+            result.holder.agent,
+        )
+        return True
 
     async def _claim(self, event: RunEvent) -> tuple[str, int] | None:
         """The retry's run id and the key's revision, or None: the retry was dispatched already."""
