@@ -25,11 +25,12 @@ from pathlib import Path
 import nats
 import psutil
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from agent.config import AgentConfig
 from agent.runner import install_fast_child_watcher
 from agent.service import AgentService
-from bench.common import Figure, percentile, report, server, spawn_start_floor
+from bench.common import Figure, percentile, report, server, services, spawn_start_floor
 from natsched import codec, subjects
 from natsched.buckets import ensure_all
 from natsched.events import parse_event
@@ -60,7 +61,9 @@ async def put_jobs(nc: Client, specs: list[JobSpec]) -> None:
 async def cron_starts(url: str, nc: Client, duration: float, jobs: int) -> list[tuple[float, float]]:
     """(slot, process started) of every run of ``jobs`` every-second mirror jobs on one agent.
 
-    Read from the `started` events, so it is what a user sees: scheduling plus spawn.
+    The agent is a real ``natsched-agent`` process, as production runs it (its event loop,
+    its heap frozen once settled); timed from 3 s after its first run. Read from the
+    `started` events, so it is what a user sees: scheduling plus spawn.
     """
     group = f"benchcron{jobs}"
     specs = [
@@ -76,16 +79,20 @@ async def cron_starts(url: str, nc: Client, duration: float, jobs: int) -> list[
         for i in range(jobs)
     ]
     await put_jobs(nc, specs)
-    with tempfile.TemporaryDirectory() as tmp:
-        async with AgentService(
-            AgentConfig(name="cron", state_dir=Path(tmp), max_concurrency=max(64, 2 * jobs)),
-            ConnectionSettings(url=url),
-        ) as agent:
-            await agent.synced(30)
-            assert agent.mirror is not None
-            await asyncio.sleep(2)
-            since = time.time()
-            await asyncio.sleep(duration)
+    first_run = asyncio.Event()
+
+    async def on_started(msg: Msg) -> None:
+        first_run.set()
+
+    sub = await nc.subscribe(f"natsched.event.cron.{group}.*.started", cb=on_started)
+    with services(url, env={"NATSCHED_AGENT_MAX_CONCURRENCY": str(max(64, 2 * jobs))}) as running:
+        running.agent("cron")
+        async with asyncio.timeout(60):
+            await first_run.wait()
+        await sub.unsubscribe()
+        await asyncio.sleep(3)  # past "start-up settled" (1 s after the agent warmed up)
+        since = time.time()
+        await asyncio.sleep(duration)
     starts = []
     async for msg in read_stream(
         nc.jetstream(), subjects.EVENTS_STREAM, f"natsched.event.cron.{group}.*.started", since=since
@@ -100,34 +107,44 @@ async def cron_starts(url: str, nc: Client, duration: float, jobs: int) -> list[
 
 
 def lateness_figures(starts: list[tuple[float, float]], jobs: int, spawn_ms: float) -> list[Figure]:
-    """p50/p99/max lateness (ms), the worst k-th start against its bound, drift (last - first tenth).
+    """Lateness p50/p99/max (ms); each start against the k-th bound (p50, p99, worst); drift.
 
     ``spawn_ms``: one start as the agent makes it (:func:`burst_spawn_floor`, measured
-    just before), the "spawn time" of the bound.
+    just before), the "spawn time" of the bound. Drift (last tenth of the slots - first
+    tenth) is the median lateness of each slot's *first* start, the schedule's own lag: with
+    many due at once, the later starts of a slot wait for the spawns before them, which
+    varies by ~10 ms from one second to the next on 2 vCPUs (the median of all starts is
+    printed too, for comparison).
     """
     late = [(started - slot) * 1000 for slot, started in starts]
     by_slot: dict[float, list[float]] = {}
     for slot, started in starts:
         by_slot.setdefault(slot, []).append((started - slot) * 1000)
     # The k-th start of a slot (1-based, in start order) is due by 1.3 x k x spawn time + 2 ms.
-    worst = max(
+    against_bound = [
         late_k / (1.3 * k * spawn_ms + 2)
         for lates in by_slot.values()
         for k, late_k in enumerate(sorted(lates), start=1)
-    )
+    ]
     slots = sorted(by_slot)
     tenth = max(1, len(slots) // 10)
+    first_starts = [min(by_slot[slot]) for slot in slots]
+    drift = statistics.median(first_starts[-tenth:]) - statistics.median(first_starts[:tenth])
     first = [x for slot in slots[:tenth] for x in by_slot[slot]]
     last = [x for slot in slots[-tenth:] for x in by_slot[slot]]
-    drift = statistics.median(last) - statistics.median(first)
+    drift_all = statistics.median(last) - statistics.median(first)
     n = f"{jobs} due each second"
     floor = "posix_spawn ms"
+    p50, p99, worst = statistics.median(against_bound), percentile(against_bound, 99), max(against_bound)
     return [
         Figure(f"cron lateness p50, {n}", statistics.median(late), "ms", floor, spawn_ms, "-", None),
         Figure(f"cron lateness p99, {n}", percentile(late, 99), "ms", floor, spawn_ms, "-", None),
         Figure(f"cron lateness max, {n}", max(late), "ms", floor, spawn_ms, "-", None),
+        Figure(f"k-th start / bound p50, {n}", p50, "x", floor, spawn_ms, "-", None),
+        Figure(f"k-th start / bound p99, {n}", p99, "x", floor, spawn_ms, "<= 1", p99 <= 1),
         Figure(f"worst k-th start / bound, {n}", worst, "x", floor, spawn_ms, "<= 1", worst <= 1),
-        Figure(f"cron drift (last - first tenth), {n}", drift, "ms", floor, spawn_ms, "~0", abs(drift) < 2),
+        Figure(f"cron drift, first starts, {n}", drift, "ms", floor, spawn_ms, "~0", abs(drift) < 2),
+        Figure(f"  drift of all starts' median, {n}", drift_all, "ms", floor, spawn_ms, "-", None),
     ]
 
 
