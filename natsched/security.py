@@ -58,6 +58,27 @@ def _read_stream(stream: str) -> list[str]:
     ]
 
 
+# The masters' shared durable consumers on the events stream. A role that may read the stream
+# may create and delete consumers on it: it must not delete these (the masters' subscriptions
+# then get nothing: chains, retries and notifications stop) nor make them again with its own
+# deliver subject (every completion would go to it, none to a master).
+_MASTER_DURABLES = (subjects.CHAINS_DURABLE, subjects.RETRIES_DURABLE, subjects.NOTIFY_DURABLE)
+
+
+def _not_the_masters_consumers() -> list[str]:
+    stream = subjects.EVENTS_STREAM
+    return [
+        subject
+        for durable in _MASTER_DURABLES
+        for subject in (
+            f"{_JS}.CONSUMER.CREATE.{stream}.{durable}",
+            f"{_JS}.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"{_JS}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"{_JS}.CONSUMER.DELETE.{stream}.{durable}",
+        )
+    ]
+
+
 def _kv_get(stream: str) -> list[str]:
     return [
         f"{_JS}.STREAM.INFO.{stream}",
@@ -100,6 +121,7 @@ def admin() -> Permissions:
             *_read_stream(_AGENTS),
             *_read_stream(subjects.kv_stream(subjects.CHAINS_BUCKET)),  # runs --chain: fan-ins waiting
         ],
+        deny_publish=_not_the_masters_consumers(),
         # The web inbox and heartbeat updates too: ``natsched web --actions`` runs with an admin login.
         subscribe=[
             _INBOX(subjects.ADMIN_INBOX),
@@ -129,6 +151,7 @@ def web() -> Permissions:
             *_read_stream(_AGENTS),
             *_read_stream(subjects.kv_stream(subjects.CHAINS_BUCKET)),  # fan-ins waiting
         ],
+        deny_publish=_not_the_masters_consumers(),
         subscribe=[
             _INBOX(subjects.WEB_INBOX),
             subjects.EVENTS_SUBJECTS,
