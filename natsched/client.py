@@ -16,18 +16,36 @@ from natsched.settings import ConnectionSettings
 
 API_TIMEOUT = 15.0
 TRIGGER_TIMEOUT = 30.0
+TRIGGER_ATTEMPTS = 3  # requests with a trigger id, 10 s each: a lost reply is asked for again
 
 
 async def request_trigger(
     nc: Client, job: str, body: dict[str, Any], *, timeout: float = TRIGGER_TIMEOUT
 ) -> dict[str, Any]:
-    """Start ``job`` through ``natsched.trigger.<job>``: the master's reply, ok or not."""
-    try:
-        msg = await nc.request(subjects.trigger_subject(job), codec.to_json(body), timeout=timeout)
-    except NoRespondersError:
-        raise NoMasterError("no master serves natsched.trigger.*; start one with 'natsched master'") from None
-    except NatsTimeoutError:
-        raise NoMasterError(f"no answer to the trigger within {timeout:g}s") from None
+    """Start ``job`` through ``natsched.trigger.<job>``: the master's reply, ok or not.
+
+    With a ``trigger_id`` in ``body`` a request that got no answer (a master frozen or
+    restarting, NATS restarting and the reply lost) is sent again, ``TRIGGER_ATTEMPTS`` times
+    within ``timeout``: the master starts one run for all of them. Without one it is not (a
+    second request would be a second start).
+    """
+    attempts = TRIGGER_ATTEMPTS if "trigger_id" in body else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            msg = await nc.request(
+                subjects.trigger_subject(job), codec.to_json(body), timeout=timeout / attempts
+            )
+            break
+        except NoRespondersError:
+            raise NoMasterError(
+                "no master serves natsched.trigger.*; start one with 'natsched master'"
+            ) from None
+        except NatsTimeoutError:
+            if attempt == attempts:
+                raise NoMasterError(
+                    f"no answer to the trigger within {timeout:g}s; the job may start all the same"
+                    f" (see 'natsched runs --job {job}')"
+                ) from None
     reply: dict[str, Any] = codec.from_json(msg.data, "trigger reply")
     return reply
 

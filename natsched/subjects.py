@@ -288,6 +288,11 @@ def chain_fanins(chain_id: str) -> str:
     return f"fanin.{chain_id}.>"
 
 
+def trigger_record_key(job_key: str, trigger_id: str) -> str:
+    """CHAINS_BUCKET: a trigger request's id and outcome, so a repeat starts nothing new."""
+    return f"trigger.{job_key}.{_token(trigger_id, 'trigger id')}"
+
+
 def chain_claim_key(job_key: str, claim_id: str) -> str:
     """CHAINS_BUCKET: created once by the master that starts ``job_key`` for ``claim_id``."""
     return f"chain.{job_key}.{claim_id}"

@@ -7,6 +7,7 @@ client would; with ``--wait`` it exits with the job's exit code.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Annotated, Any
 
 import typer
@@ -124,6 +125,10 @@ def run_job(
     arg: Annotated[list[str] | None, typer.Option("--arg", help="extra argument (repeatable)")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeatable)")] = None,
     correlation_id: Annotated[str | None, typer.Option(help="carried into the run's events")] = None,
+    trigger_id: Annotated[
+        str | None,
+        typer.Option(help="start the job once for all requests with this id (default: one per command)"),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="wait for the end; exit with its exit code")
     ] = False,
@@ -143,6 +148,10 @@ def run_job(
             raise fail(str(exc)) from None
     if correlation_id:
         body["correlation_id"] = correlation_id
+    # One id per command: a request whose answer got lost is sent again without a second start.
+    body["trigger_id"] = trigger_id or secrets.token_hex(8)
+    if not subjects.is_token(body["trigger_id"]):
+        raise fail(f"--trigger-id {subjects.shown(trigger_id)} must be {subjects.TOKEN_RULE}")
     code = run(trigger_and_wait(server, job, body, wait, follow))
     raise typer.Exit(code)
 

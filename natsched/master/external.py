@@ -1,6 +1,7 @@
 """External triggers: anyone may publish to ``natsched.trigger.<group>.<job>`` to start a job.
 
-The body is optional JSON ``{"args": [...], "env": {...}, "correlation_id": "..."}``; args
+The body is optional JSON ``{"args": [...], "env": {...}, "correlation_id": "...", "trigger_id":
+"..."}`` (a trigger id makes a repeated request start nothing new: ``triggerids.py``); args
 and env only as far as the job's ``trigger`` policy allows (see triggerpolicy.py). As a
 request, the reply is JSON with the run ids; as a plain publish the job still starts.
 An unknown job or a bad body gets an error reply and runs nothing. Served by every
@@ -14,12 +15,15 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.errors import ApiError, CodecError, NatschedError
 from natsched.master.dispatch import Dispatcher
 from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
+from natsched.master.triggerids import check_trigger_id, once
+from natsched.runmessages import RunReply
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
@@ -28,9 +32,11 @@ MAX_ARGS = 256
 
 def parse_trigger_body(body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, str], str]:
     """(args, env, correlation id) from a trigger's JSON body; ApiError naming what is wrong."""
-    unknown = sorted(set(body) - {"args", "env", "correlation_id"})
+    unknown = sorted(set(body) - {"args", "env", "correlation_id", "trigger_id"})
     if unknown:
-        raise ApiError(f"unknown field(s) {', '.join(unknown)}; allowed: args, env, correlation_id")
+        raise ApiError(
+            f"unknown field(s) {', '.join(unknown)}; allowed: args, env, correlation_id, trigger_id"
+        )
     args = body.get("args", [])
     if not isinstance(args, list) or len(args) > MAX_ARGS or not all(isinstance(a, str) for a in args):
         raise ApiError(f"'args' must be a list of at most {MAX_ARGS} strings")
@@ -59,6 +65,7 @@ class TriggerHandler:
         self._nc = nc
         self._index = index
         self._dispatcher = dispatcher
+        self._kv: KeyValue | None = None  # trigger ids' records, opened on first use
         self._side_by_side = SideBySide(self._handle, concurrency)
         self.handle = self._side_by_side.take
 
@@ -82,29 +89,51 @@ class TriggerHandler:
                 )
             # The job says what a caller may change; the agent checks again.
             spec.trigger.check(spec.key, RunTrigger.MANUAL, args, env)
-            replies = await self._dispatcher.dispatch(
-                spec, trigger=RunTrigger.MANUAL, args=args, env=env, correlation_id=correlation
-            )
+
+            async def dispatch(base_id: str | None) -> list[dict[str, Any]]:
+                replies = await self._dispatcher.dispatch(
+                    spec,
+                    trigger=RunTrigger.MANUAL,
+                    args=args,
+                    env=env,
+                    correlation_id=correlation,
+                    base_id=base_id,
+                )
+                return [_run(r) for r in replies]
+
+            repeat = False
+            if "trigger_id" in body:
+                trigger_id = check_trigger_id(body["trigger_id"])
+                runs, repeat = await once(await self._records(), spec.key, trigger_id, dispatch)
+            else:
+                runs = await dispatch(None)
         except (NatschedError, CodecError) as exc:
             log.info("trigger %s refused: %s", msg.subject, exc)
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug must not take the trigger subject down
             log.exception("trigger %s failed", msg.subject)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
-        runs = [
-            {
-                "run_id": r.run_id,
-                "agent": r.agent,
-                "ok": r.ok,
-                "state": r.state or ("started" if r.ok else "failed"),
-                "pid": r.pid,
-                "reason": r.reason,
-            }
-            for r in replies
-        ]
+        ok = any(r.get("ok") for r in runs)
         return {
-            "ok": any(r.ok for r in replies),
+            "ok": ok,
             "job": spec.key,
             "runs": runs,
-            **({} if any(r.ok for r in replies) else {"error": "; ".join(r.reason for r in replies)}),
+            **({"repeat": True} if repeat else {}),
+            **({} if ok else {"error": "; ".join(str(r.get("reason", "")) for r in runs)}),
         }
+
+    async def _records(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._nc.jetstream().key_value(subjects.CHAINS_BUCKET)
+        return self._kv
+
+
+def _run(reply: RunReply) -> dict[str, Any]:
+    return {
+        "run_id": reply.run_id,
+        "agent": reply.agent,
+        "ok": reply.ok,
+        "state": reply.state or ("started" if reply.ok else "failed"),
+        "pid": reply.pid,
+        "reason": reply.reason,
+    }

@@ -139,6 +139,11 @@ def test_run_wait_exit_code_and_cancel(
     runs = _wait_runs(url, lambda rs: any(r["run_id"] == run_id and r["state"] == "killed" for r in rs))
     assert runs
 
+    # One trigger id, one start: a command sent again (its answer lost) gets the first's run.
+    first = natsched("run", "cli.ok", "--trigger-id", "deploy-7", url=url)
+    again = natsched("run", "cli.ok", "--trigger-id", "deploy-7", url=url)
+    assert first[0] == again[0] == 0 and first[1].split()[0] == again[1].split()[0], (first, again)
+
 
 def test_run_wait_fails_when_any_target_did_not_succeed(
     nats_server: EmbeddedServer, master_process: Process, spawn: Callable[..., Process], tmp_path: Path
