@@ -44,6 +44,15 @@ def pack(obj: Mapping[str, Any]) -> bytes:
     return msgpack.packb({**obj, VERSION_KEY: PROTOCOL_VERSION}, use_bin_type=True)
 
 
+# First byte of a msgpack map (fixmap, map16, map32): every value ``pack`` makes starts so.
+_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+
+def is_packed_map(data: bytes | None) -> bool:
+    """Could ``data`` be a value ``pack`` made? (A look at its first byte, no decoding.)"""
+    return data is not None and len(data) > 0 and data[0] in _MAP_FIRST
+
+
 def unpack(data: bytes, what: str) -> dict[str, Any]:
     """Decode a msgpack map and check its version; ``what`` names it in errors."""
     try:

@@ -31,6 +31,7 @@ from natsched.groupsettings import GroupSettings, parse_group_settings
 from natsched.kvscan import scan
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
+from natsched.master.putback import put_back_from_history
 from natsched.master.recording import publish_event
 from natsched.models import JobSpec
 from natsched.runmessages import RunReply
@@ -109,6 +110,8 @@ class Holding:
                 self._apply_group(entry.key, value)
             except (CodecError, SpecError, TypeError, ValueError) as exc:
                 log.warning("ignoring setting %s: %s", entry.key, exc)
+                if not codec.is_packed_map(entry.value):  # no master wrote it (see putback.py)
+                    await put_back_from_history(self._kv, subjects.SETTINGS_BUCKET, entry.key, entry.revision)
                 continue
             if entry.key.startswith(PAUSE_JOB_PREFIX) and deleted:
                 self.lifted.set()

@@ -29,8 +29,6 @@ from natsched.service import JETSTREAM_UNANSWERED
 from natsched.triggers.event import EventTrigger
 
 log = logging.getLogger(__name__)
-# First byte of a msgpack map: every definition a master writes is one (codec.encode_job).
-_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 SYNC_WAIT = 5.0  # seconds a request waits for the index to catch up with the bucket
 STATUS_RETRY = 0.25  # seconds between asking the bucket's stream how far it is
 READY_WAIT = 30.0  # seconds a request waits for the first full read (100k jobs take a few)
@@ -284,7 +282,7 @@ class JobIndex:
 
     def _foreign(self, key: str, value: bytes | None) -> bool:
         """True if ``value`` (not a msgpack map) replaces a definition this index holds."""
-        if value and value[0] in _MAP_FIRST:
+        if codec.is_packed_map(value):  # every definition a master writes (codec.encode_job)
             return False
         held = self.entries.get(key)
         return held is not None and held.spec is not None

@@ -38,6 +38,7 @@ from natsched.master.lease import DEFAULT_TTL, LeaderLease
 from natsched.master.locks import LockService
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.notify import Notifier
+from natsched.master.putback import SecretsKept
 from natsched.master.recording import record_unsent
 from natsched.master.replies import KvUpdates
 from natsched.master.retries import RetryFollower
@@ -121,6 +122,9 @@ class MasterService(Service):
         self.index = JobIndex(jobs)
         self.keep_running(self.index.watch, name="job-index")
         self.keep_running(self.index.restore, name="job-restore")
+        if self._secret_key is not None:
+            secrets = SecretsKept(await js.key_value(SECRETS_BUCKET), self._secret_key)
+            self.keep_running(secrets.watch, name="secrets-kept")
         await self._serve_requests(js, jobs)
         await self._follow_events(js, state)
         self.lost = LostAgents(

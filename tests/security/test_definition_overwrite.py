@@ -1,12 +1,14 @@
-"""Attack: an agent has nats-server overwrite a job's definition, so the job never runs again.
+"""Attack: an agent has nats-server overwrite a value only masters write (a job's definition, a
+pause, a secret), so the job never runs again (or runs although paused).
 
 Agents may not write ``natsched_jobs``. But nats-server sends the acknowledgement of a
 JetStream publish to whatever reply subject the publisher gave, unchecked against its
 permissions: agent a1 writes its own heartbeat with the reply subject
 ``$KV.natsched_jobs.sec.echo``, and the acknowledgement (``{"stream": …, "seq": …}``) becomes
 the job's stored value. Every master and agent then saw an invalid definition: the job ran
-nowhere until an admin applied it again, also after restarts. A master now puts back the
-definition it held when a value no master writes (not a msgpack map) replaces it.
+nowhere until an admin applied it again, also after restarts. Masters now put back what a value
+no master writes (not a msgpack map; for a secret, a value that does not authenticate under its
+name) replaced.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.js.kv import KeyValue
 
 from natsched import subjects
+from natsched.calendars import PAUSE_JOB_PREFIX
 from natsched.client import AdminClient
+from natsched.master.service import MasterService
+from natsched.secrets import generate_key_file, load_key
 from tests.conftest import eventually
 from tests.helpers import job, toml_jobs
 from tests.security.hostile import Secured, secured_server
@@ -74,3 +80,47 @@ def lines(path: Path) -> list[str]:
 
 async def _has(path: Path, count: int) -> bool:
     return len(lines(path)) >= count
+
+
+async def test_an_agent_cannot_wipe_a_pause_or_a_secret_through_a_jetstream_acknowledgement(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """The same for the settings bucket (a pause an operator set: lost at the next start of a
+    master or agent, so the job ran again) and the secrets bucket (every run needing the secret
+    failed at once)."""
+    key_file = tmp_path / "secret.key"
+    generate_key_file(key_file)
+    master_service = MasterService(secured.settings("natsched-master"), secret_key=load_key(key_file))
+    async with master_service, AdminClient(secured.settings("natsched-admin")) as admin:
+        reply = await admin.call(
+            subjects.API_APPLY,
+            {
+                "source": "sec.toml",
+                "content": toml_jobs(job("echo", mode="slave", targets={"agents": ["a1"]}), group="sec"),
+            },
+        )
+        assert reply["ok"], reply
+        assert (await admin.call(subjects.API_PAUSE, {"job": "sec.echo", "note": "maintenance"}))["ok"]
+        assert (await admin.call(subjects.API_SECRETS_SET, {"name": "db_pass", "value": "hunter2"}))["ok"]
+        master = (await secured.connect("natsched-master")).jetstream()
+        settings = await master.key_value(subjects.SETTINGS_BUCKET)
+        secrets = await master.key_value(subjects.SECRETS_BUCKET)
+        pause_key = f"{PAUSE_JOB_PREFIX}sec.echo"
+        pause, secret = (await settings.get(pause_key)).value, (await secrets.get("db_pass")).value
+
+        a1 = await secured.connect("agent-a1")
+        heartbeat = f"{subjects.kv_subject_prefix(subjects.AGENTS_BUCKET)}a1"
+        await a1.publish(
+            heartbeat, b"x", reply=f"{subjects.kv_subject_prefix(subjects.SETTINGS_BUCKET)}{pause_key}"
+        )
+        await a1.publish(
+            heartbeat, b"x", reply=f"{subjects.kv_subject_prefix(subjects.SECRETS_BUCKET)}db_pass"
+        )
+        await a1.flush()
+
+        await eventually(lambda: _back(settings, pause_key, pause), 5, "the pause was put back")
+        await eventually(lambda: _back(secrets, "db_pass", secret), 5, "the secret was put back")
+
+
+async def _back(kv: KeyValue, key: str, value: bytes | None) -> bool:
+    return (await kv.get(key)).value == value
