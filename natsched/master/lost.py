@@ -42,7 +42,7 @@ from natsched.locking import read_holder
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
 from natsched.master.recording import publish_event
-from natsched.models import Heartbeat, Mode
+from natsched.models import Heartbeat, JobSpec, Mode
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,17 @@ class LostAgents:
                 open_runs[run_id] = event
         return open_runs
 
+    async def _could_have_run(self, lost: RunEvent, spec: JobSpec) -> bool:
+        """Did a master of ours hand ``lost`` to its agent, or is the agent a proven member of
+        one of the job's pools (the only agents a load-balance run goes to)?"""
+        if lost.run_id in self._dispatcher.accepted.of(lost.agent):
+            return True
+        members = self._dispatcher.directory.members
+        for pool in spec.targets.pools:
+            if await members.proven(lost.agent, pool):
+                return True
+        return False
+
     async def _release_locks(self, agent: str, runs: set[str] | None = None) -> None:
         for key, value in (await scan(self._js, subjects.STATE_BUCKET, subjects.LOCKS)).items():
             holder = read_holder(value.value)
@@ -226,6 +237,16 @@ class LostAgents:
     async def _redispatch(self, lost: RunEvent) -> None:
         spec = self._index.jobs.get(lost.job)
         if spec is None or not spec.redispatch_lost or spec.mode is not Mode.LOAD_BALANCE or not spec.enabled:
+            return
+        if not await self._could_have_run(lost, spec):
+            # The agent's own heartbeat and events name the runs going on there: an agent of no
+            # pool of the job could list made-up runs of it and go silent to have them started.
+            log.warning(
+                "lost run %s of %s not started again: %s is no member of the job's pools",
+                lost.run_id,
+                lost.job,
+                lost.agent,
+            )
             return
         replies = await self._dispatcher.dispatch(
             spec,
