@@ -4,7 +4,9 @@ watchdog reports file system events from its own thread; they are handed to the 
 loop and a file is fired on only once it is *stable*: its size and mtime did not change
 for the trigger's settle time (a file still being written is not picked up half-way).
 Each stable file version fires one run with ``NATSCHED_FILE`` set to its path; runs of a
-job are bounded (``FILE_CONCURRENCY``), the rest wait their turn.
+job are bounded (``FILE_CONCURRENCY``), the rest wait their turn. The versions that ran are
+kept across restarts, and a directory is scanned when watching starts, so a file that arrived
+while the agent was down runs then, and none runs twice (``fileversions.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from watchdog.observers import Observer
 
 from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
+from agent.fileversions import FileVersions, matching_files
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
 from natsched.triggers.file import FileTrigger
@@ -53,13 +56,13 @@ class _Handler(FileSystemEventHandler):
 
 
 class FileWatcher:
-    def __init__(self, cache: JobCache, executor: JobExecutor) -> None:
+    def __init__(self, cache: JobCache, executor: JobExecutor, versions: FileVersions) -> None:
         self._cache = cache
         self._executor = executor
+        self._versions = versions
         self.loop = asyncio.get_running_loop()
         self._jobs: dict[str, JobSpec] = {}
         self._candidates: dict[tuple[str, str], _Candidate] = {}
-        self._fired: dict[tuple[str, str], tuple[int, int]] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._changed: set[str] = set()
@@ -89,6 +92,7 @@ class FileWatcher:
         jobs = [self._file_job(cached) for cached in await self._cache.all(mode=Mode.MIRROR.value)]
         self._jobs = {spec.key: spec for spec in jobs if spec is not None}
         self._restart_observer()
+        await self._catch_up(self._triggers())
 
     async def _reload(self, keys: set[str]) -> None:
         """Only the changed jobs; the observer restarts only if watched directories changed."""
@@ -101,6 +105,17 @@ class FileWatcher:
                 self._jobs[key] = spec
         if {t.watch for _, t in self._triggers()} != before:
             self._restart_observer()
+        await self._catch_up([(key, t) for key, t in self._triggers() if key in keys])
+
+    async def _catch_up(self, triggers: list[tuple[str, FileTrigger]]) -> None:
+        """Files that arrived (or changed) while nobody watched become candidates now."""
+        self._versions.keep_only((key, t.watch) for key, t in self._triggers())
+        for key, trigger in triggers:
+            files = await asyncio.to_thread(matching_files, trigger)
+            for path in self._versions.unrun(key, trigger, files):
+                if (key, path) not in self._candidates:
+                    log.info("%s: %s arrived while not watched: running it", key, path)
+                    self._candidates[(key, path)] = _Candidate(path=path, key=key, trigger=trigger)
 
     def _restart_observer(self) -> None:
         if self._observer is not None:
@@ -174,9 +189,9 @@ class FileWatcher:
             if now - candidate.stable_since < candidate.trigger.settle:
                 continue
             del self._candidates[ident]
-            if self._fired.get(ident) == signature:
+            if self._versions.ran(*ident) == signature:
                 continue  # this version of the file already had its run
-            self._fired[ident] = signature
+            self._versions.note(*ident, signature)
             spec = self._jobs.get(candidate.key)
             if spec is not None:
                 task = asyncio.create_task(self._launch(spec, candidate.path))

@@ -21,6 +21,7 @@ from agent.config import AgentConfig
 from agent.credential import CredentialWatch
 from agent.executor import JobExecutor
 from agent.files import FileWatcher
+from agent.fileversions import FileVersions
 from agent.groups import GroupTable
 from agent.guardian import Guardian
 from agent.heartbeat import HeartbeatPublisher, PoolProof, sample_load
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_REPORTED_RUNS = 1000  # run ids in a heartbeat (what the leader marks lost if this agent dies)
 JOURNAL_FILE = "runs.sqlite"  # the run journal, beside the cache
+FILES_FILE = "files.sqlite"  # file versions the file-triggered jobs ran for, beside the cache
 FLUSH_TIMEOUT = 5.0  # at shutdown: events not acknowledged by then stay in the SQLite outbox
 
 
@@ -81,6 +83,7 @@ class AgentService(Service):
         self.executor: JobExecutor | None = None
         self.mirror: MirrorScheduler | None = None
         self.files: FileWatcher | None = None
+        self.file_versions: FileVersions | None = None
         self.responder: Responder | None = None
         self.credential = CredentialWatch(config.name, config.pools)
         self.name_gate = NameGate()  # the mirror runs nothing on a name taken over while frozen
@@ -130,7 +133,9 @@ class AgentService(Service):
         self.mirror = MirrorScheduler(self.cache, self.executor, gate=self.name_gate)
         if self.config.metrics_port is not None:
             self._serve_metrics(self.config.metrics_port, self.outbox, self.mirror)
-        self.files = FileWatcher(self.cache, self.executor)
+        self.file_versions = FileVersions(self.config.cache_path.with_name(FILES_FILE))
+        self.file_versions.open()
+        self.files = FileWatcher(self.cache, self.executor, self.file_versions)
         self.local = LocalJobs(
             self.cache,
             self.config.jobs_dir,
@@ -186,6 +191,8 @@ class AgentService(Service):
             await self.outbox.flush(FLUSH_TIMEOUT if connected else 0)
         if self.journal is not None:
             self.journal.close()
+        if self.file_versions is not None:
+            self.file_versions.close()
         if self.heartbeat is not None and self.nc is not None and self.nc.is_connected:
             await self.heartbeat.withdraw(FLUSH_TIMEOUT)
         await self.guardian.close()
