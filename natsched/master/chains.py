@@ -145,6 +145,15 @@ class ChainFollower:
         downstream = self._index.downstream(event.job)
         if not downstream or (event.state.retryable and retry_follows(self._index, event)):
             return  # nothing follows, or a retry will: the chain waits for the last attempt
+        upstream = self._index.jobs.get(event.job)
+        if upstream is None or not self._dispatcher.directory.could_run(upstream, event.agent):
+            log.warning(
+                "completion %s of %s on %s ignored: the job does not target that agent",
+                event.run_id,
+                event.job,
+                event.agent,
+            )
+            return
         chain_id = event.detail.get("chain_id") or event.detail.get("batch") or event.run_id
         single = Completion(
             job=event.job,

@@ -18,6 +18,7 @@ from natsched.errors import CodecError, VersionError
 from natsched.kvscan import scan
 from natsched.master.members import PoolMembers
 from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec
+from natsched.vocab import NO_AGENT
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,17 @@ class AgentDirectory:
     def get(self, agent: str) -> Heartbeat | None:
         """The latest heartbeat seen from ``agent`` (None if it is not live)."""
         return self._agents.get(agent)
+
+    def could_run(self, spec: JobSpec, agent: str) -> bool:
+        """Is ``agent`` one the job targets (by name, or by its tags/pools as last seen)?
+
+        ``none`` is the master's own record of a run that reached no agent. Retries and chains
+        follow only such runs: an agent may publish events of any job under its own name.
+        """
+        if agent == NO_AGENT or agent in spec.targets.agents or ALL_AGENTS in spec.targets.agents:
+            return True
+        seen = self.get(agent) or self.last_seen.get(agent, (None, 0.0))[0]
+        return seen is not None and identity_of(seen).takes(spec.group, spec.targets)
 
     async def live(self) -> list[Heartbeat]:
         if self._ready:

@@ -29,12 +29,11 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.errors import ClaimUndecidedError, CodecError, NotFoundError
 from natsched.events import RunEvent, parse_event
-from natsched.master.directory import identity_of
 from natsched.master.dispatch import Dispatcher
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.recording import UNDECIDED_DETAIL
-from natsched.models import ALL_AGENTS, JobSpec, Mode, RetryPolicy
+from natsched.models import JobSpec, Mode, RetryPolicy
 from natsched.vocab import NO_AGENT, RETRYABLE_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ class RetryFollower:
         if event.attempt > spec.retries.attempts or not spec.enabled or CHAIN_FAILURE in event.detail:
             await msg.ack()
             return
-        if not self._could_run(spec, event.agent):
+        if not self._dispatcher.directory.could_run(spec, event.agent):
             # The subject proves which agent reported the failure; one the job does not target
             # could only have forged it (and a slave retry would go to that agent).
             log.warning(
@@ -119,17 +118,6 @@ class RetryFollower:
                     subjects.retry_key(event.run_id), _retry_value(event, run_id, done=True), last=revision
                 )
         await msg.ack()
-
-    def _could_run(self, spec: JobSpec, agent: str) -> bool:
-        """Is ``agent`` one the job targets (by name, or by its tags/pools as last seen)?
-
-        ``none`` is the master's own record of a run that reached no agent.
-        """
-        if agent == NO_AGENT or agent in spec.targets.agents or ALL_AGENTS in spec.targets.agents:
-            return True
-        directory = self._dispatcher.directory
-        seen = directory.get(agent) or directory.last_seen.get(agent, (None, 0.0))[0]
-        return seen is not None and identity_of(seen).takes(spec.group, spec.targets)
 
     async def _settle(self, event: RunEvent) -> bool | None:
         """Did a run recorded failed with an undecided claim go ahead after all (None: unknown)?

@@ -1,0 +1,80 @@
+"""Attack: an agent publishes a completion of a job it does not run, to start what follows it.
+
+An agent may publish events under its own name only, and the body must match the subject, but
+nothing checked that the job was one the agent runs: agent a3, targeted by nothing, published
+``natsched.event.a3.sec.up.succeeded`` (a run of its own, in its own name) and the masters
+started ``sec.down``, which follows ``sec.up``: a job a3 may not start. Chains now follow only
+completions from an agent the upstream job targets, as retries already did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from natsched import subjects
+from natsched.client import AdminClient
+from natsched.events import RunEvent, new_run_id
+from natsched.vocab import RunState, RunTrigger
+from tests.conftest import eventually
+from tests.helpers import job, toml_jobs
+from tests.security.hostile import Secured, secured_server
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    async with secured_server(tmp_path) as server:
+        yield server
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def _has(path: Path, count: int) -> bool:
+    return len(lines(path)) >= count
+
+
+async def test_an_agent_cannot_complete_a_job_it_does_not_run(secured: Secured, tmp_path: Path) -> None:
+    down = tmp_path / "down.txt"
+    async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
+        reply = await admin.call(
+            subjects.API_APPLY,
+            {
+                "source": "sec.toml",
+                "content": toml_jobs(
+                    job("up", mode="slave", targets={"agents": ["a1"]}),
+                    job(
+                        "down",
+                        mode="slave",
+                        targets={"agents": ["a1"]},
+                        command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {down}'],
+                        triggers=[{"after": ["sec.up"]}],
+                    ),
+                    group="sec",
+                ),
+            },
+        )
+        assert reply["ok"], reply
+        a3 = await secured.connect("agent-a3")
+        for state in (RunState.STARTED, RunState.SUCCEEDED):
+            event = RunEvent(
+                run_id=new_run_id(),
+                job="sec.up",
+                agent="a3",
+                state=state,
+                trigger=RunTrigger.MANUAL,
+                exit_code=0,
+            )
+            await a3.jetstream().publish(event.subject, event.to_json())
+        await asyncio.sleep(2.0)  # the chain starts within milliseconds of a completion it follows
+        assert lines(down) == [], "a3's made-up completion of sec.up started sec.down"
+
+        # a1's real completion still starts it.
+        answer = await admin.nc.request(subjects.trigger_subject("sec.up"), b"{}", timeout=10)
+        assert json.loads(answer.data)["ok"], answer.data
+        await eventually(lambda: _has(down, 1), 15, "a1's completion of sec.up started sec.down")
