@@ -26,7 +26,7 @@ from natsched.groupsettings import GroupSettings, notify_targets
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.retries import CHAIN_FAILURE
-from natsched.models import Notify
+from natsched.models import JobSpec, Notify
 from natsched.senders import Message, SmtpSettings, Tally, deliver
 from natsched.vocab import COMPLETED_STATES
 
@@ -47,9 +47,13 @@ class Notifier:
         index: JobIndex,
         smtp: SmtpSettings | None = None,
         groups: Callable[[str], GroupSettings | None] = lambda group: None,
+        could_run: Callable[[JobSpec, str], bool] = lambda spec, agent: True,
     ) -> None:
         self._nc = nc
         self._index = index
+        # An agent publishes events of any job under its own name: only the runs of an agent
+        # the job targets are told (AgentDirectory.could_run), not made-up ones with its text.
+        self._could_run = could_run
         self._groups = groups  # a job without targets of its own gets its group's
         self._smtp = smtp or SmtpSettings()
         self.on_event: Callable[[RunEvent], None] | None = None  # e.g. a metrics counter
@@ -71,6 +75,15 @@ class Notifier:
                 self.on_event(event)
             kind = outcome(event)
             targets = [n for n in self._targets(event.job) if kind in n.on]
+            spec = self._index.jobs.get(event.job)
+            if targets and (spec is None or not self._could_run(spec, event.agent)):
+                log.warning(
+                    "outcome of run %s of %s on %s not told: the job does not target that agent",
+                    event.run_id,
+                    event.job,
+                    event.agent,
+                )
+                targets = []
             await asyncio.gather(*(self._deliver(n, kind, event, msg.data) for n in targets))
         except CodecError:
             pass  # garbage is nobody's outcome

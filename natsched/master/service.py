@@ -181,7 +181,13 @@ class MasterService(Service):
         )
         await self.chains.start()
         self.keep_running(self.chains.watch_fanins, name="fan-in-watch")
-        self.notifier = Notifier(self.nc, self.index, self._smtp, groups=self.holding.groups.get)
+        self.notifier = Notifier(
+            self.nc,
+            self.index,
+            self._smtp,
+            groups=self.holding.groups.get,
+            could_run=self.dispatcher.directory.could_run,
+        )
         await self.notifier.start()
         for follower in (self.retries.following, self.chains.following, self.notifier.following):
             assert follower is not None
