@@ -240,11 +240,14 @@ class ChainFollower:
                 return
             upstreams[completion.job] = list(completion.runs)
             if set(upstreams) >= set(trigger.after):
-                if await self._delete(key, revision):
-                    parents = tuple(r for job in trigger.after for r in upstreams[job])
-                    await self._fire(spec, chain_id, parents, ",".join(trigger.after), claim_id=chain_id)
-                    return
-                continue
+                # Claimed (in _fire) before the progress is dropped: a master that dies in between
+                # leaves the progress, so the redelivered completion completes the fan-in again and
+                # the claim makes that a repeat of the same runs (dropped first, it left nothing).
+                # The claim also decides between this and a timeout's failure (_fail_chain).
+                parents = tuple(r for job in trigger.after for r in upstreams[job])
+                await self._fire(spec, chain_id, parents, ",".join(trigger.after), claim_id=chain_id)
+                await self._delete(key, revision)  # a conflict: another master's, about to go
+                return
             if await self._write(key, pending, revision):
                 return
         raise ConflictError(f"{key}: too many concurrent updates")
