@@ -17,10 +17,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
@@ -168,29 +167,35 @@ class Holding:
             await self.lifted.wait()
 
     async def _release(self) -> None:
+        """Dispatch each held run, then drop its key: a leader that dies in between leaves the key,
+        and the next one dispatches the run again with the same run ids (derived from the key),
+        which agents answer without running twice (dropped first, a death in between lost it)."""
         held = await scan(self._js, subjects.STATE_BUCKET, subjects.HELD_RUNS)
         for key, entry in sorted(held.items(), key=lambda item: item[1].revision):
             job = subjects.held_run_job(key)
             if job in self.holds.job_pauses:
                 continue
-            try:
-                await self._state.delete(key, last=entry.revision)
-            except (KeyWrongLastSequenceError, KeyNotFoundError):
-                continue  # another master took it
             spec = self._index.jobs.get(job)
             try:
                 run = HeldRun.decode(entry.value, key)
             except CodecError as exc:
                 log.warning("dropped held run %s: %s", key, exc)
-                continue
-            if spec is None:
+                run = None
+            if spec is None and run is not None:
                 log.warning("held run %s dropped: job %s no longer exists", key, job)
-                continue
-            log.info("%s resumed: starting a queued %s run", job, run.trigger)
-            replies = await self._dispatch(spec, run)
-            for reply in replies:
-                if not reply.ok:
-                    log.warning("resumed %s run: %s on %s", job, reply.reason, reply.agent or "-")
+            elif spec is not None and run is not None:
+                log.info("%s resumed: starting a queued %s run", job, run.trigger)
+                replies = await self._dispatch(
+                    spec, replace(run, base_id=run.base_id or key.rsplit(".", 1)[1])
+                )
+                for reply in replies:
+                    if not reply.ok:
+                        log.warning("resumed %s run: %s on %s", job, reply.reason, reply.agent or "-")
+            try:
+                await self._state.delete(key, last=entry.revision)
+            except Exception as exc:  # noqa: BLE001 - taken by another master, or NATS trouble:
+                # left, it is dispatched again with the same run ids, which changes nothing
+                log.debug("held run %s not dropped now: %r", key, exc)
 
     async def _dispatch(self, spec: JobSpec, run: HeldRun) -> list[RunReply]:
         return await self._dispatcher.dispatch(
