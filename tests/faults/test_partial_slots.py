@@ -41,12 +41,14 @@ async def test_a_slot_sent_to_some_targets_by_a_leader_that_died_is_recorded_for
     dying: list[float] = []
     died = asyncio.Event()
 
-    async def die_instead(js: JetStreamContext, request: RunRequest | None, reply: RunReply) -> None:
+    async def die_instead(
+        js: JetStreamContext, request: RunRequest | None, reply: RunReply, *, undecided: str = ""
+    ) -> None:
         if request is not None and not died.is_set():
             dying.append(float(request.scheduled_at or 0.0))
             died.set()
             await asyncio.sleep(3600)  # cut off before it records anything (see below)
-        await record_failure(js, request, reply)
+        await record_failure(js, request, reply, undecided=undecided)
 
     monkeypatch.setattr(dispatch, "record_failure", die_instead)
     first = MasterService(conn, lease_ttl=2.0)
