@@ -25,6 +25,7 @@ from agent.service import AgentService
 from natsched.embedded import EmbeddedServer, free_port
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
+from tests.helpers import started_master
 
 BIN = Path(sys.executable).parent
 
@@ -62,8 +63,11 @@ async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def master(conn: ConnectionSettings) -> AsyncIterator[MasterService]:
-    async with MasterService(conn) as service:
+    service = await started_master(lambda: MasterService(conn))
+    try:
         yield service
+    finally:
+        await service.__aexit__(None, None, None)
 
 
 AgentFactory = Callable[..., Awaitable[AgentService]]
