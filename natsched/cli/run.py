@@ -19,8 +19,9 @@ from natsched.cli.common import ServerOption, console, fail, run, settings
 from natsched.cli.runs import print_log
 from natsched.client import AdminClient, request_trigger
 from natsched.connection import connect
-from natsched.errors import ApiError, CodecError, ConfigError
+from natsched.errors import ApiError, CodecError, ConfigError, NotFoundError
 from natsched.events import RunEvent, parse_event
+from natsched.runs import get_run
 
 
 def env_pairs(values: list[str] | None) -> dict[str, str]:
@@ -66,6 +67,8 @@ async def trigger_and_wait(
         if not (wait or follow):
             return 0
         wanted.update(r["run_id"] for r in reply["runs"] if r["ok"])
+        if reply.get("repeat"):  # the runs of an earlier request with this trigger id may have ended
+            await _ended_before(nc, wanted - finals.keys(), finals)
         # A target that never started the run (offline, refused, skipped) is a failed outcome
         # too: one success elsewhere must not hide it from a script checking the exit code.
         refused = [r for r in reply["runs"] if not r["ok"]]
@@ -81,6 +84,17 @@ async def trigger_and_wait(
         return code or never_started
     finally:
         await nc.close()
+
+
+async def _ended_before(nc: Client, run_ids: set[str], finals: dict[str, RunEvent]) -> None:
+    """Final events already in the stream (published before we subscribed)."""
+    for run_id in sorted(run_ids):
+        try:
+            summary = await get_run(nc.jetstream(), run_id)
+        except NotFoundError:
+            continue
+        if summary.latest.state.final:
+            finals.setdefault(run_id, summary.latest)
 
 
 def _refused_code(refused: list[dict[str, Any]]) -> int:

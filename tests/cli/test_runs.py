@@ -143,6 +143,8 @@ def test_run_wait_exit_code_and_cancel(
     first = natsched("run", "cli.ok", "--trigger-id", "deploy-7", url=url)
     again = natsched("run", "cli.ok", "--trigger-id", "deploy-7", url=url)
     assert first[0] == again[0] == 0 and first[1].split()[0] == again[1].split()[0], (first, again)
+    code, out = natsched("run", "cli.ok", "--trigger-id", "deploy-7", "--wait", url=url)
+    assert code == 0 and f"{first[1].split()[0]} on w1: succeeded" in out, out  # ended before: read back
 
 
 def test_run_wait_fails_when_any_target_did_not_succeed(
