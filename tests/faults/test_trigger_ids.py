@@ -16,7 +16,9 @@ import pytest
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from natsched import subjects
 from natsched.embedded import EmbeddedServer
+from natsched.master.service import MasterService
 from tests.conftest import AgentFactory, Process, eventually, wait_for_api
 from tests.faults.witness import executions, frozen, witness_job
 from tests.helpers import apply, toml_jobs
@@ -52,3 +54,32 @@ async def test_a_trigger_repeated_with_its_id_while_the_master_was_frozen_runs_o
     await eventually(ran, 10, "the job ran")
     await asyncio.sleep(1.0)  # every request has been handled; a second run has written by now
     assert executions(witness) == [(run["run_id"], "s1")], "one run for three requests of one trigger id"
+
+
+async def test_a_subject_message_published_again_with_its_msg_id_starts_its_job_once(
+    master: MasterService, nc: Client, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """The subject-trigger side (README): a JetStream publish retried after a lost
+    acknowledgement, with the same ``Nats-Msg-Id``, is stored once, so it starts its job once."""
+    witness = tmp_path / "witness"
+    await start_agent("s1")
+    spec = witness_job(
+        "paid", witness, mode="slave", targets={"agents": ["s1"]}, triggers=[{"subject": "pay.*"}]
+    )
+    assert (await apply(nc, toml_jobs(spec, group="ti")))["ok"]
+    js = nc.jetstream()
+
+    async def captured() -> bool:
+        info = await js.stream_info(subjects.SUBJECTS_STREAM)
+        return "pay.*" in (info.config.subjects or [])
+
+    await eventually(captured, 10, "the masters' stream keeps pay.*")
+    acks = [await js.publish("pay.done", b"{}", headers={"Nats-Msg-Id": "pay-7"}) for _ in range(3)]
+    assert [a.duplicate for a in acks] == [None, True, True], acks
+
+    async def ran() -> bool:
+        return bool(executions(witness))
+
+    await eventually(ran, 10, "the job ran")
+    await asyncio.sleep(1.0)  # a second run would have come by now
+    assert len(executions(witness)) == 1, executions(witness)
