@@ -129,6 +129,17 @@ class LeaderLease:
             await self._take(None, self.term + 1)
             return
         view = read_lease(entry.value, entry.revision or 0)
+        if view is None and not codec.is_packed_map(entry.value):
+            # No master wrote this (see putback.py: nats-server writes its acknowledgement of any
+            # client's publish wherever that client asks): not a release, and not a renewal
+            # either. The lease is taken over only once it has been that long without one; its
+            # holder, if alive, puts its own back at its next renewal.
+            if self._seen is None:
+                self._seen = (entry.revision or 0, self._clock())
+            elif self._clock() - self._seen[1] >= self.ttl:
+                log.warning("lease unreadable for %gs; taking over", self.ttl)
+                await self._take(entry.revision, self.term + 1)
+            return
         if view is None:
             await self._take(entry.revision, self.term + 1)
             return
@@ -172,7 +183,25 @@ class LeaderLease:
             self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=self._revision)
             self._renewed_at = sent
         except KeyWrongLastSequenceError:
-            self._step_down("another master took the lease")
+            foreign = await self._foreign_revision()
+            if foreign is None:
+                self._step_down("another master took the lease")
+                return
+            # A value no master wrote (an agent had nats-server write one here): still ours.
+            try:
+                self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=foreign)
+                self._renewed_at = sent
+                log.warning("lease: a value no master wrote replaced it; put back")
+            except KeyWrongLastSequenceError:
+                self._step_down("another master took the lease")
+
+    async def _foreign_revision(self) -> int | None:
+        """The lease's revision if it holds a value no master writes (not a msgpack map)."""
+        try:
+            entry = await self._kv.get(subjects.LEASE_KEY)
+        except KeyNotFoundError:
+            return None
+        return None if codec.is_packed_map(entry.value) else entry.revision
 
     async def decided(self) -> bool:
         """May this master claim now? True while the lease is fresh. Not fresh, but still the
