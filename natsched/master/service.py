@@ -257,10 +257,17 @@ class MasterService(Service):
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run())
-            group.create_task(SlotAudit(self.nc.jetstream(), self.scheduler.cursors).run())
+            audit = SlotAudit(self.nc.jetstream(), self.scheduler.cursors, could_run=self.could_run_job)
+            group.create_task(audit.run())
             group.create_task(self.chains.expire_fanins())
             group.create_task(self.lost.run())
             group.create_task(self.holding.release_lifted())
+
+    def could_run_job(self, job: str, agent: str) -> bool:
+        """May ``agent`` run ``job`` (a target of it, or the masters' own record)?"""
+        assert self.index is not None and self.dispatcher is not None
+        spec = self.index.jobs.get(job)
+        return spec is not None and self.dispatcher.directory.could_run(spec, agent)
 
     async def _status(self, msg: Msg) -> None:
         """``natsched.masters.status``: every master answers (no queue group)."""

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 
 from natsched import codec, subjects
 from natsched.errors import CodecError, NotConnectedError
-from natsched.events import RunEvent, RunState
+from natsched.events import RunEvent, RunState, parse_event
 from natsched.kvscan import read_stream, scan
 from natsched.master.dispatch import REQUEST_TIMEOUT
 from natsched.master.recording import publish_event
@@ -63,9 +63,13 @@ class SlotAudit:
         *,
         settle: float = SETTLE,
         clock: Callable[[], float] = time.time,
+        could_run: Callable[[str, str], bool] = lambda job, agent: True,
     ) -> None:
         self._js = js
         self._cursors = cursors
+        # (job, agent) -> may that agent run that job? An agent publishes events of any job
+        # under its own name: one of a job it does not run is no trace of its slots.
+        self._could_run = could_run
         self._settle = settle
         self._clock = clock
 
@@ -134,9 +138,12 @@ class SlotAudit:
             try:
                 event = json.loads(msg.data)
                 if event.get("scheduled_at") is not None:
+                    parsed = parse_event(msg.data, msg.subject)  # the body must match the subject
+                    if not self._could_run(parsed.job, parsed.agent):
+                        continue
                     key = (str(event["job"]), float(event["scheduled_at"]))
                     seen.setdefault(key, _Trace()).add(event)
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (CodecError, ValueError, KeyError, TypeError, AttributeError):
                 continue
         return seen
 
