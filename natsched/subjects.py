@@ -78,8 +78,11 @@ WEB_INBOX = "_INBOX_web"  # natsched web (read-only role by default)
 # Where a durable consumer every master shares pushes its messages: one fixed subject per
 # consumer (under the masters' inbox, so no other role can read it). With an inbox of its own
 # each, the master that lost the race to create the consumer listened where nothing came.
+MASTER_DELIVER_PREFIX = f"{MASTER_INBOX}.deliver."
+
+
 def master_deliver_subject(durable: str) -> str:
-    return f"{MASTER_INBOX}.deliver.{durable}"
+    return f"{MASTER_DELIVER_PREFIX}{durable}"
 
 
 # Tokens we splice into subjects and KV keys: no dots, wildcards or whitespace, and short:
@@ -130,7 +133,8 @@ def is_inbox_prefix(value: str) -> bool:
 
 
 def is_reply_inbox(reply: str) -> bool:
-    """True if a master may answer on ``reply``: a requester's inbox, never the masters' own.
+    """True if a master may answer on ``reply``: a requester's inbox, never the subjects the
+    masters' shared consumers push to (``master_deliver_subject``).
 
     The master answers with its own permissions (every KV key, the JetStream API, any subject
     a subject trigger listens on, and any reply through ``allow_responses``): a reply subject
@@ -141,7 +145,7 @@ def is_reply_inbox(reply: str) -> bool:
     return (
         bool(dot and rest)
         and is_inbox_prefix(prefix)
-        and prefix != MASTER_INBOX
+        and not reply.startswith(MASTER_DELIVER_PREFIX)
         and all(token and token not in ("*", ">") for token in rest.split("."))
         and not any(c.isspace() for c in reply)
     )

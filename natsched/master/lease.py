@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = 5.0
 DECIDE_BOUND = 15.0  # longest wait for a renewal's outcome before a claim (see decided)
 DECIDE_POLL = 0.05
+PUT_BACK_TRIES = 5  # a leader's put-backs of its lease over foreign values, per renewal
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,11 @@ class LeaderLease:
         *,
         ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
+        another_leads: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._kv = state
+        # Asked before taking over a lease that no master wrote: does another master still lead?
+        self._another_leads = another_leads
         self.master_id = master_id
         self.ttl = ttl
         self._clock = clock
@@ -134,9 +138,14 @@ class LeaderLease:
             # client's publish wherever that client asks): not a release, and not a renewal
             # either. The lease is taken over only once it has been that long without one; its
             # holder, if alive, puts its own back at its next renewal.
+            # A standby polling once a second may see only such values while the leader puts its
+            # own back in between: before taking over, it asks the masters whether one leads.
             if self._seen is None:
                 self._seen = (entry.revision or 0, self._clock())
             elif self._clock() - self._seen[1] >= self.ttl:
+                if self._another_leads is not None and await self._another_leads():
+                    self._seen = (entry.revision or 0, self._clock())
+                    return
                 log.warning("lease unreadable for %gs; taking over", self.ttl)
                 await self._take(entry.revision, self.term + 1)
             return
@@ -183,17 +192,20 @@ class LeaderLease:
             self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=self._revision)
             self._renewed_at = sent
         except KeyWrongLastSequenceError:
-            foreign = await self._foreign_revision()
-            if foreign is None:
-                self._step_down("another master took the lease")
-                return
-            # A value no master wrote (an agent had nats-server write one here): still ours.
-            try:
-                self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=foreign)
-                self._renewed_at = sent
-                log.warning("lease: a value no master wrote replaced it; put back")
-            except KeyWrongLastSequenceError:
-                self._step_down("another master took the lease")
+            # Values no master wrote (an agent had nats-server write them here, maybe many a
+            # second) leave the lease ours: put it back over the newest, a few times if need be.
+            for _ in range(PUT_BACK_TRIES):
+                foreign = await self._foreign_revision()
+                if foreign is None:
+                    break  # a master's value: another master took the lease
+                try:
+                    self._revision = await self._kv.update(subjects.LEASE_KEY, value, last=foreign)
+                    self._renewed_at = sent
+                    log.warning("lease: a value no master wrote replaced it; put back")
+                    return
+                except KeyWrongLastSequenceError:
+                    continue
+            self._step_down("another master took the lease")
 
     async def _foreign_revision(self) -> int | None:
         """The lease's revision if it holds a value no master writes (not a msgpack map)."""

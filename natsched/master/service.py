@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -59,6 +60,7 @@ DRAIN_TIMEOUT = 2.0  # SIGTERM to exit within 3 s, connected or not
 # claims of a larger burst wait for room, so they keep pace with what the agents take.
 DISPATCHING = 512
 RELEASE_TIMEOUT = 0.5
+STATUS_WAIT = 0.5  # a standby's wait for a leader's answer before it takes an unreadable lease
 
 
 def new_master_id() -> str:
@@ -117,7 +119,9 @@ class MasterService(Service):
         await ensure_all(js, self.storage)
         jobs = await js.key_value(subjects.JOBS_BUCKET)
         state = await js.key_value(subjects.STATE_BUCKET)
-        self.lease = LeaderLease(state, self.master_id, ttl=self._lease_ttl)
+        self.lease = LeaderLease(
+            state, self.master_id, ttl=self._lease_ttl, another_leads=self._another_leads
+        )
         self.dispatcher = Dispatcher(self.nc, master_id=self.master_id, lease=self.lease)
         self.index = JobIndex(jobs)
         self.keep_running(self.index.watch, name="job-index")
@@ -262,6 +266,31 @@ class MasterService(Service):
             group.create_task(self.chains.expire_fanins())
             group.create_task(self.lost.run())
             group.create_task(self.holding.release_lifted())
+
+    async def _another_leads(self) -> bool:
+        """Does another master say it leads, with a fresh lease (``natsched.masters.status``)?"""
+        assert self.nc is not None and self.lease is not None
+        inbox = self.nc.new_inbox()
+        fresh = asyncio.Event()
+        ttl = self.lease.ttl
+
+        async def on_answer(msg: Msg) -> None:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                answer = json.loads(msg.data)
+                age = answer.get("lease_age")
+                others = answer.get("master") != self.master_id and answer.get("leader")
+                if others and age is not None and float(age) < ttl:
+                    fresh.set()
+
+        sub = await self.nc.subscribe(inbox, cb=on_answer)
+        try:
+            await self.nc.publish(subjects.MASTERS_STATUS, b"{}", reply=inbox)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_WAIT):
+                    await fresh.wait()
+        finally:
+            await sub.unsubscribe()
+        return fresh.is_set()
 
     def could_run_job(self, job: str, agent: str) -> bool:
         """May ``agent`` run ``job`` (a target of it, or the masters' own record)?"""
