@@ -146,7 +146,7 @@ class ChainFollower:
         if not downstream or (event.state.retryable and retry_follows(self._index, event)):
             return  # nothing follows, or a retry will: the chain waits for the last attempt
         upstream = self._index.jobs.get(event.job)
-        if upstream is None or not self._dispatcher.directory.could_run(upstream, event.agent):
+        if upstream is None or not await self._dispatcher.directory.took(upstream, event.agent, event.run_id):
             log.warning(
                 "completion %s of %s on %s ignored: the job does not target that agent",
                 event.run_id,

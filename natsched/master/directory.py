@@ -134,6 +134,15 @@ class AgentDirectory:
         seen = self.get(agent) or self.last_seen.get(agent, (None, 0.0))[0]
         return seen is not None and identity_of(seen).takes(spec.group, spec.targets)
 
+    async def took(self, spec: JobSpec, agent: str, run_id: str) -> bool:
+        """``could_run``, or ``agent`` took ``run_id`` from a pool of the job through its queue
+        group: the run's pool claim proves it (only a credential of the pool writes it), also
+        while this master has not read the agent's membership key yet (its heartbeat then names
+        no pool here)."""
+        return self.could_run(spec, agent) or await self.members.took_from_pool(
+            agent, spec.targets.pools, run_id
+        )
+
     async def live(self) -> list[Heartbeat]:
         if self._ready:
             return list(self._agents.values())

@@ -15,12 +15,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from natsched.claims import is_member, open_claims
+from natsched import subjects
+from natsched.claims import decode_claim, is_member, open_claims
 from natsched.models import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,20 @@ class PoolMembers:
                 pool,
             )
         return member
+
+    async def took_from_pool(self, agent: str, pools: Iterable[str], run_id: str) -> bool:
+        """Did ``agent`` win ``run_id`` from one of ``pools``' queue groups (its pool claim)?"""
+        for pool in pools:
+            try:
+                async with asyncio.timeout(CHECK_TIMEOUT):
+                    if self._kv is None:
+                        self._kv = await open_claims(self._js)
+                    entry = await self._kv.get(subjects.pool_claim_key(pool, run_id))
+                if decode_claim(entry.value, pool).agent == agent:
+                    return True
+            except Exception as exc:  # noqa: BLE001 - no such claim, not one of ours, NATS hiccup
+                log.debug("pool claim of %s in %s not read: %r", run_id, pool, exc)
+        return False
 
     async def vouch(self, heartbeat: Heartbeat) -> Heartbeat:
         """``heartbeat`` with only the pools its agent proved."""

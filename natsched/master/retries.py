@@ -82,7 +82,7 @@ class RetryFollower:
         if event.attempt > spec.retries.attempts or not spec.enabled or CHAIN_FAILURE in event.detail:
             await msg.ack()
             return
-        if not self._dispatcher.directory.could_run(spec, event.agent):
+        if not await self._dispatcher.directory.took(spec, event.agent, event.run_id):
             # The subject proves which agent reported the failure; one the job does not target
             # could only have forged it (and a slave retry would go to that agent).
             log.warning(
