@@ -64,8 +64,14 @@ async def test_retries_across_a_server_restart_and_a_master_kill_run_exactly_att
     await asyncio.sleep(0.5)  # its failure is in a master's hands, waiting out the backoff
     for master in masters:  # both: a new master must take the failure over and retry it
         master.kill()
-    await _master(spawn, nats_server, "master-3")
-    await eventually(ran(3), 20, "the second retry")
+    masters.append(await _master(spawn, nats_server, "master-3"))
+    try:
+        await eventually(ran(3), 20, "the second retry")
+    finally:  # what the masters and the events said, should it not come
+        for event in await events_of(nc, "rx.hopeless"):
+            print(event["run_id"], event["agent"], event["state"], event["attempt"], event["reason"])
+        for master in masters:
+            print(master.log.name, *master.output().splitlines()[-15:], sep="\n  ")
     await asyncio.sleep(1.5)  # a failure retried twice would have run twice by now
     attempts = sorted(e["attempt"] for e in await events_of(nc, "rx.hopeless") if e["state"] == "failed")
     assert len(executions(witness)) == 3 and attempts == [1, 2, 3], (executions(witness), attempts)
