@@ -176,12 +176,24 @@ class LostAgents:
     async def _close(
         self, open_runs: dict[str, RunEvent], reason: str, agent: str, only: set[str] | None = None
     ) -> None:
-        """Record the runs lost, release their (or, ``only`` None, all the agent's) locks, redo."""
-        for event in open_runs.values():
-            await publish_event(self._js, event.moved_to(RunState.LOST, reason=reason))
+        """Record the runs lost, release their (or, ``only`` None, all the agent's) locks, redo.
+
+        A run to start again is recorded lost only after it was re-dispatched: a leader that dies
+        (or whose dispatch raises) in between leaves it open, so the next pass, or the next
+        leader, re-dispatches it (the same run id: recognised, not run twice). Recorded first, it
+        was final, and nobody started it again."""
+        redo = {run_id: e for run_id, e in open_runs.items() if self._redispatches(e)}
+        for run_id, event in open_runs.items():
+            if run_id not in redo:
+                await publish_event(self._js, event.moved_to(RunState.LOST, reason=reason))
         await self._release_locks(agent, only)
-        for event in open_runs.values():
+        for event in redo.values():
             await self._redispatch(event)
+            await publish_event(self._js, event.moved_to(RunState.LOST, reason=reason))
+
+    def _redispatches(self, lost: RunEvent) -> bool:
+        spec = self._index.jobs.get(lost.job)
+        return spec is not None and spec.redispatch_lost and spec.mode is Mode.LOAD_BALANCE and spec.enabled
 
     async def _open_runs(
         self, agent: str, heartbeat: Heartbeat, *, before: float | None = None
@@ -236,7 +248,7 @@ class LostAgents:
 
     async def _redispatch(self, lost: RunEvent) -> None:
         spec = self._index.jobs.get(lost.job)
-        if spec is None or not spec.redispatch_lost or spec.mode is not Mode.LOAD_BALANCE or not spec.enabled:
+        if spec is None or not self._redispatches(lost):
             return
         if not await self._could_have_run(lost, spec):
             # The agent's own heartbeat and events name the runs going on there: an agent of no

@@ -1,0 +1,84 @@
+"""A lost run whose leader died as it re-dispatched it is re-dispatched by the next leader.
+
+The leader recorded an unresponsive agent's runs ``lost`` and then started them again
+(``redispatch_lost``): killed in between (or with the dispatch raising on a NATS fault), the
+runs were final, so the next leader found nothing open to start again: the re-run the job
+asks for never came, and nothing said so. The window is milliseconds, so the first leader
+"dies" (its connection closed, as by kill -9) right where it would re-dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from natsched.embedded import EmbeddedServer
+from natsched.master.service import MasterService
+from natsched.settings import ConnectionSettings
+from natsched.vocab import RunTrigger
+from tests.conftest import Process, eventually
+from tests.faults.witness import agent_process, executions, seen_by, witnessed
+from tests.helpers import apply, job, toml_jobs
+from tests.master.test_chains import trigger
+
+pytestmark = pytest.mark.faults
+
+
+async def test_a_lost_run_whose_leader_died_re_dispatching_it_runs_again_from_the_next(
+    nats_server: EmbeddedServer,
+    conn: ConnectionSettings,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    witness = tmp_path / "witness"
+    url = nats_server.url
+    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+    first = MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0)
+    await first.__aenter__()
+    try:
+        agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+        await seen_by(first, "a1", "b1")
+        spec = job(
+            "long",
+            mode="load-balance",
+            targets={"pools": ["p"]},
+            command=witnessed(30, witness),
+            redispatch_lost=True,
+        )
+        assert (await apply(nc, toml_jobs(spec, group="lr")))["ok"]
+        [run] = (await trigger(nc, "lr.long"))["runs"]
+        assert run["agent"] == "a1", run
+        await eventually(lambda: _started(witness, "a1"), 10, "the run started on a1")
+        assert first.dispatcher is not None
+        dispatch, dead = first.dispatcher.dispatch, asyncio.Event()
+
+        async def dies_re_dispatching(spec: Any, **kwargs: Any) -> list[Any]:
+            if kwargs.get("trigger") is not RunTrigger.LOST:
+                return await dispatch(spec, **kwargs)
+            assert first.nc is not None
+            await first.nc.close()  # as kill -9: nothing more written or sent
+            dead.set()
+            await asyncio.Event().wait()
+            return []
+
+        first.dispatcher.dispatch = dies_re_dispatching  # type: ignore[method-assign]
+        a1.kill()  # its job dies with it (guardian); the leader finds it silent after 2 s
+        async with asyncio.timeout(15):
+            await dead.wait()
+    finally:
+        await first.__aexit__(None, None, None)
+    async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0):
+        await eventually(lambda: _started(witness, "b1"), 20, "the lost run ran again on b1")
+        await asyncio.sleep(1.0)  # a second re-run would have started by now
+    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    assert [line[1] for line in starts] == ["a1", "b1"], executions(witness)
+
+
+async def _started(witness: Path, agent: str) -> bool:
+    return any(line[1:] == (agent, "start") for line in executions(witness))
