@@ -218,15 +218,16 @@ class ChainFollower:
             if revision is None and await self._exists(subjects.chain_claim_key(spec.key, chain_id)):
                 return  # already fired or failed for this chain run (a redelivery)
             if not ok:
-                if await self._delete(key, revision):
-                    waiting = f"{completion.job} ended {completion.state}"
-                    await self._fail_chain(
-                        spec,
-                        chain_id,
-                        completion.runs,
-                        f"chain failed: {waiting}, but it waits for all of "
-                        f"{', '.join(trigger.after)} to end {trigger.on}",
-                    )
+                # Recorded (claimed) before the progress is dropped, as a join is (see below).
+                waiting = f"{completion.job} ended {completion.state}"
+                await self._fail_chain(
+                    spec,
+                    chain_id,
+                    completion.runs,
+                    f"chain failed: {waiting}, but it waits for all of "
+                    f"{', '.join(trigger.after)} to end {trigger.on}",
+                )
+                await self._delete(key, revision)
                 return
             # The timeout runs from the first upstream's completion, not from when a master
             # handled it: a redelivery after a master crash counts if it completed in time.
@@ -234,9 +235,9 @@ class ChainFollower:
             pending["first_at"], pending["deadline"] = first_at, first_at + trigger.timeout
             upstreams: dict[str, list[str]] = pending.setdefault("upstreams", {})
             if completion.at > pending["deadline"]:
-                if await self._delete(key, revision):
-                    parents = tuple(r for runs in upstreams.values() for r in runs) + completion.runs
-                    await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
+                parents = tuple(r for runs in upstreams.values() for r in runs) + completion.runs
+                await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
+                await self._delete(key, revision)
                 return
             upstreams[completion.job] = list(completion.runs)
             if set(upstreams) >= set(trigger.after):
@@ -260,8 +261,8 @@ class ChainFollower:
             revision: int | None = await self._state.create(claim, codec.pack({"at": self._clock()}))
         except KeyWrongLastSequenceError:
             record, revision = await self._read(claim)
-            if record.get("done") or revision is None:
-                return  # dispatched already (a redelivery), or expired
+            if record.get("done") or record.get("failed") or revision is None:
+                return  # dispatched already (a redelivery), the chain failed, or expired
             # Claimed but not recorded done: the claimer crashed mid-dispatch (or is in it right
             # now); dispatching again with the same run ids is safe, agents run each id once.
         base = derived_run_id(claim, parents[0] if parents else chain_id)
@@ -290,11 +291,19 @@ class ChainFollower:
             await self._state.update(claim, codec.pack({"at": self._clock(), "done": True}), last=revision)
 
     async def _fail_chain(self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], reason: str) -> None:
+        """Claim the chain run's outcome as failed (the claim decides between this and a join),
+        record it, then mark the claim done: a master that dies before the record leaves a claim
+        the next one finishes (the fan-in's progress is dropped only after this)."""
         claim = subjects.chain_claim_key(spec.key, chain_id)
         try:
-            await self._state.create(claim, codec.pack({"at": self._clock(), "done": True, "failed": reason}))
+            revision: int | None = await self._state.create(
+                claim, codec.pack({"at": self._clock(), "failed": reason})
+            )
         except KeyWrongLastSequenceError:
-            return
+            record, revision = await self._read(claim)
+            if record.get("done") or not record.get("failed") or revision is None:
+                return  # joined, or its failure recorded already
+            reason = str(record["failed"])  # claimed failed, not recorded: finish it
         event = RunEvent(
             run_id=derived_run_id(claim, parents[0] if parents else chain_id),
             job=spec.key,
@@ -305,7 +314,11 @@ class ChainFollower:
             detail={"chain_id": chain_id, "parents": ",".join(parents), CHAIN_FAILURE: "1"},
         )
         log.warning("chain %s: %s", chain_id, reason)
-        await publish_event(self._js, event)
+        await publish_event(self._js, event)  # its id derives from the claim: a repeat lands once
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._state.update(
+                claim, codec.pack({"at": self._clock(), "failed": reason, "done": True}), last=revision
+            )
 
     # --- fan-in timeouts -------------------------------------------------------------
 
@@ -344,18 +357,22 @@ class ChainFollower:
 
     async def _expire(self, key: str, revision: int) -> None:
         pending, current = await self._read(key)
-        if current != revision or not await self._delete(key, current):
-            return  # changed or handled by another master
+        if current != revision:
+            return  # changed meanwhile (an upstream came in) or handled by another master
         chain_id, job_key = _split_fanin_key(key)
         spec = self._index.jobs.get(job_key)
         if spec is None:
+            await self._delete(key, current)
             return
         upstreams: dict[str, list[str]] = pending.get("upstreams", {})
         trigger = next(
             (t for t in event_triggers(spec) if t.wait == "all" and set(upstreams) <= set(t.after)), None
         )
         parents = tuple(r for runs in upstreams.values() for r in runs)
+        # Recorded before the progress is dropped: a master that dies in between leaves the
+        # fan-in due, and the next pass (of whichever master leads) records it.
         await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
+        await self._delete(key, current)
 
     async def _backlog(self) -> int:
         """Completions stored but not yet delivered to any master (they may belong to a fan-in)."""
