@@ -49,7 +49,11 @@ class _Handler(FileSystemEventHandler):
         self._watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type not in _EVENT_KINDS:
+        if event.is_directory:
+            return
+        if event.event_type in ("deleted", "moved"):  # its records go (they would pile up)
+            self._watcher.loop.call_soon_threadsafe(self._watcher.gone, str(event.src_path))
+        if event.event_type not in _EVENT_KINDS:
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
         self._watcher.loop.call_soon_threadsafe(self._watcher.notice, str(path), event.event_type)
@@ -140,6 +144,10 @@ class FileWatcher:
         log.info(
             "watching %d director(y/ies) for %d file-triggered job(s)", len(directories), len(self._jobs)
         )
+
+    def gone(self, path: str) -> None:
+        """A file left (deleted, moved away): forget which of its versions ran."""
+        self._versions.forget(path)
 
     def notice(self, path: str, kind: str) -> None:
         """A file system event arrived (on the loop thread): start or restart its settle clock."""

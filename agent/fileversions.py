@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS file_versions (
     mtime_ns INTEGER NOT NULL,
     PRIMARY KEY (job, path)
 );
+CREATE INDEX IF NOT EXISTS file_versions_path ON file_versions (path);
 CREATE TABLE IF NOT EXISTS file_baselines (
     job   TEXT NOT NULL,
     watch TEXT NOT NULL,
@@ -99,6 +100,10 @@ class FileVersions:
             "INSERT OR REPLACE INTO file_versions (job, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
             (job, path, *version),
         )
+
+    def forget(self, path: str) -> None:
+        if self._conn is not None:  # a late watchdog event after the agent closed us: nothing to do
+            self._conn.execute("DELETE FROM file_versions WHERE path = ?", (path,))
 
     def unrun(self, job: str, trigger: FileTrigger, files: dict[str, Version]) -> list[str]:
         """Files of ``job`` (now in ``trigger``'s directory) whose version did not run, to run now.

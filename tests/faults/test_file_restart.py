@@ -9,6 +9,8 @@ baseline, not work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +58,12 @@ async def test_a_file_dropped_while_the_agent_was_killed_runs_once_it_is_back(
     await asyncio.sleep(1.0)  # a second run of a.csv (or of old.csv) would have come by now
     assert sorted(line[0] for line in executions(witness)) == ["a.csv", "b.csv"], executions(witness)
     assert second.popen.poll() is None
+
+    for name in ("a.csv", "b.csv"):
+        (inbox / name).unlink()  # processed and removed, as an inbox is: their records go too
+
+    async def forgotten() -> bool:
+        with contextlib.closing(sqlite3.connect(state / "files.sqlite")) as db:
+            return db.execute("SELECT path FROM file_versions").fetchall() == [(str(inbox / "old.csv"),)]
+
+    await eventually(forgotten, 10, "the records of the removed files dropped")
