@@ -144,6 +144,7 @@ class Scheduler:
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
         self._finishing: set[asyncio.Future[list[Due]]] = set()  # steps outliving a cancelled run
+        self._settling = False  # its store is about to close: a step applies no more changes
         self.fired = 0
 
     def changed(self, keys: Iterable[str]) -> None:
@@ -163,13 +164,19 @@ class Scheduler:
 
     async def apply_changes(self) -> None:
         changed, self._changed = self._changed, set()
-        for key in sorted(changed):
+        ordered = sorted(changed)
+        for index, key in enumerate(ordered):
+            if self._settling:  # stopping: the rest is read again from the store at the next start
+                self._changed.update(ordered[index:])
+                return
             await self.add(key, await self._lookup(key))
 
     async def step(self, now: float) -> list[Due]:
         """One tick at ``now``: changes applied, due slots claimed and fired; returns those fired."""
         if self._changed:
             await self.apply_changes()
+        if self._settling:
+            return []  # nothing new is claimed once the store is about to close
         due = self.schedule.tick(now + self._ahead)
         return await self._claim_and_fire(due) if due else []
 
@@ -196,7 +203,13 @@ class Scheduler:
         await asyncio.shield(task)
 
     async def settle(self, timeout: float) -> None:
-        """Let a step that outlived a cancelled ``run`` finish (before its store is closed)."""
+        """Let a step that outlived a cancelled ``run`` finish (before its store is closed).
+
+        A slot it claimed still reaches ``fire``; changes it has not applied yet (an agent
+        stopped while taking up 100k jobs just synced: seconds of decoding) are left, so the
+        step ends now instead of running on into a closed store.
+        """
+        self._settling = True
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=timeout)
 

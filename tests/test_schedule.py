@@ -7,6 +7,7 @@ APScheduler 4 runs one suite over every data store). The clock is a number: no s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -169,3 +170,33 @@ async def test_changed_and_removed_definitions_replace_the_schedule(stores: Stor
     h.core.changed(["g.j"])
     assert await h.step(T0 + 60) == []
     assert h.core.schedule.next_due() is None
+
+
+async def test_settle_ends_a_step_still_taking_up_many_changes(tmp_path: Path) -> None:
+    """An agent stopped while its scheduler takes up 100k jobs just synced: the step stops
+    reading definitions when told to settle, instead of going on into a closed store."""
+    db = await aiosqlite.connect(tmp_path / "cursors.db")
+    jobs = {f"g.j{i}": spec(name=f"j{i}") for i in range(2000)}
+    h = Harness(SqliteCursors(db), jobs, T0 + 1)
+    looked_up: list[str] = []
+    under_way = asyncio.Event()
+
+    async def slow_lookup(key: str) -> JobSpec | None:
+        looked_up.append(key)
+        if len(looked_up) == 10:
+            under_way.set()
+        await asyncio.sleep(0.002)  # 2000 of them: ~4 s or more
+        return jobs.get(key)
+
+    h.core._lookup = slow_lookup
+    h.core.changed(jobs)
+    running = asyncio.create_task(h.core.run())
+    async with asyncio.timeout(5):
+        await under_way.wait()
+    running.cancel()  # as the agent's stop does, then it settles before closing the store
+    async with asyncio.timeout(2):
+        await h.core.settle(2.0)
+    read = len(looked_up)
+    await asyncio.sleep(0.1)
+    await db.close()
+    assert len(looked_up) == read < len(jobs)  # the step ended: nothing read after settle
