@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from natsched import subjects, tls
+from natsched.errors import ConfigError
 from natsched.subjects import SECRETS_BUCKET
 
 _JS = "$JS.API"
@@ -93,9 +94,40 @@ def _kv_get(stream: str) -> list[str]:
 _INBOX = subjects.inbox_subscription
 
 
-def master() -> Permissions:
+def operator_subjects(patterns: Iterable[str], option: str) -> list[str]:
+    """``patterns`` checked as subjects of the operator's own (notifications, subject
+    triggers): nothing of natsched's, of JetStream's or of the reply inboxes, and no leading
+    wildcard (``*.alerts`` also matches ``natsched.alerts``). Raises ConfigError."""
+    checked = []
+    for pattern in patterns:
+        tokens = pattern.split(".")
+        first = tokens[0]
+        if (
+            not pattern
+            or len(pattern) > subjects.MAX_SUBJECT_LENGTH
+            or any(not token or token.isspace() or " " in token for token in tokens)
+            or any(">" in token and token != ">" for token in tokens)
+            or ">" in tokens[:-1]
+            or any("*" in token and token != "*" for token in tokens)
+        ):
+            raise ConfigError(f"{option} {subjects.shown(pattern)}: not a NATS subject or pattern")
+        if first in ("*", ">") or first.startswith(("$", "_INBOX")) or first == subjects.ROOT:
+            raise ConfigError(
+                f"{option} {subjects.shown(pattern)}: must start with a name of your own, not a "
+                "wildcard, '$…', '_INBOX…' or 'natsched' (those are natsched's and JetStream's)"
+            )
+        checked.append(pattern)
+    return sorted(set(checked))
+
+
+def master(notify_subjects: Iterable[str] = (), trigger_subjects: Iterable[str] = ()) -> Permissions:
+    """``notify_subjects``: where it may publish notifications (``notify.subject``);
+    ``trigger_subjects``: subject-trigger patterns it may follow live (one that overlaps
+    another stream; those in natsched's own stream need nothing here)."""
+    notify = operator_subjects(notify_subjects, "--notify-subject")
+    triggers = operator_subjects(trigger_subjects, "--trigger-subject")
     return Permissions(
-        publish=["natsched.>", f"{_JS}.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"],
+        publish=["natsched.>", f"{_JS}.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>", *notify],
         # The default _INBOX too (the nats CLI with a master login); the admin prefix for the
         # natsched commands run with a master login.
         subscribe=[
@@ -103,6 +135,7 @@ def master() -> Permissions:
             _INBOX(subjects.MASTER_INBOX),
             _INBOX(subjects.ADMIN_INBOX),
             "_INBOX.>",
+            *triggers,
         ],
         allow_responses=True,
     )
@@ -160,10 +193,12 @@ def web() -> Permissions:
     )
 
 
-def agent(name: str, pools: Iterable[str] = ()) -> Permissions:
+def agent(name: str, pools: Iterable[str] = (), notify_subjects: Iterable[str] = ()) -> Permissions:
+    """``notify_subjects``: where it may publish its sync notifications (``sync_notify``)."""
     pools = sorted(pools)
     return Permissions(
         publish=[
+            *operator_subjects(notify_subjects, "--notify-subject"),
             f"natsched.event.{name}.>",
             subjects.agent_logs(name),
             f"$KV.{subjects.AGENTS_BUCKET}.{name}",

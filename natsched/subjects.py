@@ -22,6 +22,8 @@ CHAINS_BUCKET = "natsched_chains"  # chain progress: batch.*, fanin.*, chain.* (
 # Nothing else lives here: agents may write their own keys, and no writer may roll the bucket up.
 CLAIMS_BUCKET = "natsched_claims"
 
+ROOT = "natsched"  # the first token of every subject of natsched's own
+
 # --- Streams ----------------------------------------------------------------------
 EVENTS_STREAM = "NATSCHED_EVENTS"
 EVENTS_SUBJECTS = "natsched.event.>"

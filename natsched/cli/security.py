@@ -78,20 +78,37 @@ def permissions(
             "--certs", help="users mapped from client certificates (tls verify_and_map), no passwords"
         ),
     ] = False,
+    notify_subject: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify-subject",
+            help="subject or pattern of your own where masters (notify.subject) and agents "
+            "(sync_notify) may publish notifications (repeatable)",
+        ),
+    ] = None,
+    trigger_subject: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trigger-subject",
+            help="subject-trigger pattern masters may follow live, when it overlaps a stream of "
+            "yours (repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Print the nats-server authorization block: master, admin, web, one user per agent, trigger.
 
     Each user gets its own generated password, also written to <credentials-dir>/<user>.env.
     """
-    roles: dict[str, security.Permissions] = {
-        "natsched-master": security.master(),
-        "natsched-admin": security.admin(),
-        "natsched-web": security.web(),  # natsched web, read-only
-    }
+    notify = notify_subject or []
     try:
+        roles: dict[str, security.Permissions] = {
+            "natsched-master": security.master(notify, trigger_subject or []),
+            "natsched-admin": security.admin(),
+            "natsched-web": security.web(),  # natsched web, read-only
+        }
         for value in agent or []:
             name, pools = _agent_spec(value)
-            roles[f"agent-{name}"] = security.agent(name, pools)
+            roles[f"agent-{name}"] = security.agent(name, pools, notify)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     if trigger_job:
