@@ -23,7 +23,7 @@ from watchdog.observers import Observer
 
 from agent.cache import CachedJob, JobCache
 from agent.executor import JobExecutor
-from agent.fileversions import FileVersions, matching_files
+from agent.fileversions import FileVersions, matching_files, scope
 from natsched.errors import CodecError
 from natsched.models import JobSpec, Mode
 from natsched.triggers.file import FileTrigger
@@ -113,7 +113,7 @@ class FileWatcher:
 
     async def _catch_up(self, triggers: list[tuple[str, FileTrigger]]) -> None:
         """Files that arrived (or changed) while nobody watched become candidates now."""
-        self._versions.keep_only((key, t.watch) for key, t in self._triggers())
+        self._versions.keep_only((key, scope(t)) for key, t in self._triggers())
         for key, trigger in triggers:
             files = await asyncio.to_thread(matching_files, trigger)
             for path in self._versions.unrun(key, trigger, files):

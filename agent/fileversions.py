@@ -126,10 +126,10 @@ class FileVersions:
                 [(job, p) for p in inside if p not in files],
             )
             baseline = db.execute(
-                "SELECT 1 FROM file_baselines WHERE job = ? AND watch = ?", (job, trigger.watch)
+                "SELECT 1 FROM file_baselines WHERE job = ? AND watch = ?", (job, scope(trigger))
             ).fetchone()
             if baseline is None:
-                db.execute("INSERT INTO file_baselines (job, watch) VALUES (?, ?)", (job, trigger.watch))
+                db.execute("INSERT INTO file_baselines (job, watch) VALUES (?, ?)", (job, scope(trigger)))
                 db.executemany(
                     "INSERT OR REPLACE INTO file_versions (job, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
                     [(job, p, *v) for p, v in files.items()],
@@ -149,8 +149,9 @@ class FileVersions:
         )
 
     def keep_only(self, watched: Iterable[tuple[str, str]]) -> None:
-        """Drop the records of jobs (and directories) no longer watched here: a job deleted,
-        disabled or pointed elsewhere starts from a new baseline when it watches again."""
+        """Drop the records of jobs (and scopes) no longer watched here: a job deleted, disabled,
+        pointed elsewhere or given other patterns starts from a new baseline when it watches
+        again. ``watched``: (job, :func:`scope`) pairs."""
         pairs = set(watched)
         jobs = {job for job, _ in pairs}
         db = self._db
@@ -161,6 +162,12 @@ class FileVersions:
         )
         versions = [row[0] for row in db.execute("SELECT DISTINCT job FROM file_versions")]
         db.executemany("DELETE FROM file_versions WHERE job = ?", [(j,) for j in versions if j not in jobs])
+
+
+def scope(trigger: FileTrigger) -> str:
+    """What a baseline covers: the directory, recursion and patterns (widened patterns take a new
+    baseline, so the files they now match but were there before are not run)."""
+    return "\n".join([trigger.watch, "recursive" if trigger.recursive else "flat", *sorted(trigger.patterns)])
 
 
 def _under(path: str, trigger: FileTrigger) -> bool:
