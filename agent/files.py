@@ -95,8 +95,9 @@ class FileWatcher:
     async def _load(self) -> None:
         jobs = [self._file_job(cached) for cached in await self._cache.all(mode=Mode.MIRROR.value)]
         self._jobs = {spec.key: spec for spec in jobs if spec is not None}
+        await self._catch_up(self._triggers())  # baselines first: what is there before we watch
         self._restart_observer()
-        await self._catch_up(self._triggers())
+        await self._catch_up(self._triggers())  # what arrived before the observer started
 
     async def _reload(self, keys: set[str]) -> None:
         """Only the changed jobs; the observer restarts only if watched directories changed."""
@@ -107,12 +108,16 @@ class FileWatcher:
                 self._jobs.pop(key, None)
             else:
                 self._jobs[key] = spec
+        changed = [(key, t) for key, t in self._triggers() if key in keys]
+        await self._catch_up(changed)  # a new job's baseline: what is there before it is watched
         if {t.watch for _, t in self._triggers()} != before:
             self._restart_observer()
-        await self._catch_up([(key, t) for key, t in self._triggers() if key in keys])
+        await self._catch_up(changed)
 
     async def _catch_up(self, triggers: list[tuple[str, FileTrigger]]) -> None:
-        """Files that arrived (or changed) while nobody watched become candidates now."""
+        """Files that arrived (or changed) while nobody watched become candidates now; a job's
+        first scan of a directory takes its baseline instead (done before its observer starts,
+        so a file arriving after that is seen by the observer or the next scan, never swallowed)."""
         self._versions.keep_only((key, scope(t)) for key, t in self._triggers())
         for key, trigger in triggers:
             files = await asyncio.to_thread(matching_files, trigger)
