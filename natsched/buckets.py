@@ -70,7 +70,8 @@ async def _limit_values(js: JetStreamContext, bucket: str, size: int) -> None:
 
 
 async def refuse_rollups(js: JetStreamContext, bucket: str) -> None:
-    """Make the bucket's stream refuse ``Nats-Rollup`` headers (also on existing buckets).
+    """Make the bucket's stream refuse ``Nats-Rollup`` headers and direct gets (also on
+    existing buckets).
 
     nats-py creates KV streams with ``allow_rollup_hdrs=True``: then anyone allowed to put
     one key (an agent, its heartbeat) can send ``Nats-Rollup: all`` and replace the whole
@@ -79,10 +80,19 @@ async def refuse_rollups(js: JetStreamContext, bucket: str) -> None:
     these buckets; natsched deletes keys with ``kv.delete``.
     """
     info = await js.stream_info(subjects.kv_stream(bucket))
-    if info.config.allow_rollup_hdrs:
+    config, changed = info.config, False
+    if config.allow_rollup_hdrs:
         log.info("bucket %s: refusing rollup headers from now on", bucket)
-        info.config.allow_rollup_hdrs = False
-        await js.update_stream(config=info.config)
+        config.allow_rollup_hdrs, changed = False, True
+    if config.allow_direct or config.mirror_direct:
+        # nats-server sends a direct get's answer, the stored message as it is, to any reply
+        # subject the asker names, unchecked against its permissions: every role that may read
+        # a bucket (agents read several) could copy a value it wrote itself (its heartbeat)
+        # over a job definition. natsched never turns it on; an operator who did is undone.
+        log.warning("bucket %s: direct get turned off (it lets readers copy values into other keys)", bucket)
+        config.allow_direct, config.mirror_direct, changed = False, False, True
+    if changed:
+        await js.update_stream(config=config)
 
 
 async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -91,11 +101,15 @@ async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     except NotFoundError:
         info = None
     if info is not None:
-        current = info.config
+        current, changed = info.config, False
         if (current.max_age, current.max_bytes) != (config.max_age, config.max_bytes):
             # Retention comes from the master's settings: apply a change to the existing stream.
             log.info("stream %s: retention %ss / %s bytes", config.name, config.max_age, config.max_bytes)
-            current.max_age, current.max_bytes = config.max_age, config.max_bytes
+            current.max_age, current.max_bytes, changed = config.max_age, config.max_bytes, True
+        if current.allow_direct or current.mirror_direct:  # agents publish here: see refuse_rollups
+            log.warning("stream %s: direct get turned off (readers could copy messages to keys)", config.name)
+            current.allow_direct, current.mirror_direct, changed = False, False, True
+        if changed:
             await js.update_stream(config=current)
         return
     try:
