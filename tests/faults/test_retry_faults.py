@@ -45,7 +45,10 @@ async def test_retries_across_a_server_restart_and_a_master_kill_run_exactly_att
         mode="slave",
         targets={"agents": ["s1"]},
         command=["sh", "-c", f"{WITNESS_LINE.format(path=witness)}; exit 3"],
-        retries={"attempts": 2, "backoff": 2, "jitter": 0},
+        # 4 s: the first retry must find s1 back on a restarted server. With 2 s it raced s1's
+        # reconnect (the server down 1 s, reconnects every 0.5-1 s): in ci28 it met no responder
+        # ("agent offline", an attempt with no execution) and the third execution never came.
+        retries={"attempts": 2, "backoff": 4, "jitter": 0},
     )
     assert (await apply(nc, toml_jobs(hopeless, group="rx")))["ok"]
     await trigger(nc, "rx.hopeless")
