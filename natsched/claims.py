@@ -23,6 +23,7 @@ bucket's age limit; masters send a pool's runs by name only to agents whose proo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -37,6 +38,11 @@ from natsched import codec, subjects
 from natsched.errors import ClaimUndecidedError, CodecError
 
 log = logging.getLogger(__name__)
+# A claim whose write or read-back NATS did not answer is asked about again, after 0.1 s and
+# 0.2 s: a reconnect or a leader election often ends within that. Each try can take nats-py's
+# request timeout (5 s) when NATS is gone; the master's dispatch timeout decides meanwhile.
+DECIDE_TRIES = 3
+DECIDE_PAUSE = 0.1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -81,26 +87,38 @@ async def open_claims(js: JetStreamContext) -> KeyValue:
 async def claim(kv: KeyValue, key: str, *, agent: str = "", master: str = "") -> ClaimResult:
     """Create ``key`` for ``agent`` (a claim) or ``master`` (a withdrawal); say who holds it.
 
-    Raises :class:`ClaimUndecidedError` when NATS does not tell: then nobody may act as
-    if it had won (the agent runs nothing; the master offers the run to no one else).
+    A write whose answer is lost may or may not have landed (or land later): the key is read
+    back, and written again with the same nonce while it holds nothing, so a late first write
+    still tells; NATS failing meanwhile is tried again ``DECIDE_TRIES`` times in all. Raises
+    :class:`ClaimUndecidedError` when NATS still does not tell: then nobody may act as if it
+    had won (the agent runs nothing; the master offers the run to no one else).
     """
     mine = Claim(agent=agent, master=master, nonce=secrets.token_hex(8))
+    value = encode_claim(mine)
     failure: Exception | None = None
-    try:
-        await kv.create(key, encode_claim(mine))
-        return ClaimResult(True, mine)
-    except KeyWrongLastSequenceError:
-        pass  # someone was first: the record says who
-    except Exception as exc:  # noqa: BLE001 - the write may or may not have landed: read it back
-        failure = exc
-    try:
-        entry = await kv.get(key)
-        holder = decode_claim(entry.value, key)
-    except KeyNotFoundError:
-        raise ClaimUndecidedError(f"claim {key} could not be written: {failure!r}") from None
-    except Exception as exc:  # noqa: BLE001 - unreachable, or a value nobody of ours wrote
-        raise ClaimUndecidedError(f"claim {key} undecided: {failure or exc!r}") from None
-    return ClaimResult(holder.nonce == mine.nonce, holder)
+    for attempt in range(DECIDE_TRIES):
+        if attempt:
+            await asyncio.sleep(DECIDE_PAUSE * 2 ** (attempt - 1))
+        try:
+            await kv.create(key, value)
+            return ClaimResult(True, mine)
+        except KeyWrongLastSequenceError:
+            pass  # someone was first (maybe our own earlier write): the record says who
+        except Exception as exc:  # noqa: BLE001 - the write may or may not have landed: read it back
+            failure = exc
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue  # nothing there (yet): write it again
+        except Exception as exc:  # noqa: BLE001 - unreachable for now: ask again
+            failure = exc
+            continue
+        try:
+            holder = decode_claim(entry.value, key)
+        except CodecError as exc:  # a value nobody of ours wrote: asking again will not help
+            raise ClaimUndecidedError(f"claim {key} undecided: {exc}") from None
+        return ClaimResult(holder.nonce == mine.nonce, holder)
+    raise ClaimUndecidedError(f"claim {key} undecided: {failure!r}")
 
 
 def encode_membership(agent: str, pool: str) -> bytes:
