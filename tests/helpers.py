@@ -129,3 +129,13 @@ async def started_master(make: Callable[[], MasterService], within: float = 30.0
                 return await master.__aenter__()
             except StartUnansweredError:
                 await asyncio.sleep(0.5)
+
+
+def file_lines(path: Path) -> list[str]:
+    """The lines of a witness file (one per real execution), none while it does not exist."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def has_lines(path: Path, count: int) -> bool:
+    """For ``eventually``: does ``path`` hold ``count`` lines yet?"""
+    return len(file_lines(path)) >= count

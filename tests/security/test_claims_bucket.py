@@ -9,9 +9,6 @@ other bucket and stream shares. A claim is a few dozen bytes: the bucket takes n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from nats.js import api
 
@@ -19,13 +16,7 @@ from natsched import codec, subjects
 from natsched.buckets import CLAIM_MAX_VALUE, ensure_all
 from natsched.claims import claim, open_claims
 from natsched.events import new_run_id
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
+from tests.security.hostile import Secured
 
 
 async def test_an_agent_cannot_store_big_values_in_the_claims_bucket(secured: Secured) -> None:

@@ -14,10 +14,8 @@ name) replaced.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from nats.js.kv import KeyValue
 
 from natsched import subjects
@@ -26,14 +24,8 @@ from natsched.client import AdminClient
 from natsched.master.service import MasterService
 from natsched.secrets import generate_key_file, load_key
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
+from tests.helpers import has_lines, job, toml_jobs
+from tests.security.hostile import Secured
 
 
 async def test_an_agent_cannot_wipe_a_definition_through_a_jetstream_acknowledgement(
@@ -69,17 +61,9 @@ async def test_an_agent_cannot_wipe_a_definition_through_a_jetstream_acknowledge
         await eventually(restored, 5, "the master put the definition back")
         answer = await admin.nc.request(subjects.trigger_subject("sec.echo"), b"{}", timeout=10)
         assert json.loads(answer.data)["ok"], answer.data
-        await eventually(lambda: _has(witness, 1), 10, "the job still runs")
+        await eventually(lambda: has_lines(witness, 1), 10, "the job still runs")
         shown = await admin.call(subjects.API_JOBS_GET, {"job": "sec.echo"})
         assert shown["ok"], shown
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def _has(path: Path, count: int) -> bool:
-    return len(lines(path)) >= count
 
 
 async def test_an_agent_cannot_wipe_a_pause_or_a_secret_through_a_jetstream_acknowledgement(

@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from nats.js import api as js_api
 
 from natsched import codec, subjects
 from natsched.jobspec import parse_job
 from natsched.kvscan import scan
-from tests.security.hostile import Secured, secured_server
+from tests.security.hostile import Secured
 
 BUCKETS = [subjects.JOBS_BUCKET, subjects.AGENTS_BUCKET, subjects.SETTINGS_BUCKET, subjects.STATE_BUCKET]
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
 
 
 async def test_an_agent_cannot_copy_its_heartbeat_over_a_job(secured: Secured, tmp_path: Path) -> None:

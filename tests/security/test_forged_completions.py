@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,22 +25,8 @@ from natsched.client import AdminClient
 from natsched.events import RunEvent, new_run_id
 from natsched.vocab import RunState, RunTrigger
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def _has(path: Path, count: int) -> bool:
-    return len(lines(path)) >= count
+from tests.helpers import file_lines, has_lines, job, toml_jobs
+from tests.security.hostile import Secured
 
 
 async def test_an_agent_cannot_complete_a_job_it_does_not_run(secured: Secured, tmp_path: Path) -> None:
@@ -76,12 +62,12 @@ async def test_an_agent_cannot_complete_a_job_it_does_not_run(secured: Secured, 
             )
             await a3.jetstream().publish(event.subject, event.to_json())
         await asyncio.sleep(2.0)  # the chain starts within milliseconds of a completion it follows
-        assert lines(down) == [], "a3's made-up completion of sec.up started sec.down"
+        assert file_lines(down) == [], "a3's made-up completion of sec.up started sec.down"
 
         # a1's real completion still starts it.
         answer = await admin.nc.request(subjects.trigger_subject("sec.up"), b"{}", timeout=10)
         assert json.loads(answer.data)["ok"], answer.data
-        await eventually(lambda: _has(down, 1), 15, "a1's completion of sec.up started sec.down")
+        await eventually(lambda: has_lines(down, 1), 15, "a1's completion of sec.up started sec.down")
 
 
 @pytest.fixture

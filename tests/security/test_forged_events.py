@@ -6,11 +6,8 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from natsched import subjects
 from natsched.client import AdminClient
@@ -18,14 +15,8 @@ from natsched.events import RunEvent, RunState, new_run_id
 from natsched.runs import list_runs
 from natsched.vocab import RunTrigger
 from tests.conftest import BIN, eventually
-from tests.helpers import job, stream_events, toml_jobs
-from tests.security.hostile import USERS, Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
+from tests.helpers import file_lines, has_lines, job, stream_events, toml_jobs
+from tests.security.hostile import USERS, Secured
 
 
 def forged(run_id: Any, job: str, agent: str, state: RunState, **fields: Any) -> bytes:
@@ -47,10 +38,6 @@ def cli(secured: Secured, *args: str) -> subprocess.CompletedProcess[str]:
         "NATS_KEY": str(secured.certs["client-key"]),
     }
     return subprocess.run([str(BIN / "natsched"), *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 async def test_an_agent_cannot_speak_for_another_agent_or_crash_the_listings(
@@ -104,7 +91,7 @@ async def test_an_agent_cannot_speak_for_another_agent_or_crash_the_listings(
         )
         await a1.flush()
         await asyncio.sleep(1.5)  # a retry (backoff 0.1 s) or the chain would have run by now
-        assert lines(up_witness) == [] and lines(down_witness) == []
+        assert file_lines(up_witness) == [] and file_lines(down_witness) == []
         runs = await list_runs(admin.nc.jetstream())
         assert [r for r in runs if r.latest.agent == "a2"] == []  # no forged success shown on a2
         for command in (["runs"], ["status", "--once"]):
@@ -116,8 +103,8 @@ async def test_an_agent_cannot_speak_for_another_agent_or_crash_the_listings(
             (await admin.nc.request(subjects.trigger_subject("sec.up"), b"{}", timeout=10)).data
         )
         run_id = started["runs"][0]["run_id"]
-        await eventually(lambda: _has(down_witness, 1), 15, "a2's real completion started the chain")
-        assert [line.split()[1] for line in lines(up_witness)] == ["a2"]
+        await eventually(lambda: has_lines(down_witness, 1), 15, "a2's real completion started the chain")
+        assert [line.split()[1] for line in file_lines(up_witness)] == ["a2"]
         # a1 appends to a2's run output: under its own name (allowed, but not that run's
         # output) and under a2's (refused by the server).
         await a1.publish(subjects.log_subject("a1", run_id), b"FORGED-OUTPUT\n")
@@ -130,7 +117,3 @@ async def test_an_agent_cannot_speak_for_another_agent_or_crash_the_listings(
         assert "real-output" in result.stdout and "FORGED" not in result.stdout
         events = await stream_events(admin.nc)
         assert not [e for e in events if e.get("detail", {}).get("retry_of")]
-
-
-async def _has(path: Path, n: int) -> bool:
-    return len(lines(path)) >= n

@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from agent.config import AgentConfig
 from agent.service import AgentService
@@ -27,18 +24,8 @@ from natsched.events import RunEvent, new_run_id
 from natsched.master.service import MasterService
 from natsched.vocab import RunState, RunTrigger
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import POOL, Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+from tests.helpers import file_lines, job, toml_jobs
+from tests.security.hostile import POOL, Secured
 
 
 async def test_a_silent_agent_cannot_have_runs_it_never_had_started_elsewhere(
@@ -99,4 +86,4 @@ async def test_a_silent_agent_cannot_have_runs_it_never_had_started_elsewhere(
 
         await eventually(judged, 10, "the master judged a3 lost")
         await asyncio.sleep(2.0)  # re-dispatches go out right after the lost events
-        assert lines(witness) == [], "runs a3 never had were started on a1"
+        assert file_lines(witness) == [], "runs a3 never had were started on a1"

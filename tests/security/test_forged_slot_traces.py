@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from natsched import codec, subjects
 from natsched.client import AdminClient
@@ -27,13 +23,7 @@ from natsched.master.slotaudit import SlotAudit
 from natsched.vocab import RunState, RunTrigger
 from tests.conftest import eventually
 from tests.helpers import job, stream_events, toml_jobs
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
+from tests.security.hostile import Secured
 
 
 async def test_an_agent_cannot_hide_a_dropped_slot_behind_a_made_up_trace(secured: Secured) -> None:

@@ -15,32 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from natsched import subjects
 from natsched.cli.masters import collect_masters
 from natsched.client import AdminClient
 from natsched.master.service import MasterService
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def _has(path: Path, count: int) -> bool:
-    return len(lines(path)) >= count
+from tests.helpers import file_lines, has_lines, job, toml_jobs
+from tests.security.hostile import Secured
 
 
 async def test_an_agent_cannot_depose_the_leader_by_overwriting_the_lease(
@@ -60,7 +43,7 @@ async def test_an_agent_cannot_depose_the_leader_by_overwriting_the_lease(
             subjects.API_APPLY, {"source": "sec.toml", "content": toml_jobs(tick, group="sec")}
         )
         assert reply["ok"], reply
-        await eventually(lambda: _has(witness, 1), 10, "the job ticks")
+        await eventually(lambda: has_lines(witness, 1), 10, "the job ticks")
 
         a1 = await secured.connect("agent-a1")
         carrier = (
@@ -78,7 +61,7 @@ async def test_an_agent_cannot_depose_the_leader_by_overwriting_the_lease(
         await asyncio.sleep(1.5)  # the runs of the last slots of the attack are done by then
         assert await _leaders(secured) == leaders, "the leadership changed while a1 overwrote the lease"
         # A slot's run id starts with the time it was sent (ms, hex): right after its second.
-        seconds = [int(line.split("-")[0], 16) // 1000 for line in lines(witness)]
+        seconds = [int(line.split("-")[0], 16) // 1000 for line in file_lines(witness)]
         assert len(seconds) == len(set(seconds)), "a second ran twice"
         due = list(range(int(start) + 1, int(stop)))
         ran = [s for s in due if s in seconds]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,8 @@ from natsched.kvscan import scan
 from natsched.runmessages import RunRequest, decode_run_reply
 from natsched.vocab import RunTrigger
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import POOL, Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+from tests.helpers import file_lines, job, toml_jobs
+from tests.security.hostile import POOL, Secured
 
 
 async def test_agents_cannot_forge_locks_and_nobody_can_push_the_term(
@@ -92,8 +81,8 @@ async def test_agents_cannot_forge_locks_and_nobody_can_push_the_term(
             assert started["ok"] and started["runs"][0]["ok"], started
         await eventually(lambda: _count(witness, 2), 15, "both real runs happened")
         await asyncio.sleep(0.3)
-        assert forged.run_id not in witness.read_text() and len(lines(witness)) == 2
+        assert forged.run_id not in witness.read_text() and len(file_lines(witness)) == 2
 
 
 async def _count(path: Path, n: int) -> bool:
-    return len(lines(path)) >= n
+    return len(file_lines(path)) >= n

@@ -13,32 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from natsched import subjects
 from natsched.client import AdminClient
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server, violations
+from tests.helpers import has_lines, job, toml_jobs
+from tests.security.hostile import Secured, violations
 
 DURABLES = (subjects.CHAINS_DURABLE, subjects.RETRIES_DURABLE, subjects.NOTIFY_DURABLE)
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def _has(path: Path, count: int) -> bool:
-    return len(lines(path)) >= count
 
 
 async def test_no_role_but_a_master_can_delete_or_redirect_the_masters_consumers(
@@ -96,4 +79,4 @@ async def test_no_role_but_a_master_can_delete_or_redirect_the_masters_consumers
         # The chain still runs.
         answer = await admin.nc.request(subjects.trigger_subject("sec.up"), b"{}", timeout=10)
         assert json.loads(answer.data)["ok"], answer.data
-        await eventually(lambda: _has(down, 1), 15, "sec.up's completion started sec.down")
+        await eventually(lambda: has_lines(down, 1), 15, "sec.up's completion started sec.down")

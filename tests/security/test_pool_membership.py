@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,18 +31,8 @@ from natsched.events import new_run_id
 from natsched.kvscan import scan
 from natsched.runmessages import RunReply, decode_run_request
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import POOL, Secured, secured_server, violations
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+from tests.helpers import file_lines, job, toml_jobs
+from tests.security.hostile import POOL, Secured, violations
 
 
 async def write_membership_through_the_server(a3: Client) -> None:
@@ -136,12 +125,12 @@ async def test_an_agent_cannot_join_a_pool_by_its_heartbeat(
             assert [run["agent"] for run in started["runs"]] == ["a1"], started
         await eventually(lambda: _count(witness, 3), 15, "the three runs happened on a1")
         await asyncio.sleep(0.3)
-        assert [line.split()[1] for line in lines(witness)] == ["a1"] * 3
+        assert [line.split()[1] for line in file_lines(witness)] == ["a1"] * 3
         assert asked == [], f"a3 was sent runs of pool {POOL}: {asked}"
 
 
 async def _count(path: Path, n: int) -> bool:
-    return len(lines(path)) >= n
+    return len(file_lines(path)) >= n
 
 
 async def test_a_pool_member_reads_only_the_pool_runs_handed_to_it(secured: Secured) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,18 +25,8 @@ from natsched.client import AdminClient
 from natsched.errors import ConfigError
 from natsched.settings import ConnectionSettings
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+from tests.helpers import file_lines, has_lines, job, toml_jobs
+from tests.security.hostile import Secured
 
 
 async def test_no_role_can_aim_the_masters_replies_at_a_bucket_or_a_subject_trigger(
@@ -94,7 +83,7 @@ async def test_no_role_can_aim_the_masters_replies_at_a_bucket_or_a_subject_trig
             await nc.flush()
         # Without the check these start three runs within a second or two: wait past that.
         await asyncio.sleep(3.0)
-        assert lines(deployed) == [], "a reply started a job through its subject trigger"
+        assert file_lines(deployed) == [], "a reply started a job through its subject trigger"
 
         # 2. Writing and deleting keys: the trigger user aims the answer at a job's key, the
         # masters' own consumer subject, an agent's run subject; the web role asks with
@@ -116,19 +105,15 @@ async def test_no_role_can_aim_the_masters_replies_at_a_bucket_or_a_subject_trig
             assert (await jobs.get(status_key)).value
         except KeyNotFoundError:
             pytest.fail("a reply deleted sec.keep's definition")
-        assert lines(echoed) == [], "a trigger with a foreign reply subject ran"
+        assert file_lines(echoed) == [], "a trigger with a foreign reply subject ran"
 
         # Real inboxes still get their answers, and the master still serves.
         answer = await bot.request(trigger, b"{}", timeout=10)
         assert json.loads(answer.data)["ok"], answer.data
-        await eventually(lambda: _has(echoed, 1), what="the real trigger ran")
+        await eventually(lambda: has_lines(echoed, 1), what="the real trigger ran")
         assert (await admin.call(subjects.API_PING, {}))["ok"]
         plain = await secured.connect("natsched-master", inbox="_INBOX")  # the nats CLI's default
         assert json.loads((await plain.request(subjects.API_PING, b"{}", timeout=5)).data)["ok"]
-
-
-async def _has(path: Path, count: int) -> bool:
-    return len(lines(path)) >= count
 
 
 def test_a_reply_prefix_outside_the_inboxes_is_refused_in_the_settings() -> None:

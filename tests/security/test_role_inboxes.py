@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from nats.aio.msg import Msg
 
 from natsched import subjects
 from natsched.client import AdminClient
 from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server, violations
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
+from tests.security.hostile import Secured, violations
 
 
 async def test_agents_and_triggers_cannot_read_replies_meant_for_others(secured: Secured) -> None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from nats.js import api as js_api
 
 from natsched import codec, subjects
 from natsched.kvscan import scan
-from tests.security.hostile import Secured, secured_server
+from tests.security.hostile import Secured
 
 BUCKETS = [
     subjects.JOBS_BUCKET,
@@ -22,12 +19,6 @@ BUCKETS = [
     subjects.CHAINS_BUCKET,
     subjects.CLAIMS_BUCKET,
 ]
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
 
 
 async def test_an_agent_cannot_roll_up_a_bucket(secured: Secured) -> None:

@@ -11,10 +11,7 @@ sends: a subject trigger refuses them in one warning line.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from natsched import subjects
 from natsched.client import AdminClient
@@ -22,13 +19,7 @@ from natsched.master.inbound import refusal
 from natsched.triggers.subject import SubjectTrigger
 from tests.conftest import eventually
 from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured, secured_server
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    async with secured_server(tmp_path) as server:
-        yield server
+from tests.security.hostile import Secured
 
 
 async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_through_the_server(
