@@ -84,15 +84,25 @@ async def refuse_rollups(js: JetStreamContext, bucket: str) -> None:
     if config.allow_rollup_hdrs:
         log.info("bucket %s: refusing rollup headers from now on", bucket)
         config.allow_rollup_hdrs, changed = False, True
-    if config.allow_direct or config.mirror_direct:
-        # nats-server sends a direct get's answer, the stored message as it is, to any reply
-        # subject the asker names, unchecked against its permissions: every role that may read
-        # a bucket (agents read several) could copy a value it wrote itself (its heartbeat)
-        # over a job definition. natsched never turns it on; an operator who did is undone.
-        log.warning("bucket %s: direct get turned off (it lets readers copy values into other keys)", bucket)
-        config.allow_direct, config.mirror_direct, changed = False, False, True
+    if _direct_get_turned_off(config, f"bucket {bucket}"):
+        changed = True
     if changed:
         await js.update_stream(config=config)
+
+
+def _direct_get_turned_off(config: api.StreamConfig, what: str) -> bool:
+    """Turn direct get off in ``config`` if it is on (True: the stream needs an update).
+
+    nats-server sends a direct get's answer, the stored message as it is, to any reply
+    subject the asker names, unchecked against its permissions: every role that may read a
+    bucket or stream (agents read several) could copy a value it wrote itself (its heartbeat,
+    its events) over a job definition. natsched never turns it on; an operator who did is undone.
+    """
+    if not (config.allow_direct or config.mirror_direct):
+        return False
+    log.warning("%s: direct get turned off (it lets readers copy messages into keys)", what)
+    config.allow_direct = config.mirror_direct = False
+    return True
 
 
 async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -106,9 +116,8 @@ async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
             # Retention comes from the master's settings: apply a change to the existing stream.
             log.info("stream %s: retention %ss / %s bytes", config.name, config.max_age, config.max_bytes)
             current.max_age, current.max_bytes, changed = config.max_age, config.max_bytes, True
-        if current.allow_direct or current.mirror_direct:  # agents publish here: see refuse_rollups
-            log.warning("stream %s: direct get turned off (readers could copy messages to keys)", config.name)
-            current.allow_direct, current.mirror_direct, changed = False, False, True
+        if _direct_get_turned_off(current, f"stream {config.name}"):  # agents publish here too
+            changed = True
         if changed:
             await js.update_stream(config=current)
         return
