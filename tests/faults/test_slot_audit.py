@@ -18,12 +18,19 @@ import pytest
 from nats.aio.client import Client
 
 from natsched import subjects
-from natsched.errors import StartUnansweredError
 from natsched.master.scheduler import Due
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, every_second_tick, executed_at_least, stream_events, toml_jobs
+from tests.helpers import (
+    api,
+    apply,
+    every_second_tick,
+    executed_at_least,
+    started_master,
+    stream_events,
+    toml_jobs,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -53,18 +60,15 @@ Fire = Callable[[Due], Coroutine[Any, Any, None]]
 
 
 async def _started_master(conn: ConnectionSettings, fire: Fire) -> MasterService:
-    """A master whose dispatch is ``fire``, started as ``serve()`` starts one: again while
-    JetStream does not answer its start (seen once in CI, a loaded VM: a 5 s timeout)."""
-    async with asyncio.timeout(30):
-        while True:
-            master = MasterService(conn, lease_ttl=2.0)
-            master._fire = fire  # type: ignore[method-assign,assignment]  # dies before it dispatches
-            try:
-                await master.__aenter__()
-            except StartUnansweredError:
-                await asyncio.sleep(0.5)
-                continue
-            return master
+    """A master whose dispatch is ``fire`` (it dies before it dispatches), started as
+    ``serve()`` starts one (``started_master``: seen once in CI, a loaded VM)."""
+
+    def make() -> MasterService:
+        master = MasterService(conn, lease_ttl=2.0)
+        master._fire = fire  # type: ignore[method-assign,assignment]
+        return master
+
+    return await started_master(make)
 
 
 async def _cut(master: MasterService) -> None:
