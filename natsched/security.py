@@ -105,7 +105,8 @@ def operator_subjects(patterns: Iterable[str], option: str) -> list[str]:
         if (
             not pattern
             or len(pattern) > subjects.MAX_SUBJECT_LENGTH
-            or any(not token or token.isspace() or " " in token for token in tokens)
+            or any(not token for token in tokens)
+            or any(character.isspace() for character in pattern)
             or any(">" in token and token != ">" for token in tokens)
             or ">" in tokens[:-1]
             or any("*" in token and token != "*" for token in tokens)

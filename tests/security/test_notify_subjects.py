@@ -113,7 +113,7 @@ async def test_without_the_option_the_server_refuses_a_notification_subject(secu
 
 @pytest.mark.parametrize(
     "pattern", ["natsched.x", "natsched.>", "$KV.natsched_jobs.>", "$JS.API.>", "_INBOX.x", "_INBOX_admin.>",
-                "*.alerts", ">", "ops.>.x", "ops.a*", "ops..x", "ops alerts", ""],
+                "*.alerts", ">", "ops.>.x", "ops.a*", "ops..x", "ops alerts", "ops\talerts", ""],
 )  # fmt: skip
 def test_a_notify_subject_of_natscheds_own_is_refused(pattern: str) -> None:
     with pytest.raises(ConfigError, match="--notify-subject"):
