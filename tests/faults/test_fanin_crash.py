@@ -21,7 +21,7 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
 from tests.faults.witness import WITNESS_LINE, events_of, executions
-from tests.helpers import apply, toml_jobs
+from tests.helpers import apply, started_master, toml_jobs
 from tests.master.test_chains import on, trigger
 
 pytestmark = pytest.mark.faults
@@ -40,8 +40,7 @@ async def test_a_fan_in_completed_by_a_master_that_died_before_dispatching_runs_
         join,
         group="fj",
     )
-    first = MasterService(conn)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn))
     try:
         await start_agent("s1")
         assert (await apply(nc, jobs))["ok"]

@@ -20,7 +20,7 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
 from tests.faults.witness import events_of
-from tests.helpers import apply, toml_jobs
+from tests.helpers import apply, started_master, toml_jobs
 from tests.master.test_chains import on, trigger
 
 pytestmark = pytest.mark.faults
@@ -39,8 +39,7 @@ async def test_a_fan_in_timeout_whose_master_died_recording_it_is_recorded_by_th
         on("s1", "join", triggers=[{"after": ["quick", "never"], "wait": "all", "timeout": "1s"}]),
         group="ft",
     )
-    first = MasterService(conn, lease_ttl=2.0)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
         await start_agent("s1")
         assert (await apply(nc, jobs))["ok"]

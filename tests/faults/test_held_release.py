@@ -20,7 +20,7 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
 from tests.faults.witness import WITNESS_LINE, executions
-from tests.helpers import api, apply, toml_jobs
+from tests.helpers import api, apply, started_master, toml_jobs
 from tests.master.test_chains import on, trigger
 from tests.master.test_held_runs import held
 
@@ -33,8 +33,7 @@ async def test_a_held_run_released_by_a_leader_that_died_before_dispatching_it_r
     witness = tmp_path / "witness"
     down = on("h1", "down", triggers=[{"after": ["up"]}])
     down["command"] = ["sh", "-c", WITNESS_LINE.format(path=witness)]
-    first = MasterService(conn, lease_ttl=2.0)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
         await start_agent("h1")
         assert (await apply(nc, toml_jobs(on("h1", "up"), down, group="hd")))["ok"]

@@ -30,7 +30,16 @@ from natsched.master import scheduler as scheduler_module
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, every_second_tick, executed, executed_at_least, stream_events, toml_jobs
+from tests.helpers import (
+    api,
+    apply,
+    every_second_tick,
+    executed,
+    executed_at_least,
+    started_master,
+    stream_events,
+    toml_jobs,
+)
 
 pytestmark = pytest.mark.faults
 JOB = "lc.tick"
@@ -38,8 +47,7 @@ JOB = "lc.tick"
 
 async def _first_leader_runs_then_dies(conn: ConnectionSettings, nc: Client, witness: Path) -> str:
     """A leader fires the every-second job a few times, then is cut off as by kill -9: its id."""
-    first = MasterService(conn, lease_ttl=2.0)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
         assert (await apply(nc, toml_jobs(every_second_tick(witness), group="lc")))["ok"]
         await eventually(executed_at_least(witness, 2), 15, "the job running every second")

@@ -23,7 +23,7 @@ from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.faults.witness import agent_process, executions, seen_by, witnessed
-from tests.helpers import apply, job, toml_jobs
+from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
 pytestmark = pytest.mark.faults
@@ -39,8 +39,7 @@ async def test_a_lost_run_whose_leader_died_re_dispatching_it_runs_again_from_th
     witness = tmp_path / "witness"
     url = nats_server.url
     a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    first = MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
     try:
         agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
         await seen_by(first, "a1", "b1")

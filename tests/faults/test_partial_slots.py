@@ -22,7 +22,7 @@ from natsched.master.service import MasterService
 from natsched.runmessages import RunReply, RunRequest
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
-from tests.helpers import api, apply, job, stream_events, toml_jobs
+from tests.helpers import api, apply, job, started_master, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 JOB = "ps.tick"
@@ -51,8 +51,7 @@ async def test_a_slot_sent_to_some_targets_by_a_leader_that_died_is_recorded_for
         await record_failure(js, request, reply, undecided=undecided)
 
     monkeypatch.setattr(dispatch, "record_failure", die_instead)
-    first = MasterService(conn, lease_ttl=2.0)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
         both = job(
             "tick",

@@ -20,7 +20,7 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, eventually
 from tests.faults.witness import WITNESS_LINE, events_of, executions
-from tests.helpers import apply, job, toml_jobs
+from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
 pytestmark = pytest.mark.faults
@@ -39,8 +39,7 @@ async def test_a_retry_claimed_by_a_master_that_died_before_sending_it_runs(
         command=["sh", "-c", script],
         retries={"attempts": 2, "backoff": 0.3, "jitter": 0},
     )
-    first = MasterService(conn)
-    await first.__aenter__()
+    first = await started_master(lambda: MasterService(conn))
     try:
         await start_agent("s1")
         assert (await apply(nc, toml_jobs(flaky, group="rf")))["ok"]

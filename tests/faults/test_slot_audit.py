@@ -111,8 +111,7 @@ async def test_the_claim_is_handed_on_when_the_next_leader_dies_before_its_check
     await start_agent("s1", wait_synced=False)  # no master yet
     lost_slot = await _leader_dies_after_a_claim(conn, nc, witness)
 
-    second = MasterService(conn, lease_ttl=2.0)
-    await second.__aenter__()
+    second = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
 
         async def going_on() -> bool:
