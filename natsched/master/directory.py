@@ -138,10 +138,16 @@ class AgentDirectory:
         """``could_run``, or ``agent`` took ``run_id`` from a pool of the job through its queue
         group: the run's pool claim proves it (only a credential of the pool writes it), also
         while this master has not read the agent's membership key yet (its heartbeat then names
-        no pool here)."""
-        return self.could_run(spec, agent) or await self.members.took_from_pool(
-            agent, spec.targets.pools, run_id
-        )
+        no pool here); or ``agent`` is a member of one of the job's pools after all: another
+        master, whose reading of its key is newer, sent it the run by name."""
+        if self.could_run(spec, agent):
+            return True
+        if await self.members.took_from_pool(agent, spec.targets.pools, run_id):
+            return True
+        for pool in spec.targets.pools:
+            if await self.members.proven(agent, pool, fresh=True):
+                return True
+        return False
 
     async def live(self) -> list[Heartbeat]:
         if self._ready:

@@ -41,11 +41,13 @@ class PoolMembers:
         self._known: dict[tuple[str, str], tuple[bool, float]] = {}  # (agent, pool) -> (member, when)
         self._warned: set[tuple[str, str]] = set()
 
-    async def proven(self, agent: str, pool: str) -> bool:
-        """True if ``agent`` wrote its membership key of ``pool`` (read at most every RECHECK s)."""
+    async def proven(self, agent: str, pool: str, *, fresh: bool = False) -> bool:
+        """True if ``agent`` wrote its membership key of ``pool`` (read at most every RECHECK s;
+        ``fresh``: a "no" known is read again at once)."""
         now = self._clock()
         known = self._known.get((agent, pool))
-        if known is not None and now - known[1] < (RECHECK if known[0] else RETRY):
+        recent = known is not None and now - known[1] < (RECHECK if known[0] else RETRY)
+        if known is not None and recent and (known[0] or not fresh):
             return known[0]
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):

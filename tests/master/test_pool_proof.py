@@ -49,3 +49,28 @@ async def test_a_pool_run_of_an_agent_not_yet_proven_a_member_starts_its_chain(
         await eventually(ran, 10, "the chain went on from p1's completion")
         await asyncio.sleep(0.5)
     assert len(executions(witness)) == 1
+
+
+async def test_a_member_whose_key_this_master_read_as_missing_is_read_again_for_its_completion(
+    conn: ConnectionSettings, nc: Client, start_agent: AgentFactory
+) -> None:
+    """Masters share the chains' consumer: the master handling a completion may have read the
+    agent's membership key as missing a moment before another master, reading it present,
+    sent the run by name (seen in CI's chaos run at start-up: a chain hop missed). No pool
+    claim then; the key itself, read again, proves the agent."""
+    async with MasterService(conn):
+        pass  # the buckets exist now
+    await start_agent("p2", pools=frozenset({"p"}))
+    claims = await nc.jetstream().key_value(subjects.CLAIMS_BUCKET)
+    member = (await claims.get(subjects.pool_member_key("p", "p2"))).value
+    await claims.delete(subjects.pool_member_key("p", "p2"))
+    up = job("up", mode="load-balance", targets={"pools": ["p"]}, command=["true"])
+    async with MasterService(conn) as master:
+        await seen_by(master, "p2")
+        assert (await apply(nc, toml_jobs(up, group="pq")))["ok"]
+        assert master.dispatcher is not None and master.index is not None
+        directory, spec = master.dispatcher.directory, master.index.spec("pq.up")
+        assert not await directory.took(spec, "p2", "run-x")  # no key, no pool claim: not p2's
+        await claims.put(subjects.pool_member_key("p", "p2"), member or b"")  # written now
+        assert await directory.took(spec, "p2", "run-x")  # read again at once, not in 2 s
+        assert not await directory.took(spec, "p3", "run-x")  # no key: still nobody's
