@@ -75,6 +75,7 @@ class LostAgents:
         self._agents: KeyValue | None = None
         self._lives: dict[str, Heartbeat] = {}  # each agent's latest heartbeat of its current life
         self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
+        self._waited_for_index = False
 
     def _hearing(self) -> bool:
         """False while disconnected; after a reconnect, silence is counted from then."""
@@ -110,6 +111,17 @@ class LostAgents:
             self._agents = await self._js.key_value(subjects.AGENTS_BUCKET)
         return self._agents
 
+    def _judging(self) -> bool:
+        """False until the job index holds the whole bucket: a lost run's job decides whether it
+        is started again, and a run judged lost without it was closed and never redone (a
+        leader's first pass came while its index still read 100k definitions)."""
+        if self._index.ready.is_set():
+            return True
+        if not self._waited_for_index:
+            log.info("lost agents are judged once the job index is loaded")
+            self._waited_for_index = True
+        return False
+
     async def run(self) -> None:
         directory = self._dispatcher.directory
         while True:
@@ -117,8 +129,11 @@ class LostAgents:
             if not self._hearing():
                 continue
             now = time.monotonic()
+            judging = self._judging()
             for agent, (heartbeat, seen_at) in list(directory.last_seen.items()):
-                self._note_life(heartbeat, now)
+                self._note_life(heartbeat, now)  # also meanwhile: a restart seen now is not missed
+                if not judging:
+                    continue
                 silent = now - max(seen_at, self._hearing_since)
                 if silent <= self.unresponsive_after:
                     if agent in self.down:
@@ -133,7 +148,8 @@ class LostAgents:
                 except Exception:  # noqa: BLE001 - tried again on the next pass
                     log.exception("could not close the runs of lost agent %s", agent)
                     self.down.discard(agent)
-            await self._close_previous_lives(now)
+            if judging:
+                await self._close_previous_lives(now)
 
     def _note_life(self, heartbeat: Heartbeat, now: float) -> None:
         """A heartbeat with another start time: the agent restarted, so whatever its previous
