@@ -31,7 +31,7 @@ from agent.fencing import TermFence
 from agent.nameguard import NameGate
 from agent.prepare import Prepared, first_event
 from natsched import codec, subjects
-from natsched.claims import claim, open_claims
+from natsched.claims import ClaimedRun, claim, open_claims
 from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
@@ -172,7 +172,10 @@ class Responder:
         try:
             if self._claims is None:
                 self._claims = await open_claims(self._nc.jetstream())
-            result = await claim(self._claims, key, agent=self._agent)
+            run = ClaimedRun.of(
+                request.spec.key, request.trigger.value, request.scheduled_at, request.attempt, request.detail
+            )  # the run's only record if this agent dies before its first event is out
+            result = await claim(self._claims, key, agent=self._agent, run=run)
         except Exception as exc:  # noqa: BLE001 - undecided: run nothing, say why
             log.warning("run %s not started: claim %s undecided: %r", request.run_id, key, exc)
             return RunReply(

@@ -9,6 +9,13 @@ A KV create is a compare-and-set decided by the server, so exactly one of the tw
 whatever the hosts' clocks say and however long a frozen agent sat on the request: an
 agent that loses runs nothing; a master that loses knows the agent has the run.
 
+An agent's claim also names the run it is for (``ClaimedRun``: job, trigger, slot, attempt,
+chain, when): an agent killed a few milliseconds after its start, its ``started`` event still
+in its outbox, leaves the claim as the run's only record in JetStream; the leader closing
+that agent's runs reads it (``natsched/master/lost.py``), also when the master that dispatched
+the run died too. Agents write claims: a run named there is judged as one named in the
+agent's heartbeat (re-dispatched only to a proven member of one of the job's pools).
+
 Every key is written once. The ``nonce`` tells a write of ours whose acknowledgement was
 lost (we won) from an earlier claim by the same agent (a dispatch repeated after a
 crash: answered, not run again).
@@ -27,8 +34,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -45,11 +53,95 @@ DECIDE_TRIES = 3
 DECIDE_PAUSE = 0.1
 
 
+# The detail keys a claim carries (and a lost run's re-dispatch keeps): its chain's, in this
+# order while they fit in MAX_CARRIED bytes: the whole claim must stay within the bucket's
+# CLAIM_MAX_VALUE (1 KB; the rest of a claim with the longest names is ~330 bytes), or the
+# agent's claim, and so the run, would fail. A fan-in with many parents loses "parents".
+CARRIED_DETAIL = ("chain_id", "parents")
+MAX_CARRIED = 400
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClaimedRun:
+    """The run a claim is for, as the agent knew it when it claimed (see module doc)."""
+
+    job: str  # <group>.<job>
+    trigger: str
+    scheduled_at: float | None = None
+    attempt: int = 1
+    detail: Mapping[str, str] = field(default_factory=dict)  # CARRIED_DETAIL keys only
+    at: float = field(default_factory=time.time)  # the agent's clock
+
+    @classmethod
+    def of(
+        cls,
+        job: str,
+        trigger: str,
+        scheduled_at: float | None,
+        attempt: int,
+        detail: Mapping[str, str],
+        at: float | None = None,
+    ) -> ClaimedRun:
+        carried, room = {}, MAX_CARRIED
+        for name in CARRIED_DETAIL:
+            value = detail.get(name)
+            size = len(value.encode()) if isinstance(value, str) else room + 1
+            if isinstance(value, str) and size <= room:
+                carried[name] = value
+                room -= size
+        return cls(
+            job=job,
+            trigger=trigger,
+            scheduled_at=scheduled_at,
+            attempt=attempt,
+            detail=carried,
+            at=time.time() if at is None else float(at),
+        )
+
+    def plain(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "trigger": self.trigger,
+            "scheduled_at": self.scheduled_at,
+            "attempt": self.attempt,
+            "detail": dict(self.detail),
+            "at": self.at,
+        }
+
+
+def _claimed_run(obj: object) -> ClaimedRun | None:
+    """The run an agent's claim names; None when it names none, or nothing valid (agents write
+    claims: a garbage run is ignored, the claim still decides who runs it)."""
+    if not isinstance(obj, dict):
+        return None
+    job, trigger, slot, attempt, detail, at = (
+        obj.get(k) for k in ("job", "trigger", "scheduled_at", "attempt", "detail", "at")
+    )
+    if not (isinstance(job, str) and isinstance(trigger, str) and isinstance(detail, dict)):
+        return None
+    if not isinstance(at, int | float) or not isinstance(attempt, int) or not _job_key(job):
+        return None
+    if isinstance(at, bool) or isinstance(attempt, bool) or isinstance(slot, bool):
+        return None
+    if slot is not None and not isinstance(slot, int | float):
+        return None
+    return ClaimedRun.of(job, trigger[:64], slot, max(1, attempt), detail, at)
+
+
+def _job_key(job: str) -> bool:
+    try:
+        subjects.split_job_key(job)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Claim:
     agent: str  # the agent that runs the run; "" when a master withdrew the dispatch
     master: str = ""  # the master that withdrew it
     nonce: str
+    run: ClaimedRun | None = None  # what an agent claimed (None: a withdrawal, or an older agent)
 
     @property
     def withdrawn(self) -> bool:
@@ -68,14 +160,22 @@ class ClaimResult:
 
 
 def encode_claim(claim: Claim) -> bytes:
-    return codec.pack({"agent": claim.agent, "master": claim.master, "nonce": claim.nonce})
+    obj: dict[str, Any] = {"agent": claim.agent, "master": claim.master, "nonce": claim.nonce}
+    if claim.run is not None:
+        obj["run"] = claim.run.plain()
+    return codec.pack(obj)
 
 
 def decode_claim(data: bytes | None, key: str) -> Claim:
     obj = codec.unpack(data or b"", f"claim {key}")
     obj.pop(codec.VERSION_KEY)
     try:
-        return Claim(agent=str(obj["agent"]), master=str(obj.get("master", "")), nonce=str(obj["nonce"]))
+        return Claim(
+            agent=str(obj["agent"]),
+            master=str(obj.get("master", "")),
+            nonce=str(obj["nonce"]),
+            run=_claimed_run(obj.get("run")),
+        )
     except KeyError as exc:
         raise CodecError(f"claim {key}: missing {exc}") from None
 
@@ -84,7 +184,9 @@ async def open_claims(js: JetStreamContext) -> KeyValue:
     return await js.key_value(subjects.CLAIMS_BUCKET)
 
 
-async def claim(kv: KeyValue, key: str, *, agent: str = "", master: str = "") -> ClaimResult:
+async def claim(
+    kv: KeyValue, key: str, *, agent: str = "", master: str = "", run: ClaimedRun | None = None
+) -> ClaimResult:
     """Create ``key`` for ``agent`` (a claim) or ``master`` (a withdrawal); say who holds it.
 
     A write whose answer is lost may or may not have landed (or land later): the key is read
@@ -93,7 +195,7 @@ async def claim(kv: KeyValue, key: str, *, agent: str = "", master: str = "") ->
     :class:`ClaimUndecidedError` when NATS still does not tell: then nobody may act as if it
     had won (the agent runs nothing; the master offers the run to no one else).
     """
-    mine = Claim(agent=agent, master=master, nonce=secrets.token_hex(8))
+    mine = Claim(agent=agent, master=master, nonce=secrets.token_hex(8), run=run)
     value = encode_claim(mine)
     failure: Exception | None = None
     for attempt in range(DECIDE_TRIES):

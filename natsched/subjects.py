@@ -7,6 +7,7 @@ happen. Functions build the parameterised ones and validate their tokens.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 # --- KV buckets -------------------------------------------------------------------
 JOBS_BUCKET = "natsched_jobs"  # key "<group>.<job>", value: msgpack job spec
@@ -335,6 +336,20 @@ def is_claim_key(key: str) -> bool:
     kind, _, rest = key.partition(".")
     name, _, run_id = rest.partition(".")
     return kind in ("agent", "pool") and is_token(name) and is_token(run_id)
+
+
+def claims_of(agent: str, pools: Iterable[str]) -> list[str]:
+    """CLAIMS_BUCKET key filters of the runs ``agent`` may have claimed: by its name, or from
+    the queue group of one of ``pools`` (whose claims name the agent in their value)."""
+    return [
+        f"agent.{_token(agent, 'agent name')}.*",
+        *(f"pool.{_token(pool, 'pool name')}.*" for pool in sorted(pools)),
+    ]
+
+
+def claim_run_id(key: str) -> str:
+    """The run id of a claim key (``agent.<agent>.<run_id>`` or ``pool.<pool>.<run_id>``)."""
+    return key.split(".", 2)[-1]
 
 
 def pool_member_key(pool: str, agent: str) -> str:

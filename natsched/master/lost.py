@@ -35,6 +35,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
+from natsched.claims import CARRIED_DETAIL, decode_claim
 from natsched.errors import CodecError
 from natsched.events import RunEvent, RunState, parse_event
 from natsched.kvscan import read_stream, scan
@@ -43,7 +44,7 @@ from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
 from natsched.master.recording import publish_event
 from natsched.models import Heartbeat, JobSpec, Mode
-from natsched.vocab import RunTrigger
+from natsched.vocab import RunTrigger, run_trigger
 
 log = logging.getLogger(__name__)
 UNRESPONSIVE_AFTER = 10.0
@@ -239,7 +240,38 @@ class LostAgents:
             # Accepted in its reply, but its own event never reached the stream (it died first).
             if run_id not in latest and run_id not in open_runs and event.at >= since:
                 open_runs[run_id] = event
+        for run_id, event in (await self._claimed(heartbeat, since, before)).items():
+            # Claimed, and no event out: the master whose reply said so may have died too.
+            if run_id not in latest and run_id not in open_runs:
+                open_runs[run_id] = event
         return open_runs
+
+    async def _claimed(self, heartbeat: Heartbeat, since: float, before: float | None) -> dict[str, RunEvent]:
+        """The runs the agent claimed since ``since`` (before ``before``, its clock), from the
+        claims bucket: an agent killed right after its start leaves no event and no heartbeat
+        naming the run, and the master it answered may be dead as well."""
+        agent, claimed = heartbeat.agent, {}
+        prefix = subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET)
+        for key_filter in subjects.claims_of(agent, heartbeat.pools):
+            async for msg in read_stream(
+                self._js, subjects.kv_stream(subjects.CLAIMS_BUCKET), prefix + key_filter, since=since
+            ):
+                key = msg.subject[len(prefix) :]
+                try:
+                    holder = decode_claim(msg.data, key)
+                except CodecError:
+                    continue  # a delete marker, or garbage: no run of this agent
+                run = holder.run
+                if holder.agent != agent or run is None or (before is not None and run.at >= before):
+                    continue
+                run_id = subjects.claim_run_id(key)
+                claimed[run_id] = RunEvent(
+                    run_id=run_id, job=run.job, agent=agent, state=RunState.STARTED,
+                    trigger=run_trigger(run.trigger), scheduled_at=run.scheduled_at, attempt=run.attempt,
+                    detail=dict(run.detail), reason="claimed by the agent; no event of its own on record",
+                    at=run.at,
+                )  # fmt: skip
+        return claimed
 
     async def _could_have_run(self, lost: RunEvent, spec: JobSpec) -> bool:
         """Did a master of ours hand ``lost`` to its agent, or is the agent a proven member of
@@ -283,7 +315,7 @@ class LostAgents:
             attempt=lost.attempt,
             avoid_agents=[lost.agent],
             detail={
-                **{k: v for k, v in lost.detail.items() if k in ("chain_id", "parents")},
+                **{k: v for k, v in lost.detail.items() if k in CARRIED_DETAIL},
                 "lost_run": lost.run_id,
             },
             base_id=f"{lost.run_id}-re",  # a second leader re-dispatching it is recognised by the agent
