@@ -279,8 +279,9 @@ class AgentService(Service):
     def _job_sync(self, js: JetStreamContext) -> JobSync:
         """Keeping the cache equal to the jobs bucket; the mirror and file triggers follow it."""
         assert self.mirror is not None
+        assert self.nc is not None
         sync = JobSync(
-            js,
+            self.nc,
             self.cache,
             self.config.identity(),
             check_interval=self.config.sync_check_interval,

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from agent.cache import CachedJob, JobCache, SyncPosition
+from agent.fullread import Delivery, delivery, read_last_per_subject
 from natsched import codec, subjects
 from natsched.buckets import is_delete
 from natsched.errors import CodecError, SpecError
@@ -81,15 +83,10 @@ def wanted(key: str, value: dict[str, Any], identity: AgentIdentity) -> bool:
 def _ack_fields(msg: Msg) -> tuple[int, int, float]:
     """(stream sequence, messages pending, stored at) from the reply subject of a JetStream
     message: nats-py's ``msg.metadata`` builds objects and a datetime for them, ~6 us a
-    message, 0.6 s of a cold sync of 100k definitions; this is ~1 us."""
-    tokens = (msg.reply or "").split(".")
-    if tokens[:2] == ["$JS", "ACK"]:
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>,
-        # or (11+ tokens) with <domain>.<account hash> after ACK and a random token at the end.
-        if len(tokens) == 9:
-            return int(tokens[5]), int(tokens[8]), int(tokens[7]) / 1e9
-        if len(tokens) >= 11:
-            return int(tokens[7]), int(tokens[10]), int(tokens[9]) / 1e9
+    message; this is ~1 us."""
+    where = delivery(msg.reply)
+    if where is not None:
+        return where.stream_seq, where.pending, where.stored_ns / 1e9
     meta = msg.metadata  # anything else: let nats-py parse it (or say it is no JetStream message)
     stored = meta.timestamp.timestamp() if meta.timestamp else 0.0
     return meta.sequence.stream, meta.num_pending, stored
@@ -117,14 +114,15 @@ class JobSync:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         cache: JobCache,
         identity: AgentIdentity,
         *,
         check_interval: float = CHECK_INTERVAL,
         on_report: Callable[[dict[str, Any]], None] = lambda entry: None,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         # True once the agent stops: then a failure ends ``run`` instead of a retry. Python
         # 3.11's TaskGroup turns a cancellation that meets a child's error (a NATS call failing
         # as the connection closes) into an ExceptionGroup of those errors, and does not raise
@@ -220,9 +218,8 @@ class JobSync:
         except Exception:  # noqa: BLE001 - a reporting bug must not stop syncing
             log.exception("sync report listener failed")
 
-    def _classify(self, msg: Msg) -> _Change:
+    def _classify(self, msg: Msg, seq: int, pending: int, stored: float) -> _Change:
         key = msg.subject[len(_PREFIX) :]
-        seq, pending, stored = _ack_fields(msg)
         if is_delete(msg.headers):
             return _Change(key, seq, pending, None)
         try:
@@ -266,18 +263,17 @@ class JobSync:
         start = time.perf_counter()
         inbox = _Inbox()
 
+        target = state.last_seq if state.messages else 0
         if full:
             log.info("job sync: full resync from %s (%d messages)", subjects.JOBS_BUCKET, state.messages)
-        sub = await self._read_from(inbox, None if full or position is None else position.last_seq + 1)
+            await self._full_resync(created, target)
+            self.full_resyncs += 1
+        assert self.position is not None
+        # What changed since (after a full resync: while it was being applied) comes from here.
+        sub = await self._read_from(inbox, self.position.last_seq + 1)
         try:
-            target = state.last_seq if state.messages else 0
-            if full:
-                await self._full_resync(inbox, created, target)
-                self.full_resyncs += 1
-            else:
-                assert position is not None
-                if position.last_seq < target:
-                    await self._apply_batches(inbox, created, until=target)
+            if self.position.last_seq < target:
+                await self._apply_batches(inbox, created, until=target)
             self.last_sync_seconds = time.perf_counter() - start
             if not self.synced.is_set():
                 log.info(
@@ -300,44 +296,42 @@ class JobSync:
             except Exception:  # noqa: BLE001 - the connection may be gone already
                 log.debug("unsubscribe failed", exc_info=True)
 
-    async def _read_from(self, inbox: _Inbox, start_seq: int | None) -> JetStreamContext.PushSubscription:
-        """An ordered consumer on the bucket's stream into ``inbox``: from ``start_seq``, or
-        (None) the last value of every key, for a full resync."""
+    async def _read_from(self, inbox: _Inbox, start_seq: int) -> JetStreamContext.PushSubscription:
+        """An ordered consumer on the bucket's stream into ``inbox``, from ``start_seq`` on."""
 
         async def enqueue(msg: Msg) -> None:
-            inbox.add(self._classify(msg))
+            inbox.add(self._classify(msg, *_ack_fields(msg)))
 
-        if start_seq is None:
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
-        else:
-            config = api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
-            )
+        by_sequence = api.DeliverPolicy.BY_START_SEQUENCE
+        config = api.ConsumerConfig(deliver_policy=by_sequence, opt_start_seq=start_seq)
         return await self._js.subscribe(
             _PREFIX + ">", stream=_STREAM, cb=enqueue, ordered_consumer=True, config=config
         )
 
-    async def _full_resync(self, inbox: _Inbox, created: str, target: int) -> None:
+    async def _full_resync(self, created: str, target: int) -> None:
+        """Read the newest message of every key (agent/fullread.py) and replace the cache with
+        what targets this agent, in one transaction."""
         keep: dict[str, CachedJob] = {}
         malformed: set[str] = set()
         untargeted: set[str] = set()
         seen: dict[str, int] = {}
-        last_seq = 0
-        caught_up = target == 0
-        while not caught_up:
-            for change in await inbox.take():
-                last_seq = seen[change.key] = change.seq
-                untargeted.discard(change.key)
-                if isinstance(change.job, CachedJob):
-                    keep[change.key] = change.job
-                    malformed.discard(change.key)
-                elif change.job is _MALFORMED:
-                    malformed.add(change.key)
-                else:
-                    keep.pop(change.key, None)
-                    if change.untargeted:
-                        untargeted.add(change.key)
-                caught_up = caught_up or change.pending == 0 or change.seq >= target
+
+        def take(msg: Msg, where: Delivery) -> None:
+            change = self._classify(msg, where.stream_seq, where.pending, where.stored_ns / 1e9)
+            # A key written during the read arrives again, newer: the newest counts.
+            seen[change.key] = change.seq
+            untargeted.discard(change.key)
+            if isinstance(change.job, CachedJob):
+                keep[change.key] = change.job
+                malformed.discard(change.key)
+            elif change.job is _MALFORMED:
+                malformed.add(change.key)
+            else:
+                keep.pop(change.key, None)
+                if change.untargeted:
+                    untargeted.add(change.key)
+
+        last_seq = await read_last_per_subject(self._nc, _STREAM, _PREFIX + ">", take) if target else 0
         before = await self._cache.revisions()
         gone = set(before) - keep.keys() - malformed
         position = SyncPosition(created, max(last_seq, target))
