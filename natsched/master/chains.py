@@ -35,15 +35,16 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.chaingraph import event_triggers
 from natsched.errors import CodecError, ConflictError
 from natsched.events import RunEvent, RunState, parse_event
+from natsched.master.chainstate import ChainRecords
 from natsched.master.dispatch import Dispatcher
-from natsched.master.following import ACK_WAIT, EventFollower, follow_events
+from natsched.master.fanins import FanInTimeouts, timed_out
+from natsched.master.following import EventFollower, follow_events
 from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.recording import publish_event
@@ -55,10 +56,6 @@ from natsched.vocab import COMPLETED_STATES, NO_AGENT, RunTrigger
 log = logging.getLogger(__name__)
 
 DURABLE = subjects.CHAINS_DURABLE
-FANIN_CHECK_INTERVAL = 0.5
-# A fan-in fails this long after its deadline: a completion from before the deadline that went
-# to a master which then died is redelivered within ACK_WAIT, and must still count.
-EXPIRY_GRACE = ACK_WAIT + 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +111,15 @@ class ChainFollower:
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
-        self._state = chains
+        self._records = ChainRecords(chains)
         self._index = index
         self._dispatcher = dispatcher
         self._holding = holding
         self._clock = clock
-        self._fanins: dict[str, tuple[float, int]] = {}  # key -> (deadline, revision)
+        # The masters' service runs fanins.watch and fanins.expire.
+        self.fanins = FanInTimeouts(
+            self._js, self._records, index, self._fail_chain, durable=DURABLE, clock=clock
+        )
         self.dispatched = 0
         self.following: EventFollower | None = None
 
@@ -182,10 +182,10 @@ class ChainFollower:
         key = subjects.chain_batch_key(batch)
         members: dict[str, Any] = {}
         for _ in range(20):
-            record, revision = await self._read(key)
+            record, revision = await self._records.read(key)
             members = record.setdefault("members", {})
             members[event.agent] = [event.run_id, event.state.value, event.exit_code, event.at]
-            if await self._write(key, record, revision):
+            if await self._records.write(key, record, revision):
                 break
         else:
             raise ConflictError(f"{key}: too many concurrent updates")
@@ -214,8 +214,8 @@ class ChainFollower:
             return
         key = subjects.chain_fanin_key(chain_id, spec.key)
         for _ in range(20):
-            pending, revision = await self._read(key)
-            if revision is None and await self._exists(subjects.chain_claim_key(spec.key, chain_id)):
+            pending, revision = await self._records.read(key)
+            if revision is None and await self._records.exists(subjects.chain_claim_key(spec.key, chain_id)):
                 return  # already fired or failed for this chain run (a redelivery)
             if not ok:
                 # Recorded (claimed) before the progress is dropped, as a join is (see below).
@@ -227,7 +227,7 @@ class ChainFollower:
                     f"chain failed: {waiting}, but it waits for all of "
                     f"{', '.join(trigger.after)} to end {trigger.on}",
                 )
-                await self._delete(key, revision)
+                await self._records.delete(key, revision)
                 return
             # The timeout runs from the first upstream's completion, not from when a master
             # handled it: a redelivery after a master crash counts if it completed in time.
@@ -236,8 +236,8 @@ class ChainFollower:
             upstreams: dict[str, list[str]] = pending.setdefault("upstreams", {})
             if completion.at > pending["deadline"]:
                 parents = tuple(r for runs in upstreams.values() for r in runs) + completion.runs
-                await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
-                await self._delete(key, revision)
+                await self._fail_chain(spec, chain_id, parents, timed_out(trigger, upstreams))
+                await self._records.delete(key, revision)
                 return
             upstreams[completion.job] = list(completion.runs)
             if set(upstreams) >= set(trigger.after):
@@ -247,9 +247,9 @@ class ChainFollower:
                 # The claim also decides between this and a timeout's failure (_fail_chain).
                 parents = tuple(r for job in trigger.after for r in upstreams[job])
                 await self._fire(spec, chain_id, parents, ",".join(trigger.after), claim_id=chain_id)
-                await self._delete(key, revision)  # a conflict: another master's, about to go
+                await self._records.delete(key, revision)  # a conflict: another master's, about to go
                 return
-            if await self._write(key, pending, revision):
+            if await self._records.write(key, pending, revision):
                 return
         raise ConflictError(f"{key}: too many concurrent updates")
 
@@ -258,9 +258,9 @@ class ChainFollower:
     ) -> None:
         claim = subjects.chain_claim_key(spec.key, claim_id)
         try:  # the common case first: nobody claimed it (one write, no read)
-            revision: int | None = await self._state.create(claim, codec.pack({"at": self._clock()}))
+            revision: int | None = await self._records.bucket.create(claim, codec.pack({"at": self._clock()}))
         except KeyWrongLastSequenceError:
-            record, revision = await self._read(claim)
+            record, revision = await self._records.read(claim)
             if record.get("done") or record.get("failed") or revision is None:
                 return  # dispatched already (a redelivery), the chain failed, or expired
             # Claimed but not recorded done: the claimer crashed mid-dispatch (or is in it right
@@ -288,7 +288,8 @@ class ChainFollower:
         if await self._holding.admit(spec, held):
             await dispatch()
         with contextlib.suppress(KeyWrongLastSequenceError):
-            await self._state.update(claim, codec.pack({"at": self._clock(), "done": True}), last=revision)
+            done = codec.pack({"at": self._clock(), "done": True})
+            await self._records.bucket.update(claim, done, last=revision)
 
     async def _fail_chain(self, spec: JobSpec, chain_id: str, parents: tuple[str, ...], reason: str) -> None:
         """Claim the chain run's outcome as failed (the claim decides between this and a join),
@@ -296,11 +297,11 @@ class ChainFollower:
         the next one finishes (the fan-in's progress is dropped only after this)."""
         claim = subjects.chain_claim_key(spec.key, chain_id)
         try:
-            revision: int | None = await self._state.create(
+            revision: int | None = await self._records.bucket.create(
                 claim, codec.pack({"at": self._clock(), "failed": reason})
             )
         except KeyWrongLastSequenceError:
-            record, revision = await self._read(claim)
+            record, revision = await self._records.read(claim)
             if record.get("done") or not record.get("failed") or revision is None:
                 return  # joined, or its failure recorded already
             reason = str(record["failed"])  # claimed failed, not recorded: finish it
@@ -316,121 +317,9 @@ class ChainFollower:
         log.warning("chain %s: %s", chain_id, reason)
         await publish_event(self._js, event)  # its id derives from the claim: a repeat lands once
         with contextlib.suppress(KeyWrongLastSequenceError):
-            await self._state.update(
+            await self._records.bucket.update(
                 claim, codec.pack({"at": self._clock(), "failed": reason, "done": True}), last=revision
             )
-
-    # --- fan-in timeouts -------------------------------------------------------------
-
-    async def watch_fanins(self) -> None:
-        """Keep the pending fan-ins in view (every master), so their timeouts can fire."""
-        watcher = await self._state.watch(subjects.FANINS)
-        async for entry in watcher:
-            if entry is None:
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._fanins.pop(entry.key, None)
-                continue
-            try:
-                deadline = float(codec.unpack(entry.value, entry.key)["deadline"])
-            except (CodecError, KeyError, TypeError, ValueError):
-                continue
-            self._fanins[entry.key] = (deadline, entry.revision or 0)
-
-    async def expire_fanins(self) -> None:
-        """Fail the fan-ins whose deadline passed, once no completion from before it can be pending.
-
-        A completion delivered to a master that died comes back within ``ACK_WAIT``; one not
-        yet delivered at all (no master ran) shows as the consumer's ``num_pending``.
-        """
-        while True:
-            await asyncio.sleep(FANIN_CHECK_INTERVAL)
-            now = self._clock()
-            due = [(k, r) for k, (deadline, r) in self._fanins.items() if now >= deadline + EXPIRY_GRACE]
-            if not due or await self._backlog():
-                continue
-            for key, revision in due:
-                try:
-                    await self._expire(key, revision)
-                except Exception:  # noqa: BLE001 - tried again on the next pass
-                    log.exception("fan-in %s: timeout handling failed", key)
-
-    async def _expire(self, key: str, revision: int) -> None:
-        pending, current = await self._read(key)
-        if current != revision:
-            return  # changed meanwhile (an upstream came in) or handled by another master
-        chain_id, job_key = _split_fanin_key(key)
-        spec = self._index.jobs.get(job_key)
-        if spec is None:
-            await self._delete(key, current)
-            return
-        upstreams: dict[str, list[str]] = pending.get("upstreams", {})
-        trigger = next(
-            (t for t in event_triggers(spec) if t.wait == "all" and set(upstreams) <= set(t.after)), None
-        )
-        parents = tuple(r for runs in upstreams.values() for r in runs)
-        # Recorded before the progress is dropped: a master that dies in between leaves the
-        # fan-in due, and the next pass (of whichever master leads) records it.
-        await self._fail_chain(spec, chain_id, parents, _timed_out(trigger, upstreams))
-        await self._delete(key, current)
-
-    async def _backlog(self) -> int:
-        """Completions stored but not yet delivered to any master (they may belong to a fan-in)."""
-        try:
-            info = await self._js.consumer_info(subjects.EVENTS_STREAM, DURABLE)
-        except Exception as exc:  # noqa: BLE001 - cannot tell: wait for the next pass
-            log.debug("chains consumer info failed: %r", exc)
-            return 1
-        return int(info.num_pending or 0)
-
-    # --- state bucket helpers --------------------------------------------------------
-
-    async def _read(self, key: str) -> tuple[dict[str, Any], int | None]:
-        try:
-            entry = await self._state.get(key)
-        except KeyNotFoundError:
-            return {}, None
-        if not entry.value:
-            return {}, None
-        try:
-            return dict(codec.unpack(entry.value, key)), entry.revision
-        except CodecError:
-            return {}, entry.revision
-
-    async def _exists(self, key: str) -> bool:
-        return (await self._read(key))[1] is not None
-
-    async def _write(self, key: str, value: dict[str, Any], revision: int | None) -> bool:
-        try:
-            if revision is None:
-                await self._state.create(key, codec.pack(value))
-            else:
-                await self._state.update(key, codec.pack(value), last=revision)
-            return True
-        except KeyWrongLastSequenceError:
-            return False
-
-    async def _delete(self, key: str, revision: int | None) -> bool:
-        if revision is None:
-            return True
-        try:
-            await self._state.delete(key, last=revision)
-            return True
-        except Exception as exc:  # noqa: BLE001 - nats-py raises APIError for a wrong revision here
-            log.debug("delete %s at %s lost the race: %r", key, revision, exc)
-            return False
-
-
-def _timed_out(trigger: EventTrigger | None, upstreams: dict[str, list[str]]) -> str:
-    missing = sorted(set(trigger.after) - set(upstreams)) if trigger else []
-    timeout = f"{trigger.timeout:g}s" if trigger else "its timeout"
-    return f"chain failed: fan-in timed out after {timeout} waiting for {', '.join(missing)}"
-
-
-def _split_fanin_key(key: str) -> tuple[str, str]:
-    """``fanin.<chain>.<group>.<job>`` -> (chain id, job key)."""
-    _, chain_id, job_key = key.split(".", 2)
-    return chain_id, job_key
 
 
 async def _all(steps: Iterable[Coroutine[Any, Any, None]]) -> None:

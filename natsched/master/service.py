@@ -184,7 +184,7 @@ class MasterService(Service):
             self.nc, await js.key_value(subjects.CHAINS_BUCKET), self.index, self.dispatcher, self.holding
         )
         await self.chains.start()
-        self.keep_running(self.chains.watch_fanins, name="fan-in-watch")
+        self.keep_running(self.chains.fanins.watch, name="fan-in-watch")
         self.notifier = Notifier(
             self.nc,
             self.index,
@@ -263,7 +263,7 @@ class MasterService(Service):
             group.create_task(self.scheduler.run())
             audit = SlotAudit(self.nc.jetstream(), self.scheduler.cursors, could_run=self.could_run_job)
             group.create_task(audit.run())
-            group.create_task(self.chains.expire_fanins())
+            group.create_task(self.chains.fanins.expire())
             group.create_task(self.lost.run())
             group.create_task(self.holding.release_lifted())
 
