@@ -170,6 +170,11 @@ class AgentService(Service):
         assert self.sync is not None  # set before connected
         await self.sync.synced.wait()
 
+    def stop_allowance(self) -> float:
+        # Running jobs get shutdown_grace, then SIGTERM and kill_grace, then the reaping and the
+        # final events (the executor waits grace + kill_grace + 5 s for them).
+        return self.config.shutdown_grace + self.config.kill_grace + 5
+
     async def stop(self) -> None:
         self._stopping = True
         if self.metrics is not None:

@@ -167,6 +167,11 @@ class Service:
     async def stop(self) -> None:
         """Override: release resources after the tasks were cancelled."""
 
+    def stop_allowance(self) -> float:
+        """Override: seconds ``stop`` may rightly take beyond ``SHUTDOWN_DEADLINE`` (an agent
+        gives its running jobs a grace period, then kills them and records it)."""
+        return 0.0
+
     async def cancel_tasks(self) -> None:
         # Cancel again while tasks linger: asyncio.wait_for (used inside nats-py's connect)
         # can swallow a cancellation that races with its own completion.
@@ -248,8 +253,8 @@ def _quiet_about_lost_connections(loop: asyncio.AbstractEventLoop, context: dict
     loop.default_exception_handler(context)
 
 
-def _give_up_stopping() -> None:
-    log.error("did not stop within %gs of the signal; exiting now", SHUTDOWN_DEADLINE)
+def _give_up_stopping(deadline: float) -> None:
+    log.error("did not stop within %gs of the signal; exiting now", deadline)
     logging.shutdown()
     os._exit(1)
 
@@ -273,7 +278,10 @@ async def serve(service: Service, *, restart: Callable[[], Service] | None = Non
             main.cancel()
             # The last line of defence for "stops within seconds": whatever hangs in the
             # shutdown (a task that swallows its cancellation, a blocked loop), the process ends.
-            deadline = threading.Timer(SHUTDOWN_DEADLINE, _give_up_stopping)
+            # Not before the service's own stop could end: an agent's running jobs get their
+            # grace, and a deadline shorter than that exited 1 with their final events unsent.
+            seconds = SHUTDOWN_DEADLINE + service.stop_allowance()
+            deadline = threading.Timer(seconds, _give_up_stopping, (seconds,))
             deadline.daemon = True
             deadline.start()
 

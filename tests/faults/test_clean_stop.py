@@ -1,0 +1,75 @@
+"""Services stop cleanly in the states test_stopping.py does not reach: runs in flight past the
+shutdown deadline's base, and a credential the server rejects (exit non-zero, one line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from nats.aio.client import Client
+
+from natsched import subjects
+from natsched.embedded import EmbeddedServer
+from natsched.service import SHUTDOWN_DEADLINE
+from natsched.vocab import RunState
+from tests.conftest import Process, eventually, said
+from tests.faults.witness import events_of
+from tests.helpers import apply, job, toml_jobs
+
+pytestmark = pytest.mark.faults
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_an_agent_stopping_with_a_run_in_flight_gives_it_the_grace_and_records_it_killed(
+    nats_server: EmbeddedServer,
+    master_process: Process,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    # A grace just past the base deadline: the agent used to exit 1 at SHUTDOWN_DEADLINE
+    # ("did not stop within 10s"), its job's final event never sent.
+    grace = SHUTDOWN_DEADLINE + 0.5
+    env = {"NATSCHED_AGENT_SHUTDOWN_GRACE": str(grace), "NATSCHED_AGENT_KILL_GRACE": "1"}
+    agent = spawn(
+        "natsched-agent", "--name", "a1", "--state-dir", str(tmp_path / "a1"),
+        url=nats_server.url, log_name="agent.log", env=env,
+    )  # fmt: skip
+    await eventually(lambda: said(agent, "in sync at revision"), 15, "the agent synced")
+    command = ["sleep", "120"]
+    reply = await apply(
+        nc, toml_jobs(job("long", mode="slave", targets={"agents": ["a1"]}, command=command), group="g")
+    )
+    assert reply["ok"], reply
+    answer = json.loads((await nc.request(subjects.trigger_subject("g.long"), b"{}", timeout=10)).data)
+    assert answer["ok"] and answer["runs"][0]["ok"], answer
+    run_id, job_pid = answer["runs"][0]["run_id"], answer["runs"][0]["pid"]
+
+    started = time.monotonic()
+    agent.popen.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(agent.popen.wait, grace + 15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after SIGTERM:\n{agent.output()[-3000:]}")
+    took = time.monotonic() - started
+    out = agent.output()
+    assert code == 0, out[-3000:]
+    assert took >= grace - 0.5, f"the job did not get its grace: {took:.1f}s"
+    assert "Traceback" not in out and "did not stop within" not in out, out[-3000:]
+    assert _gone(job_pid)
+    events = [e for e in await events_of(nc, "g.long") if e["run_id"] == run_id]
+    assert events and events[-1]["state"] == RunState.KILLED, events
