@@ -220,6 +220,7 @@ def job_from_trigger_subject(subject: str) -> str:
 # --- Keys inside buckets --------------------------------------------------------------
 LEASE_KEY = "leader"  # STATE_BUCKET: the leader lease (lease.py)
 LOCKS = "lock.>"  # STATE_BUCKET: every cluster-wide overlap lock
+AGENT_LIVES = "life.>"  # STATE_BUCKET: the agent lives leaders saw (master/roster.py)
 PAUSES = "pause.>"  # SETTINGS_BUCKET: every job and agent pause
 GROUP_SETTINGS_PREFIX = "group."  # SETTINGS_BUCKET: group.<group> = a group's replicated settings
 TAG_SETTINGS_INFIX = ".tag."  # group.<group>.tag.<tag>: the group's settings for agents with <tag>
@@ -250,6 +251,16 @@ def split_group_settings_key(key: str) -> tuple[str, str | None] | None:
 def lock_subject(agent: str) -> str:
     """Where ``agent`` asks the masters (queue group) to take or free a cluster-wide lock."""
     return f"{LOCK_PREFIX}.{_token(agent, 'agent name')}"
+
+
+def agent_life_key(agent: str) -> str:
+    """STATE_BUCKET key of the life of ``agent`` a leader saw last (its heartbeat then)."""
+    return f"life.{_token(agent, 'agent name')}"
+
+
+def life_agent(key: str) -> str:
+    """The agent an :func:`agent_life_key` names."""
+    return key.partition(".")[2]
 
 
 def lock_key(job_key: str) -> str:

@@ -19,6 +19,11 @@ life had going: once its new life had ``RESTART_SETTLE`` seconds to record its o
 the runs the previous life left open are closed the same way (lost, their locks released,
 re-dispatched if the job says so), also when it came back before it looked unresponsive.
 
+An agent that died while no master ran, its heartbeat expired before one came back, was
+never heard by the next leader: the leader keeps each agent life it sees on record
+(``roster.py``), and a new leader judges the recorded lives it does not hear as silent from
+its start.
+
 An agent that comes back sends what it really did: a run it finished while cut off
 publishes its final event from its outbox, which becomes the run's latest state (the run
 shows ``started → lost → succeeded``): reconciled, not counted twice.
@@ -43,6 +48,7 @@ from natsched.locking import read_holder
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
 from natsched.master.recording import publish_event
+from natsched.master.roster import AgentRoster
 from natsched.models import Heartbeat, JobSpec, Mode
 from natsched.vocab import RunTrigger, run_trigger
 
@@ -77,6 +83,7 @@ class LostAgents:
         self._lives: dict[str, Heartbeat] = {}  # each agent's latest heartbeat of its current life
         self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
         self._waited_for_index = False
+        self._roster = AgentRoster(self._js, state)
 
     def _hearing(self) -> bool:
         """False while disconnected; after a reconnect, silence is counted from then."""
@@ -125,32 +132,59 @@ class LostAgents:
 
     async def run(self) -> None:
         directory = self._dispatcher.directory
+        recalled = False  # this leadership's own: the lives on record are read when it starts
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             if not self._hearing():
                 continue
             now = time.monotonic()
             judging = self._judging()
-            for agent, (heartbeat, seen_at) in list(directory.last_seen.items()):
+            recalled = recalled or (judging and await self._recall())
+            for heartbeat, seen_at in list(directory.last_seen.values()):
                 self._note_life(heartbeat, now)  # also meanwhile: a restart seen now is not missed
-                if not judging:
-                    continue
-                silent = now - max(seen_at, self._hearing_since)
-                if silent <= self.unresponsive_after:
-                    if agent in self.down:
-                        log.info("agent %s is back", agent)
-                        self.down.discard(agent)
-                    continue
-                if agent in self.down or await self._heard_directly(heartbeat):
-                    continue
-                self.down.add(agent)
-                try:
-                    await self.mark_lost(heartbeat, silent)
-                except Exception:  # noqa: BLE001 - tried again on the next pass
-                    log.exception("could not close the runs of lost agent %s", agent)
-                    self.down.discard(agent)
-            if judging:
+                if judging and recalled:
+                    await self._judge(heartbeat, now - max(seen_at, self._hearing_since))
+            if judging and recalled:
                 await self._close_previous_lives(now)
+
+    async def _judge(self, heartbeat: Heartbeat, silent: float) -> None:
+        agent = heartbeat.agent
+        if agent not in self.down and not self._roster.recorded(heartbeat):
+            try:
+                await self._roster.record(heartbeat)
+            except Exception as exc:  # noqa: BLE001 - written on a later pass
+                log.info("life of agent %s not recorded yet: %r", agent, exc)
+        if silent <= self.unresponsive_after:
+            if agent in self.down:
+                log.info("agent %s is back", agent)
+                self.down.discard(agent)
+            return
+        if agent in self.down or await self._heard_directly(heartbeat):
+            return
+        self.down.add(agent)
+        try:
+            await self.mark_lost(heartbeat, silent)
+        except Exception:  # noqa: BLE001 - tried again on the next pass
+            log.exception("could not close the runs of lost agent %s", agent)
+            self.down.discard(agent)
+            return
+        await self._roster.forget(heartbeat)
+
+    async def _recall(self) -> bool:
+        """The agent lives earlier leaders saw and this master does not hear (the agent died and
+        its heartbeat expired while no master ran) join the judged ones, silent from now on.
+        False while the record cannot be read (asked again on the next pass)."""
+        try:
+            lives = await self._roster.lives()
+        except Exception as exc:  # noqa: BLE001 - NATS away or slow: nobody is judged before it
+            log.warning("agent lives on record not readable (%r): lost agents not judged yet", exc)
+            return False
+        last_seen = self._dispatcher.directory.last_seen
+        for agent, heartbeat in lives.items():
+            if agent not in last_seen:
+                log.info("agent %s: a life on record this master has not heard", agent)
+                last_seen[agent] = (heartbeat, time.monotonic())
+        return True
 
     def _note_life(self, heartbeat: Heartbeat, now: float) -> None:
         """A heartbeat with another start time: the agent restarted, so whatever its previous
