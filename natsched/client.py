@@ -12,7 +12,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from natsched import codec, subjects
 from natsched.connection import connect
 from natsched.errors import ApiError, CodecError, NoMasterError, NotOpenError
-from natsched.settings import ConnectionSettings
+from natsched.settings import ConnectionSettings, redact_url
 
 API_TIMEOUT = 15.0
 TRIGGER_TIMEOUT = 30.0
@@ -86,7 +86,8 @@ class AdminClient:
             msg = await self.nc.request(subject, payload, timeout=self.timeout)
         except NoRespondersError:
             raise NoMasterError(
-                f"no master answers on {subject} at {self.settings.url}; start one with 'natsched master'"
+                f"no master answers on {subject} at {redact_url(self.settings.url)}; "
+                "start one with 'natsched master'"
             ) from None
         except NatsTimeoutError:
             raise NoMasterError(f"no master answered {subject} within {self.timeout:g}s") from None

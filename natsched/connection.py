@@ -33,6 +33,13 @@ RECONNECT_MAX = 1.0  # bounded: a server back after a restart is found within ~1
 # heartbeat again well within a master's --unresponsive-after, which counts from its own reconnect)
 # A command's first connect gives up after this many connect timeouts.
 FIRST_CONNECT_BOUND = 3
+# A service gives up after the server refused its credential this many times in a row (~4 s):
+# a wrong or revoked credential does not heal by retrying, and a service retrying it forever
+# looked alive to systemd while it could do nothing. The few attempts ride out a server
+# reloading its accounts.
+REFUSALS_BEFORE_EXIT = 5
+# How nats-server words a credential it does not accept (nats-py passes the text on).
+_REFUSED = ("authorization violation", "authentication expired", "authentication revoked")
 
 
 def _tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:
@@ -99,8 +106,15 @@ class Reconnecting:
         self._nc = nc
         self._where = where
         self.failures = 0
+        self.refusals = 0  # the credential refused, since the last successful connect
+        self.ever_connected = False
+        self.gave_up = ""  # why, once the refusals made it close the connection
+        self._closing: asyncio.Task[None] | None = None
 
     async def error(self, exc: Exception) -> None:
+        if any(text in str(exc).lower() for text in _REFUSED):
+            await self._refused(exc)
+            return
         if not isinstance(exc, _LINK_ERRORS):
             await _log_error(exc)  # permissions, slow consumer...: each one says something new
             return
@@ -118,7 +132,26 @@ class Reconnecting:
         else:
             log.debug("nats: attempt %d failed: %s", self.failures, exc or type(exc).__name__)
 
+    async def _refused(self, exc: Exception) -> None:
+        self.refusals += 1
+        if self.refusals == 1:
+            log.warning("nats: %s refused the credential (%s); trying again", self._where, exc)
+        if self.refusals < REFUSALS_BEFORE_EXIT:
+            return
+        why = f"NATS at {self._where} refused the credential {self.refusals} times ({exc})"
+        self.gave_up = why
+        if not self.ever_connected:
+            # Raised inside nats-py's first-connect loop, this ends connect() itself.
+            raise NotConnectedError(why)
+        if self._closing is None:
+            # In nats-py's reconnect task: closing ends it; the service's closed-connection
+            # watch then stops the service with one line and a non-zero exit.
+            log.error("%s; closing the connection", why)
+            self._closing = asyncio.create_task(self._nc.close())
+
     def connected(self) -> None:
+        self.ever_connected = True
+        self.refusals = 0
         if self.failures:
             log.info("nats: connected to %s after %d failed attempt(s)", self._where, self.failures)
         self.failures = 0
@@ -148,8 +181,10 @@ def _callbacks(
             await on_reconnect()
 
     async def closed_cb() -> None:
+        if state is not None and state.gave_up and not state.ever_connected:
+            return  # connect() raises the reason itself
         if on_closed is not None:
-            await on_closed(str(nc.last_error or "closed"))
+            await on_closed((state.gave_up if state else "") or str(nc.last_error or "closed"))
 
     callbacks: dict[str, Any] = {
         "error_cb": error_cb,
@@ -198,6 +233,9 @@ async def connect(
         async with asyncio.timeout(FIRST_CONNECT_BOUND * settings.connect_timeout + 1):
             await nc.connect(**options)
             return nc
+    except NotConnectedError:  # the credential refused (Reconnecting._refused)
+        await close_quietly(nc, 1.0)
+        raise
     except (NoServersError, OSError, TimeoutError) as exc:
         raise NotConnectedError(
             f"cannot reach NATS at {settings.describe()}: {exc or type(exc).__name__}"

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from natsched.errors import ConfigError
 from natsched.subjects import INBOX_PREFIX_RULE, is_inbox_prefix
@@ -79,6 +80,7 @@ class ConnectionSettings:
 
     def describe(self) -> str:
         """The server and the kind of credentials, never the secrets themselves."""
+        in_url = any(urlsplit(u.strip()).username is not None for u in self.url.split(","))
         auth = (
             "creds"
             if self.creds
@@ -88,7 +90,24 @@ class ConnectionSettings:
             if self.user
             else "token"
             if self.token
+            else "credentials in the URL"
+            if in_url
             else "no auth"
         )
         tls = ", TLS" if self.tls_ca or self.url.startswith("tls://") else ""
-        return f"{self.url} ({auth}{tls})"
+        return f"{redact_url(self.url)} ({auth}{tls})"
+
+
+def redact_url(url: str) -> str:
+    """``url`` (comma-separated servers) with any password or token in it replaced by ``***``:
+    a URL like ``nats://user:secret@host`` was written to every service's log."""
+    servers = []
+    for server in url.split(","):
+        parts = urlsplit(server.strip())
+        if parts.username is None and parts.password is None:
+            servers.append(server.strip())
+            continue
+        host = parts.netloc.rpartition("@")[2]
+        who = f"{parts.username}:***" if parts.password is not None else "***"  # alone: a token
+        servers.append(parts._replace(netloc=f"{who}@{host}").geturl())
+    return ",".join(servers)

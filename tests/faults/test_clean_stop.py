@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from natsched import subjects
-from natsched.embedded import EmbeddedServer
+from natsched.embedded import EmbeddedServer, free_port
 from natsched.service import SHUTDOWN_DEADLINE
 from natsched.vocab import RunState
 from tests.conftest import Process, eventually, said
@@ -73,3 +73,58 @@ async def test_an_agent_stopping_with_a_run_in_flight_gives_it_the_grace_and_rec
     assert _gone(job_pid)
     events = [e for e in await events_of(nc, "g.long") if e["run_id"] == run_id]
     assert events and events[-1]["state"] == RunState.KILLED, events
+
+
+def _auth_server(tmp_path: Path, port: int, password: str) -> EmbeddedServer:
+    # The master's and agent's own users, as `natsched permissions` would write them, are not
+    # needed here: one user that may do everything, whose password changes.
+    users = f'authorization {{ users = [ {{ user: svc, password: "{password}" }} ] }}\n'
+    return EmbeddedServer(data_dir=tmp_path / "nats-auth", port=port, extra_config=users)
+
+
+def _exited_refused(process: Process, within: float) -> str:
+    try:
+        code = process.popen.wait(within)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running with a refused credential:\n{process.output()[-3000:]}")
+    out = process.output()
+    assert code != 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refused the credential" in errors[0], out[-3000:]
+    assert "wrong-pw" not in out, out[-3000:]  # the password is not in the log
+    return errors[0]
+
+
+@pytest.mark.parametrize("role", ["master", "agent"])
+async def test_a_service_whose_credential_the_server_refuses_exits_nonzero_in_one_line(
+    tmp_path: Path, spawn: Callable[..., Process], role: str
+) -> None:
+    server = _auth_server(tmp_path, free_port(), "right")
+    server.start()
+    try:
+        url = server.url.replace("nats://", "nats://svc:wrong-pw@")
+        argv = ["natsched", "master"] if role == "master" else ["natsched-agent", "--name", "a1"]
+        argv += [] if role == "master" else ["--state-dir", str(tmp_path / "a1")]
+        process = spawn(*argv, url=url, log_name=f"{role}.log")
+        await asyncio.to_thread(_exited_refused, process, 20)
+    finally:
+        server.stop()
+
+
+async def test_an_agent_whose_credential_is_refused_after_a_server_restart_exits_nonzero(
+    tmp_path: Path, spawn: Callable[..., Process]
+) -> None:
+    port = free_port()
+    server = _auth_server(tmp_path, port, "wrong-pw")  # the agent's password, accepted at first
+    server.start()
+    try:
+        url = server.url.replace("nats://", "nats://svc:wrong-pw@")
+        agent = spawn("natsched-agent", "--name", "a1", "--state-dir", str(tmp_path / "a1"), url=url)
+        await eventually(lambda: said(agent, "agent a1 connected"), 15, "the agent connected")
+        server.stop()
+        server = _auth_server(tmp_path, port, "rotated")  # the password rotated; the agent's is stale
+        server.start()
+        await asyncio.to_thread(_exited_refused, agent, 20)
+    finally:
+        server.stop()
