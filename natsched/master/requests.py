@@ -26,6 +26,7 @@ class Field:
 
     must_be: str
     check: Callable[[object], bool]
+    hidden: bool = False  # a secret's value: an error never shows what was sent
 
 
 def _text(value: object) -> bool:
@@ -54,7 +55,7 @@ JOB = Field("a job name, <group>.<job> or a bare name", subjects.is_job_ref)
 JOB_KEY = Field("a job as <group>.<job>", _job_key)
 JOBS = Field(f"a non-empty list of at most {MAX_JOBS} job names", _job_list)
 OBJECT = Field("an object", lambda v: isinstance(v, dict))
-SECRET = Field("a non-empty string", lambda v: isinstance(v, str) and bool(v))
+SECRET = Field("a non-empty string", lambda v: isinstance(v, str) and bool(v), hidden=True)
 
 FIELDS: dict[str, dict[str, Field]] = {
     subjects.API_PING: {},
@@ -95,5 +96,6 @@ def check_request(subject: str, body: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in given.items():
         field = fields[name]
         if not field.check(value):
-            raise ApiError(f"request field {name!r} must be {field.must_be}, not {subjects.shown(value, 60)}")
+            sent = f"a {type(value).__name__}" if field.hidden else subjects.shown(value, 60)
+            raise ApiError(f"request field {name!r} must be {field.must_be}, not {sent}")
     return given

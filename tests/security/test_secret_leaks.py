@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -14,8 +17,9 @@ from natsched.master.service import MasterService
 from natsched.secrets import Masker, StreamMasker, generate_key_file, load_key
 from natsched.settings import ConnectionSettings
 from natsched.subjects import API_SECRETS_SET
-from tests.conftest import AgentFactory
-from tests.helpers import api, apply, job, toml_jobs
+from natsched.vocab import RunState
+from tests.conftest import AgentFactory, eventually
+from tests.helpers import api, apply, job, stream_events, toml_jobs
 from tests.security.test_secrets import finals, log_text
 
 VALUE = "hunter2-s3cr3t"
@@ -102,3 +106,77 @@ def test_reasons_mask_quoted_and_escaped_forms(reason: str) -> None:
 def test_an_output_tail_cut_inside_a_value_masks_its_end() -> None:
     assert Masker([VALUE]).cut_tail("s3cr3t and more") == "*** and more"
     assert Masker([VALUE]).cut_tail("t is fine") == "*** is fine"  # one byte may be the value's end
+
+
+# Each way a run can go wrong while it holds a secret: the value is in its environment, and the
+# job writes it to stdout/stderr or names the variable in argv.
+FAILING = {
+    "exits": ["sh", "-c", 'echo "pw=$P" >&2; exit 3'],
+    "times_out": ["sh", "-c", 'echo "$P"; exec sleep 30'],
+    "not_found": ["/nonexistent/bin", "${P}"],
+    "succeeds": ["sh", "-c", 'echo "$P"; echo "u=$P;" >&2'],
+}
+
+
+async def test_a_secret_is_in_no_log_event_reply_or_cli_output_when_runs_fail(
+    conn: ConnectionSettings,
+    nc: Client,
+    start_agent: AgentFactory,
+    key_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, debug included
+    async with MasterService(conn, secret_key=load_key(key_file)):
+        await start_agent("s1", secret_key_file=key_file)
+        assert (await api(nc, API_SECRETS_SET, {"name": "db_pass", "value": VALUE}))["ok"]
+        # Malformed requests carrying the value: the error says what is wrong, not what was sent.
+        replies = [
+            await api(nc, API_SECRETS_SET, {"name": "x", "value": [VALUE]}),
+            await api(nc, API_SECRETS_SET, {"name": "bad name", "value": VALUE}),
+            await api(nc, API_SECRETS_SET, {"name": "y", "value": VALUE, "extra": 1}),
+        ]
+        assert not any(r["ok"] for r in replies) and VALUE not in json.dumps(replies), replies
+        jobs = [
+            job(
+                name,
+                mode="slave",
+                targets={"agents": ["s1"]},
+                command=command,
+                env={"P": "${secret:db_pass}"},
+            )
+            for name, command in FAILING.items()
+        ]
+        jobs[1]["timeout"] = "1s"
+        assert (await apply(nc, toml_jobs(*jobs, group="leak")))["ok"]
+        triggered = [
+            (await nc.request(f"natsched.trigger.leak.{name}", b"{}", timeout=10)).data.decode()
+            for name in FAILING
+        ]
+        await eventually(lambda: _all_ended(nc), 15, "every run ended")
+        run_ids = [json.loads(reply)["runs"][0]["run_id"] for reply in triggered]
+        states = {e["job"]: e["state"] for e in await stream_events(nc) if not RunState(e["state"]).open}
+        assert states == {
+            "leak.exits": "failed",
+            "leak.times_out": "timed_out",
+            "leak.not_found": "failed",
+            "leak.succeeds": "succeeded",
+        }, states
+        logs = [await log_text(nc, run_id, "s1") for run_id in run_ids]
+        assert "***" in logs[0], "the failing run's output is masked, not dropped"
+        # The CLI shows the failed run, its output and the list (the other runs: events and logs).
+        cli = [await _cli(conn, "runs", "show", run_ids[0]), await _cli(conn, "logs", run_ids[0])]
+        cli.append(await _cli(conn, "runs"))
+        assert "***" in cli[0], cli[0]
+        everything = [*triggered, json.dumps(await stream_events(nc)), *logs, *cli, caplog.text]
+        assert not [text for text in everything if VALUE in text], "the secret's value leaked"
+
+
+async def _all_ended(nc: Client) -> bool:
+    ended = {e["job"] for e in await stream_events(nc) if not RunState(e["state"]).open}
+    return ended >= {f"leak.{name}" for name in FAILING}
+
+
+async def _cli(conn: ConnectionSettings, *argv: str) -> str:
+    command = [str(Path(sys.executable).parent / "natsched"), *argv, "--server", conn.url]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
+    return done.stdout + done.stderr
