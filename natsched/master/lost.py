@@ -180,10 +180,14 @@ class LostAgents:
             log.warning("agent lives on record not readable (%r): lost agents not judged yet", exc)
             return False
         last_seen = self._dispatcher.directory.last_seen
-        for agent, heartbeat in lives.items():
-            if agent not in last_seen:
+        for agent, life in lives.items():
+            heard = last_seen.get(agent)
+            if heard is None:
                 log.info("agent %s: a life on record this master has not heard", agent)
-                last_seen[agent] = (heartbeat, time.monotonic())
+                last_seen[agent] = (life, time.monotonic())
+            elif heard[0].started_at > life.started_at and agent not in self._restarted:
+                # It restarted while no leader watched: that life is closed as any previous one.
+                self._restarted[agent] = (life, time.monotonic() + RESTART_SETTLE)
         return True
 
     def _note_life(self, heartbeat: Heartbeat, now: float) -> None:
@@ -212,17 +216,25 @@ class LostAgents:
 
     async def close_previous_life(self, previous: Heartbeat, restarted_at: float) -> None:
         agent = previous.agent
-        open_runs = await self._open_runs(agent, previous, before=restarted_at)
+        history = await self._history(previous)
+        open_runs = await self._open_runs(previous, history, before=restarted_at)
         if open_runs:
             reason = f"agent {agent} restarted while the run was going (its processes ended with it)"
             log.warning("%s: closing %d run(s) of its previous life", reason, len(open_runs))
             await self._close(open_runs, reason, agent, only=set(open_runs))
+        # Runs of the previous life the new one recorded lost itself (its journal, within the
+        # settle time): closed, but a redispatch_lost job's run was never started again. Sent
+        # with the same run id as any earlier re-dispatch of it: one that was is not run twice.
+        latest, first = history
+        for run_id, event in latest.items():
+            if event.state is RunState.LOST and first[run_id] < restarted_at and self._redispatches(event):
+                await self._redispatch(event)
 
     async def mark_lost(self, heartbeat: Heartbeat, silent: float) -> None:
         agent = heartbeat.agent
         reason = f"agent {agent} unresponsive for {silent:.0f}s (no heartbeat)"
         log.warning("%s: closing its runs", reason)
-        await self._close(await self._open_runs(agent, heartbeat), reason, agent)
+        await self._close(await self._open_runs(heartbeat, await self._history(heartbeat)), reason, agent)
 
     async def _close(
         self, open_runs: dict[str, RunEvent], reason: str, agent: str, only: set[str] | None = None
@@ -246,15 +258,16 @@ class LostAgents:
         spec = self._index.jobs.get(lost.job)
         return spec is not None and spec.redispatch_lost and spec.mode is Mode.LOAD_BALANCE and spec.enabled
 
-    async def _open_runs(
-        self, agent: str, heartbeat: Heartbeat, *, before: float | None = None
-    ) -> dict[str, RunEvent]:
-        """Runs of ``agent`` queued or started and with no final event (events since it started);
-        with ``before`` (the agent's clock), only those whose last event came before it."""
-        since = max(heartbeat.started_at, time.time() - LOOKBACK) - 5.0
+    async def _history(self, heartbeat: Heartbeat) -> tuple[dict[str, RunEvent], dict[str, float]]:
+        """The runs of the agent's events since ``heartbeat``'s life started: each one's latest
+        event (its first final one, once it has one) and when its first event was (agent clock)."""
         latest: dict[str, RunEvent] = {}
+        first: dict[str, float] = {}
         async for msg in read_stream(
-            self._js, subjects.EVENTS_STREAM, subjects.agent_events(agent), since=since
+            self._js,
+            subjects.EVENTS_STREAM,
+            subjects.agent_events(heartbeat.agent),
+            since=_since(heartbeat),
         ):
             try:
                 event = parse_event(msg.data, msg.subject)
@@ -262,6 +275,19 @@ class LostAgents:
                 continue
             if event.run_id not in latest or not latest[event.run_id].state.final:
                 latest[event.run_id] = event
+            first[event.run_id] = min(first.get(event.run_id, event.at), event.at)
+        return latest, first
+
+    async def _open_runs(
+        self,
+        heartbeat: Heartbeat,
+        history: tuple[dict[str, RunEvent], dict[str, float]],
+        *,
+        before: float | None = None,
+    ) -> dict[str, RunEvent]:
+        """Runs of the agent queued or started and with no final event (events since it started);
+        with ``before`` (the agent's clock), only those whose last event came before it."""
+        agent, since, latest = heartbeat.agent, _since(heartbeat), history[0]
         open_runs = {
             run_id: e for run_id, e in latest.items() if e.state.open and (before is None or e.at < before)
         }
@@ -362,3 +388,8 @@ class LostAgents:
                 "started" if reply.ok else reply.reason,
                 reply.agent or "-",
             )
+
+
+def _since(heartbeat: Heartbeat) -> float:
+    """Where the runs of ``heartbeat``'s life start in the streams (its clock, 5 s of slack)."""
+    return max(heartbeat.started_at, time.time() - LOOKBACK) - 5.0
