@@ -7,9 +7,9 @@ afresh (its heartbeat watch resumed ~11 s late after a server restart while agen
 heartbeating again within 0.5 s). Before an agent is marked down its heartbeat is read
 directly from the bucket: a newer one than the watch delivered means it is alive.
 
-- each of its runs that is queued or started and not ended (from its events since it started, plus
-  the run ids its last heartbeat listed) gets a ``lost`` event (``Nats-Msg-Id``
-  ``<run>.lost``, so two leaders in a row record it once);
+- each of its runs that is queued or started and not ended (from its events since it started,
+  the run ids its last heartbeat listed, the runs it accepted or claimed: ``openruns.py``) gets
+  a ``lost`` event (``Nats-Msg-Id`` ``<run>.lost``, so two leaders in a row record it once);
 - the overlap locks it held are released;
 - a lost run of a job with ``redispatch_lost = true`` (load-balance) is started again on
   another agent of the pool (``trigger = "lost"``, ``detail.lost_run``).
@@ -17,12 +17,13 @@ directly from the bucket: a newer one than the watch delivered means it is alive
 An agent that restarted (a heartbeat with another start time) lost whatever its previous
 life had going: once its new life had ``RESTART_SETTLE`` seconds to record its own events,
 the runs the previous life left open are closed the same way (lost, their locks released,
-re-dispatched if the job says so), also when it came back before it looked unresponsive.
+re-dispatched if the job says so), also when it came back before it looked unresponsive;
+the runs its new life recorded lost itself (its journal) are re-dispatched as well.
 
 An agent that died while no master ran, its heartbeat expired before one came back, was
 never heard by the next leader: the leader keeps each agent life it sees on record
 (``roster.py``), and a new leader judges the recorded lives it does not hear as silent from
-its start.
+its start, and a recorded life older than the one it hears as a previous life.
 
 An agent that comes back sends what it really did: a run it finished while cut off
 publishes its final event from its outbox, which becomes the run's latest state (the run
@@ -40,22 +41,22 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.claims import CARRIED_DETAIL, decode_claim
+from natsched.claims import CARRIED_DETAIL
 from natsched.errors import CodecError
-from natsched.events import RunEvent, RunState, parse_event
-from natsched.kvscan import read_stream, scan
+from natsched.events import RunEvent, RunState
+from natsched.kvscan import scan
 from natsched.locking import read_holder
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
+from natsched.master.openruns import AgentRuns
 from natsched.master.recording import publish_event
 from natsched.master.roster import AgentRoster
 from natsched.models import Heartbeat, JobSpec, Mode
-from natsched.vocab import RunTrigger, run_trigger
+from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
 UNRESPONSIVE_AFTER = 10.0
 CHECK_INTERVAL = 0.5
-LOOKBACK = 86400.0  # at most this far back for the runs of a lost agent
 RESTART_SETTLE = 5.0  # after an agent restarted: time for its new life's own events to land
 
 
@@ -84,6 +85,7 @@ class LostAgents:
         self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
         self._waited_for_index = False
         self._roster = AgentRoster(self._js, state)
+        self._runs = AgentRuns(self._js, dispatcher.accepted)
 
     def _hearing(self) -> bool:
         """False while disconnected; after a reconnect, silence is counted from then."""
@@ -216,8 +218,8 @@ class LostAgents:
 
     async def close_previous_life(self, previous: Heartbeat, restarted_at: float) -> None:
         agent = previous.agent
-        history = await self._history(previous)
-        open_runs = await self._open_runs(previous, history, before=restarted_at)
+        history = await self._runs.history(previous)
+        open_runs = await self._runs.still_open(previous, history, before=restarted_at)
         if open_runs:
             reason = f"agent {agent} restarted while the run was going (its processes ended with it)"
             log.warning("%s: closing %d run(s) of its previous life", reason, len(open_runs))
@@ -225,16 +227,20 @@ class LostAgents:
         # Runs of the previous life the new one recorded lost itself (its journal, within the
         # settle time): closed, but a redispatch_lost job's run was never started again. Sent
         # with the same run id as any earlier re-dispatch of it: one that was is not run twice.
-        latest, first = history
-        for run_id, event in latest.items():
-            if event.state is RunState.LOST and first[run_id] < restarted_at and self._redispatches(event):
+        for run_id, event in history.latest.items():
+            if (
+                event.state is RunState.LOST
+                and history.first[run_id] < restarted_at
+                and self._redispatches(event)
+            ):
                 await self._redispatch(event)
 
     async def mark_lost(self, heartbeat: Heartbeat, silent: float) -> None:
         agent = heartbeat.agent
         reason = f"agent {agent} unresponsive for {silent:.0f}s (no heartbeat)"
         log.warning("%s: closing its runs", reason)
-        await self._close(await self._open_runs(heartbeat, await self._history(heartbeat)), reason, agent)
+        open_runs = await self._runs.still_open(heartbeat, await self._runs.history(heartbeat))
+        await self._close(open_runs, reason, agent)
 
     async def _close(
         self, open_runs: dict[str, RunEvent], reason: str, agent: str, only: set[str] | None = None
@@ -257,81 +263,6 @@ class LostAgents:
     def _redispatches(self, lost: RunEvent) -> bool:
         spec = self._index.jobs.get(lost.job)
         return spec is not None and spec.redispatch_lost and spec.mode is Mode.LOAD_BALANCE and spec.enabled
-
-    async def _history(self, heartbeat: Heartbeat) -> tuple[dict[str, RunEvent], dict[str, float]]:
-        """The runs of the agent's events since ``heartbeat``'s life started: each one's latest
-        event (its first final one, once it has one) and when its first event was (agent clock)."""
-        latest: dict[str, RunEvent] = {}
-        first: dict[str, float] = {}
-        async for msg in read_stream(
-            self._js,
-            subjects.EVENTS_STREAM,
-            subjects.agent_events(heartbeat.agent),
-            since=_since(heartbeat),
-        ):
-            try:
-                event = parse_event(msg.data, msg.subject)
-            except CodecError:
-                continue
-            if event.run_id not in latest or not latest[event.run_id].state.final:
-                latest[event.run_id] = event
-            first[event.run_id] = min(first.get(event.run_id, event.at), event.at)
-        return latest, first
-
-    async def _open_runs(
-        self,
-        heartbeat: Heartbeat,
-        history: tuple[dict[str, RunEvent], dict[str, float]],
-        *,
-        before: float | None = None,
-    ) -> dict[str, RunEvent]:
-        """Runs of the agent queued or started and with no final event (events since it started);
-        with ``before`` (the agent's clock), only those whose last event came before it."""
-        agent, since, latest = heartbeat.agent, _since(heartbeat), history[0]
-        open_runs = {
-            run_id: e for run_id, e in latest.items() if e.state.open and (before is None or e.at < before)
-        }
-        for run_id, job in heartbeat.runs.items():  # started too recently for the stream read? no: listed
-            if run_id not in latest:
-                open_runs[run_id] = RunEvent(
-                    run_id=run_id, job=job, agent=agent, state=RunState.STARTED, trigger=RunTrigger.UNKNOWN
-                )
-        for run_id, event in self._dispatcher.accepted.of(agent).items():
-            # Accepted in its reply, but its own event never reached the stream (it died first).
-            if run_id not in latest and run_id not in open_runs and event.at >= since:
-                open_runs[run_id] = event
-        for run_id, event in (await self._claimed(heartbeat, since, before)).items():
-            # Claimed, and no event out: the master whose reply said so may have died too.
-            if run_id not in latest and run_id not in open_runs:
-                open_runs[run_id] = event
-        return open_runs
-
-    async def _claimed(self, heartbeat: Heartbeat, since: float, before: float | None) -> dict[str, RunEvent]:
-        """The runs the agent claimed since ``since`` (before ``before``, its clock), from the
-        claims bucket: an agent killed right after its start leaves no event and no heartbeat
-        naming the run, and the master it answered may be dead as well."""
-        agent, claimed = heartbeat.agent, {}
-        prefix = subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET)
-        for key_filter in subjects.claims_of(agent, heartbeat.pools):
-            async for msg in read_stream(
-                self._js, subjects.kv_stream(subjects.CLAIMS_BUCKET), prefix + key_filter, since=since
-            ):
-                key = msg.subject[len(prefix) :]
-                try:
-                    holder = decode_claim(msg.data, key)
-                except CodecError:
-                    continue  # a delete marker, or garbage: no run of this agent
-                run = holder.run
-                if holder.agent != agent or run is None or (before is not None and run.at >= before):
-                    continue
-                run_id = subjects.claim_run_id(key)
-                claimed[run_id] = RunEvent(
-                    run_id=run_id, job=run.job, agent=agent, state=RunState.STARTED,
-                    trigger=run_trigger(run.trigger), scheduled_at=run.scheduled_at, attempt=run.attempt,
-                    detail=dict(run.detail), reason="claimed by the agent; no event of its own on record",
-                    at=run.at,
-                )  # fmt: skip
-        return claimed
 
     async def _could_have_run(self, lost: RunEvent, spec: JobSpec) -> bool:
         """Did a master of ours hand ``lost`` to its agent, or is the agent a proven member of
@@ -388,8 +319,3 @@ class LostAgents:
                 "started" if reply.ok else reply.reason,
                 reply.agent or "-",
             )
-
-
-def _since(heartbeat: Heartbeat) -> float:
-    """Where the runs of ``heartbeat``'s life start in the streams (its clock, 5 s of slack)."""
-    return max(heartbeat.started_at, time.time() - LOOKBACK) - 5.0
