@@ -16,13 +16,17 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoServersError
 
 from natsched import subjects
 from natsched.errors import NotConnectedError
+from natsched.quietlog import Throttled
 from natsched.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)
 
 # A dead server is noticed after ping_interval * max_outstanding_pings.
 PING_INTERVAL = 10
@@ -38,6 +42,14 @@ FIRST_CONNECT_BOUND = 3
 # looked alive to systemd while it could do nothing. The few attempts ride out a server
 # reloading its accounts.
 REFUSALS_BEFORE_EXIT = 5
+# A subscription others may flood (the trigger subject, the API, lock requests): at most this
+# much waits in nats-py's queue; beyond it, messages are dropped (a slow-consumer error, logged
+# once per 10 s) rather than held. With nats-py's defaults (512k messages, 128 MiB) a master
+# flooded with small triggers grew by 180 MB and kept it, fell behind reading its socket, and
+# nats-server cut the whole connection as a slow consumer: the leader lost its lease.
+# A requester whose message was dropped gets no answer and asks again (natsched run: 3 times).
+INBOUND_PENDING_MSGS = 4096
+INBOUND_PENDING_BYTES = 16 * 1024 * 1024
 # How nats-server words a credential it does not accept (nats-py passes the text on).
 _REFUSED = ("authorization violation", "authentication expired", "authentication revoked")
 
@@ -102,9 +114,10 @@ class Reconnecting:
     success puts it back to ``RECONNECT_WAIT``.
     """
 
-    def __init__(self, nc: Client, where: str) -> None:
+    def __init__(self, nc: Client, where: str, *, outages: int = logging.WARNING) -> None:
         self._nc = nc
         self._where = where
+        self._outages = outages  # the level of an outage's line and of its end's
         self.failures = 0
         self.refusals = 0  # the credential refused, since the last successful connect
         self.ever_connected = False
@@ -115,14 +128,24 @@ class Reconnecting:
         if any(text in str(exc).lower() for text in _REFUSED):
             await self._refused(exc)
             return
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # Once per dropped message, from nats-py's read loop: a line each was a flood itself.
+            quiet.log(
+                logging.WARNING,
+                f"slow consumer {exc.sid}",
+                "nats: subscription on %s is full: messages dropped (more arrive than it handles)",
+                subjects.shown(exc.subject),
+            )
+            return
         if not isinstance(exc, _LINK_ERRORS):
-            await _log_error(exc)  # permissions, slow consumer...: each one says something new
+            await _log_error(exc)  # permissions...: each one says something new
             return
         self.failures += 1
         wait = float(self._nc.options.get("reconnect_time_wait", RECONNECT_WAIT))
         self._nc.options["reconnect_time_wait"] = min(RECONNECT_MAX, max(RECONNECT_WAIT, wait * 1.5))
         if self.failures == 1:
-            log.warning(
+            log.log(
+                self._outages,
                 "nats: %s; retrying %s (every %g-%gs, quiet until it changes)",
                 exc or type(exc).__name__,
                 self._where,
@@ -153,7 +176,8 @@ class Reconnecting:
         self.ever_connected = True
         self.refusals = 0
         if self.failures:
-            log.info("nats: connected to %s after %d failed attempt(s)", self._where, self.failures)
+            level = logging.INFO if self._outages >= logging.WARNING else self._outages
+            log.log(level, "nats: connected to %s after %d failed attempt(s)", self._where, self.failures)
         self.failures = 0
         self._nc.options["reconnect_time_wait"] = RECONNECT_WAIT
 
@@ -204,6 +228,7 @@ async def connect(
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     on_error: Callable[[Exception], Awaitable[None]] | None = None,
     on_closed: Callable[[str], Awaitable[None]] | None = None,
+    second: bool = False,
 ) -> Client:
     """Connect to NATS.
 
@@ -212,10 +237,14 @@ async def connect(
     reconnect without limit, backing off (:class:`Reconnecting`); run it in a task you own
     if you must not block. ``on_closed(reason)``: the client closed the connection for good
     (the server refused a protocol line, or ``close()`` was called) and will not reconnect.
+    ``second``: the service's other connection to the same servers (outages logged at debug).
     """
     options = connect_options(settings)
     nc = Client()
-    state = Reconnecting(nc, settings.describe()) if forever else None
+    # A service's second connection to the same servers: its outages are the first one's,
+    # logged there (at debug here, so an outage is not told twice).
+    outages = logging.DEBUG if second else logging.WARNING
+    state = Reconnecting(nc, settings.describe(), outages=outages) if forever else None
     options.update(_callbacks(nc, state, on_reconnect, on_disconnect, on_error, on_closed))
     if forever:
         options["max_reconnect_attempts"] = -1
@@ -244,6 +273,24 @@ async def connect(
         raise NotConnectedError(f"NATS at {settings.describe()} refused the connection: {exc}") from None
 
 
+async def subscribe_inbound(
+    nc: Client, subject: str, *, cb: Callable[[Msg], Awaitable[None]], queue: str = ""
+) -> Subscription:
+    """A subscription that others may flood, with a bounded pending queue (INBOUND_PENDING_*).
+
+    Give it a connection of its own (a master's ``requests_nc``): nats-server cuts a
+    connection it cannot write to fast enough as a slow consumer, and a flood on a shared one
+    took the lease renewals, dispatches and watches down with it.
+    """
+    return await nc.subscribe(
+        subject,
+        queue=queue,
+        cb=cb,
+        pending_msgs_limit=INBOUND_PENDING_MSGS,
+        pending_bytes_limit=INBOUND_PENDING_BYTES,
+    )
+
+
 async def closed_for_good(nc: Client, interval: float = CLOSED_CHECK_INTERVAL) -> str:
     """Return (with the reason) once the client closed the connection and stopped reconnecting.
 
@@ -255,12 +302,17 @@ async def closed_for_good(nc: Client, interval: float = CLOSED_CHECK_INTERVAL) -
     return str(nc.last_error or "closed")
 
 
-async def close_quietly(nc: Client | None, timeout: float) -> None:
+async def close_quietly(nc: Client | None, timeout: float, *, drain: bool = True) -> None:
     """Leave NATS at shutdown without hanging or raising: drain (flush what we published) when
-    connected, else close at once; a connection cut off has nothing to flush."""
+    connected, else close at once; a connection cut off has nothing to flush.
+
+    ``drain=False`` for a connection that only receives requests others may flood: a drain
+    waits for its pending messages, which a flood keeps refilling until the timeout cancels
+    it (asyncio then printed a traceback at exit); its requesters ask another master.
+    """
     if nc is None or nc.is_closed:
         return
-    if nc.is_connected:
+    if nc.is_connected and drain:
         try:
             await asyncio.wait_for(nc.drain(), timeout)
             return

@@ -23,10 +23,12 @@ from natsched.master.dispatch import Dispatcher
 from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
 from natsched.master.triggerids import check_trigger_id, once
+from natsched.quietlog import Throttled
 from natsched.runmessages import RunReply
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # anyone may publish triggers: a flood of bad ones is not a line each
 MAX_ARGS = 256
 
 
@@ -60,9 +62,13 @@ class TriggerHandler:
         index: JobIndex,
         dispatcher: Dispatcher,
         *,
+        replies: Client | None = None,
         concurrency: int = 256,
     ) -> None:
         self._nc = nc
+        # The connection the triggers arrive on: nats-server lets it answer them
+        # (allow_responses), while a master's login may publish to no role's inbox otherwise.
+        self._replies = replies or nc
         self._index = index
         self._dispatcher = dispatcher
         self._kv: KeyValue | None = None  # trigger ids' records, opened on first use
@@ -72,7 +78,7 @@ class TriggerHandler:
     async def _handle(self, msg: Msg) -> None:
         reply = await self._answer(msg)
         if msg.reply:
-            await self._nc.publish(msg.reply, codec.to_json(reply))
+            await self._replies.publish(msg.reply, codec.to_json(reply))
 
     async def close(self) -> None:
         await self._side_by_side.close()
@@ -108,7 +114,7 @@ class TriggerHandler:
             else:
                 runs = await dispatch(None)
         except (NatschedError, CodecError) as exc:
-            log.info("trigger %s refused: %s", msg.subject, exc)
+            quiet.log(logging.INFO, "refused", "trigger %s refused: %s", subjects.shown(msg.subject), exc)
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug must not take the trigger subject down
             log.exception("trigger %s failed", msg.subject)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import nats.errors
 from nats.aio.msg import Msg
 
 from natsched import subjects
@@ -40,9 +41,12 @@ class SideBySide:
         self._handle = handle
         self._slots = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def take(self, msg: Msg) -> None:
         """The subscription's callback (nats-py wants a coroutine function, not a callable)."""
+        if self._closed:
+            return  # stopping: what is still queued (a flood's backlog) gets no answer
         if foreign_reply(msg):
             return  # nothing runs, nothing is written, nobody is answered
         await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
@@ -53,11 +57,16 @@ class SideBySide:
     async def _run(self, msg: Msg) -> None:
         try:
             await self._handle(msg)
+        except nats.errors.ConnectionClosedError:
+            # The answer could not go out: the connection was closed for good (the service is
+            # stopping or exits on it). No traceback for that; the requester asks again.
+            log.debug("no answer to %s: the connection is closed", subjects.shown(msg.subject))
         finally:
             self._slots.release()
 
     async def close(self) -> None:
-        """Cancel what is in hand; shutdown waits at most ``CLOSE_WAIT`` for it."""
+        """Take nothing more; cancel what is in hand; shutdown waits at most ``CLOSE_WAIT`` for it."""
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

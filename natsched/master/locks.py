@@ -27,15 +27,18 @@ from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
 from natsched.claims import decode_claim
+from natsched.connection import subscribe_inbound
 from natsched.errors import CodecError, NatschedError
 from natsched.locking import LockHolder, read_holder
 from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
 from natsched.master.members import PoolMembers
 from natsched.models import Mode, Overlap
+from natsched.quietlog import Throttled
 from natsched.subjects import lock_key
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)
 OPERATIONS = ("acquire", "release")
 CONCURRENCY = 256  # lock requests handled at once (each a few KV round trips)
 
@@ -66,6 +69,7 @@ class LockService:
         claims: KeyValue,
     ) -> None:
         self._nc = nc
+        self._replies = nc  # the connection requests arrive on (start): only it may answer them
         self._state = state
         self._agents = agents
         self._index = index
@@ -76,8 +80,10 @@ class LockService:
         self._side_by_side = SideBySide(self.handle, CONCURRENCY)
         self.serve = self._side_by_side.take
 
-    async def start(self) -> None:
-        await self._nc.subscribe(subjects.LOCK_ALL, queue=subjects.API_QUEUE, cb=self.serve)
+    async def start(self, requests: Client) -> None:
+        """Serve lock requests arriving on ``requests``, and answer them through it."""
+        self._replies = requests
+        await subscribe_inbound(requests, subjects.LOCK_ALL, queue=subjects.API_QUEUE, cb=self.serve)
 
     async def close(self) -> None:
         await self._side_by_side.close()
@@ -96,13 +102,13 @@ class LockService:
                 await self.release(agent, job, run_id)
                 reply = {"ok": True}
         except CodecError as exc:
-            log.warning("%s", exc)
+            quiet.log(logging.WARNING, "refused", "%s", exc)  # an agent's flood: not a line each
             reply = {"ok": False, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - NATS trouble: the agent retries or says why
             log.warning("lock request on %s failed: %r", msg.subject, exc)
             reply = {"ok": False, "error": f"lock not decided: {exc!r}"}
         if msg.reply:
-            await self._nc.publish(msg.reply, codec.pack(reply))
+            await self._replies.publish(msg.reply, codec.pack(reply))
 
     async def refusal(self, agent: str, job: str, run_id: str) -> str:
         """Why ``agent`` may not hold the lock of ``job`` for ``run_id`` ("" when it may)."""

@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.buckets import StorageSettings, ensure_all
 from natsched.claims import open_claims
-from natsched.connection import close_quietly, connect
+from natsched.connection import close_quietly, connect, subscribe_inbound
 from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
@@ -88,6 +88,9 @@ class MasterService(Service):
         self.storage = storage or StorageSettings()
         self.master_id = master_id or new_master_id()
         self.nc: Client | None = None
+        # What others may flood (API, triggers, lock requests, status) arrives on a connection of
+        # its own: nats-server may cut it as a slow consumer, never the lease's and dispatch's.
+        self.requests_nc: Client | None = None
         self.dispatcher: Dispatcher | None = None
         self.scheduler: MasterScheduler | None = None
         self.retries: RetryFollower | None = None
@@ -115,6 +118,11 @@ class MasterService(Service):
         log.info("master %s connecting to %s", self.master_id, self.settings.describe())
         self.nc = await connect(self.settings, forever=True, on_closed=self.connection_closed)
         self.watch_connection(self.nc)
+        requests = self.settings.with_name(f"{self.settings.name}-requests")
+        self.requests_nc = await connect(
+            requests, forever=True, on_closed=self.connection_closed, second=True
+        )
+        self.watch_connection(self.requests_nc)
         js = self.nc.jetstream()
         await ensure_all(js, self.storage)
         jobs = await js.key_value(subjects.JOBS_BUCKET)
@@ -143,8 +151,8 @@ class MasterService(Service):
             members=self.dispatcher.directory.members,
             claims=await open_claims(js),
         )
-        await self.locks.start()
-        await self.nc.subscribe(subjects.MASTERS_STATUS, cb=self._status)
+        await self.locks.start(self.requests_nc)
+        await subscribe_inbound(self.requests_nc, subjects.MASTERS_STATUS, cb=self._status)
         self.spawn(self._follow_leadership(state), name="leadership", critical=True)
         self.spawn(self.lease.run(), name="leader-lease", critical=True)
         log.info("master %s serving %s", self.master_id, subjects.API_ALL)
@@ -152,6 +160,7 @@ class MasterService(Service):
     async def _serve_requests(self, js: JetStreamContext, jobs: KeyValue) -> None:
         """The admin API and the trigger subject, in queue groups shared by every master."""
         assert self.nc is not None and self.index is not None and self.dispatcher is not None
+        assert self.requests_nc is not None
         api = self.api = AdminApi(
             js=js,
             jobs=jobs,
@@ -162,9 +171,11 @@ class MasterService(Service):
             index=self.index,
             secrets=SecretsApi(await js.key_value(SECRETS_BUCKET), self._secret_key),
         )
-        await self.nc.subscribe(subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.serve)
-        self.triggers = TriggerHandler(self.nc, self.index, self.dispatcher)
-        await self.nc.subscribe(subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle)
+        await subscribe_inbound(self.requests_nc, subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.serve)
+        self.triggers = TriggerHandler(self.nc, self.index, self.dispatcher, replies=self.requests_nc)
+        await subscribe_inbound(
+            self.requests_nc, subjects.TRIGGER_ALL, queue=subjects.TRIGGER_QUEUE, cb=self.triggers.handle
+        )
 
     async def _follow_events(self, js: JetStreamContext, state: KeyValue) -> None:
         """Retries, calendars and pauses, chains, notifications and subject triggers."""
@@ -365,6 +376,7 @@ class MasterService(Service):
             await self.locks.close()
         if self.inbound is not None:
             await self.inbound.close()
+        await close_quietly(self.requests_nc, DRAIN_TIMEOUT, drain=False)
         await close_quietly(self.nc, DRAIN_TIMEOUT)
 
 

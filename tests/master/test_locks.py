@@ -73,7 +73,7 @@ async def test_a_lock_request_waiting_on_nats_holds_back_no_other(nc: Client) ->
         members=PoolMembers(js),
         claims=claims,
     )
-    await locks.start()
+    await locks.start(nc)
     try:
         slow = asyncio.create_task(acquire(nc, "g.slow"))
         async with asyncio.timeout(5):
