@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,12 @@ class AgentService(Service):
         return self.executor.running if self.executor else 0
 
     async def start(self) -> None:
-        await self.cache.open()
+        try:
+            await self.cache.open()
+        except (OSError, sqlite3.Error) as exc:
+            # One line and exit 1 (systemd restarts it), not a traceback: a state dir that is
+            # a file, on a read-only file system, or not the agent user's.
+            raise ConfigError(f"state dir {self.config.state_dir} is not usable: {exc}") from None
         log.info(
             "agent %s: %d jobs in cache %s",
             self.config.name,
