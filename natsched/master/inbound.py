@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from natsched import subjects
+from natsched.connection import subscribe_inbound
 from natsched.master import subjectstream
 from natsched.master.dispatch import Dispatcher
 from natsched.master.following import EventFollower
@@ -34,6 +35,7 @@ from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
 from natsched.master.subjectstream import SubjectStream, subject_matches
 from natsched.models import JobSpec
+from natsched.quietlog import Throttled
 from natsched.triggers.subject import SubjectTrigger
 from natsched.vocab import RunTrigger
 
@@ -45,6 +47,8 @@ QUEUE = subjects.SUBJECT_TRIGGER_QUEUE
 Pair = tuple[JobSpec, SubjectTrigger]
 UNMATCHED_TRIES = 3  # deliveries of a message no job of ours matches, before it is dropped
 UNMATCHED_DELAY = 1.0
+LIVE_CONCURRENCY = 256  # messages of live-followed patterns being started at once
+quiet = Throttled(log)  # a flood of refused messages: a line per 10 s, not one each
 
 
 def field_at(body: Any, path: str) -> Any:
@@ -113,9 +117,20 @@ def refusal(trigger: SubjectTrigger, data: bytes) -> str:
 
 class SubjectTriggers:
     def __init__(
-        self, nc: Client, index: JobIndex, dispatcher: Dispatcher, holding: Holding, *, replicas: int = 1
+        self,
+        nc: Client,
+        index: JobIndex,
+        dispatcher: Dispatcher,
+        holding: Holding,
+        *,
+        replicas: int = 1,
+        live_nc: Client | None = None,
     ) -> None:
         self._nc = nc
+        # Live patterns are anyone's subjects: their messages arrive on the master's requests
+        # connection (a flood there cannot cut the lease's), bounded, a few hundred at a time.
+        self._live_nc = live_nc or nc
+        self._live_slots = asyncio.Semaphore(LIVE_CONCURRENCY)
         self._index = index
         self._dispatcher = dispatcher
         self._holding = holding
@@ -175,7 +190,9 @@ class SubjectTriggers:
         for pattern in sorted(set(self._live) - live):
             await self._live.pop(pattern).unsubscribe()
         for pattern in sorted(live - set(self._live)):
-            self._live[pattern] = await self._nc.subscribe(pattern, queue=QUEUE, cb=self._on_live)
+            self._live[pattern] = await subscribe_inbound(
+                self._live_nc, pattern, queue=QUEUE, cb=self._on_live
+            )
             log.warning(
                 "%s: another stream captures it; following it live (not kept while no master runs)", pattern
             )
@@ -191,9 +208,11 @@ class SubjectTriggers:
         ]
 
     async def _on_live(self, msg: Msg) -> None:
+        await self._live_slots.acquire()  # back-pressure: the subscription waits (and drops when full)
         task = asyncio.create_task(self._start_all(msg, self._matching(msg.subject, live=True), stored=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._live_slots.release())
 
     async def _start_all(
         self, msg: Msg, matched: list[tuple[JobSpec, SubjectTrigger]], *, stored: bool
@@ -202,7 +221,16 @@ class SubjectTriggers:
         for spec, trigger in matched:
             why = refusal(trigger, msg.data)
             if why:
-                log.warning("%s on %s does not start %s: %s", msg.subject, trigger.subject, spec.key, why)
+                where = subjects.shown(msg.subject)
+                quiet.log(
+                    logging.WARNING,
+                    "refused",
+                    "%s on %s does not start %s: %s",
+                    where,
+                    trigger.subject,
+                    spec.key,
+                    why,
+                )
                 continue
             base_id = message_run_id(msg, spec, trigger) if stored else None
             starts.append(self._start(spec, msg.subject, msg.data.decode("utf-8"), base_id))

@@ -210,7 +210,12 @@ class MasterService(Service):
         if self._metrics_port is not None:
             self._start_metrics(self._metrics_port)
         self.inbound = SubjectTriggers(
-            self.nc, self.index, self.dispatcher, self.holding, replicas=self.storage.replicas
+            self.nc,
+            self.index,
+            self.dispatcher,
+            self.holding,
+            replicas=self.storage.replicas,
+            live_nc=self.requests_nc,
         )
         await self.inbound.start()
         assert self.inbound.following is not None
