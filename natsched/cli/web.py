@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from natsched.cli.common import ServerOption, console, fail, settings, setup_logging
+from natsched.connection import connect
 from natsched.errors import ConfigError, NatschedError
+from natsched.settings import ConnectionSettings
 from natsched.web.auth import Auth, check_exposure, hash_password, read_users
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
@@ -83,8 +87,14 @@ def web(
         )
         check_exposure(host, auth, tls=tls, behind_proxy=behind_proxy)
         config = WebConfig(connection=settings(server), auth=auth, actions=actions)
+        # NATS unreachable: one line and exit 1 here, not uvicorn's traceback of a failed
+        # lifespan and exit 3 (the lifespan checks again, bounded too).
+        asyncio.run(_can_connect(config.connection))
     except NatschedError as exc:
         raise fail(str(exc)) from None
+    # uvicorn stops gracefully on SIGTERM, then raises it again with the handler it found:
+    # by default that killed the process by the signal (status -15) after a clean stop.
+    signal.signal(signal.SIGTERM, _exit_zero)
     console.print(f"natsched web on {'https' if tls else 'http'}://{host}:{port}/", highlight=False)
     uvicorn.run(
         create_app(config),
@@ -97,6 +107,14 @@ def web(
         log_level="debug" if verbose else "warning",
         timeout_graceful_shutdown=2,
     )
+
+
+async def _can_connect(connection: ConnectionSettings) -> None:
+    await (await connect(connection)).close()
+
+
+def _exit_zero(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
