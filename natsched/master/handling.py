@@ -18,8 +18,10 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from natsched import subjects
+from natsched.quietlog import Throttled
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # anyone may send such requests: a flood of them is not a line each
 
 CLOSE_WAIT = 2.0  # bounded: a task inside nats-py may swallow its cancellation
 
@@ -28,7 +30,9 @@ def foreign_reply(msg: Msg) -> bool:
     """True (and one warning) if ``msg`` asks for its answer anywhere but a reply inbox."""
     if not msg.reply or subjects.is_reply_inbox(msg.reply):
         return False
-    log.warning(
+    quiet.log(
+        logging.WARNING,
+        "foreign reply",
         "request on %s dropped: its reply subject %s is no reply inbox (_INBOX.… or _INBOX_<role>.…)",
         subjects.shown(msg.subject),
         subjects.shown(msg.reply),
