@@ -50,10 +50,12 @@ from natsched.master.jobindex import JobIndex
 from natsched.master.recording import publish_event
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import JobSpec
+from natsched.quietlog import Throttled
 from natsched.triggers.event import EventTrigger
 from natsched.vocab import COMPLETED_STATES, NO_AGENT, RunTrigger
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # what a sender can cause, once per 10 s
 
 DURABLE = subjects.CHAINS_DURABLE
 
@@ -147,7 +149,9 @@ class ChainFollower:
             return  # nothing follows, or a retry will: the chain waits for the last attempt
         upstream = self._index.jobs.get(event.job)
         if upstream is None or not await self._dispatcher.directory.took(upstream, event.agent, event.run_id):
-            log.warning(
+            quiet.log(
+                logging.WARNING,
+                "forged",
                 "completion %s of %s on %s ignored: the job does not target that agent",
                 event.run_id,
                 event.job,

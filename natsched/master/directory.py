@@ -18,9 +18,11 @@ from natsched.errors import CodecError, VersionError
 from natsched.kvscan import scan
 from natsched.master.members import PoolMembers
 from natsched.models import ALL_AGENTS, AgentIdentity, Balance, Heartbeat, JobSpec
+from natsched.quietlog import Throttled
 from natsched.vocab import NO_AGENT
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # what a sender can cause, once per 10 s
 
 _METRIC: dict[Balance, Callable[[Heartbeat], float]] = {
     Balance.LOAD: lambda hb: hb.load1,
@@ -181,5 +183,5 @@ class AgentDirectory:
                 self.incompatible[entry.key] = f"incompatible: {exc}"
                 self._agents.pop(entry.key, None)
             except CodecError as exc:
-                log.warning("ignoring agent %s: %s", entry.key, exc)
+                quiet.log(logging.WARNING, f"bad {entry.key}", "ignoring agent %s: %s", entry.key, exc)
                 self._agents.pop(entry.key, None)

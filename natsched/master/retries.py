@@ -34,9 +34,11 @@ from natsched.master.following import EventFollower, follow_events
 from natsched.master.jobindex import JobIndex
 from natsched.master.recording import UNDECIDED_DETAIL
 from natsched.models import JobSpec, Mode, RetryPolicy
+from natsched.quietlog import Throttled
 from natsched.vocab import NO_AGENT, RETRYABLE_STATES, RunTrigger
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # what a sender can cause, once per 10 s
 
 DURABLE = subjects.RETRIES_DURABLE
 SETTLE_AGAIN = 2.0  # seconds before an undecided claim is asked about again
@@ -85,8 +87,13 @@ class RetryFollower:
         if not await self._dispatcher.directory.took(spec, event.agent, event.run_id):
             # The subject proves which agent reported the failure; one the job does not target
             # could only have forged it (and a slave retry would go to that agent).
-            log.warning(
-                "ignoring failure of %s run %s from %s: not a target", spec.key, event.run_id, event.agent
+            quiet.log(
+                logging.WARNING,
+                "forged",
+                "ignoring failure of %s run %s from %s: not a target",
+                spec.key,
+                event.run_id,
+                event.agent,
             )
             await msg.ack()
             return
