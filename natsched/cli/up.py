@@ -34,6 +34,9 @@ from natsched.settings import ConnectionSettings
 
 MASTER_READY_TIMEOUT = 20.0
 CHILD_STOP_TIMEOUT = 15.0
+# The agent gives running jobs shutdown_grace (10 s) and kill_grace (5 s) before its final
+# events; its own deadline is 30 s (natsched/service.py): killing it sooner lost those events.
+AGENT_STOP_TIMEOUT = 35.0
 
 
 def default_data_dir() -> Path:
@@ -54,8 +57,16 @@ def default_jobs_file() -> Path | None:
 class Child:
     """A service process in its own session, so Ctrl-C reaches only `up`, which stops it in order."""
 
-    def __init__(self, name: str, argv: list[str], log_file: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_file: Path,
+        env: dict[str, str],
+        stop_timeout: float = CHILD_STOP_TIMEOUT,
+    ) -> None:
         self.name = name
+        self.stop_timeout = stop_timeout
         self.log_file = log_file
         with open(log_file, "ab") as out:
             self.process = subprocess.Popen(
@@ -73,9 +84,9 @@ class Child:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(CHILD_STOP_TIMEOUT)
+            self.process.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
-            console.print(f"{self.name} did not stop within {CHILD_STOP_TIMEOUT:g}s; killing it")
+            console.print(f"{self.name} did not stop within {self.stop_timeout:g}s; killing it")
             self.process.kill()
             self.process.wait()
 
@@ -211,6 +222,7 @@ def up(
             agent_executable() + ["--name", agent_name, "--state-dir", str(data_dir / "agent")],
             data_dir / "agent.log",
             env,
+            stop_timeout=AGENT_STOP_TIMEOUT,
         )
         stack.callback(agent.stop)  # stopped first: ExitStack unwinds in reverse
         start_web(stack, web_listen, data_dir, env)
