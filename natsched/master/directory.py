@@ -116,6 +116,10 @@ class AgentDirectory:
         self.incompatible: dict[str, str] = {}  # agent -> why (a heartbeat of a newer protocol)
         # Runs this master started on each agent since its last heartbeat arrived (load balancing).
         self.sent: dict[str, int] = {}
+        # Told every heartbeat as it arrives, on every master, leader or not (lost.py notes
+        # agent restarts with it: one seen only by a loop that runs while leading was missed
+        # when it came before this master led).
+        self.listeners: list[Callable[[Heartbeat], None]] = []
 
     def note_started(self, agent: str) -> None:
         """A run was accepted by ``agent``: it counts as running there until its next heartbeat."""
@@ -162,6 +166,13 @@ class AgentDirectory:
                 log.warning("ignoring agent %s: %s", key, exc)
         return live
 
+    def _tell(self, heartbeat: Heartbeat) -> None:
+        for listener in self.listeners:
+            try:
+                listener(heartbeat)
+            except Exception:  # a listener's bug must not stop the directory
+                log.exception("heartbeat listener failed")
+
     async def watch(self) -> None:
         kv = await self._js.key_value(subjects.AGENTS_BUCKET)
         watcher = await kv.watchall()
@@ -178,6 +189,7 @@ class AgentDirectory:
                 self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
                 self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
                 self.incompatible.pop(entry.key, None)
+                self._tell(self._agents[entry.key])
             except VersionError as exc:
                 log.warning("agent %s is incompatible: %s", entry.key, exc)
                 self.incompatible[entry.key] = f"incompatible: {exc}"

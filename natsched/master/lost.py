@@ -85,6 +85,9 @@ class LostAgents:
         self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
         self._waited_for_index = False
         self._roster = AgentRoster(self._js, state)
+        # Restarts are noted as heartbeats arrive, also while this master stands by: noted only
+        # by run() (the leader's), one that came before this master led was never closed.
+        dispatcher.directory.listeners.append(lambda heartbeat: self._note_life(heartbeat, time.monotonic()))
         self._runs = AgentRuns(self._js, dispatcher.accepted)
 
     def _hearing(self) -> bool:

@@ -19,12 +19,14 @@ from nats.aio.msg import Msg
 
 from agent.heartbeat import sample_load
 from natsched import codec, subjects
+from natsched.buckets import ensure_all
 from natsched.embedded import EmbeddedServer
+from natsched.master.directory import AgentDirectory
 from natsched.master.service import MasterService
 from natsched.runmessages import RunReply, decode_run_request
 from natsched.settings import ConnectionSettings
 from tests.conftest import eventually
-from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.helpers import apply, job, started_master, stream_events, toml_jobs
 
 pytestmark = pytest.mark.faults
 
@@ -122,3 +124,44 @@ async def test_a_run_of_an_agent_that_restarted_before_anyone_noticed_is_closed_
     await eventually(closed, 15, "the run of the previous life recorded lost")
     [lost] = [e for e in await stream_events(nc) if e["run_id"] == run["run_id"]]
     assert "restarted" in lost["reason"], lost
+
+
+async def test_a_restart_seen_while_standing_by_is_closed_once_this_master_leads(
+    conn: ConnectionSettings, nc: Client, doomed: DoomedAgent
+) -> None:
+    # Another master's lease: this one stands by until it expires (5 s). Seen in CI: a master
+    # whose leader duties began after the restart never knew the previous life, and the run
+    # of that life stayed open.
+    js = nc.jetstream()
+    await ensure_all(js)
+    state = await js.key_value(subjects.STATE_BUCKET)
+    await state.put(subjects.LEASE_KEY, codec.pack({"master": "gone", "term": 1, "renewed": time.time()}))
+    master = await started_master(lambda: MasterService(conn))
+    try:
+        assert master.lease is not None and master.dispatcher is not None
+        directory = master.dispatcher.directory
+        await doomed.start()
+        await eventually(lambda: _heard(directory, doomed), 10, "the agent heartbeating")
+        await apply(nc, toml_jobs(job("w", mode="slave", targets={"agents": ["doomed"]}), group="sb"))
+        reply = json.loads((await nc.request("natsched.trigger.sb.w", b"{}", timeout=10)).data)
+        [run] = reply["runs"]
+        assert run["ok"], reply
+        doomed.started_at = time.time()  # a crash and a restart, no record of the run
+        await eventually(lambda: _heard(directory, doomed), 10, "the new life heartbeating")
+        assert not master.lease.is_leader.is_set(), "led before the restart: this test proves nothing"
+
+        async def closed() -> bool:
+            return any(e["run_id"] == run["run_id"] for e in await stream_events(nc) if e["state"] == "lost")
+
+        await eventually(closed, 25, "the run of the previous life recorded lost")
+        assert master.lease.is_leader.is_set()
+        [lost] = [e for e in await stream_events(nc) if e["run_id"] == run["run_id"]]
+        assert "restarted" in lost["reason"], lost
+    finally:
+        await master.__aexit__(None, None, None)
+
+
+async def _heard(directory: AgentDirectory, agent: DoomedAgent) -> bool:
+    """The master holds ``agent``'s heartbeat of its current life."""
+    heartbeat = directory.get(agent.name)
+    return heartbeat is not None and heartbeat.started_at == agent.started_at
