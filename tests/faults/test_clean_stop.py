@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -128,3 +129,50 @@ async def test_an_agent_whose_credential_is_refused_after_a_server_restart_exits
         await asyncio.to_thread(_exited_refused, agent, 20)
     finally:
         server.stop()
+
+
+async def test_services_stop_at_once_while_a_request_to_a_frozen_peer_is_outstanding(
+    nats_server: EmbeddedServer,
+    master_process: Process,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    env = {"NATSCHED_AGENT_SHUTDOWN_GRACE": "1"}
+    agent = spawn(
+        "natsched-agent", "--name", "a1", "--state-dir", str(tmp_path / "a1"), url=nats_server.url, env=env
+    )  # fmt: skip
+    await eventually(lambda: said(agent, "in sync at revision"), 15, "the agent synced")
+    reply = await apply(nc, toml_jobs(job("j", mode="slave", targets={"agents": ["a1"]}), group="g"))
+    assert reply["ok"], reply
+    first = json.loads((await nc.request(subjects.trigger_subject("g.j"), b"{}", timeout=10)).data)
+    assert first["ok"], first  # the agent has the job and answers
+    os.kill(agent.popen.pid, signal.SIGSTOP)  # the master's dispatch to it waits for an answer
+    try:
+        pending = asyncio.create_task(nc.request(subjects.trigger_subject("g.j"), b"{}", timeout=30))
+        await asyncio.sleep(1.0)  # the dispatch request is out
+        code, took = await asyncio.to_thread(_stopped, master_process, signal.SIGTERM)
+        assert code == 0 and took < 5, (code, took, master_process.output()[-3000:])
+        pending.cancel()
+    finally:
+        os.kill(agent.popen.pid, signal.SIGCONT)
+    master2 = spawn("natsched", "master", url=nats_server.url, log_name="master2.log")
+    await eventually(lambda: said(master2, "is the leader"), 20, "a master leads again")
+    os.kill(master2.popen.pid, signal.SIGSTOP)  # the agent's stop must not wait on it
+    try:
+        code, took = await asyncio.to_thread(_stopped, agent, signal.SIGINT)
+        assert code == 0 and took < 5, (code, took, agent.output()[-3000:])
+    finally:
+        os.kill(master2.popen.pid, signal.SIGCONT)
+    for process in (master_process, agent):
+        assert "Traceback" not in process.output(), process.output()[-3000:]
+
+
+def _stopped(process: Process, sig: signal.Signals) -> tuple[int, float]:
+    started = time.monotonic()
+    process.popen.send_signal(sig)
+    try:
+        code = process.popen.wait(15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running 15 s after {sig.name}:\n{process.output()[-3000:]}")
+    return code, time.monotonic() - started
