@@ -33,6 +33,24 @@ log = logging.getLogger(__name__)
 
 FILE_CONCURRENCY = 4
 _EVENT_KINDS = {"created": "created", "modified": "modified", "moved": "moved"}
+# watchdog's only sign that the kernel dropped events (its inotify queue, 16384 by default, was
+# full: ~20k files arriving at once): a warning on this logger. Nothing reaches our handler, and
+# the files whose events were lost never ran (measured: 9,614 runs for 20,000 files).
+_WATCHDOG_LOGGER = "watchdog.observers.inotify_c"
+_OVERFLOW = "Inotify queue overflowed"
+
+
+class _OverflowSpotter(logging.Filter):
+    """Tells the event loop when watchdog reports lost events; the record is logged as usual."""
+
+    def __init__(self, watcher: FileWatcher) -> None:
+        super().__init__()
+        self._watcher = watcher
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(_OVERFLOW):
+            self._watcher.loop.call_soon_threadsafe(self._watcher.overflowed)
+        return True
 
 
 @dataclass(slots=True)
@@ -72,6 +90,8 @@ class FileWatcher:
         self._changed: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fired = 0
+        self._rescan = False  # events were lost: the watched directories are scanned again
+        self._spotter = _OverflowSpotter(self)
 
     def on_change(self, keys: set[str]) -> None:
         self._changed |= keys
@@ -150,6 +170,10 @@ class FileWatcher:
             "watching %d director(y/ies) for %d file-triggered job(s)", len(directories), len(self._jobs)
         )
 
+    def overflowed(self) -> None:
+        """The kernel dropped file events: what arrived meanwhile is found by a scan (on the loop)."""
+        self._rescan = True
+
     def gone(self, path: str) -> None:
         """A file left (deleted, moved away): forget which of its versions ran."""
         self._versions.forget(path)
@@ -167,15 +191,22 @@ class FileWatcher:
                 self._candidates[(key, path)] = _Candidate(path=path, key=key, trigger=trigger)
 
     async def run(self) -> None:
+        watchdog_log = logging.getLogger(_WATCHDOG_LOGGER)
+        watchdog_log.addFilter(self._spotter)
         try:
             await self._load()
             while True:
                 if self._changed:
                     changed, self._changed = self._changed, set()
                     await self._reload(changed)
+                if self._rescan:
+                    self._rescan = False
+                    log.warning("file events were lost (inotify queue full): scanning watched directories")
+                    await self._catch_up(self._triggers())  # each file version not run yet runs
                 await self._check_candidates()
                 await asyncio.sleep(self._tick())
         finally:
+            watchdog_log.removeFilter(self._spotter)
             if self._observer is not None:
                 self._observer.stop()
                 self._observer.join(timeout=5)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.aio.client import Client
 
 from agent.service import AgentService
@@ -63,3 +65,37 @@ async def _watching(agent: AgentService) -> bool:
 
 def _succeeded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["job"] == "f.ingest" and e["state"] == "succeeded"]
+
+
+async def test_files_whose_events_the_kernel_dropped_still_run(
+    master: MasterService,
+    nc: Client,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    agent = await start_agent("a1")
+    trigger = {"watch": str(inbox), "patterns": ["*.csv"], "settle": 0.2}
+    await apply(nc, toml_jobs(job("ingest", command=["true"], triggers=[trigger]), group="f"))
+    await eventually(lambda: _watching(agent), 10, "file watcher picked up the job")
+    assert agent.files is not None
+    # The kernel's inotify queue overflowing (~20k files at once) loses events: here the
+    # events of these files are lost on purpose, then watchdog says so as it does then.
+    monkeypatch.setattr(agent.files, "notice", lambda path, kind: None)
+    for i in range(5):
+        (inbox / f"lost{i}.csv").write_text(f"{i}\n")
+    await asyncio.sleep(0.5)  # their events came and went
+    monkeypatch.undo()
+    logging.getLogger("watchdog.observers.inotify_c").warning(
+        "Inotify queue overflowed; filesystem events were lost"
+    )
+
+    async def all_ran() -> bool:
+        return len(_succeeded(await stream_events(nc))) >= 5
+
+    await eventually(all_ran, 10, "the 5 files whose events were lost ran")
+    await asyncio.sleep(0.5)
+    per_file = collections.Counter(e["detail"]["file"] for e in _succeeded(await stream_events(nc)))
+    assert per_file == {str(inbox / f"lost{i}.csv"): 1 for i in range(5)}
