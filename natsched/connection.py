@@ -170,7 +170,9 @@ class Reconnecting:
             # In nats-py's reconnect task: closing ends it; the service's closed-connection
             # watch then stops the service with one line and a non-zero exit.
             log.error("%s; closing the connection", why)
-            self._closing = asyncio.create_task(self._nc.close())
+            # Quietly: the socket may be gone already (nats-py's close then raised in a task
+            # nobody awaits, and asyncio printed its traceback).
+            self._closing = asyncio.create_task(close_quietly(self._nc, 1.0, drain=False))
 
     def connected(self) -> None:
         self.ever_connected = True
