@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -103,6 +104,10 @@ _LINK_ERRORS = (
     nats.errors.StaleConnectionError,
     NoServersError,
 )
+
+
+# Each service connection's Reconnecting, so closed_for_good can say why it closed it.
+_STATES: weakref.WeakKeyDictionary[Client, Reconnecting] = weakref.WeakKeyDictionary()
 
 
 class Reconnecting:
@@ -247,6 +252,8 @@ async def connect(
     # logged there (at debug here, so an outage is not told twice).
     outages = logging.DEBUG if second else logging.WARNING
     state = Reconnecting(nc, settings.describe(), outages=outages) if forever else None
+    if state is not None:
+        _STATES[nc] = state
     options.update(_callbacks(nc, state, on_reconnect, on_disconnect, on_error, on_closed))
     if forever:
         options["max_reconnect_attempts"] = -1
@@ -301,7 +308,8 @@ async def closed_for_good(nc: Client, interval: float = CLOSED_CHECK_INTERVAL) -
     """
     while not nc.is_closed:  # noqa: ASYNC110 - nats-py offers no event to wait on
         await asyncio.sleep(interval)
-    return str(nc.last_error or "closed")
+    state = _STATES.get(nc)
+    return (state.gave_up if state else "") or str(nc.last_error or "closed")
 
 
 async def close_quietly(nc: Client | None, timeout: float, *, drain: bool = True) -> None:
