@@ -141,6 +141,16 @@ class JobCache:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Opened (and made WAL) on the loop's own connection first: a state dir that cannot hold
+        # the file fails here, before aiosqlite's thread exists. Failing in aiosqlite's connect
+        # left its thread to answer a loop that had closed by then: a traceback at exit (CI).
+        inline = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            inline.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            inline.close()
+            raise
+        inline.close()
         self._db = await aiosqlite.connect(self.path)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
