@@ -32,7 +32,15 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, seen_by, witnessed
+from tests.faults.witness import (
+    agent_process,
+    events_of,
+    executions,
+    recorded,
+    seen_by,
+    started_on,
+    witnessed,
+)
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
@@ -78,7 +86,7 @@ async def test_a_run_only_its_claim_knows_is_recorded_lost_and_runs_again_once(
         await _just_heartbeated(nc, "a1")  # the next one is 3 s away
         [run] = (await trigger(nc, "co.long"))["runs"]
         assert run["agent"] == "a1", run
-        await eventually(lambda: _started(witness, "a1"), 10, "the run started on a1")
+        await eventually(lambda: started_on(witness, "a1"), 10, "the run started on a1")
         a1.kill()  # its job dies with it (guardian); its started event with its outbox
         assert first.nc is not None
         await first.nc.close()  # the leader dies too, before it found a1 silent
@@ -88,11 +96,11 @@ async def test_a_run_only_its_claim_knows_is_recorded_lost_and_runs_again_once(
     last = await (await js.key_value(subjects.AGENTS_BUCKET)).get("a1")
     beat = codec.decode_heartbeat(last.value or b"", "a1")
     assert run["run_id"] not in beat.runs, "a1 heartbeated after the start: not the case tested here"
-    assert not await _recorded(nc, run["run_id"]), "the started event was not held back"
+    assert not await recorded(nc, "co.long", run["run_id"]), "the started event was not held back"
 
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=1.0):
-        await eventually(lambda: _recorded(nc, run["run_id"], "lost"), 15, "the run recorded lost")
-        await eventually(lambda: _started(witness, "b1"), 15, "the lost run ran again on b1")
+        await eventually(lambda: recorded(nc, "co.long", run["run_id"], "lost"), 15, "the run recorded lost")
+        await eventually(lambda: started_on(witness, "b1"), 15, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "co.long") if e["trigger"] == RunTrigger.LOST.value]
     starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
@@ -108,11 +116,3 @@ async def _just_heartbeated(nc: Client, agent: str) -> None:
         return (await kv.get(agent)).revision != revision
 
     await eventually(beat, 10, f"a new heartbeat of {agent}")
-
-
-async def _started(witness: Path, agent: str) -> bool:
-    return any(line[1:] == (agent, "start") for line in executions(witness))
-
-
-async def _recorded(nc: Client, run_id: str, state: str | None = None) -> bool:
-    return any(e["run_id"] == run_id and state in (None, e["state"]) for e in await events_of(nc, "co.long"))

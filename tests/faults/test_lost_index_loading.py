@@ -23,7 +23,15 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, seen_by, witnessed
+from tests.faults.witness import (
+    agent_process,
+    events_of,
+    executions,
+    recorded,
+    seen_by,
+    started_on,
+    witnessed,
+)
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
@@ -53,7 +61,7 @@ async def test_a_lost_run_found_while_the_index_loads_is_still_started_again(
         assert (await apply(nc, toml_jobs(spec, group="li")))["ok"]
         [run] = (await trigger(nc, "li.long"))["runs"]
         assert run["agent"] == "a1", run
-        await eventually(lambda: _recorded(nc, run["run_id"], "started"), 10, "its started event")
+        await eventually(lambda: recorded(nc, "li.long", run["run_id"], "started"), 10, "its started event")
     finally:
         await first.__aexit__(None, None, None)  # the only master stops (an upgrade, a restart)
     a1.kill()  # and the agent dies while it is down: its job with it (guardian)
@@ -67,20 +75,12 @@ async def test_a_lost_run_found_while_the_index_loads_is_still_started_again(
     monkeypatch.setattr(JobIndex, "watch", slow_watch)
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=1.0) as second:
         assert second.index is not None
-        await eventually(lambda: _recorded(nc, run["run_id"], "lost"), 20, "the run recorded lost")
+        await eventually(lambda: recorded(nc, "li.long", run["run_id"], "lost"), 20, "the run recorded lost")
         assert second.index.ready.is_set(), "judged lost before the master knew its job"
-        await eventually(lambda: _started(witness, "b1"), 15, "the lost run ran again on b1")
+        await eventually(lambda: started_on(witness, "b1"), 15, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "li.long") if e["trigger"] == RunTrigger.LOST.value]
     starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
     assert starts == ["a1", "b1"], executions(witness)
     assert {e["agent"] for e in redone} == {"b1"}, redone
     assert {e["detail"]["lost_run"] for e in redone} == {run["run_id"]}, redone
-
-
-async def _started(witness: Path, agent: str) -> bool:
-    return any(line[1:] == (agent, "start") for line in executions(witness))
-
-
-async def _recorded(nc: Client, run_id: str, state: str) -> bool:
-    return any(e["run_id"] == run_id and e["state"] == state for e in await events_of(nc, "li.long"))

@@ -22,7 +22,14 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, seen_by, witnessed
+from tests.faults.witness import (
+    agent_process,
+    executions,
+    recorded,
+    seen_by,
+    started_on,
+    witnessed,
+)
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
@@ -53,12 +60,12 @@ async def test_a_lost_run_whose_leader_died_re_dispatching_it_runs_again_from_th
         assert (await apply(nc, toml_jobs(spec, group="lr")))["ok"]
         [run] = (await trigger(nc, "lr.long"))["runs"]
         assert run["agent"] == "a1", run
-        await eventually(lambda: _started(witness, "a1"), 10, "the run started on a1")
+        await eventually(lambda: started_on(witness, "a1"), 10, "the run started on a1")
         # Its started event on record before a1 dies: killed a few ms after its job started, a1
         # took that event with it, and with the leader dying too nobody knew of the run (~1 in
         # 5 runs here). That is a double fault inside a few ms; this test's is the leader dying
         # while it re-dispatches a run everyone knows of.
-        await eventually(lambda: _recorded(nc, run["run_id"]), 10, "its started event")
+        await eventually(lambda: recorded(nc, "lr.long", run["run_id"], "started"), 10, "its started event")
         assert first.dispatcher is not None
         dispatch, dead = first.dispatcher.dispatch, asyncio.Event()
 
@@ -78,15 +85,7 @@ async def test_a_lost_run_whose_leader_died_re_dispatching_it_runs_again_from_th
     finally:
         await first.__aexit__(None, None, None)
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0):
-        await eventually(lambda: _started(witness, "b1"), 20, "the lost run ran again on b1")
+        await eventually(lambda: started_on(witness, "b1"), 20, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
     starts = [line for line in executions(witness) if line[2:] == ("start",)]
     assert [line[1] for line in starts] == ["a1", "b1"], executions(witness)
-
-
-async def _started(witness: Path, agent: str) -> bool:
-    return any(line[1:] == (agent, "start") for line in executions(witness))
-
-
-async def _recorded(nc: Client, run_id: str) -> bool:
-    return any(e["run_id"] == run_id and e["state"] == "started" for e in await events_of(nc, "lr.long"))

@@ -24,7 +24,15 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, seen_by, witnessed
+from tests.faults.witness import (
+    agent_process,
+    events_of,
+    executions,
+    recorded,
+    seen_by,
+    started_on,
+    witnessed,
+)
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
@@ -52,7 +60,7 @@ async def test_an_agent_that_died_and_expired_while_no_master_ran_has_its_runs_c
         assert (await apply(nc, toml_jobs(spec, group="nm")))["ok"]
         [run] = (await trigger(nc, "nm.long"))["runs"]
         assert run["agent"] == "a1", run
-        await eventually(lambda: _recorded(nc, run["run_id"], "started"), 10, "its started event")
+        await eventually(lambda: recorded(nc, "nm.long", run["run_id"], "started"), 10, "its started event")
         await eventually(lambda: _on_record(nc, "a1"), 10, "a1's life on record")  # up to 0.5 s
     finally:
         await first.__aexit__(None, None, None)  # the only master stops
@@ -60,8 +68,8 @@ async def test_an_agent_that_died_and_expired_while_no_master_ran_has_its_runs_c
     await (await nc.jetstream().key_value(subjects.AGENTS_BUCKET)).delete("a1")  # as expired
 
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=1.0):
-        await eventually(lambda: _recorded(nc, run["run_id"], "lost"), 15, "the run recorded lost")
-        await eventually(lambda: _started(witness, "b1"), 15, "the lost run ran again on b1")
+        await eventually(lambda: recorded(nc, "nm.long", run["run_id"], "lost"), 15, "the run recorded lost")
+        await eventually(lambda: started_on(witness, "b1"), 15, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "nm.long") if e["trigger"] == RunTrigger.LOST.value]
     starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
@@ -76,11 +84,3 @@ async def _on_record(nc: Client, agent: str) -> bool:
     except KeyNotFoundError:
         return False
     return True
-
-
-async def _started(witness: Path, agent: str) -> bool:
-    return any(line[1:] == (agent, "start") for line in executions(witness))
-
-
-async def _recorded(nc: Client, run_id: str, state: str) -> bool:
-    return any(e["run_id"] == run_id and e["state"] == state for e in await events_of(nc, "nm.long"))

@@ -22,7 +22,15 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, seen_by, witnessed
+from tests.faults.witness import (
+    agent_process,
+    events_of,
+    executions,
+    recorded,
+    seen_by,
+    started_on,
+    witnessed,
+)
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
@@ -53,16 +61,18 @@ async def test_a_run_its_restarted_agent_recorded_lost_runs_again_once(
         assert (await apply(nc, toml_jobs(spec, group="rr")))["ok"]
         [run] = (await trigger(nc, "rr.long"))["runs"]
         assert run["agent"] == "a1", run
-        await eventually(lambda: _recorded(nc, run["run_id"], "started"), 10, "its started event")
+        await eventually(lambda: recorded(nc, "rr.long", run["run_id"], "started"), 10, "its started event")
         await asyncio.sleep(1.0)  # the leader records a1's life (its passes are 0.5 s apart)
         if not watched:
             await first.__aexit__(None, None, None)
         a1.kill()
         agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-        await eventually(lambda: _recorded(nc, run["run_id"], "lost"), 15, "a1 recorded its run lost")
+        await eventually(
+            lambda: recorded(nc, "rr.long", run["run_id"], "lost"), 15, "a1 recorded its run lost"
+        )
         if not watched:
             first = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=5.0))
-        await eventually(lambda: _started(witness, "b1"), 20, "the lost run ran again on b1")
+        await eventually(lambda: started_on(witness, "b1"), 20, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "rr.long") if e["trigger"] == RunTrigger.LOST.value]
     finally:
@@ -70,11 +80,3 @@ async def test_a_run_its_restarted_agent_recorded_lost_runs_again_once(
     starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
     assert starts == ["a1", "b1"], executions(witness)
     assert {(e["agent"], e["detail"]["lost_run"]) for e in redone} == {("b1", run["run_id"])}, redone
-
-
-async def _started(witness: Path, agent: str) -> bool:
-    return any(line[1:] == (agent, "start") for line in executions(witness))
-
-
-async def _recorded(nc: Client, run_id: str, state: str) -> bool:
-    return any(e["run_id"] == run_id and e["state"] == state for e in await events_of(nc, "rr.long"))

@@ -79,3 +79,13 @@ def frozen(process: Process) -> Iterator[None]:
 
 async def events_of(nc: Client, key: str) -> list[dict[str, Any]]:
     return [e for e in await stream_events(nc) if e["job"] == key]
+
+
+async def started_on(witness: Path, agent: str) -> bool:
+    """For ``eventually``: did ``agent`` start a run of the witnessed job?"""
+    return any(line[1:] == (agent, "start") for line in executions(witness))
+
+
+async def recorded(nc: Client, key: str, run_id: str, state: str | None = None) -> bool:
+    """For ``eventually``: is an event of ``run_id`` of job ``key`` on record (in ``state``)?"""
+    return any(e["run_id"] == run_id and state in (None, e["state"]) for e in await events_of(nc, key))
