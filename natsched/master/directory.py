@@ -166,7 +166,10 @@ class AgentDirectory:
                 log.warning("ignoring agent %s: %s", key, exc)
         return live
 
-    def _tell(self, heartbeat: Heartbeat) -> None:
+    def saw(self, heartbeat: Heartbeat) -> None:
+        """``heartbeat`` is its agent's latest as of now (every write of ``last_seen``): the
+        listeners are told."""
+        self.last_seen[heartbeat.agent] = (heartbeat, time.monotonic())
         for listener in self.listeners:
             try:
                 listener(heartbeat)
@@ -187,9 +190,8 @@ class AgentDirectory:
                 heartbeat = codec.decode_heartbeat(entry.value, entry.key)
                 self._agents[entry.key] = await self.members.vouch(heartbeat)
                 self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
-                self.last_seen[entry.key] = (self._agents[entry.key], time.monotonic())
                 self.incompatible.pop(entry.key, None)
-                self._tell(self._agents[entry.key])
+                self.saw(self._agents[entry.key])
             except VersionError as exc:
                 log.warning("agent %s is incompatible: %s", entry.key, exc)
                 self.incompatible[entry.key] = f"incompatible: {exc}"

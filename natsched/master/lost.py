@@ -85,9 +85,12 @@ class LostAgents:
         self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
         self._waited_for_index = False
         self._roster = AgentRoster(self._js, state)
-        # Restarts are noted as heartbeats arrive, also while this master stands by: noted only
-        # by run() (the leader's), one that came before this master led was never closed.
+        # Restarts are noted as heartbeats are seen (directory.saw), also while this master stands
+        # by: noted only by run() (the leader's), one that came before this master led was never
+        # closed.
         dispatcher.directory.listeners.append(lambda heartbeat: self._note_life(heartbeat, time.monotonic()))
+        for heartbeat, _ in list(dispatcher.directory.last_seen.values()):  # seen before we listened
+            self._note_life(heartbeat, time.monotonic())
         self._runs = AgentRuns(self._js, dispatcher.accepted)
 
     def _hearing(self) -> bool:
@@ -116,7 +119,7 @@ class LostAgents:
         if current.sent_at <= last.sent_at:
             return False
         log.info("agent %s heartbeats (the watch is behind): not lost", last.agent)
-        self._dispatcher.directory.last_seen[last.agent] = (current, time.monotonic())
+        self._dispatcher.directory.saw(current)
         return True
 
     async def _agents_kv(self) -> KeyValue:
@@ -145,12 +148,11 @@ class LostAgents:
             now = time.monotonic()
             judging = self._judging()
             recalled = recalled or (judging and await self._recall())
+            if not (judging and recalled):
+                continue  # restarts are still noted meanwhile (the directory tells _note_life)
             for heartbeat, seen_at in list(directory.last_seen.values()):
-                self._note_life(heartbeat, now)  # also meanwhile: a restart seen now is not missed
-                if judging and recalled:
-                    await self._judge(heartbeat, now - max(seen_at, self._hearing_since))
-            if judging and recalled:
-                await self._close_previous_lives(now)
+                await self._judge(heartbeat, now - max(seen_at, self._hearing_since))
+            await self._close_previous_lives(now)
 
     async def _judge(self, heartbeat: Heartbeat, silent: float) -> None:
         agent = heartbeat.agent
@@ -189,7 +191,7 @@ class LostAgents:
             heard = last_seen.get(agent)
             if heard is None:
                 log.info("agent %s: a life on record this master has not heard", agent)
-                last_seen[agent] = (life, time.monotonic())
+                self._dispatcher.directory.saw(life)
             elif heard[0].started_at > life.started_at and agent not in self._restarted:
                 # It restarted while no leader watched: that life is closed as any previous one.
                 self._restarted[agent] = (life, time.monotonic() + RESTART_SETTLE)
