@@ -141,16 +141,25 @@ class JobCache:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Opened (and made WAL) on the loop's own connection first: a state dir that cannot hold
-        # the file fails here, before aiosqlite's thread exists. Failing in aiosqlite's connect
-        # left its thread to answer a loop that had closed by then: a traceback at exit (CI).
+        # The loop's own connection is opened (and the file made WAL) first: a state dir that
+        # cannot hold the file fails here, before aiosqlite's thread exists. Failing in
+        # aiosqlite's connect left its thread to answer a loop that had closed by then: a
+        # traceback at exit (CI).
         inline = sqlite3.connect(self.path, timeout=0, isolation_level=None)
         try:
             inline.execute("PRAGMA journal_mode=WAL")
+            await self._open_thread_connection()
         except BaseException:
             inline.close()
             raise
-        inline.close()
+        self._inline = inline
+        self._inline.execute("PRAGMA synchronous=NORMAL")
+        # Point reads and small writes: a small page cache (SQLite's default is up to 2 MB per
+        # connection; the agent's idle RSS has a 50 MB target).
+        self._inline.execute("PRAGMA cache_size=-256")
+
+    async def _open_thread_connection(self) -> None:
+        """aiosqlite's connection (big writes, in its thread): schema, migrations, local keys."""
         self._db = await aiosqlite.connect(self.path)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
@@ -169,11 +178,6 @@ class JobCache:
         await self._db.commit()
         self._local_keys = {row[0] for row in await self._db.execute_fetchall("SELECT key FROM local_jobs")}
         self._recent = {}
-        self._inline = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-        self._inline.execute("PRAGMA synchronous=NORMAL")
-        # Point reads and small writes: a small page cache (SQLite's default is up to 2 MB per
-        # connection; the agent's idle RSS has a 50 MB target).
-        self._inline.execute("PRAGMA cache_size=-256")
 
     async def _in_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` on the connection in aiosqlite's thread: one trip for a whole transaction
