@@ -27,6 +27,8 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.nuid import NUID
 
+from natsched import subjects
+
 log = logging.getLogger(__name__)
 STALL = 5.0  # seconds without a message while some are pending: the read failed
 HEARTBEAT = 1.0  # nats-server requires idle heartbeats with flow control
@@ -89,7 +91,7 @@ async def read_last_per_subject(
     sequence delivered (0 for none). Raises GapError or TimeoutError; then the caller must
     discard what it was given."""
     inbox = nc.new_inbox()
-    name = f"fullread_{NUID().next().decode()}"  # known before its first message arrives
+    name = f"{subjects.FULL_READ_CONSUMER}_{NUID().next().decode()}"
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     state = _ReadState()
     created = False

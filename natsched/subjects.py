@@ -68,6 +68,9 @@ SUBJECT_TRIGGER_QUEUE = "natsched-subjects"  # durable consumer on SUBJECTS_STRE
 CHAINS_DURABLE = "natsched-chains"  # durable consumer on final run events, shared by masters
 RETRIES_DURABLE = "natsched-retries"  # durable consumer on failed runs, shared by masters
 NOTIFY_DURABLE = "natsched-notify"  # durable consumer on final run events, for notifications
+# An agent's full resync (agent/fullread.py): ephemeral consumers on the jobs bucket's stream,
+# named <this>_<random> (the name is known before their first message arrives).
+FULL_READ_CONSUMER = "fullread"
 
 # --- Reply inboxes, one prefix per role ----------------------------------------------
 # nats-py's default ``_INBOX`` is shared: a role allowed to subscribe there reads every
