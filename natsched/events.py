@@ -63,6 +63,12 @@ class RunEvent:
 
     @property
     def msg_id(self) -> str:
+        if self.state is RunState.QUEUED:
+            # A run is queued again by its agent's next life (agent/recovery.py): with one id
+            # for both, JetStream dropped the second as a duplicate, and the leader took the
+            # run for one its previous life left open (lost, and started again elsewhere while
+            # the agent still held it). Each queuing is its own record; a retry still lands once.
+            return f"{self.run_id}.queued.{int(self.at * 1000):x}"
         return f"{self.run_id}.{self.state.value}"
 
     def moved_to(self, state: RunState, **changes: Any) -> RunEvent:
