@@ -23,7 +23,9 @@ the runs its new life recorded lost itself (its journal) are re-dispatched as we
 An agent that died while no master ran, its heartbeat expired before one came back, was
 never heard by the next leader: the leader keeps each agent life it sees on record
 (``roster.py``), and a new leader judges the recorded lives it does not hear as silent from
-its start, and a recorded life older than the one it hears as a previous life.
+its start, and a recorded life older than the one it hears as a previous life (an agent's new
+life goes on record only once its previous one is closed, so a leader stopped in between
+leaves the previous one on record for the next).
 
 An agent that comes back sends what it really did: a run it finished while cut off
 publishes its final event from its outbox, which becomes the run's latest state (the run
@@ -156,7 +158,10 @@ class LostAgents:
 
     async def _judge(self, heartbeat: Heartbeat, silent: float) -> None:
         agent = heartbeat.agent
-        if agent not in self.down and not self._roster.recorded(heartbeat):
+        # A new life goes on record once the previous one is closed: written over it at once, a
+        # leader stopped in the settle time left a record that named only the new life, and
+        # the next leader never closed (nor re-dispatched) what the previous one had going.
+        if agent not in self.down and agent not in self._restarted and not self._roster.recorded(heartbeat):
             try:
                 await self._roster.record(heartbeat)
             except Exception as exc:  # noqa: BLE001 - written on a later pass
