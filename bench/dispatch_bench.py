@@ -12,6 +12,9 @@ the process has started on the agent, so its round trip is "trigger -> started".
 The burst's floor is the agents alone: 1,000 run requests of jobs applied with the burst's,
 sent by this client straight to the agents as the master sends them (256 out to an agent at
 once): what the agents allow, with nothing of the master's in the path.
+Around the runs/s figure, the CPU of every process (and of the jobs the agents reaped) is
+read: CPU per run against the spawn's own CPU, and the runs/s the machine's cores allow at
+that cost (``bench/cpubudget.py``).
 Run: .venv/bin/python -m bench.dispatch_bench [--count 500] [--seconds 5] [--burst-only] [--burst 1000]
 """
 
@@ -23,6 +26,7 @@ import collections
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -44,6 +48,7 @@ from bench.common import (
     services,
     spawn_start_floor,
 )
+from bench.cpubudget import CpuMeter, budget_figures, spawn_cpu_floor
 from natsched import codec, subjects
 from natsched.claims import claim, open_claims
 from natsched.events import new_run_id, parse_event
@@ -56,6 +61,7 @@ from natsched.vocab import RunTrigger
 
 BIN = Path(sys.executable).parent
 BURST = 1000
+TARGET_RATE = 1500  # dispatched runs/s across the two agents
 # 500 runs arrive at each agent at once: above the default limit of 64 they would be refused.
 AGENT_ENV = {"NATSCHED_AGENT_MAX_CONCURRENCY": "1024"}
 JOBS = """
@@ -99,7 +105,8 @@ async def trigger_latency(nc: Client, count: int) -> tuple[float, float]:
     return statistics.median(samples), percentile(samples, 99)
 
 
-async def dispatched_rate(nc: Client, seconds: float, in_flight: int) -> float:
+async def dispatched_rate(nc: Client, seconds: float, in_flight: int) -> tuple[float, int]:
+    """Runs/s triggered by ``in_flight`` callers at once for ``seconds``, and how many."""
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -112,7 +119,7 @@ async def dispatched_rate(nc: Client, seconds: float, in_flight: int) -> float:
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), done
 
 
 def burst_file(jobs: int, slot: int | None, group: str = "burst") -> str:
@@ -261,7 +268,7 @@ async def burst_figures(nc: Client, rtt50: float, jobs: int = BURST) -> list[Fig
 
 
 async def measure(
-    url: str, count: int, seconds: float, burst_only: bool = False, burst: int = BURST
+    url: str, pids: dict[str, int], count: int, seconds: float, burst_only: bool = False, burst: int = BURST
 ) -> list[Figure]:
     nc = await nats.connect(url)
     await apply_when_up(nc, JOBS)
@@ -274,8 +281,12 @@ async def measure(
     create50, _ = await kv_create_floor(nc)
     claim50 = await claim_latency(nc)
     spawn50 = spawn_start_floor()
+    spawn_cpu = spawn_cpu_floor()
     p50, p99 = await trigger_latency(nc, count)
-    rate = await dispatched_rate(nc, seconds, 64)
+    meter = CpuMeter(pids)
+    meter.start()
+    rate, runs = await dispatched_rate(nc, seconds, 64)
+    meter.stop()
     bursts = await burst_figures(nc, rtt50, burst)
     await nc.close()
     return [
@@ -290,19 +301,25 @@ async def measure(
             "/s",
             "1000/rtt p50",
             1000 / rtt50,
-            ">= 1500/s",
-            rate >= 1500,
+            f">= {TARGET_RATE:g}/s",
+            rate >= TARGET_RATE,
         ),
         *path_figures(p50, rtt50, create50, claim50, spawn50),
+        *budget_figures(meter, runs, spawn_cpu, TARGET_RATE),
     ]
 
 
 def main(count: int, seconds: float, burst_only: bool = False, burst: int = BURST) -> None:
     with server() as srv, services(srv.url, AGENT_ENV) as running:
-        running.master()
-        running.agent("b1", "--pool", "bench")
-        running.agent("b2", "--pool", "bench")
-        figures = asyncio.run(measure(srv.url, count, seconds, burst_only, burst))
+        assert srv.pid is not None
+        pids = {
+            "nats-server": srv.pid,
+            "master": running.master().pid,
+            "agent b1": running.agent("b1", "--pool", "bench").pid,
+            "agent b2": running.agent("b2", "--pool", "bench").pid,
+            "load client": os.getpid(),
+        }
+        figures = asyncio.run(measure(srv.url, pids, count, seconds, burst_only, burst))
     report("natsched dispatch", figures, "dispatch")
 
 
