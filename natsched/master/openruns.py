@@ -71,20 +71,26 @@ class AgentRuns:
                 open_runs[run_id] = RunEvent(
                     run_id=run_id, job=job, agent=agent, state=RunState.STARTED, trigger=RunTrigger.UNKNOWN
                 )
-        for run_id, event in self._accepted.of(agent).items():
+        accepted = self._accepted.of(agent)  # before the claims are read: theirs are in the read
+        claimed, later = await self._claimed(heartbeat, start, before)
+        for run_id, event in accepted.items():
             # Accepted in its reply, but its own event never reached the stream (it died first).
-            if run_id not in latest and run_id not in open_runs and event.at >= start:
+            # Not one its next life claimed: its event may be a few ms away, the run going on.
+            if run_id not in latest and run_id not in open_runs and run_id not in later and event.at >= start:
                 open_runs[run_id] = event
-        for run_id, event in (await self._claimed(heartbeat, start, before)).items():
+        for run_id, event in claimed.items():
             # Claimed, and no event out: the master whose reply said so may have died too.
             if run_id not in latest and run_id not in open_runs:
                 open_runs[run_id] = event
         return open_runs
 
-    async def _claimed(self, heartbeat: Heartbeat, start: float, before: float | None) -> dict[str, RunEvent]:
+    async def _claimed(
+        self, heartbeat: Heartbeat, start: float, before: float | None
+    ) -> tuple[dict[str, RunEvent], set[str]]:
         """The runs the agent claimed since ``start`` (before ``before``, its clock): its own
-        claim keys and its pools', holding its name."""
-        agent, claimed = heartbeat.agent, {}
+        claim keys and its pools', holding its name; and the run ids it claimed from ``before``
+        on (its next life's)."""
+        agent, claimed, later = heartbeat.agent, {}, set()
         prefix = subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET)
         for key_filter in subjects.claims_of(agent, heartbeat.pools):
             async for msg in read_stream(
@@ -95,17 +101,19 @@ class AgentRuns:
                     holder = decode_claim(msg.data, key)
                 except CodecError:
                     continue  # a delete marker, or garbage: no run of this agent
-                run = holder.run
-                if holder.agent != agent or run is None or (before is not None and run.at >= before):
+                run, run_id = holder.run, subjects.claim_run_id(key)
+                if holder.agent != agent or run is None:
                     continue
-                run_id = subjects.claim_run_id(key)
+                if before is not None and run.at >= before:
+                    later.add(run_id)
+                    continue
                 claimed[run_id] = RunEvent(
                     run_id=run_id, job=run.job, agent=agent, state=RunState.STARTED,
                     trigger=run_trigger(run.trigger), scheduled_at=run.scheduled_at, attempt=run.attempt,
                     detail=dict(run.detail), reason="claimed by the agent; no event of its own on record",
                     at=run.at,
                 )  # fmt: skip
-        return claimed
+        return claimed, later
 
 
 def since(heartbeat: Heartbeat) -> float:
