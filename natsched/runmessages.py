@@ -67,7 +67,13 @@ def _spec_dict(spec: JobSpec) -> dict[str, Any]:
     return as_dict[1]
 
 
-def _text(value: object, limit: int = 4096) -> bool:
+MAX_RUN_TEXT = 4096  # characters of one arg, env value, detail value of a run
+MAX_RUN_NAME = 256  # characters of one env or detail name
+
+
+def is_run_text(value: object, limit: int = MAX_RUN_TEXT) -> bool:
+    """A string a run may carry into argv or the environment: bounded, without NUL. The master
+    checks a trigger's args and env with it, so what it dispatches no agent refuses."""
     return isinstance(value, str) and len(value) <= limit and "\0" not in value
 
 
@@ -76,11 +82,13 @@ def _count(value: object) -> bool:
 
 
 def _texts(value: object) -> bool:
-    return isinstance(value, list | tuple) and all(_text(v) for v in value)
+    return isinstance(value, list | tuple) and all(is_run_text(v) for v in value)
 
 
 def _text_map(value: object) -> bool:
-    return isinstance(value, dict) and all(_text(k, 256) and _text(v) for k, v in value.items())
+    return isinstance(value, dict) and all(
+        is_run_text(k, MAX_RUN_NAME) and is_run_text(v) for k, v in value.items()
+    )
 
 
 # Each field's shape: the run id and the rest end up in subjects, headers, argv and the
@@ -92,8 +100,8 @@ _REQUEST_FIELDS: dict[str, Callable[[object], bool]] = {
     "attempt": _count,
     "args": _texts,
     "env": _text_map,
-    "correlation_id": lambda v: _text(v, 200),
-    "master": lambda v: _text(v, 256),
+    "correlation_id": lambda v: is_run_text(v, 200),
+    "master": lambda v: is_run_text(v, 256),
     "detail": _text_map,
     "term": _count,
 }

@@ -24,7 +24,7 @@ from natsched.master.handling import SideBySide
 from natsched.master.jobindex import JobIndex
 from natsched.master.triggerids import check_trigger_id, once
 from natsched.quietlog import Throttled
-from natsched.runmessages import RunReply
+from natsched.runmessages import MAX_RUN_NAME, MAX_RUN_TEXT, RunReply, is_run_text
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,18 @@ def parse_trigger_body(body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str,
             f"unknown field(s) {', '.join(unknown)}; allowed: args, env, correlation_id, trigger_id"
         )
     args = body.get("args", [])
-    if not isinstance(args, list) or len(args) > MAX_ARGS or not all(isinstance(a, str) for a in args):
-        raise ApiError(f"'args' must be a list of at most {MAX_ARGS} strings")
+    if not isinstance(args, list) or len(args) > MAX_ARGS or not all(is_run_text(a) for a in args):
+        raise ApiError(
+            f"'args' must be a list of at most {MAX_ARGS} strings of at most {MAX_RUN_TEXT} characters"
+        )
     env = body.get("env", {})
     if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
+        is_run_text(k, MAX_RUN_NAME) and is_run_text(v) and k and "=" not in k for k, v in env.items()
     ):
-        raise ApiError("'env' must be an object of NAME: \"value\" strings")
+        raise ApiError(
+            f"'env' must be an object of NAME: \"value\" strings (names at most {MAX_RUN_NAME}, "
+            f"values at most {MAX_RUN_TEXT} characters)"
+        )
     correlation = body.get("correlation_id", "")
     if not isinstance(correlation, str) or len(correlation) > 200:
         raise ApiError("'correlation_id' must be a string of at most 200 characters")

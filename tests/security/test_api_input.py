@@ -133,6 +133,28 @@ async def test_trigger_body_with_nul_or_nan_is_refused_and_runs_nothing(
         refused(reply, why)  # refused for what it is, before any dispatch
 
 
+async def test_trigger_args_and_env_an_agent_would_refuse_are_refused_by_the_master(
+    master: MasterService, nc: Client, no_tracebacks: None
+) -> None:
+    """A value no agent accepts (over 4096 characters, a 257-character name) is refused in the
+    trigger's reply, naming the limit, before any dispatch: not sent on to be refused there."""
+    slave = job("t", mode="slave", targets={"agents": ["nobody"]}, trigger={"args": True, "env": ["X"]})
+    assert (await apply(nc, toml_jobs(slave, group="g")))["ok"]
+    cases = [
+        ({"args": ["a" * 4097]}, "4096"),
+        ({"env": {"X": "v" * 4097}}, "4096"),
+        ({"env": {"X" * 257: "v"}}, "256"),
+    ]
+    for body, limit in cases:
+        reply = json.loads(
+            (await nc.request(f"{subjects.TRIGGER_PREFIX}.g.t", json.dumps(body).encode(), timeout=5)).data
+        )
+        refused(reply, limit)
+    within = json.dumps({"args": ["a" * 4096], "env": {"X": "v" * 4096}}).encode()
+    reply = json.loads((await nc.request(f"{subjects.TRIGGER_PREFIX}.g.t", within, timeout=5)).data)
+    assert "4096" not in refused(reply), reply  # within the limits: on to dispatch (no such agent)
+
+
 async def test_unknown_api_subject_gets_the_documented_error_reply(master: MasterService, nc: Client) -> None:
     for subject in ("natsched.api.nope", "natsched.api.jobs.nope.deeper"):
         refused(await api(nc, subject, {}), "unknown API subject")
