@@ -54,9 +54,11 @@ from natsched.master.openruns import AgentRuns
 from natsched.master.recording import publish_event
 from natsched.master.roster import AgentRoster
 from natsched.models import Heartbeat, JobSpec, Mode
+from natsched.quietlog import Throttled
 from natsched.vocab import RunTrigger
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # an unreadable heartbeat is met on every pass: once per 10 s
 UNRESPONSIVE_AFTER = 10.0
 CHECK_INTERVAL = 0.5
 RESTART_SETTLE = 5.0  # after an agent restarted: time for its new life's own events to land
@@ -109,12 +111,19 @@ class LostAgents:
 
     async def _heard_directly(self, last: Heartbeat) -> bool:
         """True if the bucket holds a newer heartbeat than ``last`` (the watch is behind), or
-        if the bucket cannot be read now (no judgement without seeing)."""
+        one this master cannot read, or if the bucket cannot be read now (no judgement without
+        seeing)."""
         try:
             entry = await (await self._agents_kv()).get(last.agent)
             current = codec.decode_heartbeat(entry.value or b"", last.agent)
-        except (KeyNotFoundError, CodecError):
+        except KeyNotFoundError:
             return False
+        except CodecError as exc:
+            # A newer protocol (the agent upgraded before the masters) or garbage: it was judged
+            # silent and its running jobs started again elsewhere. Left alone while the value is
+            # there: the bucket's TTL removes it once nobody writes it.
+            quiet.log(logging.WARNING, f"unreadable {last.agent}", "agent %s not judged: %s", last.agent, exc)
+            return True
         except Exception as exc:  # noqa: BLE001 - NATS away or slow: judge on a later pass
             log.info("heartbeat of %s not readable (%r): not judged now", last.agent, exc)
             return True
