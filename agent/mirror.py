@@ -272,11 +272,13 @@ class MirrorScheduler:
 
     async def skip_missed(self, timeout: float) -> None:
         """Stopping because another agent took our name: the slots that fell due since the last
-        tick (all of a freeze) get one more tick, which the gate turns into ``skipped`` records;
-        else an agent whose heartbeat noticed first would leave them without a trace."""
+        tick (all of a freeze, and those due while the stop waited for running jobs) get one
+        more tick, which the gate turns into ``skipped`` records; else an agent whose heartbeat
+        noticed first would leave them without a trace. Called after ``core.settle``: a plain
+        ``step`` claims nothing then."""
         try:
             async with asyncio.timeout(timeout):
-                await self.core.step(self._clock())
+                await self.core.last_step(self._clock())
         except Exception as exc:  # noqa: BLE001 - stopping anyway: say what was not recorded
             log.warning("mirror slots missed while silent not recorded: %r", exc)
 

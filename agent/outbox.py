@@ -119,6 +119,11 @@ class EventOutbox:
         self._wake.set()
 
     @property
+    def attached(self) -> bool:
+        """Has this outbox had a connection (its agent served under its name)?"""
+        return self._nc is not None
+
+    @property
     def depth(self) -> int:
         """Events not yet acknowledged by JetStream (in memory or in the SQLite outbox)."""
         return self._stored + len(self._memory)
@@ -136,6 +141,21 @@ class EventOutbox:
                 await self._pump()
         except TimeoutError:
             await self._move_memory_to_store()
+
+    async def deliver(self, timeout: float) -> bool:
+        """Until JetStream acknowledged every event (True) or ``timeout`` (False, the rest kept
+        in SQLite): sent again while NATS reconnects, for a stop after which this state dir may
+        never run again (see ``AgentService.stop``). Like ``flush``, with the publisher stopped."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self._pump()
+                    if not self.depth:
+                        return True
+                    await asyncio.sleep(RETRY_DELAY)
+        except TimeoutError:
+            await self._move_memory_to_store()
+            return False
 
     def _connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected

@@ -56,6 +56,8 @@ MAX_REPORTED_RUNS = 1000  # run ids in a heartbeat (what the leader marks lost i
 JOURNAL_FILE = "runs.sqlite"  # the run journal, beside the cache
 FILES_FILE = "files.sqlite"  # file versions the file-triggered jobs ran for, beside the cache
 FLUSH_TIMEOUT = 5.0  # at shutdown: events not acknowledged by then stay in the SQLite outbox
+# Stopping because another agent took the name: how long its events may wait for NATS (back).
+TAKEN_DELIVERY = 10.0
 
 
 class AgentService(Service):
@@ -196,7 +198,19 @@ class AgentService(Service):
             await self.executor.shutdown(self.config.shutdown_grace)
         if self.name_gate.taken and self.mirror is not None:
             await self.mirror.skip_missed(FLUSH_TIMEOUT)  # recorded before the outbox's last flush
-        if self.outbox is not None:
+        if self.outbox is not None and self.name_gate.taken and self.outbox.attached:
+            # The name was taken over: this state dir may never run again, so what it recorded
+            # (the slots it skipped, its last runs' ends) goes out now, waiting (bounded) for
+            # NATS too if it went away meanwhile; else it stays here unseen. (Not an agent
+            # refused at start: it never published, and nothing it could wait for comes.)
+            if not await self.outbox.deliver(TAKEN_DELIVERY):
+                log.error(
+                    "%d event(s) not published within %gs; they stay in the outbox of %s",
+                    self.outbox.depth,
+                    TAKEN_DELIVERY,
+                    self.config.cache_path,
+                )
+        elif self.outbox is not None:
             # Cut off from NATS, waiting changes nothing: the events stay in the SQLite outbox.
             connected = self.nc is not None and self.nc.is_connected
             await self.outbox.flush(FLUSH_TIMEOUT if connected else 0)

@@ -213,6 +213,16 @@ class Scheduler:
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=timeout)
 
+    async def last_step(self, now: float) -> list[Due]:
+        """After ``settle``, its store still open: the slots due by ``now`` claimed and fired.
+
+        Changes not taken up stay for the next start (as ``settle`` leaves them). For a stop
+        whose ``fire`` records rather than runs: an agent whose name was taken over records the
+        slots that fell due since its run was cancelled (``step`` claims nothing once settling).
+        """
+        due = self.schedule.tick(now)
+        return await self._claim_and_fire(due) if due else []
+
     def _finished(self, task: asyncio.Future[list[Due]]) -> None:
         self._finishing.discard(task)
         if not task.cancelled() and task.exception() is not None:  # retrieved: also when nobody awaits

@@ -60,6 +60,31 @@ async def test_events_are_stored_once_in_order_and_kept_while_no_stream_takes_th
             await asyncio.gather(publisher, return_exceptions=True)
 
 
+async def test_deliver_waits_within_its_bound_for_a_stream_to_take_the_events(
+    nc: Client, tmp_path: Path
+) -> None:
+    """An agent whose name was taken over publishes its last records this way: one failed
+    attempt is not the end (``flush`` stores the rest at once), the bound is."""
+    js = nc.jetstream()
+    await ensure_all(js)
+    config = (await js.stream_info(subjects.EVENTS_STREAM)).config
+    await js.delete_stream(subjects.EVENTS_STREAM)  # as while nats-server restarts: nobody stores
+    async with aiosqlite.connect(tmp_path / "outbox.sqlite") as db:
+        outbox = EventOutbox(db)
+        await outbox.open()
+        outbox.attach(nc)
+        for n in range(5):
+            await outbox.publish(event(n))
+        assert not await outbox.deliver(0.5), "nothing stored the events within the bound"
+        assert outbox.depth == 5, "the events not delivered are kept"
+        delivering = asyncio.create_task(outbox.deliver(10))
+        await asyncio.sleep(1.0)
+        await js.add_stream(config=config)
+        async with asyncio.timeout(15):
+            assert await delivering, "delivered once a stream takes them"
+        assert [e["run_id"] for e in await stream_events(nc)] == [event(n).run_id for n in range(5)]
+
+
 async def _depth_is(outbox: EventOutbox, depth: int) -> bool:
     return outbox.depth == depth
 
