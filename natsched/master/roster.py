@@ -41,8 +41,11 @@ class AgentRoster:
         self._written[heartbeat.agent] = heartbeat.started_at
 
     async def lives(self) -> dict[str, Heartbeat]:
-        """Every agent life on record: the heartbeat a leader saw of it."""
-        found = {}
+        """Every agent life on record: the heartbeat a leader saw of it (and, from now on, what
+        this master takes to be on record: a life another leader removed meanwhile, its agent
+        back since, is written again, not taken for written)."""
+        found: dict[str, Heartbeat] = {}
+        written: dict[str, float] = {}
         for key, entry in (await scan(self._js, subjects.STATE_BUCKET, subjects.AGENT_LIVES)).items():
             agent = subjects.life_agent(key)
             try:
@@ -50,7 +53,8 @@ class AgentRoster:
             except CodecError as exc:
                 log.warning("agent life %s ignored: %s", key, exc)
                 continue
-            self._written[agent] = found[agent].started_at
+            written[agent] = found[agent].started_at
+        self._written = written
         return found
 
     async def forget(self, heartbeat: Heartbeat) -> None:
