@@ -19,6 +19,7 @@ PER_AGENT = 1000
 
 
 Accepted = tuple[RunRequest, RunReply, float]  # and when the reply came
+_STARTS = frozenset({RunState.STARTED.value, RunState.QUEUED.value})
 
 
 class AcceptedRuns:
@@ -29,7 +30,12 @@ class AcceptedRuns:
         self._runs: dict[str, OrderedDict[str, Accepted]] = {}
 
     def note(self, request: RunRequest, reply: RunReply) -> None:
-        if not reply.ok or not subjects.is_token(reply.agent):
+        # Only a start by this dispatch (its reply names the state the run started in). "Taken
+        # by b1" answers a repeat (a lost run sent again, a master's repeat after a crash) of a
+        # run b1 took maybe a life ago: noted as just accepted, it was a run of b1's current
+        # life with no event on record, lost and started once more when b1 was. A late answer
+        # is no loss: the agent's claim of it is read.
+        if not reply.ok or reply.state not in _STARTS or not subjects.is_token(reply.agent):
             return
         runs = self._runs.setdefault(reply.agent, OrderedDict())
         runs[reply.run_id or request.run_id] = (request, reply, time.time())
