@@ -115,24 +115,29 @@ PROOF_REFRESH = 3600.0  # at most this long between refreshes (a quarter of the 
 PROOF_TIMEOUT = 2.0  # the first attempt, before the first heartbeat: must not hold up the start
 
 
-class PoolProof:
-    """Keeps this agent's pool membership keys (``natsched/claims.py``) in the claims bucket.
+class MembershipProof:
+    """Keeps this agent's pool membership and tag keys (``natsched/claims.py``) in the claims
+    bucket.
 
     The keys live as long as the bucket's TTL: refreshed four times within it. Until they are
-    written, masters send this agent a pool's runs only through the pool's queue group.
+    written, masters send this agent a pool's runs only through the pool's queue group, and
+    none of the runs of jobs aimed at its tags.
     """
 
-    def __init__(self, js: JetStreamContext, agent: str, pools: frozenset[str]) -> None:
+    def __init__(
+        self, js: JetStreamContext, agent: str, pools: frozenset[str], tags: frozenset[str] = frozenset()
+    ) -> None:
         self._js = js
         self._agent = agent
         self._pools = pools
+        self._tags = tags
         self._kv: KeyValue | None = None
         self._refresh = PROOF_REFRESH
         self._failed = ""  # the last failure logged (each kind once)
-        self.proven = not pools
+        self.proven = not (pools or tags)
 
     async def once(self) -> bool:
-        if not self._pools:
+        if not (self._pools or self._tags):
             return True
         try:
             async with asyncio.timeout(PROOF_TIMEOUT):
@@ -141,21 +146,22 @@ class PoolProof:
                     ttl = (await kv.status()).ttl
                     self._refresh = min(PROOF_REFRESH, ttl / 4) if ttl else PROOF_REFRESH
                     self._kv = kv
-                await prove_membership(self._kv, self._agent, self._pools)
+                await prove_membership(self._kv, self._agent, self._pools, self._tags)
         except Exception as exc:  # noqa: BLE001 - NATS away, no bucket yet, or an old credential
             if type(exc).__name__ != self._failed:
                 self._failed = type(exc).__name__
                 log.warning(
-                    "pool membership of %s (%s) not written (%r): masters send it pool runs only "
-                    "through the pool's queue group until it is (does its credential come from "
-                    "this version's 'natsched permissions'?)",
+                    "pool membership and tags of %s (%s) not all written (%r): masters send it "
+                    "pool runs only through the pool's queue group, and no run of a job aimed at "
+                    "a tag it has not proven, until they are (does its credential come from this "
+                    "version's 'natsched permissions', with --agent-tags for its tags?)",
                     self._agent,
-                    ", ".join(sorted(self._pools)),
+                    ", ".join([*sorted(self._pools), *(f"tag {t}" for t in sorted(self._tags))]),
                     exc,
                 )
             return False
         if self._failed:
-            log.info("pool membership of %s written", self._agent)
+            log.info("pool membership and tags of %s written", self._agent)
         self._failed = ""
         self.proven = True
         return True

@@ -25,7 +25,7 @@ from agent.files import FileWatcher
 from agent.fileversions import FileVersions
 from agent.groups import GroupTable
 from agent.guardian import Guardian
-from agent.heartbeat import HeartbeatPublisher, PoolProof, sample_load
+from agent.heartbeat import HeartbeatPublisher, MembershipProof, sample_load
 from agent.holds import HoldsSync
 from agent.journal import RunJournal
 from agent.localjobs import LocalJobs
@@ -262,8 +262,8 @@ class AgentService(Service):
             js, build=self._heartbeat, interval=self.config.heartbeat_interval, gate=self.name_gate
         )
         self.heartbeat = heartbeat
-        pools = PoolProof(js, self.config.name, self.config.pools)
-        await pools.once()  # before the heartbeat names the pools: a master checks them then
+        pools = MembershipProof(js, self.config.name, self.config.pools, self.config.tags)
+        await pools.once()  # before the heartbeat names the pools and tags: a master checks them then
         await heartbeat.take_name()  # before anything else: one agent per name
         self.logs.nc = self.nc
         assert self.outbox is not None and self.mirror is not None

@@ -25,7 +25,8 @@ itself, so a name there proves nothing. ``member.<pool>.<agent>`` does: only a c
 of that pool may write it (``natsched permissions``), and its value names the agent and the
 pool (see ``is_membership``). Agents write theirs at start and refresh them within the
 bucket's age limit; masters send a pool's runs by name only to agents whose proof is there
-(``natsched/master/members.py``).
+(``natsched/master/members.py``). Tags the same way: ``tagged.<tag>.<agent>``, which only a
+credential given that tag may write (``natsched permissions --agent-tags``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -223,12 +224,20 @@ async def claim(
     raise ClaimUndecidedError(f"claim {key} undecided: {failure!r}")
 
 
-def encode_membership(agent: str, pool: str) -> bytes:
-    return codec.pack({"agent": agent, "pool": pool, "since": time.time()})
+Kind = Literal["pool", "tag"]
 
 
-def is_membership(data: bytes | None, agent: str, pool: str) -> bool:
-    """True if ``data`` is the proof ``agent`` wrote for ``pool``.
+def membership_key(kind: Kind, name: str, agent: str) -> str:
+    """The key proving ``agent`` is of pool ``name`` / carries tag ``name``."""
+    return subjects.pool_member_key(name, agent) if kind == "pool" else subjects.tag_member_key(name, agent)
+
+
+def encode_membership(agent: str, name: str, kind: Kind = "pool") -> bytes:
+    return codec.pack({"agent": agent, kind: name, "since": time.time()})
+
+
+def is_membership(data: bytes | None, agent: str, name: str, kind: Kind = "pool") -> bool:
+    """True if ``data`` is the proof ``agent`` wrote for pool (or tag) ``name``.
 
     The key alone proves nothing: nats-server itself writes any subject a client names as the
     reply of a JetStream publish (its acknowledgement, ``{"stream": …, "seq": …}``), unchecked
@@ -242,22 +251,25 @@ def is_membership(data: bytes | None, agent: str, pool: str) -> bool:
     since = value.get("since")
     return (
         value.get("agent") == agent
-        and value.get("pool") == pool
+        and value.get(kind) == name
         and isinstance(since, int | float)
         and not isinstance(since, bool)
     )
 
 
-async def prove_membership(kv: KeyValue, agent: str, pools: Iterable[str]) -> None:
-    """Write ``agent``'s membership key of each pool (raises when one is not written)."""
-    for pool in sorted(pools):
-        await kv.put(subjects.pool_member_key(pool, agent), encode_membership(agent, pool))
+async def prove_membership(kv: KeyValue, agent: str, pools: Iterable[str], tags: Iterable[str] = ()) -> None:
+    """Write ``agent``'s proof of each pool and tag (raises when one is not written)."""
+    proofs: list[tuple[Kind, Iterable[str]]] = [("pool", pools), ("tag", tags)]
+    for kind, names in proofs:
+        for name in sorted(names):
+            await kv.put(membership_key(kind, name, agent), encode_membership(agent, name, kind))
 
 
-async def is_member(kv: KeyValue, agent: str, pool: str) -> bool:
-    """True if ``agent`` proved it belongs to ``pool`` (its own proof is there, not deleted)."""
+async def is_member(kv: KeyValue, agent: str, name: str, kind: Kind = "pool") -> bool:
+    """True if ``agent`` proved it belongs to pool ``name`` (or carries tag ``name``): its own
+    proof is there, not deleted."""
     try:
-        entry = await kv.get(subjects.pool_member_key(pool, agent))
+        entry = await kv.get(membership_key(kind, name, agent))
     except KeyNotFoundError:  # also a deleted key (KeyDeletedError)
         return False
-    return is_membership(entry.value, agent, pool)
+    return is_membership(entry.value, agent, name, kind)

@@ -194,8 +194,11 @@ def web() -> Permissions:
     )
 
 
-def agent(name: str, pools: Iterable[str] = (), notify_subjects: Iterable[str] = ()) -> Permissions:
-    """``notify_subjects``: where it may publish its sync notifications (``sync_notify``)."""
+def agent(
+    name: str, pools: Iterable[str] = (), notify_subjects: Iterable[str] = (), tags: Iterable[str] = ()
+) -> Permissions:
+    """``notify_subjects``: where it may publish its sync notifications (``sync_notify``);
+    ``tags``: the tags it may prove (masters count only those of its heartbeat)."""
     pools = sorted(pools)
     return Permissions(
         publish=[
@@ -205,7 +208,7 @@ def agent(name: str, pools: Iterable[str] = (), notify_subjects: Iterable[str] =
             f"$KV.{subjects.AGENTS_BUCKET}.{name}",
             subjects.lock_subject(name),  # overlap locks, taken by a master in this agent's name
             # Its own run claims only: it cannot take or withdraw another agent's runs.
-            *subjects.agent_claims_subjects(name, pools),
+            *subjects.agent_claims_subjects(name, pools, sorted(tags)),
             *_kv_get(subjects.kv_stream(subjects.CLAIMS_BUCKET)),
             *_read_stream(_JOBS),
             *_read_stream(_SETTINGS),  # calendars and pauses, cached for offline use

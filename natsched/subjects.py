@@ -372,13 +372,21 @@ def pool_member_key(pool: str, agent: str) -> str:
     return f"member.{_token(pool, 'pool name')}.{_token(agent, 'agent name')}"
 
 
-def agent_claims_subjects(agent: str, pools: list[str]) -> list[str]:
-    """The claim keys an agent may write, as KV subjects: its own, and its pools' (permissions)."""
+def tag_member_key(tag: str, agent: str) -> str:
+    """CLAIMS_BUCKET key an agent writes to prove it carries ``tag``: only a credential given
+    that tag may write it, whatever tags the agent's (self-written) heartbeat names."""
+    return f"tagged.{_token(tag, 'tag')}.{_token(agent, 'agent name')}"
+
+
+def agent_claims_subjects(agent: str, pools: list[str], tags: list[str] | None = None) -> list[str]:
+    """The claim keys an agent may write, as KV subjects: its own, its pools', and the proofs of
+    its pools and tags (permissions)."""
     prefix = kv_subject_prefix(CLAIMS_BUCKET)
     return [
         f"{prefix}agent.{_token(agent, 'agent name')}.*",
         *(f"{prefix}pool.{_token(pool, 'pool name')}.*" for pool in pools),
         *(f"{prefix}{pool_member_key(pool, agent)}" for pool in pools),
+        *(f"{prefix}{tag_member_key(tag, agent)}" for tag in tags or ()),
     ]
 
 

@@ -57,9 +57,31 @@ def _agent_spec(value: str) -> tuple[str, list[str]]:
     return name, pool_list
 
 
+def _agent_tags(values: list[str], agents: list[str]) -> dict[str, list[str]]:
+    """``--agent-tags NAME:tag1,tag2`` options, each naming an agent given with ``--agent``."""
+    tags: dict[str, list[str]] = {}
+    for value in values:
+        name, _, listed = value.partition(":")
+        names = [t for t in listed.split(",") if t]
+        if not is_token(name) or not names or not all(is_token(t) for t in names):
+            raise ConfigError(f"--agent-tags {value!r}: use NAME:tag1,tag2 (letters, digits, '_', '-')")
+        if name not in agents:
+            raise ConfigError(f"--agent-tags {value!r}: agent {name!r} is not given with --agent")
+        tags.setdefault(name, []).extend(names)
+    return tags
+
+
 def permissions(
     agent: Annotated[
         list[str] | None, typer.Option("--agent", help="NAME or NAME:pool1,pool2 (repeatable)")
+    ] = None,
+    agent_tags: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-tags",
+            help="NAME:tag1,tag2: tags the agent may prove; masters count no other tag of its "
+            "heartbeat (repeatable)",
+        ),
     ] = None,
     trigger_job: Annotated[
         list[str] | None,
@@ -106,9 +128,10 @@ def permissions(
             "natsched-admin": security.admin(),
             "natsched-web": security.web(),  # natsched web, read-only
         }
-        for value in agent or []:
-            name, pools = _agent_spec(value)
-            roles[f"agent-{name}"] = security.agent(name, pools, notify)
+        agents = [_agent_spec(value) for value in agent or []]
+        tags = _agent_tags(agent_tags or [], [name for name, _ in agents])
+        for name, pools in agents:
+            roles[f"agent-{name}"] = security.agent(name, pools, notify, tags.get(name, []))
     except ConfigError as exc:
         raise fail(str(exc)) from None
     if trigger_job:

@@ -7,6 +7,11 @@ runs aimed at the pool, and hold the pool's jobs' overlap locks. Only a credenti
 pool may write ``member.<pool>.<agent>`` in ``natsched_claims`` (``natsched/claims.py``),
 so a master counts a pool of a heartbeat only when that key is there. A pool not proven
 yet still gets its runs through its queue group, which the credential guards itself.
+
+Tags the same way (``tagged.<tag>.<agent>``, written only by a credential given the tag,
+``natsched permissions --agent-tags``): a heartbeat's tag that is not proven does not count,
+so an agent cannot be sent the runs of jobs aimed at a tag, nor have its completions of them
+followed by chains and notifications, by naming the tag in its heartbeat.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from natsched import subjects
-from natsched.claims import decode_claim, is_member, open_claims
+from natsched.claims import Kind, decode_claim, is_member, open_claims
 from natsched.models import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,7 @@ log = logging.getLogger(__name__)
 RECHECK = 600.0  # a proven membership is read again after this long (expired, or deleted by hand)
 RETRY = 2.0  # an unproven one is read again no sooner than this
 CHECK_TIMEOUT = 1.0
-MAX_POOLS = 32  # pools of one heartbeat that are checked; more are not counted
+MAX_POOLS = 32  # pools (and tags) of one heartbeat that are checked; more are not counted
 MAX_KNOWN = 10_000  # memory bound: an agent naming ever new pools cannot grow it further
 
 
@@ -38,14 +43,16 @@ class PoolMembers:
         self._js = js
         self._clock = clock
         self._kv: KeyValue | None = None
-        self._known: dict[tuple[str, str], tuple[bool, float]] = {}  # (agent, pool) -> (member, when)
-        self._warned: set[tuple[str, str]] = set()
+        # (agent, pool or tag, kind) -> (member, when)
+        self._known: dict[tuple[str, str, Kind], tuple[bool, float]] = {}
+        self._warned: set[tuple[str, str, Kind]] = set()
 
-    async def proven(self, agent: str, pool: str, *, fresh: bool = False) -> bool:
-        """True if ``agent`` wrote its membership key of ``pool`` (read at most every RECHECK s;
-        ``fresh``: a "no" known is read again at once)."""
+    async def proven(self, agent: str, pool: str, *, fresh: bool = False, kind: Kind = "pool") -> bool:
+        """True if ``agent`` wrote its membership key of ``pool`` (or, ``kind`` "tag", its key of
+        that tag; read at most every RECHECK s; ``fresh``: a "no" known is read again at once)."""
         now = self._clock()
-        known = self._known.get((agent, pool))
+        which = (agent, pool, kind)
+        known = self._known.get(which)
         recent = known is not None and now - known[1] < (RECHECK if known[0] else RETRY)
         if known is not None and recent and (known[0] or not fresh):
             return known[0]
@@ -53,23 +60,25 @@ class PoolMembers:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 if self._kv is None:
                     self._kv = await open_claims(self._js)
-                member = await is_member(self._kv, agent, pool)
+                member = await is_member(self._kv, agent, pool, kind)
         except Exception as exc:  # noqa: BLE001 - NATS hiccup: keep what we knew, unproven if nothing
-            log.debug("membership of %s in pool %s not readable: %r", agent, pool, exc)
+            log.debug("membership of %s in %s %s not readable: %r", agent, kind, pool, exc)
             return known[0] if known is not None else False
         if len(self._known) >= MAX_KNOWN:
             self._known = {k: v for k, v in self._known.items() if v[0]}
             self._warned.clear()
-        self._known[(agent, pool)] = (member, now)
+        self._known[which] = (member, now)
         if member:
-            self._warned.discard((agent, pool))
-        elif (agent, pool) not in self._warned and len(self._warned) < MAX_KNOWN:
-            self._warned.add((agent, pool))
+            self._warned.discard(which)
+        elif which not in self._warned and len(self._warned) < MAX_KNOWN:
+            self._warned.add(which)
             log.warning(
-                "agent %s names pool %s in its heartbeat but wrote no membership key (is its "
-                "credential of that pool?): it is sent none of the pool's runs by name",
+                "agent %s names %s %s in its heartbeat but wrote no key proving it (does its "
+                "credential allow it?): it is sent none of the runs aimed at that %s by name",
                 agent,
+                kind,
                 pool,
+                kind,
             )
         return member
 
@@ -88,8 +97,12 @@ class PoolMembers:
         return False
 
     async def vouch(self, heartbeat: Heartbeat) -> Heartbeat:
-        """``heartbeat`` with only the pools its agent proved."""
-        if not heartbeat.pools:
+        """``heartbeat`` with only the pools and tags its agent proved."""
+        if not heartbeat.pools and not heartbeat.tags:
             return heartbeat
-        pools = tuple([p for p in heartbeat.pools[:MAX_POOLS] if await self.proven(heartbeat.agent, p)])
-        return heartbeat if pools == heartbeat.pools else dataclasses.replace(heartbeat, pools=pools)
+        agent = heartbeat.agent
+        pools = tuple([p for p in heartbeat.pools[:MAX_POOLS] if await self.proven(agent, p)])
+        tags = tuple([t for t in heartbeat.tags[:MAX_POOLS] if await self.proven(agent, t, kind="tag")])
+        if pools == heartbeat.pools and tags == heartbeat.tags:
+            return heartbeat
+        return dataclasses.replace(heartbeat, pools=pools, tags=tags)

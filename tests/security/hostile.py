@@ -2,8 +2,9 @@
 
 TLS comes from ``tls.generate`` (what ``natsched tls init`` writes) and the users from the
 role builders ``natsched permissions`` prints (``security.master()``, ``admin()``,
-``agent()``, ``trigger()``, ``web()``): a master, an admin, agents a1 and a2 of pool ``p``,
-agent a3 of no pool, a trigger user allowed ``sec.echo`` and the read-only web user. A test
+``agent()``, ``trigger()``, ``web()``): a master, an admin, agents a1 and a2 of pool ``p``
+(a1 also of tag ``web``), agent a3 of no pool and no tag, a trigger user allowed ``sec.echo``
+and the read-only web user. A test
 connects as any of them, as a service or as a raw nats-py client doing what an attacker would.
 """
 
@@ -26,11 +27,12 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 
 POOL = "p"
+TAG = "web"
 TRIGGER_JOBS = ["sec.echo"]
 USERS: dict[str, tuple[str, security.Permissions]] = {
     "natsched-master": ("m-pw", security.master()),
     "natsched-admin": ("a-pw", security.admin()),
-    "agent-a1": ("a1-pw", security.agent("a1", [POOL])),
+    "agent-a1": ("a1-pw", security.agent("a1", [POOL], tags=[TAG])),
     "agent-a2": ("a2-pw", security.agent("a2", [POOL])),
     "agent-a3": ("a3-pw", security.agent("a3")),
     "natsched-trigger": ("t-pw", security.trigger(TRIGGER_JOBS)),
@@ -94,13 +96,23 @@ class Secured:
             await nc.close()
 
     @asynccontextmanager
-    async def services(self, *agents: str) -> AsyncIterator[list[AgentService]]:
-        """A master and the named agents (of pool ``p``), each under its own user."""
+    async def services(
+        self,
+        *agents: str,
+        tags: dict[str, frozenset[str]] | None = None,
+        pools: dict[str, frozenset[str]] | None = None,
+    ) -> AsyncIterator[list[AgentService]]:
+        """A master and the named agents, each under its own user, with the pools (default
+        ``p``) and tags each one's configuration names."""
         async with MasterService(self.settings("natsched-master")):
             running = [
                 AgentService(
                     AgentConfig(
-                        name=name, pools=frozenset({POOL}), state_dir=self.tmp / name, heartbeat_interval=0.3
+                        name=name,
+                        pools=(pools or {}).get(name, frozenset({POOL})),
+                        tags=(tags or {}).get(name, frozenset()),
+                        state_dir=self.tmp / name,
+                        heartbeat_interval=0.3,
                     ),
                     self.settings(f"agent-{name}"),
                 )

@@ -1,0 +1,96 @@
+"""Attack: an agent names a tag in its heartbeat to be sent the runs of jobs aimed at that tag.
+
+An agent's heartbeat (which it writes itself) names its tags, and the masters sent a slave run
+of a job aimed at a tag to every live agent whose heartbeat named it, and followed those
+agents' completions of the job with its chains and notifications. Agent a3, whose credential
+has no tag, only had to put ``web`` in its configuration (or its heartbeat) to run every job
+aimed at ``web`` with its trigger's args and env, and to report completions of them. A tag
+now counts only when the agent wrote ``tagged.<tag>.<agent>`` in ``natsched_claims``, which
+only a credential given that tag may write; a key nats-server itself wrote there for a3 (the
+acknowledgement of a publish, sent to the reply subject a3 chose) proves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from natsched import subjects
+from natsched.client import AdminClient
+from tests.conftest import eventually
+from tests.helpers import file_lines, has_lines, job, toml_jobs
+from tests.security.hostile import TAG, Secured
+
+
+async def has_key(kv: KeyValue, key: str) -> bool:
+    try:
+        return bool((await kv.get(key)).value)
+    except KeyNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("route", ["config", "ack"])
+async def test_an_agent_cannot_take_a_tag_its_credential_does_not_give(
+    secured: Secured, tmp_path: Path, route: str
+) -> None:
+    witness = tmp_path / "runs.txt"
+    append = ["sh", "-c", f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}']
+    tagged = {"a1": frozenset({TAG}), "a3": frozenset({TAG})}
+    if route == "ack":  # before a3 starts: nats-server writes a3's tag key for it
+        a3 = await secured.connect("agent-a3")
+        key = subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET) + subjects.tag_member_key(TAG, "a3")
+        async with secured.services():  # the buckets exist once a master has started
+            await a3.publish(f"{subjects.kv_subject_prefix(subjects.AGENTS_BUCKET)}a3", b"x", reply=key)
+            await a3.flush()
+            claims = await a3.jetstream().key_value(subjects.CLAIMS_BUCKET)
+            await eventually(lambda: has_key(claims, subjects.tag_member_key(TAG, "a3")), 5, "written for a3")
+            await (await a3.jetstream().key_value(subjects.AGENTS_BUCKET)).delete("a3")  # its "heartbeat"
+    async with (
+        secured.services("a1", "a3", tags=tagged, pools={"a3": frozenset()}),
+        AdminClient(secured.settings("natsched-admin")) as admin,
+    ):
+        content = toml_jobs(job("each", mode="slave", targets={"tags": [TAG]}, command=append), group="sec")
+        reply = await admin.call(subjects.API_APPLY, {"source": "sec.toml", "content": content})
+        assert reply["ok"], reply
+        for _ in range(3):
+            answer = await admin.call(f"{subjects.TRIGGER_PREFIX}.sec.each", {})
+            assert answer["ok"], answer
+        await eventually(lambda: has_lines(witness, 3), 10, "a1 ran each trigger")
+        await asyncio.sleep(1.0)  # a run sent to a3 would have started by now
+        ran_on = sorted(line.split()[1] for line in file_lines(witness))
+        assert ran_on == ["a1", "a1", "a1"], ran_on
+
+
+def test_permissions_give_an_agent_the_tags_named_for_it(tmp_path: Path) -> None:
+    natsched = str(Path(sys.executable).parent / "natsched")
+    base = [natsched, "permissions", "--credentials-dir", str(tmp_path / "creds")]
+    done = subprocess.run(
+        [*base, "--agent", "a1:p", "--agent", "a2", "--agent-tags", "a1:web,db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    block = done.stdout
+    users = json.loads(block[block.index("users = ") + len("users = ") : block.rindex("}")])
+    publish = {entry["user"]: entry["permissions"]["publish"]["allow"] for entry in users}
+    prefix = subjects.kv_subject_prefix(subjects.CLAIMS_BUCKET)
+    assert {f"{prefix}tagged.web.a1", f"{prefix}tagged.db.a1"} <= set(publish["agent-a1"])
+    assert not [s for s in publish["agent-a2"] if ".tagged." in s], publish["agent-a2"]
+    refused = subprocess.run(
+        [*base, "--agent", "a1", "--agent-tags", "a9:web"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "a9" in refused.stderr and "--agent" in refused.stderr and "Traceback" not in refused.stderr
