@@ -66,7 +66,8 @@ def is_ours(holder: Heartbeat) -> bool:
     return holder.pid == os.getpid() or not _alive(holder.pid, holder.started_at)
 
 
-async def _holder(kv: KeyValue, name: str) -> tuple[Heartbeat, int] | None:
+async def _holder(kv: KeyValue, name: str) -> tuple[Heartbeat | None, int] | None:
+    """The heartbeat under ``name`` and its revision (None: unreadable); None: no key."""
     try:
         entry = await kv.get(name)
     except KeyNotFoundError:  # also a deleted key
@@ -74,8 +75,10 @@ async def _holder(kv: KeyValue, name: str) -> tuple[Heartbeat, int] | None:
     try:
         return codec.decode_heartbeat(entry.value or b"", name), entry.revision or 0
     except CodecError as exc:  # unreadable (another version?): not proof of a live agent
+        # Taken over at its revision: a create failed on it, and the agent stopped ("keeps
+        # changing hands"). Another agent had nats-server write its acknowledgement here.
         log.warning("heartbeat key %s is unreadable (%s); taking it over", name, exc)
-        return None
+        return None, entry.revision or 0
 
 
 async def take(kv: KeyValue, heartbeat: Heartbeat, data: bytes) -> int:
@@ -89,14 +92,19 @@ async def take(kv: KeyValue, heartbeat: Heartbeat, data: bytes) -> int:
             if held is None:
                 return await kv.create(heartbeat.agent, data)
             holder, revision = held
-            if not is_ours(holder):
-                raise taken(holder)
-            log.info("agent %s takes its name back from a previous run (%s)", heartbeat.agent, where(holder))
+            if holder is not None:
+                if not is_ours(holder):
+                    raise taken(holder)
+                log.info(
+                    "agent %s takes its name back from a previous run (%s)", heartbeat.agent, where(holder)
+                )
             return await kv.update(heartbeat.agent, data, last=revision)
         except KeyWrongLastSequenceError:
             continue
     held = await _holder(kv, heartbeat.agent)
-    raise taken(held[0]) if held else NameTakenError(f"agent name {heartbeat.agent!r} keeps changing hands")
+    if held is not None and held[0] is not None:
+        raise taken(held[0])
+    raise NameTakenError(f"agent name {heartbeat.agent!r} keeps changing hands")
 
 
 async def renew(kv: KeyValue, heartbeat: Heartbeat, data: bytes, revision: int) -> int:
@@ -109,7 +117,7 @@ async def renew(kv: KeyValue, heartbeat: Heartbeat, data: bytes, revision: int) 
     if held is None:  # expired (silent past the TTL, or the bucket was recreated): take it again
         return await take(kv, heartbeat, data)
     holder, current = held
-    if is_ours(holder):  # our own write whose acknowledgement was lost, or a tool's rewrite
+    if holder is None or is_ours(holder):  # unreadable; our own write whose ack was lost; a tool's
         return await kv.update(heartbeat.agent, data, last=current)
     raise NameTakenError(
         f"agent name {heartbeat.agent!r} was taken over by the agent on {where(holder)} "
