@@ -72,7 +72,7 @@ async def test_runs_the_new_life_accepted_are_not_closed_with_the_previous_one(
     lost = [e for e in events if e["state"] == "lost"]
     assert not lost, lost[:3]
     on_a1 = sum(r["agent"] == "a1" for r in runs)
-    assert on_a1 > len(runs) / 2, f"{on_a1} of {len(runs)} runs went to the new life (priority 1)"
+    assert on_a1 >= 20, f"{on_a1} of {len(runs)} runs went to the new life (priority 1)"
 
 
 async def _trigger_until(nc: Client, subject: str, until: float) -> list[dict[str, object]]:
