@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from nats.aio.client import Client
 
@@ -54,6 +55,7 @@ def slave_targets(spec: JobSpec, live: list[Heartbeat]) -> list[str]:
 # identities with three frozensets each for every run of a tag-targeted job).
 _IDENTITIES: dict[int, tuple[Heartbeat, AgentIdentity]] = {}
 IDENTITIES = 4096
+LIFE_STARTS = 10_000  # agent lives whose start on the server's clock is kept
 
 
 def _identity(hb: Heartbeat) -> AgentIdentity:
@@ -120,6 +122,10 @@ class AgentDirectory:
         # agent restarts with it: one seen only by a loop that runs while leading was missed
         # when it came before this master led).
         self.listeners: list[Callable[[Heartbeat], None]] = []
+        # Each agent life's start on the server's clock: its heartbeats' arrival in the bucket
+        # less their age on the agent's own clock. The streams a lost agent's runs are read from
+        # keep the server's time, and an agent's clock may be far off (``openruns.since``).
+        self.life_starts: dict[tuple[str, float], float] = {}
 
     def note_started(self, agent: str) -> None:
         """A run was accepted by ``agent``: it counts as running there until its next heartbeat."""
@@ -176,6 +182,17 @@ class AgentDirectory:
             except Exception:  # a listener's bug must not stop the directory
                 log.exception("heartbeat listener failed")
 
+    def _note_start(self, heartbeat: Heartbeat, stored: object) -> None:
+        """``stored``: when the server stored the heartbeat (a watch entry's ``created``)."""
+        if not isinstance(stored, datetime):  # typed int by nats-py, a datetime in a watch
+            return
+        life = (heartbeat.agent, heartbeat.started_at)
+        start = stored.timestamp() - max(0.0, heartbeat.sent_at - heartbeat.started_at)
+        known = self.life_starts.get(life)
+        if known is None and len(self.life_starts) >= LIFE_STARTS:
+            self.life_starts.pop(next(iter(self.life_starts)))  # the oldest life noted
+        self.life_starts[life] = start if known is None else min(known, start)
+
     async def watch(self) -> None:
         kv = await self._js.key_value(subjects.AGENTS_BUCKET)
         watcher = await kv.watchall()
@@ -188,6 +205,7 @@ class AgentDirectory:
                 continue
             try:
                 heartbeat = codec.decode_heartbeat(entry.value, entry.key)
+                self._note_start(heartbeat, entry.created)
                 self._agents[entry.key] = await self.members.vouch(heartbeat)
                 self.sent.pop(entry.key, None)  # the agent's own figures now include those runs
                 self.incompatible.pop(entry.key, None)

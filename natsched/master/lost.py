@@ -95,7 +95,7 @@ class LostAgents:
         dispatcher.directory.listeners.append(lambda heartbeat: self._note_life(heartbeat, time.monotonic()))
         for heartbeat, _ in list(dispatcher.directory.last_seen.values()):  # seen before we listened
             self._note_life(heartbeat, time.monotonic())
-        self._runs = AgentRuns(self._js, dispatcher.accepted)
+        self._runs = AgentRuns(self._js, dispatcher.accepted, dispatcher.directory.life_starts)
 
     def _hearing(self) -> bool:
         """False while disconnected; after a reconnect, silence is counted from then."""

@@ -9,7 +9,9 @@ JetStream before anything starts.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
@@ -34,9 +36,12 @@ class RunHistory:
 
 
 class AgentRuns:
-    def __init__(self, js: JetStreamContext, accepted: AcceptedRuns) -> None:
+    def __init__(
+        self, js: JetStreamContext, accepted: AcceptedRuns, life_starts: Mapping[tuple[str, float], float]
+    ) -> None:
         self._js = js
         self._accepted = accepted
+        self._life_starts = life_starts  # (agent, started_at) -> its start on the server's clock
 
     async def history(self, heartbeat: Heartbeat) -> RunHistory:
         """The runs of the agent's events since ``heartbeat``'s life started."""
@@ -46,7 +51,7 @@ class AgentRuns:
             self._js,
             subjects.EVENTS_STREAM,
             subjects.agent_events(heartbeat.agent),
-            since=since(heartbeat),
+            since=since(heartbeat, self._life_starts),
         ):
             try:
                 event = parse_event(msg.data, msg.subject)
@@ -62,7 +67,7 @@ class AgentRuns:
     ) -> dict[str, RunEvent]:
         """Runs of the agent queued or started and with no final event (events since it started);
         with ``before`` (the agent's clock), only those whose last event came before it."""
-        agent, start, latest = heartbeat.agent, since(heartbeat), history.latest
+        agent, start, latest = heartbeat.agent, since(heartbeat, self._life_starts), history.latest
         open_runs = {
             run_id: e for run_id, e in latest.items() if e.state.open and (before is None or e.at < before)
         }
@@ -116,6 +121,10 @@ class AgentRuns:
         return claimed, later
 
 
-def since(heartbeat: Heartbeat) -> float:
-    """Where the runs of ``heartbeat``'s life start in the streams (its clock, with slack)."""
-    return max(heartbeat.started_at, time.time() - LOOKBACK) - SLACK
+def since(heartbeat: Heartbeat, life_starts: Mapping[tuple[str, float], float]) -> float:
+    """Where the runs of ``heartbeat``'s life start in the streams, with slack: its own start
+    time, or the one its heartbeats' arrival on the server's clock gives if earlier (an agent
+    whose clock ran 30 s ahead, lost in its first 25 s, had every record of its runs before its
+    own start time: none was closed, none re-dispatched)."""
+    start = min(heartbeat.started_at, life_starts.get((heartbeat.agent, heartbeat.started_at), math.inf))
+    return max(start, time.time() - LOOKBACK) - SLACK
