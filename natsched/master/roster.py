@@ -13,6 +13,7 @@ Masters alone write this bucket: an agent cannot plant or remove a life.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -37,7 +38,8 @@ class AgentRoster:
 
     async def record(self, heartbeat: Heartbeat) -> None:
         """Put ``heartbeat``'s life on record (once per life per leader; raises on NATS trouble)."""
-        await self._state.put(subjects.agent_life_key(heartbeat.agent), codec.encode_heartbeat(heartbeat))
+        life = replace(heartbeat, runs={})  # see lives()
+        await self._state.put(subjects.agent_life_key(heartbeat.agent), codec.encode_heartbeat(life))
         self._written[heartbeat.agent] = heartbeat.started_at
 
     async def lives(self) -> dict[str, Heartbeat]:
@@ -49,7 +51,10 @@ class AgentRoster:
         for key, entry in (await scan(self._js, subjects.STATE_BUCKET, subjects.AGENT_LIVES)).items():
             agent = subjects.life_agent(key)
             try:
-                found[agent] = codec.decode_heartbeat(entry.value, agent)
+                # Without the runs its heartbeat listed when a leader first saw it: they may have
+                # ended a day ago, beyond what the lost pass reads, and were taken for open runs
+                # (recorded lost, re-dispatched). The streams and claims name the life's runs.
+                found[agent] = replace(codec.decode_heartbeat(entry.value, agent), runs={})
             except CodecError as exc:
                 log.warning("agent life %s ignored: %s", key, exc)
                 continue
