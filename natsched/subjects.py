@@ -352,6 +352,11 @@ def is_claim_key(key: str) -> bool:
     return kind in ("agent", "pool") and is_token(name) and is_token(run_id)
 
 
+def is_pool_claim_key(key: str) -> bool:
+    """True for ``pool.<pool>.<run_id>`` (a claim from a pool's queue group)."""
+    return is_claim_key(key) and key.startswith("pool.")
+
+
 def claims_of(agent: str, pools: Iterable[str]) -> list[str]:
     """CLAIMS_BUCKET key filters of the runs ``agent`` may have claimed: by its name, or from
     the queue group of one of ``pools`` (whose claims name the agent in their value)."""

@@ -52,7 +52,7 @@ from natsched.locking import read_holder
 from natsched.master.accepted import AcceptedRuns
 from natsched.master.directory import AgentDirectory, load_balance_order, slave_targets
 from natsched.master.lease import LeaderLease
-from natsched.master.offers import offer
+from natsched.master.offers import note_offer, offer
 from natsched.master.recording import record_failure
 from natsched.master.replies import Requester
 from natsched.master.window import RequestWindows
@@ -222,9 +222,12 @@ class Dispatcher:
         # A retry goes to another agent when there is one; the one that failed comes last.
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
         targets = [_Target.of_agent(a) for a in order] + [_Target.of_pool(p) for p in spec.targets.pools]
-        for target in targets:
-            taken = await self._offer(target, request.run_id) if repeatable else None
-            reply = taken or await self._ask(target, request)
+        for first, target in zip([True] + [False] * len(targets), targets, strict=False):
+            if repeatable or not first:
+                taken = await self._offer(target, request.run_id)
+                reply = taken or await self._ask(target, request)
+            else:  # a fresh id: nothing to settle, the record goes with the request
+                reply = await self._ask_noted(target, request)
             if reply.ok or reply.state == RunState.SKIPPED.value:  # skipped by overlap: final
                 return reply
             reasons.append(f"{target.who}: {reply.reason}")
@@ -239,6 +242,25 @@ class Dispatcher:
         )
         await record_failure(self._js, request, failed, undecided=undecided)
         return failed
+
+    async def _ask_noted(self, target: _Target, request: RunRequest) -> RunReply:
+        """Ask ``target``, recording the offer meanwhile (``offers.note_offer``): the masters'
+        word that the run went there, should the agent be lost with it."""
+        run_id = request.run_id
+
+        async def note() -> None:
+            try:
+                await note_offer(await self._claims_kv(), run_id, target.claim_key(run_id))
+            except Exception as exc:  # noqa: BLE001 - the run goes ahead; only a lost re-run is at stake
+                log.warning(
+                    "run %s: offer to %s not recorded (%r): if lost, it is not started again",
+                    run_id,
+                    target.who,
+                    exc,
+                )
+
+        _, reply = await asyncio.gather(note(), self._ask(target, request))
+        return reply
 
     async def _offer(self, target: _Target, run_id: str) -> RunReply | None:
         """None: ask ``target`` now. Else the run was taken by an earlier offer, or is undecided."""
@@ -267,6 +289,10 @@ class Dispatcher:
     async def withdraw(self, key: str) -> ClaimResult:
         """Claim ``key`` for this master: won (or withdrawn before), nobody can take the run."""
         return await claim(await self._claims_kv(), key, master=self._master_id)
+
+    async def claims(self) -> KeyValue:
+        """The claims bucket (run claims, offers, pool and tag proofs)."""
+        return await self._claims_kv()
 
     async def _claims_kv(self) -> KeyValue:
         if self._claims is None:

@@ -50,10 +50,11 @@ from natsched.kvscan import scan
 from natsched.locking import read_holder
 from natsched.master.dispatch import Dispatcher
 from natsched.master.jobindex import JobIndex
+from natsched.master.offers import handed
 from natsched.master.openruns import AgentRuns
 from natsched.master.recording import publish_event
 from natsched.master.roster import AgentRoster
-from natsched.models import Heartbeat, JobSpec, Mode
+from natsched.models import Heartbeat, Mode
 from natsched.quietlog import Throttled
 from natsched.vocab import RunTrigger
 
@@ -283,16 +284,13 @@ class LostAgents:
         spec = self._index.jobs.get(lost.job)
         return spec is not None and spec.redispatch_lost and spec.mode is Mode.LOAD_BALANCE and spec.enabled
 
-    async def _could_have_run(self, lost: RunEvent, spec: JobSpec) -> bool:
-        """Did a master of ours hand ``lost`` to its agent, or is the agent a proven member of
-        one of the job's pools (the only agents a load-balance run goes to)?"""
+    async def _could_have_run(self, lost: RunEvent) -> bool:
+        """Did a master of ours hand ``lost`` to its agent (this one's reply, or the offer
+        record every load-balance dispatch writes: ``offers.handed``)? The agent's heartbeat,
+        events and claims are its own word, which a pool member could make up."""
         if lost.run_id in self._dispatcher.accepted.of(lost.agent):
             return True
-        members = self._dispatcher.directory.members
-        for pool in spec.targets.pools:
-            if await members.proven(lost.agent, pool):
-                return True
-        return False
+        return await handed(await self._dispatcher.claims(), lost.run_id, lost.agent)
 
     async def _release_locks(self, agent: str, runs: set[str] | None = None) -> None:
         for key, value in (await scan(self._js, subjects.STATE_BUCKET, subjects.LOCKS)).items():
@@ -308,11 +306,12 @@ class LostAgents:
         spec = self._index.jobs.get(lost.job)
         if spec is None or not self._redispatches(lost):
             return
-        if not await self._could_have_run(lost, spec):
-            # The agent's own heartbeat and events name the runs going on there: an agent of no
-            # pool of the job could list made-up runs of it and go silent to have them started.
+        if not await self._could_have_run(lost):
+            # The agent's own heartbeat, events and claims name the runs going on there: an agent
+            # (even a member of the job's pool) could list made-up runs and go silent to have
+            # them started elsewhere.
             log.warning(
-                "lost run %s of %s not started again: %s is no member of the job's pools",
+                "lost run %s of %s not started again: no master of ours handed it to %s",
                 lost.run_id,
                 lost.job,
                 lost.agent,

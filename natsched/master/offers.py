@@ -13,19 +13,26 @@ claim of the offer before it: if that agent took the run meanwhile, the run is t
 and offered to nobody else; otherwise it can no longer take it. The record moves by
 compare-and-set, so two masters offering the same run settle each other's offers first.
 Run ids made fresh for one dispatch (manual triggers, scheduled slots, retries) are sent
-once and never pay for this.
+once and pay only for the record, written alongside the first request (``note_offer``).
+
+The record is also the masters' word that the run went to that agent (``handed``): an agent
+that goes silent has its open runs of a ``redispatch_lost`` job started again only if the
+record names that agent's claim of them. An agent's own heartbeat, events and claims are
+what it says; a pool member could list made-up runs there (or write a pool claim naming
+another member) and have them run again elsewhere when it, or that member, was lost.
+Agents cannot write ``offer.*``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.claims import claim
-from natsched.errors import ClaimUndecidedError, CodecError
+from natsched.claims import claim, decode_claim
+from natsched.errors import ClaimUndecidedError, CodecError, NatschedError
 
 SETTLE_TRIES = 5  # offers moved by other masters in between, before we call it undecided
 
@@ -73,3 +80,26 @@ def _claim_of(data: bytes | None, key: str) -> str:
     if not isinstance(value, str) or not subjects.is_claim_key(value):
         raise CodecError(f"offer {key}: no claim key in it")
     return value
+
+
+async def note_offer(kv: KeyValue, run_id: str, claim_key: str) -> None:
+    """Record the first offer of a run id made fresh for this dispatch (nobody else offers it:
+    no earlier offer to settle). Sent with the run request; a failure only means a lost run of
+    it is not started again (logged by the caller)."""
+    await kv.create(subjects.offer_key(run_id), codec.pack({"claim": claim_key}))
+
+
+async def handed(kv: KeyValue, run_id: str, agent: str) -> bool:
+    """Did a master hand ``run_id`` to ``agent``: does its offer record name the agent's claim,
+    or a pool claim the agent holds?"""
+    try:
+        key = subjects.offer_key(run_id)
+        claim_key = _claim_of((await kv.get(key)).value, key)
+        if claim_key == subjects.agent_claim_key(agent, run_id):
+            return True
+        if not subjects.is_pool_claim_key(claim_key) or subjects.claim_run_id(claim_key) != run_id:
+            return False
+        holder = decode_claim((await kv.get(claim_key)).value, claim_key)
+    except (KeyNotFoundError, CodecError, NatschedError, ValueError):
+        return False
+    return holder.agent == agent and not holder.withdrawn

@@ -1,0 +1,80 @@
+"""A pool member cannot have made-up runs started again when another member, or itself, is lost.
+
+A lost agent's open runs of a ``redispatch_lost`` job were started again when the agent was
+a proven member of the job's pool. But what names those runs is the agent's word (its
+heartbeat, its events, its claims), and pool claims (``pool.<pool>.<run_id>``) are written by
+any member of the pool: member b1 wrote pool claims of made-up runs naming a1 as holder (and
+a claim of its own under ``agent.b1.*``), and each time a1 or b1 was lost, every one of them
+ran again. A lost run is now started again only if a master handed it to that agent: the
+offer record every load-balance dispatch writes (``offer.<run_id>``, which agents cannot
+write) names that agent's claim of it. Real runs still run again, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from natsched import subjects
+from natsched.claims import Claim, ClaimedRun, encode_claim, open_claims
+from natsched.embedded import EmbeddedServer
+from natsched.events import new_run_id
+from natsched.master.service import MasterService
+from natsched.settings import ConnectionSettings
+from natsched.vocab import RunTrigger
+from tests.conftest import Process, eventually
+from tests.faults.witness import agent_process, executions, recorded, seen_by, started_on, witnessed
+from tests.helpers import apply, job, toml_jobs
+from tests.master.test_chains import trigger
+
+pytestmark = pytest.mark.faults
+
+
+async def test_made_up_pool_claims_are_recorded_but_never_run_again(
+    nats_server: EmbeddedServer,
+    conn: ConnectionSettings,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    witness = tmp_path / "witness"
+    url = nats_server.url
+    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0) as master:
+        await seen_by(master, "a1", "b1")
+        spec = job(
+            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
+            redispatch_lost=True,
+        )  # fmt: skip
+        assert (await apply(nc, toml_jobs(spec, group="fp")))["ok"]
+        [real] = (await trigger(nc, "fp.long"))["runs"]
+        assert real["agent"] == "a1", real
+        await eventually(lambda: started_on(witness, "a1"), 10, "the real run started on a1")
+
+        # b1, a member of pool p, writes claims of three made-up runs of fp.long held by a1.
+        claims = await open_claims(nc.jetstream())
+        made_up = [new_run_id() for _ in range(3)]
+        for run_id in made_up:
+            run = ClaimedRun.of("fp.long", RunTrigger.MANUAL.value, None, 0, {}, at=time.time())
+            forged = Claim(agent="a1", nonce=secrets.token_hex(8), run=run)
+            await claims.create(subjects.pool_claim_key("p", run_id), encode_claim(forged))
+
+        a1.kill()  # the real run dies with it (guardian)
+        await eventually(lambda: recorded(nc, "fp.long", real["run_id"], "lost"), 15, "the real run lost")
+        await eventually(lambda: started_on(witness, "b1"), 15, "the real run ran again on b1")
+
+        async def all_lost() -> bool:  # on record as lost, as the claims naming a1 say, but not run
+            return all([await recorded(nc, "fp.long", run_id, "lost") for run_id in made_up])
+
+        await eventually(all_lost, 10, "the made-up runs recorded lost")
+        await asyncio.sleep(2.0)  # a re-run of a made-up one would have started by now
+    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    assert [agent for _, agent, _ in starts] == ["a1", "b1"], starts
+    assert starts[1][0] == f"{real['run_id']}-re", starts
