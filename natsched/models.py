@@ -222,6 +222,11 @@ class JobSpec:
                     raise _fail("triggers.watch", 'file triggers are watched by agents: use mode = "mirror"')
 
     @property
+    def redispatches_lost(self) -> bool:
+        """A run of it lost with its agent is started again elsewhere (``master/lost.py``)."""
+        return self.redispatch_lost and self.mode is Mode.LOAD_BALANCE and self.enabled
+
+    @property
     def key(self) -> str:
         """The job's key in the jobs bucket: ``<group>.<name>``."""
         # Not subjects.job_key: both names were checked when the spec was made (it is frozen),

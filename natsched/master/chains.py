@@ -90,6 +90,12 @@ def retry_follows(index: JobIndex, event: RunEvent) -> bool:
     )
 
 
+def redispatch_follows(index: JobIndex, event: RunEvent) -> bool:
+    """Will the leader start this lost run again (so the chain waits for that run)?"""
+    spec = index.jobs.get(event.job)
+    return spec is not None and spec.redispatches_lost
+
+
 def derived_run_id(claim: str, first_parent: str) -> str:
     """A run id that is the same on every redelivery: parent's time prefix + hash of the claim."""
     prefix = first_parent.split("-", 1)[0]
@@ -147,6 +153,11 @@ class ChainFollower:
         downstream = self._index.downstream(event.job)
         if not downstream or (event.state.retryable and retry_follows(self._index, event)):
             return  # nothing follows, or a retry will: the chain waits for the last attempt
+        if event.state is RunState.LOST and redispatch_follows(self._index, event):
+            # Started again elsewhere, in the same chain (lost.py): that run's end is the
+            # upstream's. Taken for one, the loss ran an "on = completed" job twice and
+            # failed a fan-in whose upstream then succeeded.
+            return
         upstream = self._index.jobs.get(event.job)
         if upstream is None or not await self._dispatcher.directory.took(upstream, event.agent, event.run_id):
             quiet.log(

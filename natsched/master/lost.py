@@ -54,7 +54,7 @@ from natsched.master.offers import handed
 from natsched.master.openruns import AgentRuns
 from natsched.master.recording import publish_event
 from natsched.master.roster import AgentRoster
-from natsched.models import Heartbeat, Mode
+from natsched.models import Heartbeat
 from natsched.quietlog import Throttled
 from natsched.vocab import RunTrigger
 
@@ -282,7 +282,7 @@ class LostAgents:
 
     def _redispatches(self, lost: RunEvent) -> bool:
         spec = self._index.jobs.get(lost.job)
-        return spec is not None and spec.redispatch_lost and spec.mode is Mode.LOAD_BALANCE and spec.enabled
+        return spec is not None and spec.redispatches_lost
 
     async def _could_have_run(self, lost: RunEvent) -> bool:
         """Did a master of ours hand ``lost`` to its agent (this one's reply, or the offer
