@@ -69,6 +69,9 @@ class HeartbeatPublisher:
         heartbeat = await self._build()
         self._key = heartbeat.agent
         data = codec.encode_heartbeat(heartbeat)
+        # The name is ours as of the write, not of its ack: an agent frozen in between (SIGSTOP,
+        # a VM pause) reads the ack when it wakes, maybe after its name expired and was taken.
+        sent = time.monotonic()
         try:
             if self._revision is None:
                 self._revision = await nameguard.take(self._kv, heartbeat, data)
@@ -77,12 +80,14 @@ class HeartbeatPublisher:
         except NameTakenError:
             self._gate.refuse()
             raise
-        self._gate.confirm()
+        self._gate.confirm(sent)
         self.sent += 1
 
     async def run(self) -> None:
         while True:
             started = time.monotonic()
+            # Cleared before the send: a gate asking meanwhile wants a heartbeat sent after it asked.
+            self._gate.wanted.clear()
             try:
                 await self._send()
             except BucketNotFoundError:
@@ -91,7 +96,6 @@ class HeartbeatPublisher:
                 raise  # stops the agent: another one runs under this name
             except Exception as exc:  # noqa: BLE001 - NATS hiccups must not stop the heartbeat
                 log.debug("heartbeat not sent: %r", exc)
-            self._gate.wanted.clear()
             with contextlib.suppress(TimeoutError):  # or at once when the gate asks (woken)
                 async with asyncio.timeout(max(0.0, self._interval - (time.monotonic() - started))):
                     await self._gate.wanted.wait()

@@ -14,7 +14,8 @@ Such an agent must also not run anything of its own before that heartbeat: woken
 freeze, its mirror schedule would at once catch up every slot it slept through, slots the
 agent that took the name has run already. :class:`NameGate` holds its own schedules until a
 heartbeat confirmed the name (or found it taken) whenever the last confirmation is older than
-the TTL while NATS is reachable; cut off from NATS it runs from its cache, as promised.
+the TTL while NATS is reachable, and before the first heartbeat of the process; cut off from
+NATS it runs from its cache, as promised (at start, once ``CONFIRM_WAIT`` has passed).
 """
 
 from __future__ import annotations
@@ -129,10 +130,18 @@ CONFIRM_WAIT = 3.0  # seconds a woken agent waits for its heartbeat before it ru
 
 
 class NameGate:
-    """May this agent run its own schedules now? See the module's docstring."""
+    """May this agent run its own schedules now? See the module's docstring.
 
-    def __init__(self, *, ttl: float = AGENT_TTL, wait: float = CONFIRM_WAIT) -> None:
-        self._ttl, self._wait = ttl, wait
+    ``hold_start``: also before the first heartbeat of this process (the agent's own gate). A
+    state dir started again while another agent holds its name (systemd restarting an agent
+    that stopped because its name was taken over, every 2 s) would otherwise catch up, from
+    its cache, the slots the other agent has run, before its first heartbeat refuses it.
+    """
+
+    def __init__(
+        self, *, ttl: float = AGENT_TTL, wait: float = CONFIRM_WAIT, hold_start: bool = False
+    ) -> None:
+        self._ttl, self._wait, self._hold_start = ttl, wait, hold_start
         self._confirmed_at: float | None = None  # monotonic: the last heartbeat written
         self._confirmed = asyncio.Event()
         self._connected = False
@@ -142,9 +151,9 @@ class NameGate:
     def set_connected(self, connected: bool) -> None:
         self._connected = connected
 
-    def confirm(self) -> None:
-        """A heartbeat was written: the name is ours."""
-        self._confirmed_at = time.monotonic()
+    def confirm(self, sent: float | None = None) -> None:
+        """A heartbeat was written: the name is ours, as of ``sent`` (monotonic; default now)."""
+        self._confirmed_at = time.monotonic() if sent is None else sent
         self._confirmed.set()
 
     def refuse(self) -> None:
@@ -155,16 +164,30 @@ class NameGate:
     async def ready(self) -> bool:
         if self.taken:
             return False
-        if self._confirmed_at is None or not self._connected:
-            return True  # starting, or cut off from NATS: the cache is what there is
-        if time.monotonic() - self._confirmed_at < self._ttl:
+        if self._confirmed_at is None:
+            if self._hold_start:  # the first heartbeat is on its way (or NATS is not there)
+                return await self._confirmation("of starting")
             return True
-        self._confirmed.clear()
-        self.wanted.set()
+        if not self._connected:
+            return True  # cut off from NATS: the cache is what there is
+        if self._fresh():
+            return True
+        return await self._confirmation("after a silence past the TTL")
+
+    def _fresh(self) -> bool:
+        return self._confirmed_at is not None and time.monotonic() - self._confirmed_at < self._ttl
+
+    async def _confirmation(self, when: str) -> bool:
+        """Wait (bounded) for a heartbeat to confirm the name or find it taken; False if taken."""
         try:
             async with asyncio.timeout(self._wait):
-                await self._confirmed.wait()
+                while not self.taken and not self._fresh():
+                    # (Again when a heartbeat sent before the silence, its ack read only now,
+                    # confirmed the name as of then: no proof that it is still ours.)
+                    self._confirmed.clear()
+                    self.wanted.set()
+                    await self._confirmed.wait()
         except TimeoutError:
-            log.warning("no heartbeat within %gs after a silence past the TTL; running anyway", self._wait)
+            log.warning("no heartbeat within %gs %s; running anyway", self._wait, when)
             self._confirmed_at = time.monotonic()  # not again for every run
         return not self.taken

@@ -89,7 +89,8 @@ class AgentService(Service):
         self.file_versions: FileVersions | None = None
         self.responder: Responder | None = None
         self.credential = CredentialWatch(config.name, config.pools)
-        self.name_gate = NameGate()  # the mirror runs nothing on a name taken over while frozen
+        # The mirror runs nothing on a name taken over while it was frozen or stopped.
+        self.name_gate = NameGate(hold_start=True)
         self.sync_notifier = SyncNotifier(
             config.name, config.sync_targets(), config.sync_notify_on, config.smtp(), lambda: self.nc
         )

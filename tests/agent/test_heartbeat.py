@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.aio.client import Client
 
 from agent.config import AgentConfig
+from agent.heartbeat import HeartbeatPublisher, sample_load
+from agent.nameguard import NameGate
 from agent.service import AgentService
 from natsched import subjects
+from natsched.buckets import ensure_all
+from natsched.embedded import EmbeddedServer
 from natsched.kvscan import scan
 from natsched.master.service import MasterService
+from natsched.models import Heartbeat
 from natsched.settings import ConnectionSettings
 from tests.conftest import eventually
 
@@ -66,3 +75,51 @@ async def test_a_stopping_agent_leaves_a_newer_heartbeat_of_its_name_alone(
         await agent.__aexit__(None, None, None)
     await asyncio.sleep(0.2)
     assert "h2" in await _live(nc)
+
+
+def _beats(name: str) -> Callable[[], Awaitable[Heartbeat]]:
+    async def build() -> Heartbeat:
+        now = time.time()
+        return sample_load(
+            agent=name, started_at=now, running=0, max_concurrency=1, tags=frozenset(),
+            pools=frozenset(), groups=frozenset(), jobs_cached=0, synced_revision=0, connected_since=now,
+        )  # fmt: skip
+
+    return build
+
+
+async def test_a_heartbeat_confirms_the_name_as_of_when_it_was_sent_not_when_its_ack_came(
+    nc: Client, nats_server: EmbeddedServer
+) -> None:
+    """An agent frozen while a heartbeat was on its way reads the ack when it wakes: that write
+    is as old as the freeze (the name may have expired and been taken since), so the gate, asked
+    on waking, waits for a heartbeat sent after that before it lets the mirror schedule run."""
+    js = nc.jetstream()
+    await ensure_all(js)
+    gate = NameGate(ttl=1.0, wait=5.0)
+    publisher = HeartbeatPublisher(js, build=_beats("h3"), interval=60, gate=gate)
+    await publisher.take_name()
+    gate.set_connected(True)
+    server = nats_server.pid
+    assert server is not None
+    os.kill(server, signal.SIGSTOP)  # the heartbeat's write waits in the stopped server
+    try:
+        sending = asyncio.create_task(publisher.run())  # one heartbeat now, then when the gate asks
+        await asyncio.sleep(1.5)  # past the gate's TTL
+
+        async def decide() -> tuple[bool, int]:  # the mirror schedule, on waking
+            return await gate.ready(), publisher.sent  # how many heartbeats, when it decided
+
+        deciding = asyncio.create_task(decide())
+        await asyncio.sleep(0.2)
+        assert not deciding.done(), "silent past the TTL: the gate waits for a heartbeat"
+    finally:
+        os.kill(server, signal.SIGCONT)
+    try:
+        async with asyncio.timeout(5):
+            ready, sent = await deciding
+        assert ready
+        assert sent == 3, "the late ack of the heartbeat sent before did not open the gate"
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)

@@ -39,11 +39,16 @@ pytestmark = pytest.mark.faults
 GRACE = 3  # the stopping agent's shutdown grace: slots of the mirror job fall due meanwhile
 
 
-def _agent(spawn: Callable[..., Process], url: str, state: Path, *args: str) -> Process:
-    env = {"NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5", "NATSCHED_AGENT_SHUTDOWN_GRACE": str(GRACE)}
+def _agent(spawn: Callable[..., Process], url: str, state: Path, *args: str, life: str = "") -> Process:
+    """Agent ``a2`` on ``state``; ``life`` names this process in the witness lines (``$LIFE``)."""
+    env = {
+        "NATSCHED_AGENT_HEARTBEAT_INTERVAL": "0.5",
+        "NATSCHED_AGENT_SHUTDOWN_GRACE": str(GRACE),
+        "LIFE": life,
+    }
     return spawn(
         "natsched-agent", "--name", "a2", "--state-dir", str(state), *args,
-        url=url, log_name=f"{state.name}.log", env=env,
+        url=url, log_name=f"{life or state.name}.log", env=env,
     )  # fmt: skip
 
 
@@ -126,3 +131,62 @@ async def test_an_agent_stopping_for_a_taken_name_publishes_a_record_of_every_sl
 
 async def _ran(witness: Path, count: int) -> bool:
     return len(executions(witness)) >= count
+
+
+async def test_a_state_dir_started_again_while_another_agent_holds_its_name_catches_up_nothing(
+    master: MasterService,
+    nats_server: EmbeddedServer,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    """systemd restarts an agent that stopped because its name was taken over (Restart=always):
+    its mirror schedule, which starts from the cache before NATS answers, must not catch up the
+    slots since its last run (the other agent ran them) before its first heartbeat refuses it."""
+    witness = tmp_path / "tick"
+    tick = job(
+        "tick",
+        mode="mirror",
+        targets={"agents": ["a2"]},
+        command=["sh", "-c", f'echo "$NATSCHED_RUN_ID $LIFE" >> {witness}'],
+        env={"LIFE": "${LIFE}"},
+        triggers=[{"every": "1s"}],
+        misfire="run-all",
+        misfire_cap=300,
+    )
+    first = _agent(spawn, nats_server.url, tmp_path / "old", life="first")
+    await seen_by(master, "a2")
+    assert (await apply(nc, toml_jobs(tick, group="rs")))["ok"]
+    await eventually(lambda: _ran_in(witness, "first", 2), 15, "the first a2 running the mirror job")
+    first.popen.terminate()  # a clean stop frees the name at once
+    assert await exited(first, 15) == 0
+    holder = _agent(spawn, nats_server.url, tmp_path / "new", life="holder")
+    await eventually(lambda: _ran_in(witness, "holder", 3), 20, "another a2 took the name and runs the job")
+
+    server = nats_server.pid
+    assert server is not None
+    os.kill(server, signal.SIGSTOP)  # NATS answers late: the start-up reaches the cache first
+    try:
+        again = _agent(spawn, nats_server.url, tmp_path / "old", life="again")
+
+        async def connecting() -> bool:
+            return "connecting to" in again.output()
+
+        await eventually(connecting, 15, "the restarted agent started and is connecting")
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert await exited(again, 15) == 1, "refused: the name is taken"
+    assert "is taken" in again.output()
+    await asyncio.sleep(1.0)  # a run it launched has written its line by now
+    assert _lines(witness, "again") == [], "the refused start ran no slot the other agent ran"
+    assert holder.popen.poll() is None
+
+
+def _lines(witness: Path, life: str) -> list[str]:
+    lines = witness.read_text().splitlines() if witness.exists() else []
+    return [line.split()[0] for line in lines if line.endswith(f" {life}")]
+
+
+async def _ran_in(witness: Path, life: str, count: int) -> bool:
+    return len(_lines(witness, life)) >= count
