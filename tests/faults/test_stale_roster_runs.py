@@ -44,7 +44,7 @@ async def test_a_run_a_recorded_life_named_long_ago_is_not_started_again(
     a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
     agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
     spec = job(
-        "short", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(3, witness),
+        "short", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(6, witness),
         redispatch_lost=True,
     )  # fmt: skip
     first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
@@ -69,7 +69,7 @@ async def test_a_run_a_recorded_life_named_long_ago_is_not_started_again(
         await eventually(seen_running, 10, "the leader sees a1 running the run")
         await eventually(lambda: _on_record(nc, "a1"), 10, "a1's life on record")
         await eventually(
-            lambda: recorded(nc, "sr.short", run["run_id"], "succeeded"), 10, "the run succeeded"
+            lambda: recorded(nc, "sr.short", run["run_id"], "succeeded"), 15, "the run succeeded"
         )
     finally:
         await second.__aexit__(None, None, None)  # no master runs now
