@@ -32,12 +32,15 @@ from agent.nameguard import NameGate
 from agent.prepare import Prepared, first_event
 from natsched import codec, subjects
 from natsched.claims import ClaimedRun, claim, open_claims
+from natsched.connection import subscribe_inbound
 from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
+from natsched.quietlog import Throttled
 from natsched.runmessages import RunReply, RunRequest, decode_run_request
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # a flood of bad run requests is not a line each
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
 RESYNC_TIMEOUT = 30.0  # natsched sync: how long an agent may take to catch up with the bucket
 STOP_WAIT = 3.0  # seconds stop() waits for run requests being handled
@@ -81,18 +84,24 @@ class Responder:
         self._claims: KeyValue | None = None
 
     async def start(self) -> None:
+        # Bounded queues (connection.subscribe_inbound): a master gone wrong, or an admin's
+        # sync requests, cannot grow this agent's memory without limit; what overflows is
+        # dropped (a run request then times out at the master, which withdraws it).
         self._subs.append(
-            await self._nc.subscribe(subjects.agent_run_subject(self._agent), cb=self._serve_runs(None))
+            await subscribe_inbound(
+                self._nc, subjects.agent_run_subject(self._agent), cb=self._serve_runs(None)
+            )
         )
         self._subs.append(
-            await self._nc.subscribe(subjects.agent_cancel_subject(self._agent), cb=self._on_cancel)
+            await subscribe_inbound(self._nc, subjects.agent_cancel_subject(self._agent), cb=self._on_cancel)
         )
         self._subs.append(
-            await self._nc.subscribe(subjects.agent_sync_subject(self._agent), cb=self._on_sync)
+            await subscribe_inbound(self._nc, subjects.agent_sync_subject(self._agent), cb=self._on_sync)
         )
         for pool in sorted(self._pools):
             self._subs.append(
-                await self._nc.subscribe(
+                await subscribe_inbound(
+                    self._nc,
                     subjects.pool_run_subject(pool),
                     queue=subjects.pool_queue(pool),
                     cb=self._serve_runs(pool),
@@ -194,7 +203,7 @@ class Responder:
         try:
             request = decode_run_request(msg.data)
         except CodecError as exc:
-            log.warning("bad run request on %s: %s", msg.subject, exc)
+            quiet.log(logging.WARNING, "bad request", "bad run request on %s: %s", msg.subject, exc)
             await self._reply(msg, RunReply(ok=False, agent=self._agent, reason=str(exc)))
             return
         reason = await self.fence.refusal(request.term)
