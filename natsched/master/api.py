@@ -40,7 +40,7 @@ from natsched.master.requests import check_request
 from natsched.master.secrets_api import SecretsApi
 from natsched.master.settings_api import SettingsApi, calendar_names, check_calendars_exist
 from natsched.master.subjectstream import check_subjects_free, other_streams
-from natsched.models import AgentIdentity, JobSpec
+from natsched.models import AgentIdentity, Heartbeat, JobSpec
 from natsched.runs import get_run
 from natsched.triggers.subject import SubjectTrigger
 
@@ -83,8 +83,11 @@ class AdminApi:
         index: JobIndex,
         settings: KeyValue | None = None,
         secrets: SecretsApi | None = None,
+        vouch: Callable[[Heartbeat], Awaitable[Heartbeat]] | None = None,
     ) -> None:
         self._index = index
+        # A heartbeat's pools and tags as the masters count them (members.py: proven only).
+        self._vouch = vouch
         self._nc = nc
         self._js = js
         self._jobs = jobs
@@ -203,6 +206,8 @@ class AdminApi:
             entry = await self._agents.get(name)
             if entry.value:
                 hb = codec.decode_heartbeat(entry.value, name)
+                if self._vouch is not None:
+                    hb = await self._vouch(hb)
                 return AgentIdentity(
                     name=hb.agent,
                     tags=frozenset(hb.tags),

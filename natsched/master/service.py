@@ -170,6 +170,7 @@ class MasterService(Service):
             settings=await js.key_value(subjects.SETTINGS_BUCKET),
             index=self.index,
             secrets=SecretsApi(await js.key_value(SECRETS_BUCKET), self._secret_key),
+            vouch=self.dispatcher.directory.members.vouch,
         )
         await subscribe_inbound(self.requests_nc, subjects.API_ALL, queue=subjects.API_QUEUE, cb=api.serve)
         self.triggers = TriggerHandler(self.nc, self.index, self.dispatcher, replies=self.requests_nc)

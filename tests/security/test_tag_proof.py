@@ -66,6 +66,9 @@ async def test_an_agent_cannot_take_a_tag_its_credential_does_not_give(
         await asyncio.sleep(1.0)  # a run sent to a3 would have started by now
         ran_on = sorted(line.split()[1] for line in file_lines(witness))
         assert ran_on == ["a1", "a1", "a1"], ran_on
+        for agent, listed in (("a1", ["sec.each"]), ("a3", [])):  # `natsched jobs list --agent`
+            jobs = await admin.call(subjects.API_JOBS_LIST, {"agent": agent})
+            assert [row["key"] for row in jobs["jobs"]] == listed, (agent, jobs)
 
 
 def test_permissions_give_an_agent_the_tags_named_for_it(tmp_path: Path) -> None:
