@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client
 
 from natsched.embedded import EmbeddedServer
+from natsched.master import lost
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
@@ -34,7 +35,9 @@ async def test_a_run_queued_again_by_its_restarted_agent_is_neither_lost_nor_run
     nc: Client,
     spawn: Callable[..., Process],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(lost, "RESTART_SETTLE", 2.0)  # the leader closes a previous life sooner
     witness, seconds = tmp_path / "witness", tmp_path / "seconds"
     seconds.write_text("30")
     url = nats_server.url
@@ -53,11 +56,11 @@ async def test_a_run_queued_again_by_its_restarted_agent_is_neither_lost_nor_run
         first, second, third = (r["run_id"] for r in runs)
         await eventually(lambda: recorded(nc, "rq.q", third, "queued"), 10, "the third run queued")
         await eventually(lambda: _started(witness, first), 10, "the first run executing")
-        seconds.write_text("8")  # the second run, started after the restart, keeps the third waiting
+        seconds.write_text("5")  # the second run, started after the restart, keeps the third waiting
         a1.kill()
         agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
         await eventually(lambda: _started(witness, second), 15, "a1 queued its runs again and ran one")
-        await asyncio.sleep(7.0)  # the leader closes the previous life 5 s after it saw the new one
+        await asyncio.sleep(3.5)  # the leader closes the previous life 2 s after it saw the new one
         seconds.write_text("0.2")
         await eventually(lambda: recorded(nc, "rq.q", third, "succeeded"), 30, "the third run ran")
         await asyncio.sleep(2.0)  # a copy of it started elsewhere would have run by now

@@ -63,7 +63,7 @@ async def test_an_agent_heartbeating_in_a_newer_protocol_is_not_judged_lost(
         agents = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
         newer = msgpack.packb({"v": PROTOCOL_VERSION + 1, "agent": "a1", "load": {"1m": 0.1}})
         with frozen(a1):  # its job runs on; its key holds what an upgraded a1 writes
-            for _ in range(16):  # 8 s: four times the unresponsive period
+            for _ in range(10):  # 5 s: two and a half times the unresponsive period
                 await agents.put("a1", newer)
                 await asyncio.sleep(0.5)
             # Judged now, before a1 wakes (it then stops: its name changed hands meanwhile).
