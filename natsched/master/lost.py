@@ -81,7 +81,9 @@ class LostAgents:
         self._dispatcher = dispatcher
         self._index = index
         self.unresponsive_after = unresponsive_after
-        self.down: set[str] = set()
+        # Each agent marked down, with the heartbeat it was judged on (its life, when sent): one
+        # heard since (e.g. while another master led) is judged afresh when it falls silent.
+        self.down: dict[str, tuple[float, float]] = {}
         self._hearing_since = time.monotonic()  # silence before this is not the agents' fault
         self._reconnects = self._nc.stats["reconnects"]
         self._deaf = False
@@ -177,18 +179,20 @@ class LostAgents:
             except Exception as exc:  # noqa: BLE001 - written on a later pass
                 log.info("life of agent %s not recorded yet: %r", agent, exc)
         if silent <= self.unresponsive_after:
-            if agent in self.down:
+            if self.down.pop(agent, None) is not None:
                 log.info("agent %s is back", agent)
-                self.down.discard(agent)
             return
-        if agent in self.down or await self._heard_directly(heartbeat):
+        # Down as judged on this very heartbeat: done. Down on an older one: it came back and
+        # fell silent again unseen here (another master led meanwhile): its new runs stayed open.
+        judged = (heartbeat.started_at, heartbeat.sent_at)
+        if self.down.get(agent) == judged or await self._heard_directly(heartbeat):
             return
-        self.down.add(agent)
+        self.down[agent] = judged
         try:
             await self.mark_lost(heartbeat, silent)
         except Exception:  # noqa: BLE001 - tried again on the next pass
             log.exception("could not close the runs of lost agent %s", agent)
-            self.down.discard(agent)
+            self.down.pop(agent, None)
             return
         await self._roster.forget(heartbeat)
 
