@@ -146,6 +146,11 @@ class FileWatcher:
                     log.info("%s: %s arrived while not watched: running it", key, path)
                     self._candidates[(key, path)] = _Candidate(path=path, key=key, trigger=trigger)
 
+    @property
+    def watching(self) -> bool:
+        """Is the observer running? It starts once the jobs' baselines are taken (``_reload``)."""
+        return self._observer is not None and self._observer.is_alive()
+
     def _restart_observer(self) -> None:
         if self._observer is not None:
             self._observer.stop()

@@ -60,7 +60,9 @@ async def test_file_trigger_fires_once_per_stable_file(
 
 
 async def _watching(agent: AgentService) -> bool:
-    return agent.files is not None and bool(agent.files._jobs)
+    """The job is known and its baseline taken (the observer starts after it): a file written
+    before that is part of the baseline, which never runs."""
+    return agent.files is not None and bool(agent.files._jobs) and agent.files.watching
 
 
 def _succeeded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
