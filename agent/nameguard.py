@@ -15,7 +15,7 @@ freeze, its mirror schedule would at once catch up every slot it slept through, 
 agent that took the name has run already. :class:`NameGate` holds its own schedules until a
 heartbeat confirmed the name (or found it taken) whenever the last confirmation is older than
 the TTL while NATS is reachable, and before the first heartbeat of the process; cut off from
-NATS it runs from its cache, as promised (at start, once ``CONFIRM_WAIT`` has passed).
+NATS (at start: its first connect attempt failed) it runs from its cache, as promised.
 """
 
 from __future__ import annotations
@@ -156,6 +156,13 @@ class NameGate:
         self._confirmed_at = time.monotonic() if sent is None else sent
         self._confirmed.set()
 
+    def unreachable(self) -> None:
+        """A connect attempt failed: before a first heartbeat, the start-up hold ends (NATS is
+        not there to confirm anything soon: the agent runs from its cache, as promised)."""
+        if self._confirmed_at is None and self._hold_start:
+            self._hold_start = False
+            self._confirmed.set()
+
     def refuse(self) -> None:
         """The name is another agent's now: run nothing more."""
         self.taken = True
@@ -165,7 +172,7 @@ class NameGate:
         if self.taken:
             return False
         if self._confirmed_at is None:
-            if self._hold_start:  # the first heartbeat is on its way (or NATS is not there)
+            if self._hold_start:  # the first heartbeat is on its way
                 return await self._confirmation("of starting")
             return True
         if not self._connected:
@@ -177,11 +184,14 @@ class NameGate:
     def _fresh(self) -> bool:
         return self._confirmed_at is not None and time.monotonic() - self._confirmed_at < self._ttl
 
+    def _released(self) -> bool:
+        return self._confirmed_at is None and not self._hold_start
+
     async def _confirmation(self, when: str) -> bool:
         """Wait (bounded) for a heartbeat to confirm the name or find it taken; False if taken."""
         try:
             async with asyncio.timeout(self._wait):
-                while not self.taken and not self._fresh():
+                while not (self.taken or self._fresh() or self._released()):
                     # (Again when a heartbeat sent before the silence, its ack read only now,
                     # confirmed the name as of then: no proof that it is still ours.)
                     self._confirmed.clear()

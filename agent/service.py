@@ -245,6 +245,10 @@ class AgentService(Service):
             return
         log.warning("agent %s lost NATS; running from cache", self.config.name)
 
+    async def _on_connection_error(self, exc: Exception) -> None:
+        self.name_gate.unreachable()  # before a first heartbeat: run from the cache now
+        await self.credential.on_error(exc)
+
     async def _connect_and_serve(self) -> None:
         log.info("agent %s connecting to %s", self.config.name, self.settings.describe())
         self.nc = await connect(
@@ -252,7 +256,7 @@ class AgentService(Service):
             forever=True,
             on_reconnect=self._on_reconnect,
             on_disconnect=self._on_disconnect,
-            on_error=self.credential.on_error,
+            on_error=self._on_connection_error,
             on_closed=self.connection_closed,
         )
         self.connected_since = time.time()

@@ -123,3 +123,18 @@ async def test_a_heartbeat_confirms_the_name_as_of_when_it_was_sent_not_when_its
     finally:
         sending.cancel()
         await asyncio.gather(sending, return_exceptions=True)
+
+
+async def test_the_start_up_hold_ends_when_nats_is_not_there() -> None:
+    """An agent's own schedules wait for its first heartbeat (a state dir whose name another
+    agent holds must catch up nothing), but not when a connect attempt failed: started while
+    NATS is down, it runs from its cache at once."""
+    gate = NameGate(wait=30.0, hold_start=True)
+    deciding = asyncio.create_task(gate.ready())
+    await asyncio.sleep(0.1)
+    assert not deciding.done(), "held until the first heartbeat"
+    gate.unreachable()  # the agent's first connect attempt failed
+    async with asyncio.timeout(1):
+        assert await deciding
+    async with asyncio.timeout(1):
+        assert await gate.ready()
