@@ -16,6 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from natsched import codec, subjects
 from natsched.master.service import MasterService
 from tests.conftest import Process, eventually
 from tests.helpers import job, stream_events
@@ -57,14 +58,27 @@ def agent_process(
     )  # fmt: skip
 
 
-async def seen_by(master: MasterService, *names: str, timeout: float = 20) -> None:
-    """Until ``master`` sees every one of ``names`` heartbeating."""
+async def seen_by(master: MasterService, *names: str, timeout: float = 20, proven: bool = True) -> None:
+    """Until ``master`` sees every one of ``names`` heartbeating, with every pool its heartbeat
+    names proven (unless not ``proven``): an agent whose membership was not read yet is sent no
+    load-balance run by name, so a test expecting the run on it (its priority) would see it go
+    elsewhere."""
 
     async def all_live() -> bool:
         directory = master.dispatcher.directory if master.dispatcher else None
-        return directory is not None and all(directory.get(n) is not None for n in names)
+        if directory is None or master.nc is None:
+            return False
+        agents = await master.nc.jetstream().key_value(subjects.AGENTS_BUCKET)
+        for name in names:
+            seen = directory.get(name)
+            if seen is None:
+                return False
+            written = codec.decode_heartbeat((await agents.get(name)).value or b"", name)
+            if proven and not set(written.pools) <= set(seen.pools):
+                return False
+        return True
 
-    await eventually(all_live, timeout, f"the master sees {names} heartbeating")
+    await eventually(all_live, timeout, f"the master sees {names} heartbeating, their pools proven")
 
 
 @contextmanager

@@ -38,7 +38,7 @@ async def test_a_pool_run_of_an_agent_not_yet_proven_a_member_starts_its_chain(
     down = on("p1", "down", triggers=[{"after": ["up"]}])
     down["command"] = ["sh", "-c", WITNESS_LINE.format(path=witness)]
     async with MasterService(conn) as master:  # a master that never saw the key
-        await seen_by(master, "p1")
+        await seen_by(master, "p1", proven=False)
         assert (await apply(nc, toml_jobs(up, down, group="pp")))["ok"]
         [run] = (await trigger(nc, "pp.up"))["runs"]
         assert run["agent"] == "p1", run  # through the pool's queue group
@@ -66,7 +66,7 @@ async def test_a_member_whose_key_this_master_read_as_missing_is_read_again_for_
     await claims.delete(subjects.pool_member_key("p", "p2"))
     up = job("up", mode="load-balance", targets={"pools": ["p"]}, command=["true"])
     async with MasterService(conn) as master:
-        await seen_by(master, "p2")
+        await seen_by(master, "p2", proven=False)
         assert (await apply(nc, toml_jobs(up, group="pq")))["ok"]
         assert master.dispatcher is not None and master.index is not None
         directory, spec = master.dispatcher.directory, master.index.spec("pq.up")
