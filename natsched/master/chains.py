@@ -47,6 +47,7 @@ from natsched.master.fanins import FanInTimeouts, timed_out
 from natsched.master.following import EventFollower, follow_events
 from natsched.master.holding import HeldRun, Holding
 from natsched.master.jobindex import JobIndex
+from natsched.master.lost import starts_again
 from natsched.master.recording import publish_event
 from natsched.master.retries import CHAIN_FAILURE
 from natsched.models import JobSpec
@@ -88,12 +89,6 @@ def retry_follows(index: JobIndex, event: RunEvent) -> bool:
         and event.attempt <= spec.retries.attempts
         and CHAIN_FAILURE not in event.detail
     )
-
-
-def redispatch_follows(index: JobIndex, event: RunEvent) -> bool:
-    """Will the leader start this lost run again (so the chain waits for that run)?"""
-    spec = index.jobs.get(event.job)
-    return spec is not None and spec.redispatches_lost
 
 
 def derived_run_id(claim: str, first_parent: str) -> str:
@@ -153,10 +148,11 @@ class ChainFollower:
         downstream = self._index.downstream(event.job)
         if not downstream or (event.state.retryable and retry_follows(self._index, event)):
             return  # nothing follows, or a retry will: the chain waits for the last attempt
-        if event.state is RunState.LOST and redispatch_follows(self._index, event):
+        if event.state is RunState.LOST and await starts_again(self._dispatcher, self._index, event):
             # Started again elsewhere, in the same chain (lost.py): that run's end is the
             # upstream's. Taken for one, the loss ran an "on = completed" job twice and
-            # failed a fan-in whose upstream then succeeded.
+            # failed a fan-in whose upstream then succeeded. A lost run not started again (no
+            # master handed it there, as far as the record goes) ends the upstream's run here.
             return
         upstream = self._index.jobs.get(event.job)
         if upstream is None or not await self._dispatcher.directory.took(upstream, event.agent, event.run_id):

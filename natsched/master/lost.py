@@ -65,6 +65,20 @@ CHECK_INTERVAL = 0.5
 RESTART_SETTLE = 5.0  # after an agent restarted: time for its new life's own events to land
 
 
+async def starts_again(dispatcher: Dispatcher, index: JobIndex, lost: RunEvent) -> bool:
+    """Will the leader start ``lost`` again: its job says so and a master of ours handed it to
+    its agent (this one's reply, or the offer record every load-balance dispatch writes:
+    ``offers.handed``)? The agent's heartbeat, events and claims are its own word, which a pool
+    member could make up. The chains ask this too: they wait for the re-run of such a run, and
+    follow the loss of any other (its offer record expired with the claims bucket's TTL, say)."""
+    spec = index.jobs.get(lost.job)
+    if spec is None or not spec.redispatches_lost:
+        return False
+    if lost.run_id in dispatcher.accepted.of(lost.agent):
+        return True
+    return await handed(await dispatcher.claims(), lost.run_id, lost.agent)
+
+
 class LostAgents:
     def __init__(
         self,
@@ -288,14 +302,6 @@ class LostAgents:
         spec = self._index.jobs.get(lost.job)
         return spec is not None and spec.redispatches_lost
 
-    async def _could_have_run(self, lost: RunEvent) -> bool:
-        """Did a master of ours hand ``lost`` to its agent (this one's reply, or the offer
-        record every load-balance dispatch writes: ``offers.handed``)? The agent's heartbeat,
-        events and claims are its own word, which a pool member could make up."""
-        if lost.run_id in self._dispatcher.accepted.of(lost.agent):
-            return True
-        return await handed(await self._dispatcher.claims(), lost.run_id, lost.agent)
-
     async def _release_locks(self, agent: str, runs: set[str] | None = None) -> None:
         for key, value in (await scan(self._js, subjects.STATE_BUCKET, subjects.LOCKS)).items():
             holder = read_holder(value.value)
@@ -310,7 +316,7 @@ class LostAgents:
         spec = self._index.jobs.get(lost.job)
         if spec is None or not self._redispatches(lost):
             return
-        if not await self._could_have_run(lost):
+        if not await starts_again(self._dispatcher, self._index, lost):
             # The agent's own heartbeat, events and claims name the runs going on there: an agent
             # (even a member of the job's pool) could list made-up runs and go silent to have
             # them started elsewhere.

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from natsched import subjects
+from natsched.claims import open_claims
 from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
@@ -94,3 +96,52 @@ async def _count(path: Path, n: int) -> bool:
 
 async def _succeeded(nc: Client, key: str) -> bool:
     return any(e["state"] == "succeeded" for e in await events_of(nc, key))
+
+
+async def test_a_chain_follows_the_loss_of_an_upstream_run_that_is_not_started_again(
+    nats_server: EmbeddedServer,
+    conn: ConnectionSettings,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    """A lost run is started again only if its offer record says a master handed it to that
+    agent (``offers.handed``); the record may be gone (the claims bucket's TTL outlived by a
+    long run, or its write failed). Such a run is recorded lost and not run again: the chain
+    then follows its loss, instead of waiting for a re-run that never comes."""
+    witness, after = tmp_path / "witness", tmp_path / "after"
+    url = nats_server.url
+    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
+    try:
+        await seen_by(master, "a1", "b1")
+        jobs = toml_jobs(
+            job(
+                "up", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
+                redispatch_lost=True,
+            ),
+            witness_job(
+                "down", after, mode="slave", targets={"agents": ["b1"]},
+                triggers=[{"after": ["up"], "on": "completed"}],
+            ),
+            group="lx",
+        )  # fmt: skip
+        assert (await apply(nc, jobs))["ok"]
+        [run] = (await trigger(nc, "lx.up"))["runs"]
+        assert run["agent"] == "a1", run
+        await eventually(lambda: started_on(witness, "a1"), 10, "the upstream run executing on a1")
+        claims = await open_claims(nc.jetstream())
+        await claims.delete(subjects.offer_key(run["run_id"]))  # as if it had expired
+        # A master that did not hand the run itself (this one would know from a1's reply).
+        await master.__aexit__(None, None, None)
+        master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
+        await seen_by(master, "a1", "b1")
+        a1.kill()
+        await eventually(lambda: recorded(nc, "lx.up", run["run_id"], "lost"), 15, "the run recorded lost")
+        await eventually(lambda: _count(after, 1), 10, "the chain went on after the loss")
+        await asyncio.sleep(1.5)  # a re-run of up (and a second down) would have started by now
+    finally:
+        await master.__aexit__(None, None, None)
+    assert len(executions(after)) == 1, executions(after)
+    assert [line[1] for line in executions(witness)] == ["a1"], executions(witness)
