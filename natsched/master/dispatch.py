@@ -52,7 +52,7 @@ from natsched.locking import read_holder
 from natsched.master.accepted import AcceptedRuns
 from natsched.master.directory import AgentDirectory, load_balance_order, slave_targets
 from natsched.master.lease import LeaderLease
-from natsched.master.offers import note_offer, offer
+from natsched.master.offers import note_offer, note_taker, offer
 from natsched.master.recording import record_failure
 from natsched.master.replies import Requester
 from natsched.master.window import RequestWindows
@@ -223,11 +223,14 @@ class Dispatcher:
         order = [a for a in order if a not in avoid] + [a for a in order if a in avoid]
         targets = [_Target.of_agent(a) for a in order] + [_Target.of_pool(p) for p in spec.targets.pools]
         for first, target in zip([True] + [False] * len(targets), targets, strict=False):
+            taken = None
             if repeatable or not first:
                 taken = await self._offer(target, request.run_id)
                 reply = taken or await self._ask(target, request)
             else:  # a fresh id: nothing to settle, the record goes with the request
                 reply = await self._ask_noted(target, request)
+            if reply.ok and target.is_pool and taken is None:
+                await self._note_taker(target, request.run_id, reply.agent)
             if reply.ok or reply.state == RunState.SKIPPED.value:  # skipped by overlap: final
                 return reply
             reasons.append(f"{target.who}: {reply.reason}")
@@ -261,6 +264,16 @@ class Dispatcher:
 
         _, reply = await asyncio.gather(note(), self._ask(target, request))
         return reply
+
+    async def _note_taker(self, target: _Target, run_id: str, agent: str) -> None:
+        """The member of the pool that answered it took the run: the offer record says so
+        (``offers.note_taker``), not the pool claim, which every member of the pool may write."""
+        try:
+            await note_taker(await self._claims_kv(), run_id, target.claim_key(run_id), agent)
+        except Exception as exc:  # noqa: BLE001 - the run goes ahead; only a lost re-run is at stake
+            log.warning(
+                "run %s: taker %s not recorded (%r): if lost, it is not started again", run_id, agent, exc
+            )
 
     async def _offer(self, target: _Target, run_id: str) -> RunReply | None:
         """None: ask ``target`` now. Else the run was taken by an earlier offer, or is undecided."""

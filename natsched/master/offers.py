@@ -17,9 +17,11 @@ once and pay only for the record, written alongside the first request (``note_of
 
 The record is also the masters' word that the run went to that agent (``handed``): an agent
 that goes silent has its open runs of a ``redispatch_lost`` job started again only if the
-record names that agent's claim of them. An agent's own heartbeat, events and claims are
-what it says; a pool member could list made-up runs there (or write a pool claim naming
-another member) and have them run again elsewhere when it, or that member, was lost.
+record names that agent's claim of them (for a run taken from a pool's queue group, the
+pool claim and the agent that answered the master: ``note_taker``). An agent's own
+heartbeat, events and claims are what it says; a pool member could list made-up runs there
+(or write a pool claim naming another member, or overwrite one with its own name) and have
+them run again elsewhere when it, or that member, was lost.
 Agents cannot write ``offer.*``.
 """
 
@@ -31,7 +33,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
-from natsched.claims import claim, decode_claim
+from natsched.claims import claim
 from natsched.errors import ClaimUndecidedError, CodecError, NatschedError
 
 SETTLE_TRIES = 5  # offers moved by other masters in between, before we call it undecided
@@ -89,17 +91,29 @@ async def note_offer(kv: KeyValue, run_id: str, claim_key: str) -> None:
     await kv.create(subjects.offer_key(run_id), codec.pack({"claim": claim_key}))
 
 
+async def note_taker(kv: KeyValue, run_id: str, claim_key: str, agent: str) -> None:
+    """Record that ``agent`` took ``run_id`` from a pool's queue group (``claim_key``, the pool
+    claim): its answer to the master says so. The pool claim names the agent too, but every
+    member of the pool may write it: a member that overwrote it with its own name and went
+    silent had the run started again while it still ran on the member that took it. Final:
+    a taken run's offer no longer moves (``offer`` settles on its claim)."""
+    await kv.put(subjects.offer_key(run_id), codec.pack({"claim": claim_key, "agent": agent}))
+
+
 async def handed(kv: KeyValue, run_id: str, agent: str) -> bool:
     """Did a master hand ``run_id`` to ``agent``: does its offer record name the agent's claim,
-    or a pool claim the agent holds?"""
+    or a pool claim and the agent that answered the master that it took it (``note_taker``)?"""
     try:
         key = subjects.offer_key(run_id)
-        claim_key = _claim_of((await kv.get(key)).value, key)
+        data = (await kv.get(key)).value
+        claim_key = _claim_of(data, key)
         if claim_key == subjects.agent_claim_key(agent, run_id):
             return True
-        if not subjects.is_pool_claim_key(claim_key) or subjects.claim_run_id(claim_key) != run_id:
-            return False
-        holder = decode_claim((await kv.get(claim_key)).value, claim_key)
+        taker = codec.unpack(data or b"", key).get("agent")
     except (KeyNotFoundError, CodecError, NatschedError, ValueError):
         return False
-    return holder.agent == agent and not holder.withdrawn
+    return (
+        subjects.is_pool_claim_key(claim_key)
+        and subjects.claim_run_id(claim_key) == run_id
+        and taker == agent
+    )

@@ -78,3 +78,45 @@ async def test_made_up_pool_claims_are_recorded_but_never_run_again(
     starts = [line for line in executions(witness) if line[2:] == ("start",)]
     assert [agent for _, agent, _ in starts] == ["a1", "b1"], starts
     assert starts[1][0] == f"{real['run_id']}-re", starts
+
+
+async def test_a_run_taken_from_the_pool_queue_group_runs_again_once_when_its_taker_is_lost(
+    nats_server: EmbeddedServer,
+    conn: ConnectionSettings,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    """The offer record of a run taken from the pool's queue group names the pool claim and the
+    agent that answered the master (not the pool claim's holder, which any member may write):
+    lost with that agent, the run is started again, once."""
+    witness = tmp_path / "witness"
+    url = nats_server.url
+    # Both take only group "other" by name: runs of qg.long reach them through the queue group.
+    agents = {
+        name: agent_process(spawn, url, name, tmp_path / name, "--pool", "p", "--group", "other")
+        for name in ("a1", "b1")
+    }
+    async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0) as master:
+        await seen_by(master, "a1", "b1")
+        spec = job(
+            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
+            redispatch_lost=True,
+        )  # fmt: skip
+        assert (await apply(nc, toml_jobs(spec, group="qg")))["ok"]
+        [run] = (await trigger(nc, "qg.long"))["runs"]
+        taker = run["agent"]
+        other = "b1" if taker == "a1" else "a1"
+        await eventually(lambda: started_on(witness, taker), 10, "the run started on its taker")
+    # The next master did not hear the taker's answer: only the offer record says who took it.
+    async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0) as master:
+        await seen_by(master, "a1", "b1")
+        agents[taker].kill()
+        await eventually(lambda: recorded(nc, "qg.long", run["run_id"], "lost"), 15, "the run lost")
+        await eventually(lambda: started_on(witness, other), 15, "the run ran again on the other member")
+        await asyncio.sleep(1.0)
+    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    assert [(r, agent) for r, agent, _ in starts] == [
+        (run["run_id"], taker),
+        (f"{run['run_id']}-re", other),
+    ], starts
