@@ -46,6 +46,9 @@ class PoolMembers:
         # (agent, pool or tag, kind) -> (member, when)
         self._known: dict[tuple[str, str, Kind], tuple[bool, float]] = {}
         self._warned: set[tuple[str, str, Kind]] = set()
+        # agent -> "pool p" / "tag web" its last vouched heartbeat named and did not prove
+        # (the masters' status answer shows them: 'natsched agents', the dashboard)
+        self.unproven: dict[str, tuple[str, ...]] = {}
 
     async def proven(self, agent: str, pool: str, *, fresh: bool = False, kind: Kind = "pool") -> bool:
         """True if ``agent`` wrote its membership key of ``pool`` (or, ``kind`` "tag", its key of
@@ -98,11 +101,18 @@ class PoolMembers:
 
     async def vouch(self, heartbeat: Heartbeat) -> Heartbeat:
         """``heartbeat`` with only the pools and tags its agent proved."""
-        if not heartbeat.pools and not heartbeat.tags:
-            return heartbeat
         agent = heartbeat.agent
+        if not heartbeat.pools and not heartbeat.tags:
+            self.unproven.pop(agent, None)
+            return heartbeat
         pools = tuple([p for p in heartbeat.pools[:MAX_POOLS] if await self.proven(agent, p)])
         tags = tuple([t for t in heartbeat.tags[:MAX_POOLS] if await self.proven(agent, t, kind="tag")])
         if pools == heartbeat.pools and tags == heartbeat.tags:
+            self.unproven.pop(agent, None)
             return heartbeat
+        if agent in self.unproven or len(self.unproven) < MAX_KNOWN:
+            self.unproven[agent] = (
+                *(f"pool {p}" for p in heartbeat.pools if p not in pools),
+                *(f"tag {t}" for t in heartbeat.tags if t not in tags),
+            )[:MAX_POOLS]
         return dataclasses.replace(heartbeat, pools=pools, tags=tags)

@@ -329,9 +329,19 @@ class MasterService(Service):
                         "lease_age": self.lease.age(),
                         "lease_ttl": self.lease.ttl,
                         "server": _server_of(self.nc),
+                        "unproven": self._unproven(),
                     }
                 )
             )
+
+    def _unproven(self) -> dict[str, list[str]]:
+        """Each live agent's pools and tags its heartbeat names and its key does not prove
+        (runs aimed at them do not go there: members.py)."""
+        if self.dispatcher is None:
+            return {}
+        directory = self.dispatcher.directory
+        unproven = directory.members.unproven
+        return {agent: list(unproven[agent]) for agent in sorted(unproven) if directory.get(agent)}
 
     async def _fire(self, due: Due) -> None:
         """A claimed slot: dispatched in a task the service owns. The scheduler never waits on

@@ -126,6 +126,13 @@ async def overview(nc: Client) -> dict[str, Any]:
     paused = await pauses(nc)
     found_masters = await masters(nc)
     found_agents = await agents(nc, paused)
+    unproven: dict[str, set[str]] = {}  # what the masters do not count (members.py): shown as such
+    for answer in found_masters:
+        found = answer.get("unproven")
+        for agent, names in (found if isinstance(found, dict) else {}).items():
+            unproven.setdefault(str(agent), set()).update(map(str, names if isinstance(names, list) else []))
+    for row in found_agents:
+        row["unproven"] = sorted(unproven.get(str(row["agent"]), ()))
     recent = await list_runs(nc.jetstream(), since=time.time() - RECENT, limit=RECENT_LIMIT)
     counts = {state.value: 0 for state in RunState}
     for run in recent:

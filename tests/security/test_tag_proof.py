@@ -23,7 +23,9 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import subjects
+from natsched.cli.agents import read_agents
 from natsched.client import AdminClient
+from natsched.web.reads import overview
 from tests.conftest import eventually
 from tests.helpers import file_lines, has_lines, job, toml_jobs
 from tests.security.hostile import TAG, Secured
@@ -97,3 +99,26 @@ def test_permissions_give_an_agent_the_tags_named_for_it(tmp_path: Path) -> None
     )
     assert refused.returncode != 0
     assert "a9" in refused.stderr and "--agent" in refused.stderr and "Traceback" not in refused.stderr
+
+
+async def test_agents_and_the_dashboard_mark_the_tags_the_masters_do_not_count(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """``natsched agents`` and the dashboard showed a heartbeat's tags as written: a3, whose
+    credential has no tag, was listed with tag web (the operator upgrading with permissions
+    that give no tags saw every agent with its tags, and no run of them going there). They now
+    take from the masters which tags (and pools) they do not count, and mark them."""
+    tagged = {"a1": frozenset({TAG}), "a3": frozenset({TAG})}
+    async with secured.services("a1", "a3", tags=tagged, pools={"a3": frozenset()}):
+        unproven: dict[str, list[str]] = {}
+
+        async def marked() -> bool:
+            unproven.clear()
+            await read_agents(secured.settings("natsched-admin"), unproven=unproven)
+            return "a3" in unproven
+
+        await eventually(marked, 10, "a3's tag marked")
+        assert unproven == {"a3": [f"tag {TAG}"]}, unproven
+        web = await secured.connect("natsched-web")
+        rows = {row["agent"]: row for row in (await overview(web))["agents"]}
+        assert (rows["a1"]["unproven"], rows["a3"]["unproven"]) == ([], [f"tag {TAG}"]), rows

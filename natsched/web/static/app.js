@@ -150,7 +150,9 @@ async function overviewPage() {
         el("td", {}, age(a.seen_ago) + " ago"), el("td", { class: "num" }, a.load1.toFixed(2)),
         el("td", { class: "num" }, a.cpu_percent.toFixed(0)), el("td", { class: "num" }, a.memory_percent.toFixed(0)),
         el("td", { class: "num" }, a.running + "/" + a.max_concurrency), el("td", {}, a.version),
-        el("td", {}, [...a.tags.map((t) => el("span", { class: "badge" }, t)), ...a.pools.map((p) => el("span", { class: "badge" }, "pool " + p))]),
+        el("td", {}, [...a.tags.map((t) => "tag " + t), ...a.pools.map((p) => "pool " + p)].map((n) => a.unproven.includes(n)
+          ? el("span", { class: "badge warn", title: "not proven: the masters send it no run aimed at it" }, n + "?")
+          : el("span", { class: "badge" }, n))),
         el("td", {}, a.paused ? el("span", { class: "badge warn" }, "paused") : null, agentActions(a)))));
   const cards = el("div", { class: "cards", id: "counts" }, Object.entries(data.counts).map(([state, n]) =>
     el("div", { class: "card", "data-state": state }, el("div", { class: "n" }, n), stateTag(state))));
