@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 
 from agent import nameguard
 from natsched import PROTOCOL_VERSION, __version__, codec, subjects
-from natsched.claims import open_claims, prove_membership
+from natsched.claims import PROOF_REFRESH, open_claims, proof_refresh, prove_membership
 from natsched.errors import NameTakenError
 from natsched.models import Heartbeat
 
@@ -115,7 +115,6 @@ class HeartbeatPublisher:
 
 
 PROOF_RETRY = 2.0  # seconds between attempts while the membership keys are not written
-PROOF_REFRESH = 3600.0  # at most this long between refreshes (a quarter of the bucket's TTL if less)
 PROOF_TIMEOUT = 2.0  # the first attempt, before the first heartbeat: must not hold up the start
 
 
@@ -136,7 +135,7 @@ class MembershipProof:
         self._pools = pools
         self._tags = tags
         self._kv: KeyValue | None = None
-        self._refresh = PROOF_REFRESH
+        self._refresh = PROOF_REFRESH  # until the bucket's TTL is read
         self._failed = ""  # the last failure logged (each kind once)
         self.proven = not (pools or tags)
 
@@ -147,8 +146,7 @@ class MembershipProof:
             async with asyncio.timeout(PROOF_TIMEOUT):
                 if self._kv is None:
                     kv = await open_claims(self._js)
-                    ttl = (await kv.status()).ttl
-                    self._refresh = min(PROOF_REFRESH, ttl / 4) if ttl else PROOF_REFRESH
+                    self._refresh = proof_refresh((await kv.status()).ttl)  # masters count it as long
                     self._kv = kv
                 await prove_membership(self._kv, self._agent, self._pools, self._tags)
         except Exception as exc:  # noqa: BLE001 - NATS away, no bucket yet, or an old credential

@@ -37,10 +37,11 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from natsched import codec, subjects
@@ -265,11 +266,33 @@ async def prove_membership(kv: KeyValue, agent: str, pools: Iterable[str], tags:
             await kv.put(membership_key(kind, name, agent), encode_membership(agent, name, kind))
 
 
-async def is_member(kv: KeyValue, agent: str, name: str, kind: Kind = "pool") -> bool:
-    """True if ``agent`` proved it belongs to pool ``name`` (or carries tag ``name``): its own
-    proof is there, not deleted."""
+PROOF_REFRESH = 3600.0  # an agent rewrites its proofs at least this often (a quarter of the TTL if less)
+
+
+def proof_refresh(ttl: float | None) -> float:
+    """How often an agent rewrites its proofs in a claims bucket of this TTL."""
+    return min(PROOF_REFRESH, ttl / 4) if ttl else PROOF_REFRESH
+
+
+def proof_max_age(ttl: float | None) -> float:
+    """How old (on the server's clock) a proof may be and still count: two refreshes missed,
+    plus some slack. An agent whose credential lost a tag (or pool) cannot rewrite its proof;
+    without this bound the old one counted until the bucket's TTL (a day) dropped it."""
+    refresh = proof_refresh(ttl)
+    return 2 * refresh + min(60.0, refresh)
+
+
+async def proof_age(js: JetStreamContext, agent: str, name: str, kind: Kind = "pool") -> float | None:
+    """Seconds since ``agent`` last wrote its proof of pool (or tag) ``name``, on the server's
+    clock; None when there is no proof (no key, deleted, or not the agent's own value)."""
+    bucket = subjects.CLAIMS_BUCKET
+    subject = subjects.kv_subject_prefix(bucket) + membership_key(kind, name, agent)
     try:
-        entry = await kv.get(membership_key(kind, name, agent))
-    except KeyNotFoundError:  # also a deleted key (KeyDeletedError)
-        return False
-    return is_membership(entry.value, agent, name, kind)
+        msg = await js.get_msg(subjects.kv_stream(bucket), subject=subject)
+    except NotFoundError:
+        return None
+    if (msg.headers or {}).get("KV-Operation") or msg.time is None:  # deleted or purged
+        return None
+    if not is_membership(msg.data, agent, name, kind):
+        return None
+    return max(0.0, (datetime.now(UTC) - msg.time).total_seconds())

@@ -8,6 +8,10 @@ pool may write ``member.<pool>.<agent>`` in ``natsched_claims`` (``natsched/clai
 so a master counts a pool of a heartbeat only when that key is there. A pool not proven
 yet still gets its runs through its queue group, which the credential guards itself.
 
+A proof counts while it is fresh (``claims.proof_max_age``: two of the agent's refreshes
+missed, on the server's clock): an agent whose credential lost the pool or tag cannot rewrite
+it, and its old key no longer counts within about two hours (it lived a day).
+
 Tags the same way (``tagged.<tag>.<agent>``, written only by a credential given the tag,
 ``natsched permissions --agent-tags``): a heartbeat's tag that is not proven does not count,
 so an agent cannot be sent the runs of jobs aimed at a tag, nor have its completions of them
@@ -26,12 +30,12 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from natsched import subjects
-from natsched.claims import Kind, decode_claim, is_member, open_claims
+from natsched.claims import Kind, decode_claim, open_claims, proof_age, proof_max_age
 from natsched.models import Heartbeat
 
 log = logging.getLogger(__name__)
 
-RECHECK = 600.0  # a proven membership is read again after this long (expired, or deleted by hand)
+RECHECK = 600.0  # a proven membership is read again after this long (stale, or deleted by hand)
 RETRY = 2.0  # an unproven one is read again no sooner than this
 CHECK_TIMEOUT = 1.0
 MAX_POOLS = 32  # pools (and tags) of one heartbeat that are checked; more are not counted
@@ -46,6 +50,7 @@ class PoolMembers:
         # (agent, pool or tag, kind) -> (member, when)
         self._known: dict[tuple[str, str, Kind], tuple[bool, float]] = {}
         self._warned: set[tuple[str, str, Kind]] = set()
+        self._max_age = proof_max_age(None)  # of a proof that counts (the bucket's TTL, once read)
         # agent -> "pool p" / "tag web" its last vouched heartbeat named and did not prove
         # (the masters' status answer shows them: 'natsched agents', the dashboard)
         self.unproven: dict[str, tuple[str, ...]] = {}
@@ -62,8 +67,11 @@ class PoolMembers:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 if self._kv is None:
-                    self._kv = await open_claims(self._js)
-                member = await is_member(self._kv, agent, pool, kind)
+                    kv = await open_claims(self._js)
+                    self._max_age = proof_max_age((await kv.status()).ttl)
+                    self._kv = kv
+                age = await proof_age(self._js, agent, pool, kind)
+                member = age is not None and age <= self._max_age
         except Exception as exc:  # noqa: BLE001 - NATS hiccup: keep what we knew, unproven if nothing
             log.debug("membership of %s in %s %s not readable: %r", agent, kind, pool, exc)
             return known[0] if known is not None else False

@@ -22,9 +22,14 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from agent.config import AgentConfig
+from agent.service import AgentService
 from natsched import subjects
+from natsched.buckets import StorageSettings
+from natsched.claims import encode_membership, open_claims
 from natsched.cli.agents import read_agents
 from natsched.client import AdminClient
+from natsched.master.service import MasterService
 from natsched.web.reads import overview
 from tests.conftest import eventually
 from tests.helpers import file_lines, has_lines, job, toml_jobs
@@ -122,3 +127,54 @@ async def test_agents_and_the_dashboard_mark_the_tags_the_masters_do_not_count(
         web = await secured.connect("natsched-web")
         rows = {row["agent"]: row for row in (await overview(web))["agents"]}
         assert (rows["a1"]["unproven"], rows["a3"]["unproven"]) == ([], [f"tag {TAG}"]), rows
+
+
+async def test_a_tag_proof_its_agent_can_no_longer_write_stops_counting(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """An agent whose credential lost a tag cannot rewrite its proof, but the old one stayed
+    for the claims bucket's TTL (a day) and the masters counted it all that time. A proof now
+    counts only while fresh (two of the agent's refreshes missed: a quarter of the TTL each, at
+    most an hour). Here the TTL is 12 s (refresh 3 s): a2's proof, written 9.5 s ago while its
+    credential still gave it tag web (the master's login writes it here), is still in the
+    bucket but no longer counts; a1, whose credential gives web, keeps proving it."""
+    witness = tmp_path / "runs.txt"
+    append = ["sh", "-c", f'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {witness}']
+    storage = StorageSettings(claims_max_age=12.0)
+    async with MasterService(secured.settings("natsched-master"), storage=storage) as master:
+        assert master.nc is not None
+        claims = await open_claims(master.nc.jetstream())
+        await claims.put(subjects.tag_member_key(TAG, "a2"), encode_membership("a2", TAG, "tag"))
+        await asyncio.sleep(9.5)
+        assert await has_key(claims, subjects.tag_member_key(TAG, "a2"))
+        agents = [
+            AgentService(
+                AgentConfig(
+                    name=name, pools=frozenset(), tags=frozenset({TAG}), state_dir=tmp_path / name,
+                    heartbeat_interval=0.3,
+                ),
+                secured.settings(f"agent-{name}"),
+            )
+            for name in ("a1", "a2")
+        ]  # fmt: skip
+        async with agents[0], agents[1], AdminClient(secured.settings("natsched-admin")) as admin:
+            for agent in agents:
+                await agent.synced(10)
+            spec = job("each", mode="slave", targets={"tags": [TAG]}, command=append)
+            content = toml_jobs(spec, group="sec")
+            assert (await admin.call(subjects.API_APPLY, {"source": "sec.toml", "content": content}))["ok"]
+            directory = master.dispatcher.directory if master.dispatcher else None
+            assert directory is not None
+
+            async def both_seen() -> bool:
+                return all(directory.get(name) is not None for name in ("a1", "a2")) and bool(
+                    (seen := directory.get("a1")) and seen.tags
+                )
+
+            await eventually(both_seen, 10, "the master sees a1 (with its tag) and a2")
+            answer = await admin.call(f"{subjects.TRIGGER_PREFIX}.sec.each", {})
+            assert answer["ok"], answer
+            await eventually(lambda: has_lines(witness, 1), 10, "a1 ran the trigger")
+            await asyncio.sleep(1.0)  # a run sent to a2 would have started by now
+    ran_on = sorted(line.split()[1] for line in file_lines(witness))
+    assert ran_on == ["a1"], ran_on
