@@ -27,6 +27,10 @@ Agents cannot write ``offer.*``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -35,6 +39,8 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.claims import claim
 from natsched.errors import ClaimUndecidedError, CodecError, NatschedError
+
+log = logging.getLogger(__name__)
 
 SETTLE_TRIES = 5  # offers moved by other masters in between, before we call it undecided
 
@@ -104,16 +110,43 @@ async def handed(kv: KeyValue, run_id: str, agent: str) -> bool:
     """Did a master hand ``run_id`` to ``agent``: does its offer record name the agent's claim,
     or a pool claim and the agent that answered the master that it took it (``note_taker``)?"""
     try:
-        key = subjects.offer_key(run_id)
-        data = (await kv.get(key)).value
+        return _hands((await kv.get(subjects.offer_key(run_id))).value, run_id, agent)
+    except (KeyNotFoundError, NatschedError, ValueError):
+        return False
+
+
+def _hands(data: bytes | None, run_id: str, agent: str) -> bool:
+    key = subjects.offer_key(run_id)
+    try:
         claim_key = _claim_of(data, key)
         if claim_key == subjects.agent_claim_key(agent, run_id):
             return True
         taker = codec.unpack(data or b"", key).get("agent")
-    except (KeyNotFoundError, CodecError, NatschedError, ValueError):
+        pooled = subjects.is_pool_claim_key(claim_key) and subjects.claim_run_id(claim_key) == run_id
+    except (CodecError, NatschedError, ValueError):
         return False
-    return (
-        subjects.is_pool_claim_key(claim_key)
-        and subjects.claim_run_id(claim_key) == run_id
-        and taker == agent
-    )
+    return pooled and taker == agent
+
+
+async def keep_offers(
+    claims: Callable[[], Awaitable[KeyValue]],
+    running: Callable[[], Awaitable[Iterable[tuple[str, str]]]],
+    every: float,
+) -> None:
+    """A leader duty: every ``every`` seconds (a quarter of the claims bucket's TTL) rewrite,
+    unchanged, the offer record of each ``(run_id, agent)`` still running whose record says it
+    was handed to that agent, so that a run going on longer than the TTL (a day) is still
+    started again if its agent is lost. Only a record that already names the agent is
+    rewritten: what an agent lists as running cannot make one."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            kv = await claims()
+            for run_id, agent in await running():
+                key = subjects.offer_key(run_id)
+                with contextlib.suppress(KeyNotFoundError, KeyWrongLastSequenceError):
+                    entry = await kv.get(key)
+                    if _hands(entry.value, run_id, agent):
+                        await kv.update(key, entry.value or b"", last=entry.revision)
+        except Exception as exc:  # noqa: BLE001 - NATS away: the next round tries again
+            log.warning("offer records of running runs not kept this round: %r", exc)

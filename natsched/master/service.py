@@ -39,6 +39,7 @@ from natsched.master.lease import DEFAULT_TTL, LeaderLease
 from natsched.master.locks import LockService
 from natsched.master.lost import UNRESPONSIVE_AFTER, LostAgents
 from natsched.master.notify import Notifier
+from natsched.master.offers import keep_offers
 from natsched.master.putback import SecretsKept
 from natsched.master.recording import record_unsent
 from natsched.master.replies import KvUpdates
@@ -283,6 +284,8 @@ class MasterService(Service):
             group.create_task(self.chains.fanins.expire())
             group.create_task(self.lost.run())
             group.create_task(self.holding.release_lifted())
+            every = self.storage.claims_max_age / 4
+            group.create_task(keep_offers(self.dispatcher.claims, self._handed_runs, every))
 
     async def _another_leads(self) -> bool:
         """Does another master say it leads, with a fresh lease (``natsched.masters.status``)?"""
@@ -333,6 +336,18 @@ class MasterService(Service):
                     }
                 )
             )
+
+    async def _handed_runs(self) -> list[tuple[str, str]]:
+        """(run id, agent) of the runs live agents list as running, of jobs that start a lost
+        run again (their offer records are kept: offers.keep_offers)."""
+        assert self.dispatcher is not None and self.index is not None
+        jobs = self.index.jobs
+        return [
+            (run_id, hb.agent)
+            for hb in await self.dispatcher.live_agents()
+            for run_id, job in hb.runs.items()
+            if (spec := jobs.get(job)) is not None and spec.redispatches_lost
+        ]
 
     def _unproven(self) -> dict[str, list[str]]:
         """Each live agent's pools and tags its heartbeat names and its key does not prove

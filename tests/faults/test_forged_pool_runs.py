@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client
 
 from natsched import subjects
+from natsched.buckets import StorageSettings
 from natsched.claims import Claim, ClaimedRun, encode_claim, open_claims
 from natsched.embedded import EmbeddedServer
 from natsched.events import new_run_id
@@ -120,3 +121,44 @@ async def test_a_run_taken_from_the_pool_queue_group_runs_again_once_when_its_ta
         (run["run_id"], taker),
         (f"{run['run_id']}-re", other),
     ], starts
+
+
+async def test_a_run_longer_than_the_claims_ttl_still_runs_again_when_lost(
+    nats_server: EmbeddedServer,
+    conn: ConnectionSettings,
+    nc: Client,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    """The offer record is the masters' word that a run went to its agent, and it lived as long
+    as the claims bucket keeps keys (a day): a run going on longer was, once its agent was
+    lost, recorded lost and not started again. The leader now rewrites the record of each run
+    still going on (offers.keep_offers). Here the TTL is 4 s and the run is lost after 7."""
+    witness = tmp_path / "witness"
+    url = nats_server.url
+    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+
+    def master() -> MasterService:
+        storage = StorageSettings(claims_max_age=4.0)
+        return MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0, storage=storage)
+
+    async with master() as first:
+        await seen_by(first, "a1", "b1")
+        spec = job(
+            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
+            redispatch_lost=True,
+        )  # fmt: skip
+        assert (await apply(nc, toml_jobs(spec, group="kt")))["ok"]
+        [run] = (await trigger(nc, "kt.long"))["runs"]
+        assert run["agent"] == "a1", run
+        await eventually(lambda: started_on(witness, "a1"), 10, "the run started on a1")
+    # The next master did not hear a1's answer: only the offer record says a1 had the run.
+    async with master() as second:
+        await seen_by(second, "a1", "b1")
+        await asyncio.sleep(7.0)  # the record outlived the TTL only if it was kept
+        a1.kill()
+        await eventually(lambda: recorded(nc, "kt.long", run["run_id"], "lost"), 15, "the run lost")
+        await eventually(lambda: started_on(witness, "b1"), 10, "the run ran again on b1")
+    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    assert [agent for _, agent, _ in starts] == ["a1", "b1"], starts
