@@ -43,10 +43,10 @@ async def write_membership_through_the_server(a3: Client) -> None:
     await a3.publish(f"{subjects.kv_subject_prefix(subjects.AGENTS_BUCKET)}a3", b"x", reply=key)
     await a3.flush()
     claims = await a3.jetstream().key_value(subjects.CLAIMS_BUCKET)
-    await eventually(lambda: _has_key(claims, subjects.pool_member_key(POOL, "a3")), 5, "the server wrote it")
+    await eventually(lambda: has_key(claims, subjects.pool_member_key(POOL, "a3")), 5, "the server wrote it")
 
 
-async def _has_key(kv: KeyValue, key: str) -> bool:
+async def has_key(kv: KeyValue, key: str) -> bool:
     try:
         return bool((await kv.get(key)).value)
     except KeyNotFoundError:

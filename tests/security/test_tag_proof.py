@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from agent.config import AgentConfig
 from agent.service import AgentService
@@ -34,13 +32,7 @@ from natsched.web.reads import overview
 from tests.conftest import eventually
 from tests.helpers import file_lines, has_lines, job, toml_jobs
 from tests.security.hostile import TAG, Secured
-
-
-async def has_key(kv: KeyValue, key: str) -> bool:
-    try:
-        return bool((await kv.get(key)).value)
-    except KeyNotFoundError:
-        return False
+from tests.security.test_pool_membership import has_key
 
 
 @pytest.mark.parametrize("route", ["config", "ack"])
