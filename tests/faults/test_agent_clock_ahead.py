@@ -22,9 +22,17 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, executions, recorded, seen_by, started_on, witnessed
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.faults.witness import (
+    executions,
+    lost_job,
+    pool_agent,
+    recorded,
+    run_on_a1,
+    seen_by,
+    started_agents,
+    started_on,
+)
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 AHEAD = 30.0
@@ -53,19 +61,14 @@ async def test_the_runs_of_an_agent_whose_clock_is_ahead_are_closed_when_it_is_l
             "NATSCHED_AGENT_HEARTBEAT_INTERVAL": "5", "NATSCHED_AGENT_SHUTDOWN_GRACE": "1",
         },
     )  # fmt: skip
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    pool_agent(spawn, url, tmp_path, "b1")
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=3.0))
     try:
         await seen_by(master, "a1", "b1")
         assert master.dispatcher is not None
         assert master.dispatcher.directory.last_seen["a1"][0].started_at > time.time() + AHEAD - 20
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="ca")))["ok"]
-        [run] = (await trigger(nc, "ca.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness)
+        run = await run_on_a1(nc, spec, "ca")
         await eventually(lambda: started_on(witness, "a1"), 10, "the run executing on a1")
         a1.kill()  # within its first 25 s
         await eventually(lambda: recorded(nc, "ca.long", run["run_id"], "lost"), 15, "the run recorded lost")
@@ -73,5 +76,5 @@ async def test_the_runs_of_an_agent_whose_clock_is_ahead_are_closed_when_it_is_l
         await asyncio.sleep(1.0)
     finally:
         await master.__aexit__(None, None, None)
-    starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
+    starts = started_agents(witness)
     assert starts == ["a1", "b1"], executions(witness)

@@ -14,14 +14,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 from nats.aio.client import Client
 
 from natsched import subjects
 from natsched.embedded import EmbeddedServer
 from tests.conftest import Process, eventually, said
-from tests.faults.test_floods import _flood
+from tests.faults.flooding import PeakRss, flood
 from tests.faults.witness import agent_process, executions, witness_job
 from tests.helpers import apply, toml_jobs
 
@@ -44,26 +43,13 @@ async def test_a_flood_of_bad_run_requests_costs_the_agent_neither_memory_nor_lo
             nc, toml_jobs(witness_job("w", witness, mode="slave", targets={"agents": ["a1"]}), group="af")
         )
     )["ok"]
-    agent = psutil.Process(a1.popen.pid)
-    before = agent.memory_info().rss
     lines_before = len(a1.output().splitlines())
-    peak = before
-
-    async def watch_memory() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, agent.memory_info().rss)
-            await asyncio.sleep(0.1)
-
-    watcher = asyncio.create_task(watch_memory())
-    try:
-        sent = await _flood(nats_server.url, subjects.agent_run_subject("a1"), FLOOD_SECONDS)
+    async with PeakRss(a1.popen.pid) as memory:
+        sent = await flood(nats_server.url, subjects.agent_run_subject("a1"), FLOOD_SECONDS)
         await asyncio.sleep(1.0)  # what was queued is worked off
-    finally:
-        watcher.cancel()
     lines = a1.output().splitlines()[lines_before:]
     assert sent > 100_000
-    assert peak - before < 60 * 1024 * 1024, f"grew by {(peak - before) >> 20} MB during the flood"
+    assert memory.growth < 60 * 1024 * 1024, f"grew by {memory.growth >> 20} MB during the flood"
     assert len(lines) < 50, f"{len(lines)} log lines for one flood:\n" + "\n".join(lines[-10:])
 
     async def ran() -> bool:  # the agent still takes real runs (one queued behind the flood may time out)

@@ -18,15 +18,11 @@ from natsched.master.service import MasterService
 from natsched.runs import get_run
 from natsched.settings import ConnectionSettings
 from tests.conftest import AgentFactory, Process, eventually
-from tests.faults.witness import seen_by
-from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.faults.witness import events_of, seen_by
+from tests.helpers import apply, job, toml_jobs
 
 pytestmark = pytest.mark.faults
 UNRESPONSIVE = 2.0
-
-
-async def events_of(nc: Client, key: str) -> list[dict[str, Any]]:
-    return [e for e in await stream_events(nc) if e["job"] == key]
 
 
 async def test_an_agent_killed_mid_run_is_lost_and_its_run_redispatched(

@@ -33,15 +33,16 @@ from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     events_of,
     executions,
+    lost_job,
+    pool_agent,
     recorded,
     seen_by,
+    started_agents,
     started_on,
-    witnessed,
 )
-from tests.helpers import apply, job, started_master, toml_jobs
+from tests.helpers import apply, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
 pytestmark = pytest.mark.faults
@@ -62,16 +63,13 @@ async def test_a_run_only_its_claim_knows_is_recorded_lost_and_runs_again_once(
         url=url, log_name="agent-a1.log",
         env={"NATSCHED_AGENT_HEARTBEAT_INTERVAL": SLOW_BEAT, "NATSCHED_AGENT_PRIORITY": "1"},
     )  # fmt: skip
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    pool_agent(spawn, url, tmp_path, "b1")
     first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     js = nc.jetstream()
     info = await js.stream_info(subjects.EVENTS_STREAM)
     try:
         await seen_by(first, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
+        spec = lost_job("long", witness)
         assert (await apply(nc, toml_jobs(spec, group="co")))["ok"]
         ended = RunEvent(
             run_id=new_run_id(),
@@ -103,7 +101,7 @@ async def test_a_run_only_its_claim_knows_is_recorded_lost_and_runs_again_once(
         await eventually(lambda: started_on(witness, "b1"), 15, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "co.long") if e["trigger"] == RunTrigger.LOST.value]
-    starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
+    starts = started_agents(witness)
     assert starts == ["a1", "b1"], executions(witness)
     assert {(e["agent"], e["detail"]["lost_run"]) for e in redone} == {("b1", run["run_id"])}, redone
 

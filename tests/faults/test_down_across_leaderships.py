@@ -24,8 +24,8 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, executions, frozen, recorded, seen_by, witnessed
-from tests.helpers import apply, job, started_master, toml_jobs
+from tests.faults.witness import executions, frozen, pool_pair, recorded, run_on_a1, seen_by, witnessed
+from tests.helpers import job, started_master
 from tests.master.test_chains import trigger
 
 pytestmark = pytest.mark.faults
@@ -40,8 +40,7 @@ async def test_an_agent_down_before_another_master_led_is_judged_again(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
     state = await nc.jetstream().key_value(subjects.STATE_BUCKET)
     try:
@@ -49,9 +48,7 @@ async def test_an_agent_down_before_another_master_led_is_judged_again(
         lease, lost, directory = master.lease, master.lost, master.dispatcher.directory
         await seen_by(master, "a1", "b1")
         spec = job("long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness))
-        assert (await apply(nc, toml_jobs(spec, group="dl")))["ok"]
-        [first] = (await trigger(nc, "dl.long"))["runs"]
-        assert first["agent"] == "a1", first
+        first = await run_on_a1(nc, spec, "dl")
         with frozen(a1):
             await eventually(lambda: recorded(nc, "dl.long", first["run_id"], "lost"), 10, "a1 marked down")
             ghost = asyncio.create_task(_another_leader(state, lease.term + 1))

@@ -7,36 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable
 
 import nats
-import psutil
 import pytest
 
 from natsched import subjects
 from natsched.embedded import EmbeddedServer
 from tests.conftest import Process, eventually, said
+from tests.faults.flooding import PeakRss, flood
 
 pytestmark = pytest.mark.faults
 FLOOD_SECONDS = 3.0
-
-
-async def _flood(url: str, subject: str, seconds: float) -> int:
-    flooder = await nats.connect(url, pending_size=64 * 1024 * 1024)
-    sent = 0
-    try:
-        stop = time.monotonic() + seconds
-        while time.monotonic() < stop:
-            for _ in range(1000):
-                # Not JSON: refused at once, each refusal a log line before.
-                await flooder.publish(subject, b"x" * 100, reply="_INBOX.flood.x")
-            sent += 1000
-            await asyncio.sleep(0)
-        await flooder.flush(timeout=30)
-    finally:
-        await flooder.close()
-    return sent
 
 
 async def test_a_trigger_flood_costs_the_master_neither_its_lease_nor_unbounded_memory_or_logs(
@@ -44,20 +26,9 @@ async def test_a_trigger_flood_costs_the_master_neither_its_lease_nor_unbounded_
 ) -> None:
     await eventually(lambda: said(master_process, "is the leader"), 15, "the master leads")
     await eventually(lambda: said(master_process, "start-up settled"), 15, "the master settled")
-    master = psutil.Process(master_process.popen.pid)
-    before = master.memory_info().rss
     lines_before = len(master_process.output().splitlines())
-    peak = before
-
-    async def watch_memory() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, master.memory_info().rss)
-            await asyncio.sleep(0.1)
-
-    watcher = asyncio.create_task(watch_memory())
-    try:
-        sent = await _flood(nats_server.url, subjects.trigger_subject("g.nojob"), FLOOD_SECONDS)
+    async with PeakRss(master_process.popen.pid) as memory:
+        sent = await flood(nats_server.url, subjects.trigger_subject("g.nojob"), FLOOD_SECONDS)
         nc = await nats.connect(nats_server.url)
         try:  # the master answers again once the flood is over
             async with asyncio.timeout(30):
@@ -69,13 +40,11 @@ async def test_a_trigger_flood_costs_the_master_neither_its_lease_nor_unbounded_
                         await asyncio.sleep(0.2)
         finally:
             await nc.close()
-    finally:
-        watcher.cancel()
     out = master_process.output()
     lines = out.splitlines()[lines_before:]
     assert sent > 100_000
     assert "no longer the leader" not in out, "\n".join(lines[-30:])
-    assert peak - before < 60 * 1024 * 1024, f"grew by {(peak - before) >> 20} MB during the flood"
+    assert memory.growth < 60 * 1024 * 1024, f"grew by {memory.growth >> 20} MB during the flood"
     assert len(lines) < 50, f"{len(lines)} log lines for one flood:\n" + "\n".join(lines[-10:])
     master_process.popen.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(master_process.popen.wait, 15)

@@ -30,8 +30,17 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, executions, recorded, seen_by, started_on, witnessed
-from tests.helpers import apply, job, toml_jobs
+from tests.faults.witness import (
+    agent_process,
+    lost_job,
+    pool_pair,
+    recorded,
+    run_on_a1,
+    seen_by,
+    start_lines,
+    started_on,
+)
+from tests.helpers import apply, toml_jobs
 from tests.master.test_chains import trigger
 
 pytestmark = pytest.mark.faults
@@ -46,17 +55,11 @@ async def test_made_up_pool_claims_are_recorded_but_never_run_again(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0) as master:
         await seen_by(master, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="fp")))["ok"]
-        [real] = (await trigger(nc, "fp.long"))["runs"]
-        assert real["agent"] == "a1", real
+        spec = lost_job("long", witness)
+        real = await run_on_a1(nc, spec, "fp")
         await eventually(lambda: started_on(witness, "a1"), 10, "the real run started on a1")
 
         # b1, a member of pool p, writes claims of three made-up runs of fp.long held by a1.
@@ -76,7 +79,7 @@ async def test_made_up_pool_claims_are_recorded_but_never_run_again(
 
         await eventually(all_lost, 10, "the made-up runs recorded lost")
         await asyncio.sleep(2.0)  # a re-run of a made-up one would have started by now
-    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    starts = start_lines(witness)
     assert [agent for _, agent, _ in starts] == ["a1", "b1"], starts
     assert starts[1][0] == f"{real['run_id']}-re", starts
 
@@ -100,10 +103,7 @@ async def test_a_run_taken_from_the_pool_queue_group_runs_again_once_when_its_ta
     }
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0) as master:
         await seen_by(master, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
+        spec = lost_job("long", witness)
         assert (await apply(nc, toml_jobs(spec, group="qg")))["ok"]
         [run] = (await trigger(nc, "qg.long"))["runs"]
         taker = run["agent"]
@@ -116,7 +116,7 @@ async def test_a_run_taken_from_the_pool_queue_group_runs_again_once_when_its_ta
         await eventually(lambda: recorded(nc, "qg.long", run["run_id"], "lost"), 15, "the run lost")
         await eventually(lambda: started_on(witness, other), 15, "the run ran again on the other member")
         await asyncio.sleep(1.0)
-    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    starts = start_lines(witness)
     assert [(r, agent) for r, agent, _ in starts] == [
         (run["run_id"], taker),
         (f"{run['run_id']}-re", other),
@@ -136,8 +136,7 @@ async def test_a_run_longer_than_the_claims_ttl_still_runs_again_when_lost(
     still going on (offers.keep_offers). Here the TTL is 4 s and the run is lost after 7."""
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
 
     def master() -> MasterService:
         storage = StorageSettings(claims_max_age=4.0)
@@ -145,13 +144,8 @@ async def test_a_run_longer_than_the_claims_ttl_still_runs_again_when_lost(
 
     async with master() as first:
         await seen_by(first, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="kt")))["ok"]
-        [run] = (await trigger(nc, "kt.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness)
+        run = await run_on_a1(nc, spec, "kt")
         await eventually(lambda: started_on(witness, "a1"), 10, "the run started on a1")
     # The next master did not hear a1's answer: only the offer record says a1 had the run.
     async with master() as second:
@@ -160,5 +154,5 @@ async def test_a_run_longer_than_the_claims_ttl_still_runs_again_when_lost(
         a1.kill()
         await eventually(lambda: recorded(nc, "kt.long", run["run_id"], "lost"), 15, "the run lost")
         await eventually(lambda: started_on(witness, "b1"), 10, "the run ran again on b1")
-    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    starts = start_lines(witness)
     assert [agent for _, agent, _ in starts] == ["a1", "b1"], starts

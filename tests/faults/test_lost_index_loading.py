@@ -24,16 +24,17 @@ from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     events_of,
     executions,
+    lost_job,
+    pool_pair,
     recorded,
+    run_on_a1,
     seen_by,
+    started_agents,
     started_on,
-    witnessed,
 )
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 INDEX_LOADING = 4.0  # seconds the restarted master's index takes to read the bucket
@@ -49,18 +50,12 @@ async def test_a_lost_run_found_while_the_index_loads_is_still_started_again(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
         await seen_by(first, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="li")))["ok"]
-        [run] = (await trigger(nc, "li.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness)
+        run = await run_on_a1(nc, spec, "li")
         await eventually(lambda: recorded(nc, "li.long", run["run_id"], "started"), 10, "its started event")
     finally:
         await first.__aexit__(None, None, None)  # the only master stops (an upgrade, a restart)
@@ -80,7 +75,7 @@ async def test_a_lost_run_found_while_the_index_loads_is_still_started_again(
         await eventually(lambda: started_on(witness, "b1"), 15, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "li.long") if e["trigger"] == RunTrigger.LOST.value]
-    starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
+    starts = started_agents(witness)
     assert starts == ["a1", "b1"], executions(witness)
     assert {e["agent"] for e in redone} == {"b1"}, redone
     assert {e["detail"]["lost_run"] for e in redone} == {run["run_id"]}, redone

@@ -23,15 +23,16 @@ from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     executions,
+    lost_job,
+    pool_agent,
     recorded,
+    run_on_a1,
     seen_by,
+    start_lines,
     started_on,
-    witnessed,
 )
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 
@@ -45,21 +46,13 @@ async def test_a_lost_run_whose_leader_died_re_dispatching_it_runs_again_from_th
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+    a1 = pool_agent(spawn, url, tmp_path, "a1")
     first = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
     try:
-        agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+        pool_agent(spawn, url, tmp_path, "b1")
         await seen_by(first, "a1", "b1")
-        spec = job(
-            "long",
-            mode="load-balance",
-            targets={"pools": ["p"]},
-            command=witnessed(30, witness),
-            redispatch_lost=True,
-        )
-        assert (await apply(nc, toml_jobs(spec, group="lr")))["ok"]
-        [run] = (await trigger(nc, "lr.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness)
+        run = await run_on_a1(nc, spec, "lr")
         await eventually(lambda: started_on(witness, "a1"), 10, "the run started on a1")
         # Its started event on record before a1 dies: killed a few ms after its job started, a1
         # took that event with it, and with the leader dying too nobody knew of the run (~1 in
@@ -87,5 +80,5 @@ async def test_a_lost_run_whose_leader_died_re_dispatching_it_runs_again_from_th
     async with MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0):
         await eventually(lambda: started_on(witness, "b1"), 20, "the lost run ran again on b1")
         await asyncio.sleep(1.0)  # a second re-run would have started by now
-    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    starts = start_lines(witness)
     assert [line[1] for line in starts] == ["a1", "b1"], executions(witness)

@@ -23,14 +23,14 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     events_of,
     executions,
+    lost_job,
+    pool_pair,
     recorded,
     seen_by,
     started_on,
     witness_job,
-    witnessed,
 )
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
@@ -48,16 +48,12 @@ async def test_a_chain_follows_the_re_run_of_a_lost_upstream_not_its_loss(
     witness, seconds, after = tmp_path / "witness", tmp_path / "seconds", tmp_path / "after"
     seconds.write_text("30")
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
     try:
         await seen_by(master, "a1", "b1")
         jobs = toml_jobs(
-            job(
-                "up", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(seconds, witness),
-                redispatch_lost=True,
-            ),
+            lost_job("up", witness, seconds),
             witness_job(
                 "down", after, mode="slave", targets={"agents": ["b1"]},
                 triggers=[{"after": ["up"], "on": "completed"}],
@@ -111,16 +107,12 @@ async def test_a_chain_follows_the_loss_of_an_upstream_run_that_is_not_started_a
     then follows its loss, instead of waiting for a re-run that never comes."""
     witness, after = tmp_path / "witness", tmp_path / "after"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
     try:
         await seen_by(master, "a1", "b1")
         jobs = toml_jobs(
-            job(
-                "up", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-                redispatch_lost=True,
-            ),
+            lost_job("up", witness),
             witness_job(
                 "down", after, mode="slave", targets={"agents": ["b1"]},
                 triggers=[{"after": ["up"], "on": "completed"}],

@@ -24,7 +24,7 @@ from natsched.embedded import EmbeddedServer
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, seen_by, witness_job
+from tests.faults.witness import events_of, executions, pool_agent, pool_pair, seen_by, witness_job
 from tests.helpers import apply, started_master, toml_jobs
 
 pytestmark = pytest.mark.faults
@@ -39,8 +39,7 @@ async def test_runs_the_new_life_accepted_are_not_closed_with_the_previous_one(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=5.0))
     try:
         await seen_by(master, "a1", "b1")
@@ -52,7 +51,7 @@ async def test_runs_the_new_life_accepted_are_not_closed_with_the_previous_one(
         assert directory is not None
         first_life = directory.last_seen["a1"][0].started_at
         a1.kill()  # nothing of it was going: whatever is recorded lost is a run of the new life
-        agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+        pool_agent(spawn, url, tmp_path, "a1")
 
         async def new_life() -> bool:
             seen = directory.last_seen["a1"][0]

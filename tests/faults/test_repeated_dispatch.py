@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from natsched import subjects
 from natsched.embedded import EmbeddedServer
 from tests.conftest import Process, eventually, said, wait_for_api
-from tests.faults.witness import agent_process, events_of, executions, frozen, witnessed
+from tests.faults.witness import agent_process, events_of, executions, frozen, start_lines, witnessed
 from tests.helpers import apply, job, toml_jobs
 from tests.master.test_chains import on, trigger
 
@@ -88,5 +88,5 @@ async def test_a_load_balance_dispatch_repeated_by_the_next_master_runs_on_one_a
     second = await _master(spawn, nats_server, "master-2")  # gets the completion again (ack_wait)
     await eventually(lambda: said(second, "-> rd.down"), 15, "the new master dispatched down again")
     await asyncio.sleep(0.5)  # a second run, had there been one, has written its start
-    starts = [line for line in executions(witness) if line[2:] == ("start",)]
+    starts = start_lines(witness)
     assert len(starts) == 1, f"down ran more than once: {executions(witness)}"

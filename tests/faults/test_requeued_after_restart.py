@@ -22,8 +22,8 @@ from natsched.master import lost
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, recorded, seen_by, witnessed
-from tests.helpers import apply, job, started_master, toml_jobs
+from tests.faults.witness import events_of, executions, lost_job, pool_agent, pool_pair, recorded, seen_by
+from tests.helpers import apply, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
 pytestmark = pytest.mark.faults
@@ -41,15 +41,11 @@ async def test_a_run_queued_again_by_its_restarted_agent_is_neither_lost_nor_run
     witness, seconds = tmp_path / "witness", tmp_path / "seconds"
     seconds.write_text("30")
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=5.0))
     try:
         await seen_by(master, "a1", "b1")
-        spec = job(
-            "q", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(seconds, witness),
-            overlap="queue", redispatch_lost=True,
-        )  # fmt: skip
+        spec = lost_job("q", witness, seconds, overlap="queue")
         assert (await apply(nc, toml_jobs(spec, group="rq")))["ok"]
         runs = [(await trigger(nc, "rq.q"))["runs"][0] for _ in range(3)]
         assert [r["agent"] for r in runs] == ["a1"] * 3, runs  # one runs, two wait for the lock
@@ -58,7 +54,7 @@ async def test_a_run_queued_again_by_its_restarted_agent_is_neither_lost_nor_run
         await eventually(lambda: _started(witness, first), 10, "the first run executing")
         seconds.write_text("5")  # the second run, started after the restart, keeps the third waiting
         a1.kill()
-        agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+        pool_agent(spawn, url, tmp_path, "a1")
         await eventually(lambda: _started(witness, second), 15, "a1 queued its runs again and ran one")
         await asyncio.sleep(3.5)  # the leader closes the previous life 2 s after it saw the new one
         seconds.write_text("0.2")

@@ -23,16 +23,18 @@ from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     events_of,
     executions,
+    lost_job,
+    pool_agent,
+    pool_pair,
     recorded,
+    run_on_a1,
     seen_by,
+    started_agents,
     started_on,
-    witnessed,
 )
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 
@@ -48,25 +50,19 @@ async def test_a_run_its_restarted_agent_recorded_lost_runs_again_once(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     # Not silent long enough to be lost: the leader sees a restart, not a dead agent.
     first = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=5.0))
     try:
         await seen_by(first, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="rr")))["ok"]
-        [run] = (await trigger(nc, "rr.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness)
+        run = await run_on_a1(nc, spec, "rr")
         await eventually(lambda: recorded(nc, "rr.long", run["run_id"], "started"), 10, "its started event")
         await asyncio.sleep(1.0)  # the leader records a1's life (its passes are 0.5 s apart)
         if not watched:
             await first.__aexit__(None, None, None)
         a1.kill()
-        agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+        pool_agent(spawn, url, tmp_path, "a1")
         await eventually(
             lambda: recorded(nc, "rr.long", run["run_id"], "lost"), 15, "a1 recorded its run lost"
         )
@@ -77,6 +73,6 @@ async def test_a_run_its_restarted_agent_recorded_lost_runs_again_once(
         redone = [e for e in await events_of(nc, "rr.long") if e["trigger"] == RunTrigger.LOST.value]
     finally:
         await first.__aexit__(None, None, None)
-    starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
+    starts = started_agents(witness)
     assert starts == ["a1", "b1"], executions(witness)
     assert {(e["agent"], e["detail"]["lost_run"]) for e in redone} == {("b1", run["run_id"])}, redone

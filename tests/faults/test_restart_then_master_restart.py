@@ -27,16 +27,18 @@ from natsched.settings import ConnectionSettings
 from natsched.vocab import RunTrigger
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     events_of,
     executions,
+    lost_job,
+    pool_agent,
+    pool_pair,
     recorded,
+    run_on_a1,
     seen_by,
+    started_agents,
     started_on,
-    witnessed,
 )
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 
@@ -54,22 +56,16 @@ async def test_a_restart_the_stopped_leader_had_not_closed_yet_is_closed_by_the_
     monkeypatch.setattr(lost, "RESTART_SETTLE", 8.0)
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=5.0))
     try:
         await seen_by(master, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(30, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="rm")))["ok"]
-        [run] = (await trigger(nc, "rm.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness)
+        run = await run_on_a1(nc, spec, "rm")
         await eventually(lambda: recorded(nc, "rm.long", run["run_id"], "started"), 10, "its started event")
         first_life = await _life_on_record(nc, "a1", None)
         a1.kill()
-        agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
+        pool_agent(spawn, url, tmp_path, "a1")
         await eventually(lambda: recorded(nc, "rm.long", run["run_id"], "lost"), 15, "a1 recorded it lost")
         await asyncio.sleep(1.0)  # the leader has seen the new life (its passes are 0.5 s apart)
     finally:
@@ -80,7 +76,7 @@ async def test_a_restart_the_stopped_leader_had_not_closed_yet_is_closed_by_the_
         await asyncio.sleep(1.0)  # a second re-run would have started by now
         redone = [e for e in await events_of(nc, "rm.long") if e["trigger"] == RunTrigger.LOST.value]
         await eventually(lambda: _moved_on(nc, first_life), 10, "the new life on record once closed")
-    starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
+    starts = started_agents(witness)
     assert starts == ["a1", "b1"], executions(witness)
     assert {(e["agent"], e["detail"]["lost_run"]) for e in redone} == {("b1", run["run_id"])}, redone
 

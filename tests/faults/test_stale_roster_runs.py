@@ -24,9 +24,17 @@ from natsched.master import openruns
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, events_of, executions, recorded, seen_by, witnessed
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.faults.witness import (
+    events_of,
+    executions,
+    lost_job,
+    pool_pair,
+    recorded,
+    run_on_a1,
+    seen_by,
+    started_agents,
+)
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 
@@ -41,18 +49,12 @@ async def test_a_run_a_recorded_life_named_long_ago_is_not_started_again(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
-    spec = job(
-        "short", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(6, witness),
-        redispatch_lost=True,
-    )  # fmt: skip
+    a1 = pool_pair(spawn, url, tmp_path)
+    spec = lost_job("short", witness, 6)
     first = await started_master(lambda: MasterService(conn, lease_ttl=2.0))
     try:
         await seen_by(first, "a1", "b1")
-        assert (await apply(nc, toml_jobs(spec, group="sr")))["ok"]
-        [run] = (await trigger(nc, "sr.short"))["runs"]
-        assert run["agent"] == "a1", run
+        run = await run_on_a1(nc, spec, "sr")
     finally:
         await first.__aexit__(None, None, None)
     await (await nc.jetstream().key_value(subjects.STATE_BUCKET)).delete(subjects.agent_life_key("a1"))
@@ -83,7 +85,7 @@ async def test_a_run_a_recorded_life_named_long_ago_is_not_started_again(
         await eventually(lambda: _off_record(nc, "a1"), 15, "a1 judged lost (its life off the record)")
         await asyncio.sleep(1.5)  # a re-run would have started on b1 by now
         states = [e["state"] for e in await events_of(nc, "sr.short") if e["run_id"] == run["run_id"]]
-    starts = [line[1] for line in executions(witness) if line[2:] == ("start",)]
+    starts = started_agents(witness)
     assert starts == ["a1"], executions(witness)
     assert "lost" not in states, states
 

@@ -24,16 +24,16 @@ from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
 from tests.faults.witness import (
-    agent_process,
     events_of,
     executions,
     frozen,
+    lost_job,
+    pool_pair,
     recorded,
+    run_on_a1,
     seen_by,
-    witnessed,
 )
-from tests.helpers import apply, job, started_master, toml_jobs
-from tests.master.test_chains import trigger
+from tests.helpers import started_master
 
 pytestmark = pytest.mark.faults
 
@@ -47,18 +47,12 @@ async def test_an_agent_heartbeating_in_a_newer_protocol_is_not_judged_lost(
 ) -> None:
     witness = tmp_path / "witness"
     url = nats_server.url
-    a1 = agent_process(spawn, url, "a1", tmp_path / "a1", "--pool", "p", priority=1)
-    agent_process(spawn, url, "b1", tmp_path / "b1", "--pool", "p", priority=2)
+    a1 = pool_pair(spawn, url, tmp_path)
     master = await started_master(lambda: MasterService(conn, lease_ttl=2.0, unresponsive_after=2.0))
     try:
         await seen_by(master, "a1", "b1")
-        spec = job(
-            "long", mode="load-balance", targets={"pools": ["p"]}, command=witnessed(12, witness),
-            redispatch_lost=True,
-        )  # fmt: skip
-        assert (await apply(nc, toml_jobs(spec, group="uh")))["ok"]
-        [run] = (await trigger(nc, "uh.long"))["runs"]
-        assert run["agent"] == "a1", run
+        spec = lost_job("long", witness, 12)
+        run = await run_on_a1(nc, spec, "uh")
         await eventually(lambda: recorded(nc, "uh.long", run["run_id"], "started"), 10, "its started event")
         agents = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
         newer = msgpack.packb({"v": PROTOCOL_VERSION + 1, "agent": "a1", "load": {"1m": 0.1}})

@@ -19,7 +19,8 @@ from nats.aio.client import Client
 from natsched import codec, subjects
 from natsched.master.service import MasterService
 from tests.conftest import Process, eventually
-from tests.helpers import job, stream_events
+from tests.helpers import apply, job, stream_events, toml_jobs
+from tests.master.test_chains import trigger
 
 WITNESS_LINE = 'echo "$NATSCHED_RUN_ID $NATSCHED_AGENT" >> {path}'
 
@@ -44,6 +45,16 @@ def executions(witness: Path) -> list[tuple[str, ...]]:
     return [tuple(line.split()) for line in witness.read_text().splitlines() if line.strip()]
 
 
+def start_lines(witness: Path) -> list[tuple[str, ...]]:
+    """The ``(run id, agent, "start")`` lines of a :func:`witnessed` job: every run that began."""
+    return [line for line in executions(witness) if line[2:] == ("start",)]
+
+
+def started_agents(witness: Path) -> list[str]:
+    """The agents that began a run of a :func:`witnessed` job, in order (one per start)."""
+    return [line[1] for line in start_lines(witness)]
+
+
 def agent_process(
     spawn: Callable[..., Process], url: str, name: str, state: Path, *args: str, priority: int | None = None
 ) -> Process:
@@ -56,6 +67,43 @@ def agent_process(
         "natsched-agent", "--name", name, "--state-dir", str(state), *args,
         url=url, log_name=f"agent-{name}.log", env=env,
     )  # fmt: skip
+
+
+# The lost-run tests' pool: a load-balance run of pool p goes to a1 first (priority 1); when a1
+# is lost with it, b1 is where it runs again.
+POOL = "p"
+PRIORITIES = {"a1": 1, "b1": 2}
+
+
+def pool_agent(spawn: Callable[..., Process], url: str, tmp_path: Path, name: str) -> Process:
+    """Agent ``name`` (a1 or b1) of pool p as a real process, its state in ``tmp_path/name``:
+    its first start, or its restart on the same state."""
+    return agent_process(spawn, url, name, tmp_path / name, "--pool", POOL, priority=PRIORITIES[name])
+
+
+def pool_pair(spawn: Callable[..., Process], url: str, tmp_path: Path) -> Process:
+    """a1 and b1 of pool p (:func:`pool_agent`); a1, the one the tests kill, freeze or restart."""
+    a1 = pool_agent(spawn, url, tmp_path, "a1")
+    pool_agent(spawn, url, tmp_path, "b1")
+    return a1
+
+
+def lost_job(name: str, witness: Path, seconds: float | Path = 30, **fields: Any) -> dict[str, Any]:
+    """A load-balance job of pool p, started again when lost (``redispatch_lost``), whose runs
+    last ``seconds`` and say in ``witness`` when they really start and end (:func:`witnessed`)."""
+    return job(
+        name, mode="load-balance", targets={"pools": [POOL]}, command=witnessed(seconds, witness),
+        redispatch_lost=True, **fields,
+    )  # fmt: skip
+
+
+async def run_on_a1(nc: Client, spec: dict[str, Any], group: str) -> dict[str, Any]:
+    """Apply ``spec`` in ``group`` and trigger it once: the reply's run, which went to a1."""
+    assert (await apply(nc, toml_jobs(spec, group=group)))["ok"]
+    runs: list[dict[str, Any]] = (await trigger(nc, f"{group}.{spec['name']}"))["runs"]
+    [run] = runs
+    assert run["agent"] == "a1", run
+    return run
 
 
 async def seen_by(master: MasterService, *names: str, timeout: float = 20, proven: bool = True) -> None:

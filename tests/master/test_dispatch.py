@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from agent.service import AgentService
 from natsched import codec, subjects
@@ -386,18 +388,46 @@ async def test_a_slave_target_that_heartbeats_before_it_listens_still_gets_its_r
     await apply(
         nc, toml_jobs(job("w", mode="slave", targets={"agents": ["late"]}, command=command), group="hb")
     )
-    assert agent.responder is not None
+    assert agent.responder is not None and agent.nc is not None
     await agent.responder.stop()  # heartbeating, not listening: as between take_name and subscribe
+    # stop() returns with its unsubscribe only queued. Until the server has read it, a request
+    # still reaches the old subscription, which nats-py drops unanswered: the master then waits
+    # 5 s and withdraws the run (a CI run failed so, the server reading this connection late).
+    # The flush's PONG comes after the server has taken the unsubscribe in.
+    await agent.nc.flush()
+    unheard = _nobody_listens(master, subjects.agent_run_subject("late"))
     pending = asyncio.create_task(trigger(nc, "hb.w"))
-    # A few ms of the master's 350 ms of asking again (50, 100, 200 ms): 0.12 s here failed
-    # once on a loaded machine, the restart of the subscription coming after the last ask.
-    await asyncio.sleep(0.06)
+    # Listening again only once the master's first ask met nobody: it asks again after 50, 100
+    # and 200 ms, and the subscription has those 350 ms to reach the server.
+    async with asyncio.timeout(10):
+        await unheard.wait()
     await agent.responder.start()
     reply = await pending
     assert reply["ok"], reply
     await eventually(lambda: _exists(witness), 10, "the run executed")
     await asyncio.sleep(0.5)
     assert len(witness.read_text().splitlines()) == 1
+
+
+def _nobody_listens(master: MasterService, watched: str) -> asyncio.Event:
+    """Set when the master's request on ``watched`` gets the server's no-responders answer."""
+    assert master.dispatcher is not None
+    requests = master.dispatcher.requests
+    ask = requests.request
+    unheard = asyncio.Event()
+
+    async def spied(
+        subject: str, payload: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> Msg:
+        try:
+            return await ask(subject, payload, timeout, headers)
+        except NoRespondersError:
+            if subject == watched:
+                unheard.set()
+            raise
+
+    requests.request = spied  # type: ignore[method-assign]
+    return unheard
 
 
 async def _exists(path: Path) -> bool:
