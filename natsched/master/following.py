@@ -21,13 +21,16 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from natsched import subjects
+from natsched.quietlog import Throttled
 from natsched.vocab import RunState
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # another role's consumer may push any number of them
 ACK_WAIT = 2.0  # below the default lease (5 s): a completion is never held longer than a leader
 MAX_ACK_PENDING = 1000  # bounds the handler tasks of all masters together
 
@@ -105,7 +108,35 @@ class EventFollower:
             cb=self._deliver,
         )
 
+    def _ours(self, msg: Msg) -> bool:
+        """True if ``msg`` comes from this consumer (its ack subject names our stream and name).
+
+        The deliver subject is fixed and known, and nats-server pushes any consumer's messages
+        to the subject its creator chose: a role that may read the events stream (web, admin)
+        could deliver every completion of the last 30 days here again (each failure notified
+        again; chains and retries started again once their records expired). Another
+        consumer's ack subject names that consumer, and no other role may use our names
+        (``security._not_the_masters_consumers``).
+        """
+        try:
+            metadata = msg.metadata
+        except NotJSMessageError:
+            metadata = None
+        if metadata is not None and metadata.stream == self._stream and metadata.consumer == self.durable:
+            return True
+        quiet.log(
+            logging.WARNING,
+            "foreign delivery",
+            "%s: message of %s from another consumer (%s) dropped",
+            self.durable,
+            subjects.shown(msg.subject),
+            subjects.shown(msg.reply),
+        )
+        return False
+
     async def _deliver(self, msg: Msg) -> None:
+        if not self._ours(msg):
+            return  # not acknowledged either: it is no message of ours
         # The subscription's callbacks run one after another: hand the work to a task at once.
         task = asyncio.create_task(self._handle(msg), name=f"{self.durable}-event")
         self._inflight[task] = msg
