@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from natsched import subjects
 from natsched.client import AdminClient
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
+from tests.helpers import file_lines, has_lines, job, toml_jobs
 from tests.security.hostile import Secured
 from tests.security.test_forged_completions import webhook
 
@@ -89,3 +91,110 @@ async def test_the_web_role_cannot_replay_completions_into_the_masters_shared_co
 
 async def _got(received: list[dict[str, Any]]) -> bool:
     return bool(received)
+
+
+async def test_what_a_role_makes_a_stream_store_is_no_heartbeat_and_no_event(secured: Secured) -> None:
+    """The web role and the admin may subscribe to one exact subject of ``natsched.event.>`` or
+    ``$KV.natsched_agents.>``, waking their own consumer that delivers there: the events
+    stream or the agents bucket stores what it pushes. nats-server stores it under its
+    *original* subject (``natsched.log.…``, ``$KV.natsched_chains.…``), outside what any
+    reader of those streams filters on: a delete marker of the chains bucket deletes no
+    heartbeat, a job's output that looks like an event is no event. (It still takes room
+    in the stream: see the README.) Fails if a version of nats-server stores it under the
+    deliver subject."""
+    async with secured.services():
+        master = await secured.connect("natsched-master")
+        js = master.jetstream()
+        chains = await js.key_value(subjects.CHAINS_BUCKET)
+        await chains.put("fanin.c1.sec.down", b"{}")
+        await chains.delete("fanin.c1.sec.down")  # what the masters do once a fan-in ran
+        printed = b'{"v":1,"run_id":"1-a","job":"sec.up","agent":"a2","state":"succeeded"}'
+        output = subjects.log_subject("a1", "1-a")
+        await js.publish(output, printed)  # a job's output
+        marker = f"{subjects.kv_subject_prefix(subjects.CHAINS_BUCKET)}fanin.c1.sec.down"
+        heartbeat = f"{subjects.kv_subject_prefix(subjects.AGENTS_BUCKET)}a2"
+        event = "natsched.event.a2.sec.up.succeeded"
+        agents, events = subjects.kv_stream(subjects.AGENTS_BUCKET), subjects.EVENTS_STREAM
+        for user in ("natsched-web", "natsched-admin"):
+            nc = await secured.connect(user)
+            for target, stream, source in (
+                (heartbeat, subjects.kv_stream(subjects.CHAINS_BUCKET), marker),
+                (event, subjects.LOGS_STREAM, output),
+            ):
+                await nc.subscribe(target)  # the exact subject: the consumer wakes up
+                await nc.flush()
+                await deliver_to(
+                    nc, stream, {"deliver_subject": target, "deliver_policy": "all", "filter_subject": source}
+                )
+        for stream, source, data in ((agents, marker, b""), (events, output, printed)):
+
+            async def stored(stream: str = stream, source: str = source) -> bool:
+                try:
+                    await js.get_last_msg(stream, source)
+                except NotFoundError:
+                    return False
+                return True
+
+            await eventually(stored, what=f"{stream} stored the delivery of {source}")
+            assert (await js.get_last_msg(stream, source)).data in (data, None)
+        for stream, target in ((agents, heartbeat), (events, event)):
+            with pytest.raises(NotFoundError):
+                made = await js.get_last_msg(stream, target)
+                pytest.fail(f"{target}: {made.headers} {made.data!r}")
+
+
+async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_through_a_consumer(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """A subject trigger on an exact subject wakes any consumer delivering there (the
+    subject-trigger stream listens on exactly it): an agent (the jobs bucket) or the web role
+    (the events stream) makes the stream store messages. Stored under their original subjects
+    (``$KV.natsched_jobs.…``, ``natsched.event.…``, which no subject trigger may listen on),
+    they start nothing. Fails if a version of nats-server stores them under the deliver
+    subject."""
+    witness = tmp_path / "deploy.txt"
+    async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
+        reply = await admin.call(
+            subjects.API_APPLY,
+            {
+                "source": "sec.toml",
+                "content": toml_jobs(
+                    job(
+                        "deploy",
+                        mode="slave",
+                        targets={"agents": ["a1"]},
+                        command=["sh", "-c", f'echo "$NATSCHED_SUBJECT" >> {witness}'],
+                        triggers=[{"subject": "ops.deploy"}],
+                    ),
+                    group="sec",
+                ),
+            },
+        )
+        assert reply["ok"], reply
+        js = (await secured.connect("natsched-master")).jetstream()
+
+        async def kept() -> bool:
+            return "ops.deploy" in ((await js.stream_info(subjects.SUBJECTS_STREAM)).config.subjects or [])
+
+        await eventually(kept, what="the subject trigger's stream listens on ops.deploy")
+        answer = await admin.nc.request(subjects.trigger_subject("sec.deploy"), b"{}", timeout=10)
+        assert json.loads(answer.data)["ok"], answer.data  # an event in the events stream
+        await eventually(lambda: has_lines(witness, 1), 15, "sec.deploy ran once, triggered by hand")
+
+        a1 = await secured.connect("agent-a1")
+        web = await secured.connect("natsched-web")
+        await deliver_to(a1, subjects.kv_stream(subjects.JOBS_BUCKET), {"deliver_subject": "ops.deploy"})
+        await deliver_to(web, subjects.EVENTS_STREAM, {"deliver_subject": "ops.deploy"})
+
+        async def stored() -> bool:
+            return (await js.stream_info(subjects.SUBJECTS_STREAM)).state.messages >= 2
+
+        await eventually(stored, what="nats-server put the deliveries in the subject-trigger stream")
+
+        async def handled() -> bool:
+            info = await js.consumer_info(subjects.SUBJECTS_STREAM, subjects.SUBJECT_TRIGGER_QUEUE)
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await eventually(handled, what="the masters handled what the stream stored")
+        await asyncio.sleep(1.5)  # a run a message started would have written by now
+        assert len(file_lines(witness)) == 1, file_lines(witness)
