@@ -12,6 +12,7 @@ awake every subscriber and stream matching the subject gets its messages.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from natsched import subjects
+from natsched import codec, subjects
 from natsched.client import AdminClient
+from natsched.events import new_run_id
+from natsched.runmessages import RunRequest
+from natsched.vocab import RunTrigger
 from tests.conftest import eventually
 from tests.helpers import file_lines, has_lines, job, toml_jobs
 from tests.security.hostile import Secured
@@ -198,3 +202,65 @@ async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_thr
         await eventually(handled, what="the masters handled what the stream stored")
         await asyncio.sleep(1.5)  # a run a message started would have written by now
         assert len(file_lines(witness)) == 1, file_lines(witness)
+
+
+async def test_no_consumer_delivers_a_run_request_to_an_agent(secured: Secured, tmp_path: Path) -> None:
+    """An agent subscribes to exactly its run, cancel and sync subjects: any consumer delivering
+    there is awake, and the agent took what came as a master's request. Agent a1 writes a run
+    request of its own making where it may (its events), the read-only web role delivers it
+    to a2's run subject: a2 ran a1's command. A master's request has the master's reply inbox;
+    a delivery has a JetStream ack subject, and is dropped."""
+    witness = tmp_path / "runs.txt"
+    async with secured.services("a1", "a2"), AdminClient(secured.settings("natsched-admin")) as admin:
+        reply = await admin.call(
+            subjects.API_APPLY,
+            {
+                "source": "sec.toml",
+                "content": toml_jobs(
+                    job(
+                        "on2",
+                        mode="slave",
+                        targets={"agents": ["a2"]},
+                        command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
+                    ),
+                    group="sec",
+                ),
+            },
+        )
+        assert reply["ok"], reply
+        a1 = await secured.connect("agent-a1")
+        js = a1.jetstream()
+        master = (await secured.connect("natsched-master")).jetstream()
+        entry = await (await master.key_value(subjects.JOBS_BUCKET)).get("sec.on2")  # a1 has it too
+        on2 = codec.decode_job(entry.value or b"", "sec.on2")
+        lease = await js.get_last_msg(
+            subjects.kv_stream(subjects.STATE_BUCKET),
+            subjects.kv_subject_prefix(subjects.STATE_BUCKET) + subjects.LEASE_KEY,
+        )
+        forged = RunRequest(
+            run_id=new_run_id(),
+            spec=dataclasses.replace(on2, command=("sh", "-c", f"echo forged >> {witness}")),
+            trigger=RunTrigger.MANUAL,
+            term=int(codec.unpack(lease.data or b"", "lease")["term"]),
+        )
+        forged_event = "natsched.event.a1.sec.on2.started"
+        await js.publish(forged_event, forged.encode())  # a1's own event subject
+
+        web = await secured.connect("natsched-web")
+        await deliver_to(
+            web,
+            subjects.EVENTS_STREAM,
+            {
+                "deliver_subject": subjects.agent_run_subject("a2"),
+                "deliver_policy": "all",
+                "filter_subject": forged_event,
+            },
+        )
+        await asyncio.sleep(1.5)  # a2 starts a run it takes within milliseconds
+        assert not witness.exists(), file_lines(witness)
+
+        # A master's dispatch still runs.
+        answer = await admin.nc.request(subjects.trigger_subject("sec.on2"), b"{}", timeout=10)
+        assert json.loads(answer.data)["ok"], answer.data
+        await eventually(lambda: has_lines(witness, 1), 15, "sec.on2 ran, dispatched by a master")
+        assert "forged" not in file_lines(witness), file_lines(witness)
