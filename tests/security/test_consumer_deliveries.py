@@ -34,12 +34,19 @@ from tests.security.test_forged_completions import webhook
 __all__ = ["webhook"]  # the fixture, used here too
 
 
+async def push_consumer(nc: Client, stream: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A push consumer on ``stream`` made by ``nc``'s role: the server's answer."""
+    body = json.dumps({"stream_name": stream, "config": {"ack_policy": "none", **config}}).encode()
+    created: dict[str, Any] = json.loads(
+        (await nc.request(f"$JS.API.CONSUMER.CREATE.{stream}", body, timeout=5)).data
+    )
+    assert "error" not in created, created
+    return created
+
+
 async def deliver_to(nc: Client, stream: str, config: dict[str, Any]) -> str:
     """A push consumer on ``stream`` made by ``nc``'s role; its name once it delivered all."""
-    body = json.dumps({"stream_name": stream, "config": {"ack_policy": "none", **config}}).encode()
-    created = json.loads((await nc.request(f"$JS.API.CONSUMER.CREATE.{stream}", body, timeout=5)).data)
-    assert "error" not in created, created
-    name = str(created["name"])
+    name = str((await push_consumer(nc, stream, config))["name"])
 
     async def delivered() -> bool:
         info = await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{name}", b"", timeout=5)
@@ -145,6 +152,49 @@ async def test_what_a_role_makes_a_stream_store_is_no_heartbeat_and_no_event(sec
             with pytest.raises(NotFoundError):
                 made = await js.get_last_msg(stream, target)
                 pytest.fail(f"{target}: {made.headers} {made.data!r}")
+
+
+async def test_nothing_wakes_a_consumer_delivering_into_a_bucket(secured: Secured) -> None:
+    """Nobody subscribes to one exact key subject of the jobs, settings, claims or state
+    bucket (their streams listen on wildcards): a consumer an agent, the admin or the web role
+    points there stays asleep, and no definition is written back, no claim or lease forged.
+    Fails if something of natsched's starts subscribing there (or the server stops needing
+    an exact subscriber)."""
+    async with secured.services():
+        master = await secured.connect("natsched-master")
+        js = master.jetstream()
+        jobs = await js.key_value(subjects.JOBS_BUCKET)
+        await jobs.put("sec.x", b"old")
+        await jobs.put("sec.x", b"new")
+        await jobs.delete("sec.gone")
+        settings = await js.key_value(subjects.SETTINGS_BUCKET)
+        await settings.put("pause.sec.x", b"{}")
+        await js.publish("natsched.event.a1.sec.x.succeeded", b"{}")
+        kv = subjects.kv_subject_prefix
+        jobs_stream = subjects.kv_stream(subjects.JOBS_BUCKET)
+        attacks = (
+            ("agent-a1", subjects.kv_stream(subjects.SETTINGS_BUCKET), f"{kv(subjects.JOBS_BUCKET)}sec.x"),
+            ("agent-a1", jobs_stream, f"{kv(subjects.CLAIMS_BUCKET)}agent.a2.r1"),
+            ("agent-a1", jobs_stream, f"{kv(subjects.SETTINGS_BUCKET)}pause.a2"),
+            ("natsched-admin", jobs_stream, f"{kv(subjects.STATE_BUCKET)}leader"),
+            ("natsched-web", subjects.EVENTS_STREAM, f"{kv(subjects.JOBS_BUCKET)}sec.x"),
+            ("natsched-web", subjects.LOGS_STREAM, f"{kv(subjects.CLAIMS_BUCKET)}member.p.a3"),
+        )
+        buckets = (
+            subjects.JOBS_BUCKET,
+            subjects.SETTINGS_BUCKET,
+            subjects.CLAIMS_BUCKET,
+            subjects.STATE_BUCKET,
+        )
+        before = {b: (await js.stream_info(subjects.kv_stream(b))).state.last_seq for b in buckets}
+        for user, stream, target in attacks:
+            nc = await secured.connect(user)
+            created = await push_consumer(nc, stream, {"deliver_subject": target, "deliver_policy": "all"})
+            assert not created.get("push_bound"), (user, target)  # asleep: nobody listens there
+        await asyncio.sleep(0.5)  # what a consumer delivers arrives within milliseconds
+        for bucket, last in before.items():
+            assert (await js.stream_info(subjects.kv_stream(bucket))).state.last_seq == last, bucket
+        assert (await jobs.get("sec.x")).value == b"new"
 
 
 async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_through_a_consumer(
