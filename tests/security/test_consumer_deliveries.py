@@ -154,10 +154,13 @@ async def test_what_a_role_makes_a_stream_store_is_no_heartbeat_and_no_event(sec
                 pytest.fail(f"{target}: {made.headers} {made.data!r}")
 
 
-async def test_nothing_wakes_a_consumer_delivering_into_a_bucket(secured: Secured) -> None:
+async def test_nothing_wakes_a_consumer_delivering_into_a_bucket_a_trigger_or_the_api(
+    secured: Secured,
+) -> None:
     """Nobody subscribes to one exact key subject of the jobs, settings, claims or state
-    bucket (their streams listen on wildcards): a consumer an agent, the admin or the web role
-    points there stays asleep, and no definition is written back, no claim or lease forged.
+    bucket (their streams listen on wildcards), nor to one trigger, API or lock subject: a
+    consumer an agent, the admin or the web role points there stays asleep, and no definition
+    is written back, no claim or lease forged, no job started.
     Fails if something of natsched's starts subscribing there (or the server stops needing
     an exact subscriber)."""
     async with secured.services():
@@ -179,6 +182,10 @@ async def test_nothing_wakes_a_consumer_delivering_into_a_bucket(secured: Secure
             ("natsched-admin", jobs_stream, f"{kv(subjects.STATE_BUCKET)}leader"),
             ("natsched-web", subjects.EVENTS_STREAM, f"{kv(subjects.JOBS_BUCKET)}sec.x"),
             ("natsched-web", subjects.LOGS_STREAM, f"{kv(subjects.CLAIMS_BUCKET)}member.p.a3"),
+            # The masters listen on wildcards here too (and drop requests without a reply inbox).
+            ("agent-a1", jobs_stream, subjects.trigger_subject("sec.x")),
+            ("natsched-web", subjects.EVENTS_STREAM, subjects.API_JOBS_DELETE),
+            ("natsched-web", subjects.EVENTS_STREAM, subjects.lock_subject("a2")),
         )
         buckets = (
             subjects.JOBS_BUCKET,
