@@ -78,6 +78,20 @@ class EventFollower:
             info = await self._js.consumer_info(self._stream, self.durable)
         except NotFoundError:
             info = None
+        if info is not None and not self._a_masters(info.config):
+            # Made by another role under our name, through the create subject without a name
+            # (ordered consumers need it, so no permission denies it; the name is in the body):
+            # ephemeral, no acks, no queue group. Taken as it is, the masters could not start
+            # (no deliver group) or lost events when it vanished. Its position is worth nothing.
+            log.warning(
+                "consumer %s on %s was not made by a master (%s): deleted, made again",
+                self.durable,
+                self._stream,
+                subjects.shown(info.config.deliver_subject),
+            )
+            with contextlib.suppress(NotFoundError):  # another master starting deleted it first
+                await self._js.delete_consumer(self._stream, self.durable)
+            info = None
         filters = sorted(info.config.filter_subjects or []) if info is not None else []
         wanted = [] if self._everything else sorted(self._filters)
         if info is not None and (
@@ -106,6 +120,14 @@ class EventFollower:
             config=config,
             manual_ack=True,
             cb=self._deliver,
+        )
+
+    def _a_masters(self, config: api.ConsumerConfig) -> bool:
+        """True if ``config`` is of a consumer a master made (this one or an older master)."""
+        return (
+            config.durable_name == self.durable
+            and config.deliver_group == self.durable
+            and config.ack_policy == api.AckPolicy.EXPLICIT
         )
 
     def _ours(self, msg: Msg) -> bool:

@@ -21,9 +21,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from natsched import codec, subjects
+from natsched import buckets, codec, subjects
 from natsched.client import AdminClient
-from natsched.events import new_run_id
+from natsched.events import RunEvent, RunState, new_run_id
 from natsched.runmessages import RunRequest
 from natsched.vocab import RunTrigger
 from tests.conftest import eventually
@@ -321,3 +321,47 @@ async def test_no_consumer_delivers_a_run_request_to_an_agent(secured: Secured, 
         assert json.loads(answer.data)["ok"], answer.data
         await eventually(lambda: has_lines(witness, 1), 15, "sec.on2 ran, dispatched by a master")
         assert "forged" not in file_lines(witness), file_lines(witness)
+
+
+async def test_a_consumer_the_web_role_made_under_a_masters_name_is_made_again(
+    secured: Secured, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """Before the first master starts, the web role creates ``natsched-notify`` on the events
+    stream through the create subject without a name (``$JS.API.CONSUMER.CREATE.<stream>``,
+    which ordered consumers need, so permissions cannot deny it), with the name in the body:
+    an ephemeral consumer, no acks, no queue group. No master could start (``cannot create a
+    queue subscription for a consumer without a deliver group``). A master now makes such a
+    consumer again as its own, which keeps its position while no master runs: a failure
+    published then is notified when one is back."""
+    url, received = webhook
+    master = await secured.connect("natsched-master")
+    await buckets.ensure_all(master.jetstream())
+    web = await secured.connect("natsched-web")
+    await push_consumer(
+        web,
+        subjects.EVENTS_STREAM,
+        {
+            "name": subjects.NOTIFY_DURABLE,
+            "deliver_subject": f"{subjects.WEB_INBOX}.stolen",
+            "inactive_threshold": 1_000_000_000,
+        },
+    )
+    definition = toml_jobs(
+        job("up", mode="slave", targets={"agents": ["a1"]}, command=["false"], notify=[{"webhook": url}]),
+        group="sec",
+    )
+    async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
+        reply = await admin.call(subjects.API_APPLY, {"source": "sec.toml", "content": definition})
+        assert reply["ok"], reply
+    js = master.jetstream()
+    await asyncio.sleep(1.5)  # past the consumer's inactive threshold, had it kept it
+    # a1 publishes a failure of a run of its own while no master runs.
+    event = RunEvent(
+        run_id=new_run_id(), job="sec.up", agent="a1", state=RunState.FAILED, trigger=RunTrigger.MANUAL
+    )
+    a1 = await secured.connect("agent-a1")
+    await a1.jetstream().publish(event.subject, event.to_json())
+    async with secured.services("a1"):
+        await eventually(lambda: _got(received), 15, "the failure published while no master ran was notified")
+    info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.NOTIFY_DURABLE)
+    assert info.config.durable_name == subjects.NOTIFY_DURABLE
