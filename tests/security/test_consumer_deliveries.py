@@ -365,3 +365,45 @@ async def test_a_consumer_the_web_role_made_under_a_masters_name_is_made_again(
         await eventually(lambda: _got(received), 15, "the failure published while no master ran was notified")
     info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.NOTIFY_DURABLE)
     assert info.config.durable_name == subjects.NOTIFY_DURABLE
+
+
+async def test_no_consumer_delivers_a_cancel_to_an_agent(secured: Secured, tmp_path: Path) -> None:
+    """As with run requests: a1 writes ``{"run_id": …}`` (a cancel) into its own events, the web
+    role delivers it to ``natsched.agent.a2.cancel``, and a2 killed a run of a job neither may
+    cancel."""
+    witness = tmp_path / "ended.txt"
+    async with secured.services("a1", "a2"), AdminClient(secured.settings("natsched-admin")) as admin:
+        reply = await admin.call(
+            subjects.API_APPLY,
+            {
+                "source": "sec.toml",
+                "content": toml_jobs(
+                    job(
+                        "slow",
+                        mode="slave",
+                        targets={"agents": ["a2"]},
+                        command=["sh", "-c", f"sleep 2; echo done >> {witness}"],
+                    ),
+                    group="sec",
+                ),
+            },
+        )
+        assert reply["ok"], reply
+        answer = json.loads(
+            (await admin.nc.request(subjects.trigger_subject("sec.slow"), b"{}", timeout=10)).data
+        )
+        assert answer["ok"], answer
+        cancel = "natsched.event.a1.sec.slow.started"
+        a1 = await secured.connect("agent-a1")
+        await a1.jetstream().publish(cancel, codec.pack({"run_id": answer["runs"][0]["run_id"]}))
+        web = await secured.connect("natsched-web")
+        await deliver_to(
+            web,
+            subjects.EVENTS_STREAM,
+            {
+                "deliver_subject": subjects.agent_cancel_subject("a2"),
+                "deliver_policy": "all",
+                "filter_subject": cancel,
+            },
+        )
+        await eventually(lambda: has_lines(witness, 1), 15, "sec.slow ran to its end on a2")
