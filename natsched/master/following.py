@@ -21,13 +21,16 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from natsched import subjects
+from natsched.quietlog import Throttled
 from natsched.vocab import RunState
 
 log = logging.getLogger(__name__)
+quiet = Throttled(log)  # another role's consumer may push any number of them
 ACK_WAIT = 2.0  # below the default lease (5 s): a completion is never held longer than a leader
 MAX_ACK_PENDING = 1000  # bounds the handler tasks of all masters together
 
@@ -75,6 +78,20 @@ class EventFollower:
             info = await self._js.consumer_info(self._stream, self.durable)
         except NotFoundError:
             info = None
+        if info is not None and not self._a_masters(info.config):
+            # Made by another role under our name, through the create subject without a name
+            # (ordered consumers need it, so no permission denies it; the name is in the body):
+            # ephemeral, no acks, no queue group. Taken as it is, the masters could not start
+            # (no deliver group) or lost events when it vanished. Its position is worth nothing.
+            log.warning(
+                "consumer %s on %s was not made by a master (%s): deleted, made again",
+                self.durable,
+                self._stream,
+                subjects.shown(info.config.deliver_subject),
+            )
+            with contextlib.suppress(NotFoundError):  # another master starting deleted it first
+                await self._js.delete_consumer(self._stream, self.durable)
+            info = None
         filters = sorted(info.config.filter_subjects or []) if info is not None else []
         wanted = [] if self._everything else sorted(self._filters)
         if info is not None and (
@@ -105,7 +122,43 @@ class EventFollower:
             cb=self._deliver,
         )
 
+    def _a_masters(self, config: api.ConsumerConfig) -> bool:
+        """True if ``config`` is of a consumer a master made (this one or an older master)."""
+        return (
+            config.durable_name == self.durable
+            and config.deliver_group == self.durable
+            and config.ack_policy == api.AckPolicy.EXPLICIT
+        )
+
+    def _ours(self, msg: Msg) -> bool:
+        """True if ``msg`` comes from this consumer (its ack subject names our stream and name).
+
+        The deliver subject is fixed and known, and nats-server pushes any consumer's messages
+        to the subject its creator chose: a role that may read the events stream (web, admin)
+        could deliver every completion of the last 30 days here again (each failure notified
+        again; chains and retries started again once their records expired). Another
+        consumer's ack subject names that consumer, and no other role may use our names
+        (``security._not_the_masters_consumers``).
+        """
+        try:
+            metadata = msg.metadata
+        except NotJSMessageError:
+            metadata = None
+        if metadata is not None and metadata.stream == self._stream and metadata.consumer == self.durable:
+            return True
+        quiet.log(
+            logging.WARNING,
+            "foreign delivery",
+            "%s: message of %s from another consumer (%s) dropped",
+            self.durable,
+            subjects.shown(msg.subject),
+            subjects.shown(msg.reply),
+        )
+        return False
+
     async def _deliver(self, msg: Msg) -> None:
+        if not self._ours(msg):
+            return  # not acknowledged either: it is no message of ours
         # The subscription's callbacks run one after another: hand the work to a task at once.
         task = asyncio.create_task(self._handle(msg), name=f"{self.durable}-event")
         self._inflight[task] = msg
