@@ -51,7 +51,11 @@ class LaggingProxy:
                 await writer.wait_closed()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:  # the server is down: so is the proxy, to its client
+            client_writer.close()
+            return
         self._writers += [client_writer, server_writer]
         loop = asyncio.get_running_loop()
         due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
