@@ -10,6 +10,9 @@ and runs nothing.
 Nothing starts before the agent has won the run's claim (``natsched/claims.py``): a
 dispatch the master gave up on (it withdrew the claim first) is refused, however late
 it arrives, e.g. after the agent was frozen (SIGSTOP) past the dispatch timeout.
+
+Stopping answers what is already on its way: the subscriptions are drained, so a request the
+server sent before it read the unsubscribe still gets its answer (see ``_refusal``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from agent.nameguard import NameGate
 from agent.prepare import Prepared, first_event
 from natsched import codec, subjects
 from natsched.claims import ClaimedRun, claim, open_claims
-from natsched.connection import subscribe_inbound
+from natsched.connection import subscribe_inbound, unsubscribe_draining
 from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
@@ -43,7 +46,9 @@ log = logging.getLogger(__name__)
 quiet = Throttled(log)  # a flood of bad run requests is not a line each
 RECENT_RUNS = 10_000  # run ids remembered for answering a repeated dispatch
 RESYNC_TIMEOUT = 30.0  # natsched sync: how long an agent may take to catch up with the bucket
-STOP_WAIT = 3.0  # seconds stop() waits for run requests being handled
+DRAIN_WAIT = 2.0  # seconds stop() waits for the server to confirm its unsubscribes (a flush)
+STOP_WAIT = 3.0  # then, seconds stop() waits for run requests being handled
+STOPPING = "agent stopping"  # refusing a load-balance run offered by name while stopping
 MAX_HANDLING = 256  # run requests handled at once (each waits on its claim)
 
 
@@ -89,6 +94,7 @@ class Responder:
         self._starting = 0  # requests past the busy check, not launched yet
         self._drained = asyncio.Event()
         self._drained.set()
+        self._stopping = False  # stop() has begun: see _refusal
         self._nc = nc
         self._executor = executor
         self._agent = agent
@@ -105,6 +111,7 @@ class Responder:
         self._claims: KeyValue | None = None
 
     async def start(self) -> None:
+        self._stopping = False
         # Bounded queues (connection.subscribe_inbound): a master gone wrong, or an admin's
         # sync requests, cannot grow this agent's memory without limit; what overflows is
         # dropped (a run request then times out at the master, which withdraws it).
@@ -130,14 +137,14 @@ class Responder:
             )
 
     async def stop(self) -> None:
-        for task in list(self._resyncs):
+        self._stopping = True
+        subs, self._subs = self._subs, []
+        # Drained, not just unsubscribed: a run request the server sent before it read our
+        # unsubscribe is answered (taken, or refused at once), not dropped for the master to
+        # wait out its dispatch timeout and withdraw (a slave run was recorded failed so).
+        await unsubscribe_draining(self._nc, subs, DRAIN_WAIT)
+        for task in list(self._resyncs):  # after the drain: one asked meanwhile goes too
             task.cancel()
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone
-                log.debug("unsubscribe failed", exc_info=True)
-        self._subs.clear()
         # A request claimed but not yet launched would otherwise be refused by the stopping
         # executor, its failed event queued after the outbox's last flush: never recorded.
         with contextlib.suppress(TimeoutError):
@@ -183,8 +190,15 @@ class Responder:
             if not self._in_flight:
                 self._drained.set()
 
-    def _refusal(self, request: RunRequest) -> str:
+    def _refusal(self, request: RunRequest, pool: str | None) -> str:
         """Why this agent does not take ``request`` now ("" when it does)."""
+        if self._stopping and request.spec.mode is Mode.LOAD_BALANCE and pool is None:
+            # Offered by name while this agent stops (the server sent it before our unsubscribe):
+            # the master asks the pool's next agent at once, where the run is not cut short by
+            # this agent's shutdown grace. A slave run, or one from the pool's queue group (the
+            # master's last resort), has nowhere else to go: refused, it would be recorded
+            # failed, so it is taken as before (the executor stops accepting only after this).
+            return STOPPING
         if request.spec.mode is Mode.LOAD_BALANCE:
             # Refused, not held (manual runs too): another agent of the pool takes it.
             paused = self._executor.holds().agent_hold(self._agent)[1]
@@ -246,7 +260,7 @@ class Responder:
             log.info("run %s was already taken here; answering again, not running it twice", request.run_id)
             await self._reply(msg, known)
             return
-        refusal = self._refusal(request)
+        refusal = self._refusal(request, pool)
         if refusal:
             await self._refuse(msg, request, refusal)
             return

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats
@@ -298,6 +298,43 @@ async def subscribe_inbound(
         pending_msgs_limit=INBOUND_PENDING_MSGS,
         pending_bytes_limit=INBOUND_PENDING_BYTES,
     )
+
+
+async def unsubscribe_draining(nc: Client, subs: Sequence[Subscription], timeout: float) -> None:
+    """Unsubscribe ``subs``, first taking in what the server sent them before it read the
+    unsubscribe: their callbacks run. Within ``timeout``; never raises.
+
+    ``unsubscribe()`` forgets a subscription at once and only queues its UNSUB: a message the
+    server sent before reading it then arrives for an unknown subscription, and nats-py drops
+    it (a run request so went unanswered, its master waiting out its dispatch timeout).
+    nats-py's ``drain()`` sends the UNSUB, flushes (the PONG comes after every message the
+    server sent before the UNSUB) and waits for the callbacks of what came, then forgets.
+    Only when connected: cut off, nothing more comes, and the flush would wait out ``timeout``.
+    """
+    if nc.is_closed:
+        return  # closing, nats-py stopped every subscription and forgot it
+    if nc.is_connected:
+        try:
+            async with asyncio.timeout(timeout):
+                drains = [sub.drain() for sub in subs]  # type: ignore[no-untyped-call]  # unannotated
+                results = await asyncio.gather(*drains, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if not failures:
+                return
+            log.debug("draining subscriptions failed: %r", failures[0])
+        except TimeoutError:
+            log.debug("subscriptions not drained within %gs", timeout)
+    for sub in subs:
+        _forget(nc, sub)
+
+
+def _forget(nc: Client, sub: Subscription) -> None:
+    """What ``unsubscribe()`` does while reconnecting (no UNSUB: the server forgot the
+    connection's subscriptions, and a forgotten one is not replayed to it). Also for one a
+    drain left half done: nats-py marked it closed, so ``unsubscribe()`` refuses it, yet it is
+    still registered, and a reconnect would subscribe it again. Idempotent."""
+    sub._stop_processing()
+    nc._remove_sub(sub._id)
 
 
 async def closed_for_good(nc: Client, interval: float = CLOSED_CHECK_INTERVAL) -> str:

@@ -75,16 +75,19 @@ AgentFactory = Callable[..., Awaitable[AgentService]]
 
 @pytest.fixture
 async def start_agent(conn: ConnectionSettings, tmp_path: Path) -> AsyncIterator[AgentFactory]:
-    """``await start_agent("a1", tags=frozenset({"db"}))``: an agent with its own state dir."""
+    """``await start_agent("a1", tags=frozenset({"db"}))``: an agent with its own state dir
+    (``settings``: connecting otherwise than to the test's server directly, e.g. via a proxy)."""
     started: list[AgentService] = []
 
-    async def factory(name: str, *, wait_synced: bool = True, **config: Any) -> AgentService:
+    async def factory(
+        name: str, *, wait_synced: bool = True, settings: ConnectionSettings | None = None, **config: Any
+    ) -> AgentService:
         config.setdefault("state_dir", tmp_path / f"agent-{name}")
         config.setdefault("heartbeat_interval", 0.5)
         config.setdefault("sync_check_interval", 0.5)
         # A run still going when the test ends is not waited for (the 10 s default grace).
         config.setdefault("shutdown_grace", 1.0)
-        agent = AgentService(AgentConfig(name=name, **config), conn)
+        agent = AgentService(AgentConfig(name=name, **config), settings or conn)
         await agent.__aenter__()
         started.append(agent)
         if wait_synced:

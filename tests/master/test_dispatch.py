@@ -388,13 +388,11 @@ async def test_a_slave_target_that_heartbeats_before_it_listens_still_gets_its_r
     await apply(
         nc, toml_jobs(job("w", mode="slave", targets={"agents": ["late"]}, command=command), group="hb")
     )
-    assert agent.responder is not None and agent.nc is not None
-    await agent.responder.stop()  # heartbeating, not listening: as between take_name and subscribe
-    # stop() returns with its unsubscribe only queued. Until the server has read it, a request
-    # still reaches the old subscription, which nats-py drops unanswered: the master then waits
-    # 5 s and withdraws the run (a CI run failed so, the server reading this connection late).
-    # The flush's PONG comes after the server has taken the unsubscribe in.
-    await agent.nc.flush()
+    assert agent.responder is not None
+    # Heartbeating, not listening: as between take_name and subscribe. stop() drains: it returns
+    # once the server has taken its unsubscribes in (a flush), so the master's first ask below
+    # meets nobody, as it would before the subscribe.
+    await agent.responder.stop()
     unheard = _nobody_listens(master, subjects.agent_run_subject("late"))
     pending = asyncio.create_task(trigger(nc, "hb.w"))
     # Listening again only once the master's first ask met nobody: it asks again after 50, 100
