@@ -17,10 +17,12 @@ exits on its own is restarted, as systemd would, and reported. Afterwards the wi
 are held against the events stream:
 
 - run ids executed twice, slots (or slot x target) executed by two runs: 0
+- executions of an every-second job for no whole-second slot (no slot would count them): 0
 - slots with neither an execution nor a recorded failed/lost/skipped run (silent misses): 0
 - executions with no ``started`` event, runs recorded ``succeeded`` that never executed: 0
 - runs left open (queued/started with no final event once everything settled): 0
-- chain: upstream successes followed by no downstream run, or by two executions: 0
+- chain: upstream successes followed by no downstream run, or by two executions, and
+  downstream executions whose upstream never succeeded: 0
 - a second agent with a taken name that was not refused: 0
 - faults that could not be done (no leader found) or never healed (no new run within 20-30 s): 0
 

@@ -17,11 +17,12 @@ ANY_TARGET = "*"  # in a recorded slot's key: the record covers every target
 COUNTS = (
     "run ids executed twice",
     "slots executed by two runs",
+    "executions of no due slot",
     "silent misses",
     "executions with no started event",
     "succeeded but never executed",
     "runs left open",
-    "chain hops missed or doubled",
+    "chain hops missed/doubled/unfounded",
     "duplicate agent names accepted",
     "faults not done or never healed",
 )
@@ -105,12 +106,25 @@ class Ledger:
             and evs[0]["job"].startswith(GROUP)
         )
         counts["runs left open"] = sum(self._note(f"run {r} left open") for r in open_runs(self.events))
+        counts["executions of no due slot"] = self._off_the_grid()
         counts["slots executed by two runs"], counts["silent misses"] = self._slots(ran)
-        counts["chain hops missed or doubled"] = self._chain(ran)
+        counts["chain hops missed/doubled/unfounded"] = self._chain(ran)
         return counts
 
     def _slot_of(self, run_id: str) -> float | None:
         return next((e["scheduled_at"] for e in self.by_run.get(run_id, []) if e.get("scheduled_at")), None)
+
+    def _off_the_grid(self) -> int:
+        """Executions of the every-second jobs whose run names no whole second as its slot: no
+        slot would count them, so a second copy of a slot fired under another time would go
+        unseen. (A run with no event at all has its own count.)"""
+        return sum(
+            self._note(f"run {run_id} of {job} executed for slot {slot}, not a whole second")
+            for job, run_id, _ in self.executions
+            if job != f"{GROUP}.chained"
+            and run_id in self.by_run
+            and ((slot := self._slot_of(run_id)) is None or slot != int(slot))
+        )
 
     def _slots(self, ran: Counter[str]) -> tuple[int, int]:
         executed: dict[tuple[str, float, str], set[str]] = defaultdict(set)
@@ -155,21 +169,25 @@ class Ledger:
         return doubled, missed
 
     def _chain(self, ran: Counter[str]) -> int:
-        upstream_ok = {  # a completion after the window may meet the chained job disabled
-            e["run_id"]
-            for e in self.events
-            if e["job"] == f"{GROUP}.lb" and e["state"] == "succeeded" and float(e["at"]) < self.end
-        }
+        """Each upstream success is followed by one downstream execution: none (for a success
+        inside the window: a later one may meet the chained job disabled) or two are counted,
+        and so is a downstream execution whose upstream never succeeded."""
+        succeeded = {e["run_id"] for e in self.events if upstream_success(e)}
+        upstream_ok = {e["run_id"] for e in self.events if upstream_success(e) and float(e["at"]) < self.end}
         followers: dict[str, set[str]] = defaultdict(set)
         for event in self.events:
             if event["job"] == f"{GROUP}.chained":
                 for parent in event.get("detail", {}).get("parents", "").split(","):
                     followers[parent].add(event["run_id"])
         bad = 0
-        for parent in upstream_ok:
+        for parent in sorted(upstream_ok | set(followers)):
             runs = followers.get(parent, set())
             executed = sum(ran[r] for r in runs)
-            if not runs or executed > 1:
+            if executed and parent not in succeeded:
+                bad += self._note(
+                    f"downstream runs {sorted(runs)} executed for {parent or 'no upstream'}, not a success"
+                )
+            elif executed > 1 or (parent in upstream_ok and not runs):
                 bad += self._note(f"upstream {parent}: downstream runs {sorted(runs)}, executed {executed}x")
         return bad
 

@@ -4,8 +4,10 @@ A leader duty. An agent whose last heartbeat arrived more than ``unresponsive_af
 seconds ago (this master's monotonic clock) is marked down, once. Silence is counted only
 over time this master could hear: not while it was disconnected, and from a reconnect on
 afresh (its heartbeat watch resumed ~11 s late after a server restart while agents were
-heartbeating again within 0.5 s). Before an agent is marked down its heartbeat is read
-directly from the bucket: a newer one than the watch delivered means it is alive.
+heartbeating again within 0.5 s); not while the server did not answer a PING either, and
+from its answer on afresh (a frozen server: ``hearing.py``). Before an agent is marked down
+its heartbeat is read directly from the bucket: a newer one than the watch delivered means
+it is alive.
 
 - each of its runs that is queued or started and not ended (from its events since it started,
   the run ids its last heartbeat listed, the runs it accepted or claimed: ``openruns.py``) gets
@@ -49,6 +51,7 @@ from natsched.events import RunEvent, RunState
 from natsched.kvscan import scan
 from natsched.locking import read_holder
 from natsched.master.dispatch import Dispatcher
+from natsched.master.hearing import Hearing
 from natsched.master.jobindex import JobIndex
 from natsched.master.offers import handed
 from natsched.master.openruns import AgentRuns
@@ -99,6 +102,8 @@ class LostAgents:
         # heard since (e.g. while another master led) is judged afresh when it falls silent.
         self.down: dict[str, tuple[float, float]] = {}
         self._hearing_since = time.monotonic()  # silence before this is not the agents' fault
+        # Its run() is the service's, leader or not (a standby may lead when a frozen server wakes).
+        self.hearing = Hearing(nc, unresponsive_after=unresponsive_after)
         self._reconnects = self._nc.stats["reconnects"]
         self._deaf = False
         self._agents: KeyValue | None = None
@@ -115,16 +120,21 @@ class LostAgents:
         self._runs = AgentRuns(self._js, dispatcher.accepted, dispatcher.directory.life_starts)
 
     def _hearing(self) -> bool:
-        """False while disconnected; after a reconnect, silence is counted from then."""
+        """False while disconnected or while the server does not answer a PING; after a
+        reconnect, or the PING's late answer, silence is counted from then."""
         reconnects = self._nc.stats["reconnects"]
-        if not self._nc.is_connected:
+        if not self._nc.is_connected or self.hearing.deaf():
             self._deaf = True
             return False
         if self._deaf or reconnects != self._reconnects:
-            log.info("connected again: agents' silence is counted from now")
+            log.info("hearing the server again: agents' silence is counted from now")
             self._deaf, self._reconnects = False, reconnects
             self._hearing_since = time.monotonic()
         return True
+
+    def _heard_since(self) -> float:
+        """From when an agent's silence counts: this master's latest reconnect or late PONG."""
+        return max(self._hearing_since, self.hearing.since)
 
     async def _heard_directly(self, last: Heartbeat) -> bool:
         """True if the bucket holds a newer heartbeat than ``last`` (the watch is behind), or
@@ -179,7 +189,7 @@ class LostAgents:
             if not (judging and recalled):
                 continue  # restarts are still noted meanwhile (the directory tells _note_life)
             for heartbeat, seen_at in list(directory.last_seen.values()):
-                await self._judge(heartbeat, now - max(seen_at, self._hearing_since))
+                await self._judge(heartbeat, now - max(seen_at, self._heard_since()))
             await self._close_previous_lives(now)
 
     async def _judge(self, heartbeat: Heartbeat, silent: float) -> None:

@@ -143,6 +143,7 @@ class MasterService(Service):
         self.lost = LostAgents(
             self.nc, state, self.dispatcher, self.index, unresponsive_after=self._unresponsive_after
         )
+        self.keep_running(self.lost.hearing.run, name="hearing")
         self.keep_running(self.dispatcher.directory.watch, name="agent-directory")
         self.locks = LockService(
             self.nc,

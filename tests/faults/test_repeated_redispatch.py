@@ -21,7 +21,7 @@ from natsched.master import lost, openruns
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import Process, eventually
-from tests.faults.witness import agent_process, executions, recorded, seen_by, witnessed
+from tests.faults.witness import agent_process, executions, recorded, seen_by, started_on, witnessed
 from tests.helpers import apply, job, started_master, toml_jobs
 from tests.master.test_chains import trigger
 
@@ -70,6 +70,9 @@ async def test_a_run_answered_as_taken_before_is_not_started_again_when_its_agen
         assert run["agent"] == "a1", run
         first, again = run["run_id"], f"{run['run_id']}-re"
         await eventually(lambda: recorded(nc, "rd.long", first, "started"), 10, "its started event")
+        # The started event can come before the job's shell wrote its witness line: killed in
+        # between (a busy machine), a1's copy left no line and the test saw one copy, not two.
+        await eventually(lambda: started_on(witness, "a1"), 10, "a1's copy really started")
         seconds.write_text("0.2")
         a1 = await restart(a1, "a1", 1)  # the run dies with a1; it runs again on b1
         await eventually(lambda: _ran(witness, again, "b1"), 15, "the lost run ran again on b1, and ended")
