@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext, api
@@ -38,6 +40,12 @@ class StorageSettings:
     claims_max_age: float = 86400.0
 
 
+# In a cluster, a stream another master has just created may be unknown for a moment to the
+# server this master asks (seen: 'stream not found' right after the other's create succeeded,
+# 1 fresh 3-node cluster in 22; the master exited 1). Asked again for up to this long.
+JUST_CREATED_WAIT = 5.0
+JUST_CREATED_PAUSE = 0.1
+
 # A claim is a few dozen bytes (names are at most 64 characters, a master id about 80): the
 # bound keeps an agent, which writes its claim keys itself, from storing 1 MB values under
 # as many run ids as it likes in storage every bucket and stream shares.
@@ -53,6 +61,7 @@ async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
             kv = await js.create_key_value(config=config)
         except BadRequestError:
             # Another master created it in between: use theirs.
+            await stream_info_once_created(js, subjects.kv_stream(config.bucket))
             kv = await js.key_value(config.bucket)
     await refuse_rollups(js, config.bucket)
     if config.max_value_size:
@@ -62,7 +71,7 @@ async def _kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
 
 async def _limit_values(js: JetStreamContext, bucket: str, size: int) -> None:
     """The bucket's value size limit, also on a bucket created before it existed."""
-    info = await js.stream_info(subjects.kv_stream(bucket))
+    info = await stream_info_once_created(js, subjects.kv_stream(bucket))
     if info.config.max_msg_size != size:
         log.info("bucket %s: values up to %d bytes from now on", bucket, size)
         info.config.max_msg_size = size
@@ -79,7 +88,7 @@ async def refuse_rollups(js: JetStreamContext, bucket: str) -> None:
     refuses them. The cost: nats-py's ``kv.purge(key)`` (a per-subject rollup) fails on
     these buckets; natsched deletes keys with ``kv.delete``.
     """
-    info = await js.stream_info(subjects.kv_stream(bucket))
+    info = await stream_info_once_created(js, subjects.kv_stream(bucket))
     config, changed = info.config, False
     if config.allow_rollup_hdrs:
         log.info("bucket %s: refusing rollup headers from now on", bucket)
@@ -124,8 +133,24 @@ async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
         log.info("creating stream %s", config.name)
         await js.add_stream(config=config)
-    except BadRequestError:
-        await js.stream_info(config.name or "")
+    except BadRequestError:  # another master created it in between
+        await stream_info_once_created(js, config.name or "")
+
+
+async def stream_info_once_created(
+    js: JetStreamContext, stream: str, wait: float = JUST_CREATED_WAIT
+) -> api.StreamInfo:
+    """``js.stream_info(stream)`` for a stream that exists or is being created (by this master
+    or another): 'not found' is asked again for up to ``wait`` seconds (``JUST_CREATED_WAIT``)
+    before it is raised."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return await js.stream_info(stream)
+        except NotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(JUST_CREATED_PAUSE)
 
 
 async def ensure_all(js: JetStreamContext, storage: StorageSettings | None = None) -> None:
