@@ -36,16 +36,32 @@ DEAF_SHARE = 3.0
 
 
 class Hearing:
-    """When this master could hear the server again (``since``), and whether it cannot now."""
+    """When this master could hear the server again (``since``), and whether it can now
+    (``hears``): not while disconnected, nor while a PING waits for its PONG too long."""
 
     def __init__(self, nc: Client, *, unresponsive_after: float) -> None:
         self._nc = nc
         self._deaf_after = unresponsive_after / DEAF_SHARE
         self.since = time.monotonic()  # silence before this is not the agents' fault
         self._asked_at: float | None = None  # when the PING waiting for its PONG was sent
+        self._reconnects = nc.stats["reconnects"]
+        self._deaf = False  # not hearing at the last hears()
 
-    def deaf(self) -> bool:
-        """True while a PING has waited for its PONG longer than ``deaf_after``."""
+    def hears(self) -> bool:
+        """False while disconnected or while a PING has waited for its PONG longer than
+        ``deaf_after``; after a reconnect (or that PING's late answer, see ``_ask``), the
+        agents' silence counts from then (``since``)."""
+        reconnects = self._nc.stats["reconnects"]
+        if not self._nc.is_connected or self._ping_overdue():
+            self._deaf = True
+            return False
+        if self._deaf or reconnects != self._reconnects:
+            log.info("hearing the server again: agents' silence is counted from now")
+            self._deaf, self._reconnects = False, reconnects
+            self.since = time.monotonic()
+        return True
+
+    def _ping_overdue(self) -> bool:
         asked = self._asked_at
         return asked is not None and time.monotonic() - asked > self._deaf_after
 

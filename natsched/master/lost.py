@@ -92,7 +92,6 @@ class LostAgents:
         *,
         unresponsive_after: float = UNRESPONSIVE_AFTER,
     ) -> None:
-        self._nc = nc
         self._js = nc.jetstream()
         self._state = state
         self._dispatcher = dispatcher
@@ -101,11 +100,8 @@ class LostAgents:
         # Each agent marked down, with the heartbeat it was judged on (its life, when sent): one
         # heard since (e.g. while another master led) is judged afresh when it falls silent.
         self.down: dict[str, tuple[float, float]] = {}
-        self._hearing_since = time.monotonic()  # silence before this is not the agents' fault
         # Its run() is the service's, leader or not (a standby may lead when a frozen server wakes).
         self.hearing = Hearing(nc, unresponsive_after=unresponsive_after)
-        self._reconnects = self._nc.stats["reconnects"]
-        self._deaf = False
         self._agents: KeyValue | None = None
         self._lives: dict[str, Heartbeat] = {}  # each agent's latest heartbeat of its current life
         self._restarted: dict[str, tuple[Heartbeat, float]] = {}  # previous life, when to close it
@@ -118,23 +114,6 @@ class LostAgents:
         for heartbeat, _ in list(dispatcher.directory.last_seen.values()):  # seen before we listened
             self._note_life(heartbeat, time.monotonic())
         self._runs = AgentRuns(self._js, dispatcher.accepted, dispatcher.directory.life_starts)
-
-    def _hearing(self) -> bool:
-        """False while disconnected or while the server does not answer a PING; after a
-        reconnect, or the PING's late answer, silence is counted from then."""
-        reconnects = self._nc.stats["reconnects"]
-        if not self._nc.is_connected or self.hearing.deaf():
-            self._deaf = True
-            return False
-        if self._deaf or reconnects != self._reconnects:
-            log.info("hearing the server again: agents' silence is counted from now")
-            self._deaf, self._reconnects = False, reconnects
-            self._hearing_since = time.monotonic()
-        return True
-
-    def _heard_since(self) -> float:
-        """From when an agent's silence counts: this master's latest reconnect or late PONG."""
-        return max(self._hearing_since, self.hearing.since)
 
     async def _heard_directly(self, last: Heartbeat) -> bool:
         """True if the bucket holds a newer heartbeat than ``last`` (the watch is behind), or
@@ -181,7 +160,7 @@ class LostAgents:
         recalled = False  # this leadership's own: the lives on record are read when it starts
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
-            if not self._hearing():
+            if not self.hearing.hears():
                 continue
             now = time.monotonic()
             judging = self._judging()
@@ -189,7 +168,7 @@ class LostAgents:
             if not (judging and recalled):
                 continue  # restarts are still noted meanwhile (the directory tells _note_life)
             for heartbeat, seen_at in list(directory.last_seen.values()):
-                await self._judge(heartbeat, now - max(seen_at, self._heard_since()))
+                await self._judge(heartbeat, now - max(seen_at, self.hearing.since))
             await self._close_previous_lives(now)
 
     async def _judge(self, heartbeat: Heartbeat, silent: float) -> None:
