@@ -35,7 +35,7 @@ from agent.nameguard import NameGate
 from agent.prepare import Prepared, first_event
 from natsched import codec, subjects
 from natsched.claims import ClaimedRun, claim, open_claims
-from natsched.connection import subscribe_inbound, unsubscribe_draining
+from natsched.connection import dropped_for_its_reply, subscribe_inbound, unsubscribe_draining
 from natsched.errors import CodecError, TriggerRefusedError
 from natsched.events import RunState
 from natsched.models import Mode
@@ -50,27 +50,6 @@ DRAIN_WAIT = 2.0  # seconds stop() waits for the server to confirm its unsubscri
 STOP_WAIT = 3.0  # then, seconds stop() waits for run requests being handled
 STOPPING = "agent stopping"  # refusing a load-balance run offered by name while stopping
 MAX_HANDLING = 256  # run requests handled at once (each waits on its claim)
-
-
-def not_a_request(msg: Msg) -> bool:
-    """True (and a warning) if ``msg`` has no requester's reply inbox: nothing is done for it.
-
-    Masters and ``natsched sync-report`` ask with a reply inbox. nats-server also pushes a
-    consumer's messages here, to whatever deliver subject the consumer's creator chose (any
-    role that may read a stream; subject permissions cannot stop it): those carry a JetStream
-    ack subject, and their content is whatever the stream held, e.g. a run request another
-    agent wrote into its own events.
-    """
-    if msg.reply and subjects.is_reply_inbox(msg.reply):
-        return False
-    quiet.log(
-        logging.WARNING,
-        "not a request",
-        "message on %s dropped: its reply subject %s is no requester's inbox",
-        subjects.shown(msg.subject),
-        subjects.shown(msg.reply),
-    )
-    return True
 
 
 class Responder:
@@ -165,7 +144,7 @@ class Responder:
         """Run requests on this agent's subject (``pool`` None) or on a pool's queue group."""
 
         async def on_run(msg: Msg) -> None:
-            if not_a_request(msg):
+            if dropped_for_its_reply(msg, reply_required=True):
                 return
             # Each request in its own task: a subscription's callbacks run one after another,
             # and a request waits on its claim (a KV round trip) before its spawn. Handled in
@@ -349,7 +328,7 @@ class Responder:
 
     async def _on_sync(self, msg: Msg) -> None:
         """``natsched sync-report``: what this agent's cache took in, when (JSON)."""
-        if not_a_request(msg):
+        if dropped_for_its_reply(msg, reply_required=True):
             return
         try:
             body = codec.from_json(msg.data, "sync request", strict=True) if msg.data.strip() else {}
@@ -389,7 +368,7 @@ class Responder:
             log.debug("resync answer not sent", exc_info=True)
 
     async def _on_cancel(self, msg: Msg) -> None:
-        if not_a_request(msg):
+        if dropped_for_its_reply(msg, reply_required=True):
             return
         try:
             body = codec.unpack(msg.data, "cancel request")

@@ -300,6 +300,29 @@ async def subscribe_inbound(
     )
 
 
+def dropped_for_its_reply(msg: Msg, *, reply_required: bool = False) -> bool:
+    """True (and one warning per period) if ``msg`` is to be dropped, unhandled and unanswered:
+    its reply subject is no requester's inbox (``subjects.is_reply_inbox``), or it has none
+    where an answer is what it is for (``reply_required``: an agent's run, cancel and sync
+    requests).
+
+    Why: a master answers with its own permissions, so a reply subject chosen by the sender
+    must be an inbox; and nats-server pushes a consumer's messages to whatever deliver subject
+    its creator chose (any role that may read a stream; permissions cannot stop it), with a
+    JetStream ack subject as their reply and whatever the stream held as their content.
+    """
+    if (msg.reply and subjects.is_reply_inbox(msg.reply)) or not (msg.reply or reply_required):
+        return False
+    quiet.log(
+        logging.WARNING,
+        "foreign reply",
+        "message on %s dropped: its reply subject %s is no reply inbox (_INBOX.… or _INBOX_<role>.…)",
+        subjects.shown(msg.subject),
+        subjects.shown(msg.reply),
+    )
+    return True
+
+
 async def unsubscribe_draining(nc: Client, subs: Sequence[Subscription], timeout: float) -> None:
     """Unsubscribe ``subs``, first taking in what the server sent them before it read the
     unsubscribe: their callbacks run. Within ``timeout``; never raises.

@@ -5,7 +5,7 @@ cancel waiting on an agent that does not answer, a dispatch to a frozen agent) h
 other, and the subscription itself waits (back-pressure) when every slot is taken.
 
 A request whose reply subject is no requester's inbox is dropped before anything else: the
-master would answer it with its own permissions (see ``subjects.is_reply_inbox``).
+master would answer it with its own permissions (``connection.dropped_for_its_reply``).
 """
 
 from __future__ import annotations
@@ -18,26 +18,11 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from natsched import subjects
-from natsched.quietlog import Throttled
+from natsched.connection import dropped_for_its_reply
 
 log = logging.getLogger(__name__)
-quiet = Throttled(log)  # anyone may send such requests: a flood of them is not a line each
 
 CLOSE_WAIT = 2.0  # bounded: a task inside nats-py may swallow its cancellation
-
-
-def foreign_reply(msg: Msg) -> bool:
-    """True (and one warning) if ``msg`` asks for its answer anywhere but a reply inbox."""
-    if not msg.reply or subjects.is_reply_inbox(msg.reply):
-        return False
-    quiet.log(
-        logging.WARNING,
-        "foreign reply",
-        "request on %s dropped: its reply subject %s is no reply inbox (_INBOX.… or _INBOX_<role>.…)",
-        subjects.shown(msg.subject),
-        subjects.shown(msg.reply),
-    )
-    return True
 
 
 class SideBySide:
@@ -51,7 +36,7 @@ class SideBySide:
         """The subscription's callback (nats-py wants a coroutine function, not a callable)."""
         if self._closed:
             return  # stopping: what is still queued (a flood's backlog) gets no answer
-        if foreign_reply(msg):
+        if dropped_for_its_reply(msg):
             return  # nothing runs, nothing is written, nobody is answered
         await self._slots.acquire()  # back-pressure: the subscription waits when all are busy
         task = asyncio.create_task(self._run(msg))

@@ -26,12 +26,11 @@ from nats.js.kv import KeyValue
 from natsched import codec, subjects
 from natsched.buckets import StorageSettings, ensure_all
 from natsched.claims import open_claims
-from natsched.connection import close_quietly, connect, subscribe_inbound
+from natsched.connection import close_quietly, connect, dropped_for_its_reply, subscribe_inbound
 from natsched.master.api import AdminApi
 from natsched.master.chains import ChainFollower
 from natsched.master.dispatch import Dispatcher
 from natsched.master.external import TriggerHandler
-from natsched.master.handling import foreign_reply
 from natsched.master.holding import HeldRun, Holding
 from natsched.master.inbound import SubjectTriggers
 from natsched.master.jobindex import JobIndex
@@ -322,7 +321,7 @@ class MasterService(Service):
     async def _status(self, msg: Msg) -> None:
         """``natsched.masters.status``: every master answers (no queue group)."""
         assert self.lease is not None
-        if msg.reply and not foreign_reply(msg):
+        if msg.reply and not dropped_for_its_reply(msg):
             await msg.respond(
                 codec.to_json(
                     {
