@@ -18,13 +18,17 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from agent.config import AgentConfig
 from agent.service import AgentService
 from natsched import security, subjects, tls
+from natsched.client import AdminClient
 from natsched.embedded import EmbeddedServer, free_port
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
+from tests.conftest import eventually
+from tests.helpers import job, toml_jobs
 
 POOL = "p"
 TAG = "web"
@@ -150,3 +154,35 @@ async def secured_server(tmp_path: Path) -> AsyncIterator[Secured]:
 def violations(errors: list[str], subject: str) -> bool:
     """True if the server refused ``subject`` to this client (a permissions violation)."""
     return any("permissions violation" in e.lower() and subject.lower() in e.lower() for e in errors)
+
+
+async def apply_subject_triggered_deploy(
+    secured: Secured, admin: AdminClient, witness: Path, pattern: str
+) -> JetStreamContext:
+    """Apply ``sec.deploy``: a slave job on a1, triggered by subject ``pattern``, appending its
+    ``$NATSCHED_SUBJECT`` to ``witness``; return a master's JetStream context once the
+    subject-trigger stream listens on ``pattern``."""
+    reply = await admin.call(
+        subjects.API_APPLY,
+        {
+            "source": "sec.toml",
+            "content": toml_jobs(
+                job(
+                    "deploy",
+                    mode="slave",
+                    targets={"agents": ["a1"]},
+                    command=["sh", "-c", f'echo "$NATSCHED_SUBJECT" >> {witness}'],
+                    triggers=[{"subject": pattern}],
+                ),
+                group="sec",
+            ),
+        },
+    )
+    assert reply["ok"], reply
+    js = (await secured.connect("natsched-master")).jetstream()
+
+    async def kept() -> bool:
+        return pattern in ((await js.stream_info(subjects.SUBJECTS_STREAM)).config.subjects or [])
+
+    await eventually(kept, what=f"the subject trigger's stream listens on {pattern}")
+    return js

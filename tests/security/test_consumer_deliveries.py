@@ -28,7 +28,7 @@ from natsched.runmessages import RunRequest
 from natsched.vocab import RunTrigger
 from tests.conftest import eventually
 from tests.helpers import file_lines, has_lines, job, toml_jobs
-from tests.security.hostile import Secured
+from tests.security.hostile import Secured, apply_subject_triggered_deploy
 from tests.security.test_forged_completions import webhook
 
 __all__ = ["webhook"]  # the fixture, used here too
@@ -215,29 +215,7 @@ async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_thr
     subject."""
     witness = tmp_path / "deploy.txt"
     async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
-        reply = await admin.call(
-            subjects.API_APPLY,
-            {
-                "source": "sec.toml",
-                "content": toml_jobs(
-                    job(
-                        "deploy",
-                        mode="slave",
-                        targets={"agents": ["a1"]},
-                        command=["sh", "-c", f'echo "$NATSCHED_SUBJECT" >> {witness}'],
-                        triggers=[{"subject": "ops.deploy"}],
-                    ),
-                    group="sec",
-                ),
-            },
-        )
-        assert reply["ok"], reply
-        js = (await secured.connect("natsched-master")).jetstream()
-
-        async def kept() -> bool:
-            return "ops.deploy" in ((await js.stream_info(subjects.SUBJECTS_STREAM)).config.subjects or [])
-
-        await eventually(kept, what="the subject trigger's stream listens on ops.deploy")
+        js = await apply_subject_triggered_deploy(secured, admin, witness, "ops.deploy")
         answer = await admin.nc.request(subjects.trigger_subject("sec.deploy"), b"{}", timeout=10)
         assert json.loads(answer.data)["ok"], answer.data  # an event in the events stream
         await eventually(lambda: has_lines(witness, 1), 15, "sec.deploy ran once, triggered by hand")

@@ -18,8 +18,7 @@ from natsched.client import AdminClient
 from natsched.master.inbound import refusal
 from natsched.triggers.subject import SubjectTrigger
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
-from tests.security.hostile import Secured
+from tests.security.hostile import Secured, apply_subject_triggered_deploy
 
 
 async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_through_the_server(
@@ -27,29 +26,7 @@ async def test_an_agent_or_the_web_role_cannot_start_a_subject_triggered_job_thr
 ) -> None:
     witness = tmp_path / "deploy.txt"
     async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
-        reply = await admin.call(
-            subjects.API_APPLY,
-            {
-                "source": "sec.toml",
-                "content": toml_jobs(
-                    job(
-                        "deploy",
-                        mode="slave",
-                        targets={"agents": ["a1"]},
-                        command=["sh", "-c", f'echo "$NATSCHED_SUBJECT" >> {witness}'],
-                        triggers=[{"subject": "ops.deploy.>"}],
-                    ),
-                    group="sec",
-                ),
-            },
-        )
-        assert reply["ok"], reply
-        js = (await secured.connect("natsched-master")).jetstream()
-
-        async def kept() -> bool:
-            return "ops.deploy.>" in ((await js.stream_info(subjects.SUBJECTS_STREAM)).config.subjects or [])
-
-        await eventually(kept, what="the subject trigger's stream keeps ops.deploy.>")
+        js = await apply_subject_triggered_deploy(secured, admin, witness, "ops.deploy.>")
 
         a1 = await secured.connect("agent-a1")
         web = await secured.connect("natsched-web")
