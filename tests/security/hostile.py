@@ -28,7 +28,7 @@ from natsched.embedded import EmbeddedServer, free_port
 from natsched.master.service import MasterService
 from natsched.settings import ConnectionSettings
 from tests.conftest import eventually
-from tests.helpers import job, toml_jobs
+from tests.helpers import apply, job, toml_jobs
 
 POOL = "p"
 TAG = "web"
@@ -162,21 +162,19 @@ async def apply_subject_triggered_deploy(
     """Apply ``sec.deploy``: a slave job on a1, triggered by subject ``pattern``, appending its
     ``$NATSCHED_SUBJECT`` to ``witness``; return a master's JetStream context once the
     subject-trigger stream listens on ``pattern``."""
-    reply = await admin.call(
-        subjects.API_APPLY,
-        {
-            "source": "sec.toml",
-            "content": toml_jobs(
-                job(
-                    "deploy",
-                    mode="slave",
-                    targets={"agents": ["a1"]},
-                    command=["sh", "-c", f'echo "$NATSCHED_SUBJECT" >> {witness}'],
-                    triggers=[{"subject": pattern}],
-                ),
-                group="sec",
+    reply = await apply(
+        admin.nc,
+        toml_jobs(
+            job(
+                "deploy",
+                mode="slave",
+                targets={"agents": ["a1"]},
+                command=["sh", "-c", f'echo "$NATSCHED_SUBJECT" >> {witness}'],
+                triggers=[{"subject": pattern}],
             ),
-        },
+            group="sec",
+        ),
+        source="sec.toml",
     )
     assert reply["ok"], reply
     js = (await secured.connect("natsched-master")).jetstream()

@@ -27,7 +27,7 @@ from natsched.events import RunEvent, RunState, new_run_id
 from natsched.runmessages import RunRequest
 from natsched.vocab import RunTrigger
 from tests.conftest import eventually
-from tests.helpers import file_lines, has_lines, job, toml_jobs
+from tests.helpers import apply, file_lines, has_lines, job, toml_jobs
 from tests.security.hostile import Secured, apply_subject_triggered_deploy
 from tests.security.test_forged_completions import webhook
 
@@ -64,21 +64,19 @@ async def test_the_web_role_cannot_replay_completions_into_the_masters_shared_co
     as their records last)."""
     url, received = webhook
     async with secured.services("a1"), AdminClient(secured.settings("natsched-admin")) as admin:
-        reply = await admin.call(
-            subjects.API_APPLY,
-            {
-                "source": "sec.toml",
-                "content": toml_jobs(
-                    job(
-                        "up",
-                        mode="slave",
-                        targets={"agents": ["a1"]},
-                        command=["false"],
-                        notify=[{"webhook": url}],
-                    ),
-                    group="sec",
+        reply = await apply(
+            admin.nc,
+            toml_jobs(
+                job(
+                    "up",
+                    mode="slave",
+                    targets={"agents": ["a1"]},
+                    command=["false"],
+                    notify=[{"webhook": url}],
                 ),
-            },
+                group="sec",
+            ),
+            source="sec.toml",
         )
         assert reply["ok"], reply
         answer = await admin.nc.request(subjects.trigger_subject("sec.up"), b"{}", timeout=10)
@@ -247,20 +245,18 @@ async def test_no_consumer_delivers_a_run_request_to_an_agent(secured: Secured, 
     a delivery has a JetStream ack subject, and is dropped."""
     witness = tmp_path / "runs.txt"
     async with secured.services("a1", "a2"), AdminClient(secured.settings("natsched-admin")) as admin:
-        reply = await admin.call(
-            subjects.API_APPLY,
-            {
-                "source": "sec.toml",
-                "content": toml_jobs(
-                    job(
-                        "on2",
-                        mode="slave",
-                        targets={"agents": ["a2"]},
-                        command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
-                    ),
-                    group="sec",
+        reply = await apply(
+            admin.nc,
+            toml_jobs(
+                job(
+                    "on2",
+                    mode="slave",
+                    targets={"agents": ["a2"]},
+                    command=["sh", "-c", f'echo "$NATSCHED_RUN_ID" >> {witness}'],
                 ),
-            },
+                group="sec",
+            ),
+            source="sec.toml",
         )
         assert reply["ok"], reply
         a1 = await secured.connect("agent-a1")
@@ -351,20 +347,18 @@ async def test_no_consumer_delivers_a_cancel_to_an_agent(secured: Secured, tmp_p
     cancel."""
     witness = tmp_path / "ended.txt"
     async with secured.services("a1", "a2"), AdminClient(secured.settings("natsched-admin")) as admin:
-        reply = await admin.call(
-            subjects.API_APPLY,
-            {
-                "source": "sec.toml",
-                "content": toml_jobs(
-                    job(
-                        "slow",
-                        mode="slave",
-                        targets={"agents": ["a2"]},
-                        command=["sh", "-c", f"sleep 2; echo done >> {witness}"],
-                    ),
-                    group="sec",
+        reply = await apply(
+            admin.nc,
+            toml_jobs(
+                job(
+                    "slow",
+                    mode="slave",
+                    targets={"agents": ["a2"]},
+                    command=["sh", "-c", f"sleep 2; echo done >> {witness}"],
                 ),
-            },
+                group="sec",
+            ),
+            source="sec.toml",
         )
         assert reply["ok"], reply
         answer = json.loads(
