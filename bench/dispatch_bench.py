@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -116,13 +117,11 @@ async def trigger_latency(nc: Client, count: int) -> tuple[float, float, float, 
         assert reply["ok"], msg.data
         sent[reply["runs"][0]["run_id"]] = at
     await asyncio.sleep(1)  # the last started events are on record
-    one_way = []
-    async for msg in read_stream(
-        nc.jetstream(), subjects.EVENTS_STREAM, "natsched.event.*.bench.one.started", since=since - 1
-    ):
-        event = parse_event(msg.data, msg.subject)
-        if event.run_id in sent and event.started_at is not None:
-            one_way.append((event.started_at - sent.pop(event.run_id)) * 1000)
+    one_way = [
+        (started_at - sent.pop(run_id)) * 1000
+        async for run_id, started_at in starts(nc, "bench", "one", since)
+        if run_id in sent
+    ]
     if sent:
         raise RuntimeError(f"{len(sent)} of {count} triggered runs have no started event")
     return (
@@ -163,15 +162,20 @@ def burst_file(jobs: int, slot: int | None, group: str = "burst") -> str:
     )
 
 
-async def started_since(nc: Client, group: str, slot: float) -> list[float]:
-    """(started - slot) in ms of every run of ``group``'s jobs recorded started."""
-    late = []
+async def starts(nc: Client, group: str, job: str, since: float) -> AsyncIterator[tuple[str, float]]:
+    """(run id, started_at) of every run of ``group``'s jobs (``job``: one, or ``*``) recorded
+    started from about ``since`` (wall clock) on."""
     async for msg in read_stream(
-        nc.jetstream(), subjects.EVENTS_STREAM, f"natsched.event.*.{group}.*.started", since=slot - 1
+        nc.jetstream(), subjects.EVENTS_STREAM, f"natsched.event.*.{group}.{job}.started", since=since - 1
     ):
         event = parse_event(msg.data, msg.subject)
         if event.started_at is not None:
-            late.append((event.started_at - slot) * 1000)
+            yield event.run_id, event.started_at
+
+
+async def started_since(nc: Client, group: str, slot: float) -> list[float]:
+    """(started - slot) in ms of every run of ``group``'s jobs recorded started."""
+    late = [(started_at - slot) * 1000 async for _, started_at in starts(nc, group, "*", slot)]
     if not late:
         raise RuntimeError(f"no run of {group} started")
     return late
